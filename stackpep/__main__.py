@@ -1,0 +1,3 @@
+from stackpep.cli import main
+
+raise SystemExit(main())

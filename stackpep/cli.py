@@ -1,0 +1,67 @@
+"""The `stackpep` command.
+
+Each sub-command registers itself in COMMANDS with a function that adds its
+arguments to an argparse sub-parser and returns the handler.  Handlers return the
+process exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Dict
+
+from stackpep import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: Dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def _load_plugins() -> None:
+    # Sub-commands living in other layers register themselves on import.  A layer
+    # that is missing (or fails to import) must not break the rest of the CLI.
+    import importlib
+
+    for mod in ("stackpep.testbed.cli", "stackpep.pep.cli"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod and not mod.startswith(exc.name or "\0"):
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(
+        prog="stackpep",
+        description="Transparent split-connection TCP Performance Enhancing Proxy "
+        "for satellite and other long-delay, lossy links.",
+    )
+    parser.add_argument("--version", action="version", version=f"stackpep {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in sorted(COMMANDS):
+        COMMANDS[name](sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The testbed: network namespaces, the link emulator, scenarios and the demo."""
