@@ -8,6 +8,7 @@ order as the loads, so we sum native words and convert once at the end.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 
 cdef extern from *:
     """
@@ -116,14 +117,18 @@ cdef uint16_t csum_update32(uint16_t old_csum, uint32_t old_val, uint32_t new_va
 
 # ---- Python API -------------------------------------------------------------
 
-def internet_checksum(const uint8_t[::1] data, unsigned int initial=0):
+def internet_checksum(object data, unsigned int initial=0):
     """Return the RFC 1071 checksum of data (the value to store in a header).
 
-    initial is a host-order partial sum to start from (e.g. a pseudo-header sum).
+    data is any bytes-like object; initial is a host-order partial sum to start
+    from (e.g. a pseudo-header sum).
     """
+    cdef Py_buffer view
     cdef uint64_t acc
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     with nogil:
-        acc = csum_add(&data[0] if data.shape[0] else NULL, data.shape[0], initial)
+        acc = csum_add(<const uint8_t*>view.buf, view.len, initial)
+    PyBuffer_Release(&view)
     return csum_fold(acc)
 
 
@@ -167,3 +172,30 @@ def checksum_many(const uint8_t[::1] data, Py_ssize_t chunk, Py_ssize_t count):
         for i in range(count):
             x ^= csum_fold(csum_add(&data[i * chunk], chunk, 0))
     return x
+
+
+cdef void csum_complete_partial(uint8_t* buf, Py_ssize_t n, Py_ssize_t csum_start, Py_ssize_t csum_offset) noexcept nogil:
+    # Linux skb_checksum_help(): with CHECKSUM_PARTIAL the kernel left the folded
+    # pseudo-header sum (not complemented) in the checksum field; the ones'-complement
+    # sum from csum_start to the end, complemented, is the final checksum.
+    cdef uint16_t c
+    cdef uint8_t* f = buf + csum_start + csum_offset
+    c = csum_fold(csum_add(buf + csum_start, n - csum_start, 0))
+    if c == 0:
+        c = 0xffff if csum_offset == 6 else 0   # UDP (offset 6) sends 0 as all ones (RFC 768)
+    f[0] = <uint8_t>(c >> 8)
+    f[1] = <uint8_t>c
+
+
+def complete_partial(buf, Py_ssize_t csum_start, Py_ssize_t csum_offset):
+    """Finish the checksum of a checksum-partial frame in place (writable buffer).
+
+    csum_start: offset of the transport header in buf; csum_offset: of the checksum
+    field within it (16 for TCP).  AF_PACKET reports both in tpacket's vnet header
+    or, for TCP, they follow from the headers.
+    """
+    cdef uint8_t[::1] b = buf
+    if csum_start < 0 or csum_offset < 0 or csum_start + csum_offset + 2 > b.shape[0]:
+        raise ValueError("checksum field outside the buffer")
+    with nogil:
+        csum_complete_partial(&b[0], b.shape[0], csum_start, csum_offset)

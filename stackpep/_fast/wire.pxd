@@ -36,7 +36,8 @@ cdef struct tcp_opts_t:
     uint8_t has_scps        # SCPS capabilities, kind 20 (CCSDS 714.0-B-2)
     uint8_t scps_bits
     uint8_t scps_conn_id
-    uint8_t scps_ext_len    # bytes of the extended binding-space part (0 = plain 4-byte form)
+    uint8_t scps_ext_len    # bytes of the extended-capabilities option after its kind/len (0 = none);
+                            # a separate kind-20 option of length != 4 (CCSDS 714.0-B-2 §3.2.5)
     uint8_t scps_ext[12]
     uint8_t has_snack       # SNACK, kind 21
     uint16_t snack_offset
@@ -85,11 +86,81 @@ cdef int parse_ip_tcp(const uint8_t* buf, Py_ssize_t n, tcp_seg_t* out, int veri
 cdef int tcp_opts_len(const tcp_opts_t* opts) noexcept nogil
 
 # Write IP header + TCP header (options from seg.opts, in the order Linux uses:
-# MSS, SACK-perm/TS, WS, SACK blocks, SCPS, SNACK, RB, raw) + payload into buf,
+# MSS, SACK-perm/TS, WS, SACK blocks, SCPS caps, SCPS extended caps, SNACK, RB,
+# CE, raw) + payload into buf,
 # filling IP and TCP checksums.  IPv4 total length / IPv6 payload length are
-# computed.  Returns bytes written, or -1 if cap is too small.
+# computed.  Returns bytes written, -1 if cap is too small, -2 if the options
+# exceed 40 bytes (or the IP length 65535).
 cdef Py_ssize_t emit_ip_tcp(uint8_t* buf, Py_ssize_t cap, const tcp_seg_t* seg,
                             const uint8_t* payload, Py_ssize_t plen) noexcept nogil
 
 # Initialise *seg to an empty segment (wscale = -1, everything else 0).
 cdef void seg_init(tcp_seg_t* seg) noexcept nogil
+
+# ---- appended by the wire layer (issue 2) ---------------------------------
+# Error codes returned by the parsers.  Integrity errors (the bytes are
+# unusable) are -1..-39, sanity errors (legal bytes, illegal meaning) -40..-63.
+# Each code has one named counter (stackpep.wire.counters) incremented by the
+# C parser itself, so every caller's rejections are counted.
+cdef enum:
+    WIRE_ETH_TRUNCATED = -1         # frame shorter than the 14-byte Ethernet II header
+    WIRE_VLAN_TRUNCATED = -2        # 802.1Q tag cut short
+    WIRE_IP_TRUNCATED = -3          # shorter than the fixed IPv4 (20) / IPv6 (40) header
+    WIRE_IP_VERSION = -4            # version nibble neither 4 nor 6
+    WIRE_IPV4_IHL = -5              # IHL < 5 (RFC 791 §3.1)
+    WIRE_IPV4_HDR_PAST_END = -6     # IHL * 4 beyond the buffer
+    WIRE_IPV4_TOTAL_LEN = -7        # total length < header length or > buffer
+    WIRE_IPV4_CHECKSUM = -8         # header checksum wrong (RFC 791 §3.1)
+    WIRE_IPV6_PAYLOAD_LEN = -9      # 40 + payload length beyond the buffer (RFC 8200 §3)
+    WIRE_IPV6_EXT_TRUNCATED = -10   # fewer than 8 bytes left for an extension header
+    WIRE_IPV6_EXT_PAST_END = -11    # extension header length points past the packet
+    WIRE_IPV6_EXT_CHAIN = -12       # more than IPV6_MAX_EXT extension headers
+    WIRE_TCP_TRUNCATED = -13        # TCP segment shorter than 20 bytes
+    WIRE_TCP_DOFF = -14             # data offset < 5 (RFC 9293 §3.1)
+    WIRE_TCP_DOFF_PAST_END = -15    # data offset * 4 beyond the segment
+    WIRE_TCP_OPT_LEN = -16          # option length 0 or 1 (RFC 9293 §3.2)
+    WIRE_TCP_OPT_PAST_END = -17     # option (or its length byte) runs past the header
+    WIRE_TCP_OPT_BAD_LEN = -18      # length illegal for a known kind (MSS != 4, ...)
+    WIRE_TCP_CHECKSUM = -19         # TCP checksum wrong (RFC 9293 §3.1)
+    WIRE_ICMP_TRUNCATED = -20       # ICMP message shorter than 8 bytes
+    WIRE_ICMP_CHECKSUM = -21        # ICMP checksum wrong (RFC 792, RFC 4443 §2.3)
+    WIRE_ICMP_QUOTE_TRUNCATED = -22 # quoted packet shorter than its IP header + 8 bytes
+    WIRE_ETH_NOT_IP = -40           # ethertype neither IPv4 nor IPv6
+    WIRE_NOT_TCP = -41              # upper-layer protocol is not TCP
+    WIRE_FRAGMENT = -42             # an IP fragment (RFC 791 §3.2, RFC 8200 §4.5): not reassembled
+    WIRE_IPV6_HBH_NOT_FIRST = -43   # hop-by-hop header not right after the IPv6 header (RFC 8200 §4.3)
+    WIRE_IPV6_JUMBO = -44           # payload length 0 with hop-by-hop: jumbogram, unsupported (RFC 2675)
+    WIRE_TCP_PORT_ZERO = -45        # source or destination port 0
+    WIRE_TCP_SYN_FIN = -46          # SYN and FIN together
+    WIRE_TCP_SYN_RST = -47          # SYN and RST together
+    WIRE_TCP_MULTICAST = -48        # TCP from/to multicast or broadcast (RFC 9293 §3.10.7.2)
+    WIRE_NOT_ICMP = -49             # not ICMPv4 / ICMPv6
+    WIRE_ICMP_NOT_PTB = -50         # not frag-needed (type 3 code 4) / packet-too-big (type 2)
+    WIRE_ICMP_MTU = -51             # reported MTU below 68 (RFC 791) / 1280 (RFC 8200 §5)
+    WIRE_ICMP_QUOTE_NOT_TCP = -52   # the quoted packet is not TCP
+    WIRE_ERR_MIN = -63
+
+cdef enum:
+    IPV6_MAX_EXT = 8        # bound on the extension-header chain (RFC 8200 §4.1 order has 6 + AH)
+    ETH_P_IP = 0x0800
+    ETH_P_IPV6 = 0x86DD
+    ETH_P_8021Q = 0x8100
+    ETH_P_8021AD = 0x88A8
+
+# Ethernet II header with at most one 802.1Q/802.1ad tag.  Returns the link
+# header length (14 or 18) and sets *ethertype (of the payload) and *vlan_tci
+# (-1 when untagged), or a negative WIRE_* code.
+cdef int parse_eth(const uint8_t* buf, Py_ssize_t n, uint16_t* ethertype, int32_t* vlan_tci) noexcept nogil
+
+# An ICMPv4 destination-unreachable/fragmentation-needed (RFC 792, RFC 1191 §4)
+# or ICMPv6 packet-too-big (RFC 4443 §3.2, RFC 8201 §4) in an IP packet (no link
+# header).  On success sets *mtu and fills *quoted with what the quoted original
+# header gives: ip_version, src, dst, tos, ttl, sport, dport, seq (the first 8
+# TCP bytes, all RFC 792 guarantees); quoted.tcp_hdr_len = quoted TCP bytes
+# present (capped at 60), and ack/flags/window too when 16+ bytes are quoted.
+# verify_csum as for parse_ip_tcp (checks the ICMP checksum, not the quote's).
+cdef int parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_seg_t* quoted, int verify_csum) noexcept nogil
+
+# Counter of rejections per error code (index -code); read through
+# stackpep.wire.counters.  Incremented by every parser above.
+cdef void wire_count(int code) noexcept nogil
