@@ -1,0 +1,129 @@
+"""Bulk TCP throughput through one stackpep box vs plain kernel forwarding,
+side by side in one run on the same namespaces (client -- box -- server,
+veth, zero added delay, default offloads).
+
+For each case: iperf3 goodput (receiver side), the splitter process's CPU
+(user+system from /proc/PID/stat) and the whole machine's busy CPU (from
+/proc/stat), each also per Gbit/s of goodput.
+
+    sudo PYTHONPATH=. python benchmarks/splitter.py [--seconds 10] [--markdown docs/BENCHMARKS-splitter.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stackpep.pep.testing import SERVER4, SERVER6, SplitterTopology, pep_toml  # noqa: E402
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """Busy CPU-seconds of the whole machine so far (all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()[1:]
+    vals = [int(x) for x in parts]
+    return (sum(vals) - vals[3] - vals[4]) / HZ
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / HZ  # utime + stime
+
+
+def iperf(topo: SplitterTopology, server: str, seconds: float, reverse: bool, pep_pid=None):
+    srv = topo.server.popen(["iperf3", "-s", "-1", "-B", server])
+    time.sleep(0.3)
+    m0 = machine_busy()
+    p0 = proc_cpu(pep_pid) if pep_pid else 0.0
+    t0 = time.monotonic()
+    argv = ["iperf3", "-c", server, "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
+    res = topo.client.run(argv, timeout=seconds + 60, check=False)
+    wall = time.monotonic() - t0
+    m1 = machine_busy()
+    p1 = proc_cpu(pep_pid) if pep_pid else 0.0
+    srv.wait(timeout=10)
+    j = json.loads(res.stdout)
+    if "error" in j:
+        raise RuntimeError(j["error"])
+    gbps = j["end"]["sum_received"]["bits_per_second"] / 1e9
+    return {
+        "gbps": gbps,
+        "retransmits": j["end"].get("sum_sent", {}).get("retransmits"),
+        "machine_cpu": (m1 - m0) / wall,  # cores busy on average
+        "pep_cpu": (p1 - p0) / wall if pep_pid else None,
+    }
+
+
+def run(seconds: float):
+    rows = []
+    with SplitterTopology() as topo:
+        for fam, server in (("IPv4", SERVER4), ("IPv6", SERVER6)):
+            for reverse in (False, True):
+                way = "server→client" if reverse else "client→server"
+                kern = iperf(topo, server, seconds, reverse)
+                rows.append(("kernel forwarding", fam, way, kern))
+                for label, extra in (("stackpep splitter", ""),
+                                     ("stackpep splitter, gso off", "[capture]\ngso = false\n")):
+                    pep = topo.start_pep(pep_toml(extra=extra), stats_interval=0)
+                    try:
+                        sp = iperf(topo, server, seconds, reverse, pep_pid=pep.pid)
+                    finally:
+                        topo.stop_pep(signal.SIGTERM)
+                    st = json.loads(topo.stats_file.read_text())
+                    sp["drops"] = {k: v for port in st["ports"].values() for k, v in port.items()
+                                   if k.startswith(("rx_drop", "tx_drop")) and v}
+                    rows.append((label, fam, way, sp))
+    return rows
+
+
+def markdown(rows, seconds) -> str:
+    out = []
+    out.append("| path | family | direction | goodput Gbit/s | splitter CPU (cores) | splitter CPU-s per Gbit | "
+               "machine CPU (cores) | machine CPU-s per Gbit | ratio to kernel |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    kern = {}
+    for path, fam, way, r in rows:
+        if path.startswith("kernel"):
+            kern[(fam, way)] = r["gbps"]
+        ratio = r["gbps"] / kern[(fam, way)] if (fam, way) in kern else 1.0
+        pc = f"{r['pep_cpu']:.2f}" if r["pep_cpu"] is not None else "–"
+        ppg = f"{r['pep_cpu'] / r['gbps']:.2f}" if r["pep_cpu"] is not None and r["gbps"] else "–"
+        out.append(f"| {path} | {fam} | {way} | {r['gbps']:.3f} | {pc} | {ppg} | {r['machine_cpu']:.2f} | "
+                   f"{r['machine_cpu'] / r['gbps']:.2f} | {ratio:.3f} |")
+    drops = [f"- {path}, {fam} {way}: {r['drops']}" for path, fam, way, r in rows if r.get("drops")]
+    if drops:
+        out.append("")
+        out.append("Capture/emit drop counters of the splitter runs (non-zero only):")
+        out += drops
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--markdown", help="write the table (with a header) to this file")
+    args = ap.parse_args()
+    rows = run(args.seconds)
+    table = markdown(rows, args.seconds)
+    print(table)
+    if args.markdown:
+        head = (f"<!-- generated by benchmarks/splitter.py --seconds {args.seconds:g} on "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {platform.release()}, "
+                f"{os.cpu_count()} CPUs -->\n")
+        Path(args.markdown).write_text(head + table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+# C-level contract of the TCP engine, cimported by the splitter for the fast
+# path: ``receive_seg`` takes a segment the wire layer already parsed and
+# ``output_into`` writes the next packet into a caller buffer, so no Python
+# object is made per packet.  The Python API (tcp.pyi) wraps the same code.
+cimport cython
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
+from stackpep._fast.wire cimport tcp_seg_t, tcp_opts_t
+
+cdef enum:
+    CLOSED = 0
+    LISTEN = 1
+    SYN_SENT = 2
+    SYN_RECEIVED = 3
+    ESTABLISHED = 4
+    FIN_WAIT_1 = 5
+    FIN_WAIT_2 = 6
+    CLOSE_WAIT = 7
+    CLOSING = 8
+    LAST_ACK = 9
+    TIME_WAIT = 10
+
+cdef enum:
+    EV_CONNECTED = 1
+    EV_READABLE = 2
+    EV_SENDSPACE = 3
+    EV_EOF = 4
+    EV_RESET = 5
+    EV_CLOSED = 6
+    EVQ_SIZE = 16
+
+cdef enum:
+    CR_NORMAL = 0
+    CR_RESET = 1
+    CR_REFUSED = 2
+    CR_ABORTED = 3
+    CR_TIMEOUT = 4
+    CR_KEEPALIVE = 5
+
+cdef enum:
+    D_MALFORMED = 0
+    D_BAD_CHECKSUM
+    D_WRONG_FLOW
+    D_CLOSED
+    D_LISTEN_RST
+    D_LISTEN_ACK
+    D_LISTEN_NO_SYN
+    D_SYN_SENT_BAD_ACK
+    D_SYN_SENT_RST
+    D_SYN_SENT_NO_SYN
+    D_PAWS
+    D_NO_TIMESTAMP
+    D_OUT_OF_WINDOW
+    D_RST_OUT_OF_WINDOW
+    D_RST_CHALLENGED
+    D_SYN_CHALLENGED
+    D_NO_ACK
+    D_ACK_TOO_OLD
+    D_ACK_UNSENT
+    D_SYN_RECEIVED_BAD_ACK
+    D_BEYOND_WINDOW
+    D_AFTER_FIN
+    D_OFO_FULL
+    D_CHALLENGE_ACK_LIMIT
+    D_ICMP_STALE
+    D_COUNT
+
+cdef enum:
+    OFO_MAX = 64            # out-of-order intervals kept by the receiver
+    SB_MAX = 64             # SACK scoreboard intervals kept by the sender
+    RSTQ_MAX = 4
+    DUPTHRESH = 3           # RFC 5681 §3.2, RFC 6675 §2
+    TS_OPT_LEN = 12         # NOP NOP TS (RFC 7323 Appendix A layout)
+
+cdef enum:
+    ECN_NOT_ECT = 0
+    ECN_ECT1 = 1
+    ECN_ECT0 = 2
+    ECN_CE = 3
+
+cdef enum:
+    CC_CAUSE_LOSS = 0       # dupacks / SACK loss detection (RFC 5681 §3.2, RFC 6675 §5)
+    CC_CAUSE_ECN = 1        # ECE received (RFC 3168 §6.1.2)
+
+cdef class CongestionControl:
+    cdef double cwnd
+    cdef double ssthresh
+    cdef double mss
+    cdef double bytes_acked     # RFC 5681 §3.1 byte counting in congestion avoidance
+    cdef void init(self, uint32_t mss, uint32_t iw_segments)
+    cdef void set_mss(self, uint32_t mss)
+    cdef double _ss(self, uint32_t acked)
+    cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
+    cdef void on_rtt_sample(self, uint64_t now, uint64_t rtt_us)
+    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_recovery_exit(self, uint64_t now, uint64_t in_flight)
+    cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
+    cdef uint64_t pacing_rate(self)
+    cdef str name(self)
+
+cdef class NewReno(CongestionControl):
+    cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
+    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
+    cdef str name(self)
+
+cdef class Cubic(CongestionControl):
+    cdef double w_max           # segments
+    cdef double k               # seconds
+    cdef double w_est           # segments, Reno-friendly estimate (§4.3)
+    cdef double cwnd_epoch      # segments
+    cdef uint64_t epoch_start   # µs, 0 = no epoch yet
+    cdef void init(self, uint32_t mss, uint32_t iw_segments)
+    cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
+    cdef void _reduce(self, uint64_t now)
+    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
+    cdef str name(self)
+
+
+@cython.final
+cdef class TcpConnection:
+    # -- identity --------------------------------------------------------------------
+    cdef readonly object config
+    cdef bytes _laddr, _raddr
+    cdef uint16_t lport, rport
+    cdef uint8_t ipver
+    cdef uint32_t _iss, _irs
+    cdef bint have_irs
+    cdef uint32_t ts_offset
+    cdef tcp_seg_t tmpl               # IP/TCP header template for what we send
+    cdef uint16_t ip_ident
+    # -- state ------------------------------------------------------------------------
+    cdef int st
+    cdef bint passive                 # opened by listen() (RFC 9293 §3.10.7.4: RST in SYN-RECEIVED -> LISTEN)
+    cdef bint opened
+    cdef int close_reason
+    # -- send sequence space (offsets; see module doc) ------------------------------------
+    cdef int64_t snd_una, snd_nxt, snd_max
+    cdef int64_t snd_hi               # highest SND.NXT reached by normal sending (not probes)
+    cdef int64_t snd_wnd              # bytes, scaled
+    cdef int64_t snd_sml              # end of the last small segment sent (Nagle, Minshall)
+    cdef int64_t max_snd_wnd          # RFC 5961 §5.2 MAX.SND.WND; SWS (RFC 9293 §3.8.6.2.1)
+    cdef int64_t snd_wl1              # receive-side offset of the segment that last updated the window
+    cdef int64_t snd_wl2              # send-side offset it acknowledged
+    cdef int snd_wscale, rcv_wscale   # -1/0 semantics: 0 when not negotiated
+    cdef int wscale_offer             # what we put in our SYN (-1 = none)
+    cdef bint ws_ok, sack_ok, ts_ok, ecn_ok
+    cdef bint syn_ecn                 # ECN setup requested/answered in our SYN / SYN-ACK
+    cdef uint32_t peer_mss            # MSS option from the peer (or the RFC 9293 default)
+    cdef uint32_t adv_mss             # MSS option we send
+    cdef uint32_t pmtu                # path MTU (RFC 1191 / RFC 8201)
+    cdef uint32_t smss                # full-size payload with the negotiated options
+    # send buffer: ring holding offsets [sb_head, wr_end)
+    cdef uint8_t* sbuf
+    cdef int64_t sb_cap
+    cdef int64_t wr_end
+    cdef bint fin_requested           # send_eof(): FIN at offset wr_end
+    cdef bint send_blocked            # a send() was short: SendSpace when room again
+    # -- receive sequence space ------------------------------------------------------------
+    cdef int64_t rcv_nxt              # includes the FIN once received
+    cdef int64_t rcv_adv              # right edge of the window we advertised (RCV.NXT+RCV.WND)
+    cdef int64_t rd_off               # application read offset
+    cdef bint fin_rcvd
+    cdef int64_t rcv_fin_off          # offset of an out-of-order FIN (-1 = none)
+    cdef int64_t last_ack_sent        # RFC 7323 §4.3 Last.ACK.sent
+    cdef uint8_t* rbuf
+    cdef int64_t rb_cap
+    cdef int64_t ofo_l[OFO_MAX]
+    cdef int64_t ofo_r[OFO_MAX]
+    cdef uint64_t ofo_age[OFO_MAX]
+    cdef int n_ofo
+    cdef uint64_t ofo_clock
+    cdef bint readable_notified
+    cdef bint syn_data                # data arrived on the SYN: readable once ESTABLISHED
+    # -- timestamps (RFC 7323) ----------------------------------------------------------------
+    cdef uint32_t ts_recent
+    cdef uint64_t ts_recent_time      # when TS.Recent was last set (RFC 7323 §5.5)
+    cdef uint32_t ts_rto_floor        # our TS clock at the last RTO: older echoes give no RTT
+    cdef bint ts_rto_set
+    # -- ACK generation -------------------------------------------------------------------------
+    cdef bint ack_now
+    cdef int64_t rcv_unacked          # in-order bytes received since our last ACK
+    cdef uint32_t rcv_seg_max         # largest segment seen (full-size estimate, RFC 5681 §4.2)
+    cdef uint32_t chal_count          # RFC 5961 §7 challenge-ACK rate limit
+    cdef uint64_t chal_window_start
+    cdef bint ece_pending             # RFC 3168 §6.1.3 send ECE until CWR arrives
+    cdef bint cwr_pending             # RFC 3168 §6.1.2 set CWR on the next new data
+    cdef int64_t ecn_recover          # one ECN response per window
+    # -- RTT / RTO (RFC 6298) --------------------------------------------------------------------
+    cdef int64_t srtt, rttvar, rtt_last, rtt_min    # µs; -1 = no sample yet
+    cdef int64_t rto                  # current RTO incl. backoff, µs
+    cdef bint rtt_timing
+    cdef int64_t rtt_off              # send offset whose ACK ends the timed segment
+    cdef uint64_t rtt_time
+    cdef int retries                  # consecutive RTO expiries (or SYN retransmissions)
+    cdef bint syn_retransmitted
+    cdef uint64_t una_time            # when SND.UNA last moved / data became outstanding
+    # -- loss recovery ------------------------------------------------------------------------------
+    cdef CongestionControl cc
+    cdef bint loss_corruption         # loss answered as corruption: no cwnd reduction (SCPS-TP)
+    cdef bint in_recovery
+    cdef int64_t recover              # RFC 6582 "recover" / RFC 6675 RecoveryPoint
+    cdef int dupacks
+    cdef int64_t lt_sent              # bytes sent by limited transmit (RFC 3042) this episode
+    cdef bint rexmit_pending          # NewReno: retransmit the segment at SND.UNA
+    cdef int64_t high_rxt             # RFC 6675 HighRxt
+    cdef int64_t rescue_rxt           # RFC 6675 RescueRxt
+    cdef int64_t sb_l[SB_MAX]
+    cdef int64_t sb_r[SB_MAX]
+    cdef int n_sb
+    cdef int64_t sacked_bytes
+    cdef uint64_t next_send_time      # pacing gate (rate-based controllers)
+    # -- control flags for the output routine --------------------------------------------------------
+    cdef bint syn_pending
+    cdef bint probe_pending
+    cdef bint force_send              # SWS override timer fired (RFC 9293 §3.8.6.2.1)
+    cdef bint keepalive_pending
+    cdef uint32_t rstq_seq[RSTQ_MAX]
+    cdef uint32_t rstq_ack[RSTQ_MAX]
+    cdef uint8_t rstq_flags[RSTQ_MAX]
+    cdef int n_rstq
+    # -- timers (absolute µs; 0 = not armed) -----------------------------------------------------------
+    cdef uint64_t t_rtx, t_persist, t_delack, t_tw, t_pace
+    cdef int persist_backoff
+    cdef uint64_t last_rcv_time
+    cdef int ka_probes
+    cdef uint64_t ka_last_probe
+    # -- events ---------------------------------------------------------------------------------------
+    cdef int evq[EVQ_SIZE]
+    cdef int ev_head, ev_n
+    # -- scratch ----------------------------------------------------------------------------------------
+    cdef uint8_t* out_buf
+    cdef Py_ssize_t out_cap
+    cdef uint8_t* pl_buf              # contiguous copy of payload that wraps the ring
+    # -- statistics ---------------------------------------------------------------------------------------
+    cdef uint64_t drops[D_COUNT]
+    cdef uint64_t segs_out, segs_in, bytes_out, bytes_rexmit, bytes_acked, bytes_in
+    cdef uint64_t n_rexmit, n_timeouts, n_fast_rexmit, n_dupacks, n_chal, n_zwp, n_ka
+    cdef uint64_t n_ce, n_cwr
+    # -- config copies (hot) ----------------------------------------------------------------------------
+    cdef bint cfg_nagle
+    cdef uint64_t cfg_delack_us
+    cdef int cfg_delack_segs
+    cdef int64_t cfg_min_rto, cfg_max_rto, cfg_init_rto
+    cdef int cfg_syn_retries, cfg_max_retrans
+    cdef int64_t cfg_user_timeout
+    cdef uint32_t cfg_iw
+    cdef bint cfg_keepalive
+    cdef uint64_t cfg_ka_idle, cfg_ka_intvl
+    cdef int cfg_ka_count
+    cdef uint64_t cfg_tw, cfg_fw2
+    cdef uint32_t cfg_chal_limit
+    # -- methods --------------------------------------------------------------------------
+    cdef uint32_t _sseq(self, int64_t off) noexcept
+    cdef int64_t _soff(self, uint32_t seq) noexcept
+    cdef uint32_t _rseq(self, int64_t off) noexcept
+    cdef int64_t _roff(self, uint32_t seq) noexcept
+    cdef uint32_t _ts_now(self, uint64_t now) noexcept
+    cdef void _update_smss(self)
+    cdef void _drop(self, int reason) noexcept
+    cdef void _push_event(self, int code)
+    cdef void _queue_rst(self, uint32_t seq, uint32_t ack, uint8_t flags)
+    cdef void _challenge_ack(self, uint64_t now)
+    cdef void _enter_closed(self, int reason)
+    cdef void _enter_time_wait(self, uint64_t now)
+    cdef void _set_rto_from_srtt(self)
+    cdef void _rtt_sample(self, int64_t r, uint64_t now)
+    cdef int64_t _rcv_data_end(self) noexcept
+    cdef int64_t _flight(self) noexcept
+    cdef int64_t _sb_head(self) noexcept
+    cdef int64_t _ack_seq(self) noexcept
+    cdef int64_t _readable(self) noexcept
+    cdef int64_t _recv_copy(self, uint8_t* dst, int64_t n)
+    cdef void _window_update_check(self)
+    cdef int receive_seg(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now) except -1
+    cdef void _input_closed(self, tcp_seg_t* s)
+    cdef void _syn_options(self, tcp_seg_t* s, bint active)
+    cdef void _input_listen(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now)
+    cdef void _input_syn_sent(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now)
+    cdef void _established(self, uint64_t now)
+    cdef void _input_sync(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now)
+    cdef void _back_to_listen(self)
+    cdef void _rcv_fin(self, int64_t fin_off, uint64_t now)
+    cdef void _rcv_data(self, int64_t off, const uint8_t* p, int64_t n, uint64_t now)
+    cdef void _ofo_insert(self, int64_t l, int64_t r)
+    cdef bint _ofo_merge_front(self)
+    cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now)
+    cdef void _ecn_response(self, uint64_t now, int64_t flight)
+    cdef void _enter_recovery(self, uint64_t now)
+    cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off)
+    cdef void _sb_prune(self)
+    cdef int64_t _lost_edge(self)
+    cdef int64_t _unsacked_in(self, int64_t a, int64_t b)
+    cdef int64_t _pipe(self)
+    cdef int64_t _skip_sacked(self, int64_t off)
+    cdef int64_t _sacked_end_after(self, int64_t off)
+    cdef uint64_t _next_deadline(self)
+    cdef uint64_t _keepalive_deadline(self)
+    cdef void _handle_timer(self, uint64_t now)
+    cdef void _on_rto(self, uint64_t now)
+    cdef Py_ssize_t output_into(self, uint8_t* buf, Py_ssize_t cap, uint64_t now) except -1
+    cdef int64_t _cur_mss(self)
+    cdef Py_ssize_t _output_data(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
+    cdef Py_ssize_t _output_blocked(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
+    cdef Py_ssize_t _output_probe(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
+    cdef Py_ssize_t _emit_data(self, uint8_t* buf, Py_ssize_t cap, int64_t off, int64_t length, bint fin, bint rexmit, uint64_t now)
+    cdef Py_ssize_t _emit_syn(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
+    cdef Py_ssize_t _emit_ctl(self, uint8_t* buf, Py_ssize_t cap, uint32_t seq, uint32_t ack, uint8_t flags)
+    cdef uint32_t _window_field(self)
+    cdef Py_ssize_t _emit(self, uint8_t* buf, Py_ssize_t cap, int64_t off, int64_t length, uint8_t flags, bint rexmit, uint64_t now)
+    cdef Py_ssize_t _finish(self, uint8_t* buf, Py_ssize_t cap, tcp_seg_t* seg, const uint8_t* payload, Py_ssize_t plen) except -1

@@ -1,0 +1,103 @@
+"""Stub for stackpep._fast.tcp: the sans-IO TCP engine (RFC 9293 and friends).
+
+Cython code can use the C-level API declared in tcp.pxd instead:
+``receive_seg(&seg, pkt, now)`` with a segment parsed by the wire layer and
+``output_into(buf, cap, now)`` writing the next packet into a caller buffer.
+
+Times are integer microseconds passed in by the caller; the engine never reads
+a clock, opens a socket or draws random numbers (the ISN comes in).
+"""
+from typing import Optional, Union
+
+from stackpep.tcp.config import TcpConfig
+from stackpep.tcp.events import TcpEvent
+from stackpep.tcp.statistics import TcpStatistics
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+#: RFC 9293 §3.3.2 state names, as the RFC spells them
+STATES: tuple[str, ...]
+#: names of the drop counters, in counter order (= stackpep.tcp.statistics.DROP_REASONS)
+DROP_NAMES: tuple[str, ...]
+
+class CongestionControl:
+    """Base of the congestion controllers (hooks are C-level, see tcp.pxd / cc.pxi)."""
+
+class NewReno(CongestionControl):
+    """RFC 5681 / RFC 6582."""
+
+class Cubic(CongestionControl):
+    """RFC 9438."""
+
+class TcpConnection:
+    def __init__(self, config: TcpConfig, local_addr: bytes, local_port: int,
+                 remote_addr: bytes, remote_port: int, iss: int, ts_offset: int = 0) -> None:
+        """One connection.  Addresses are 4 (IPv4) or 16 (IPv6) bytes; ``iss`` is
+        the initial send sequence number; ``ts_offset`` is added to our RFC 7323
+        timestamp clock (1 ms ticks of ``now``)."""
+    # -- opening / closing ---------------------------------------------------
+    def connect(self, now: int) -> None:
+        """Active open: CLOSED -> SYN-SENT (the SYN leaves on packets_to_send)."""
+    def listen(self) -> None:
+        """Passive open: CLOSED -> LISTEN; then feed the peer's SYN."""
+    def send_eof(self) -> None:
+        """Half-close: FIN after all queued data (RFC 9293 §3.10.4)."""
+    def abort(self) -> None:
+        """RST now (in synchronized states) and go to CLOSED (RFC 9293 §3.10.5)."""
+    # -- inputs ----------------------------------------------------------------
+    def receive_packet(self, packet: Buffer, now: int) -> None:
+        """An IP packet (v4/v6, checksums verified here) carrying TCP for this connection."""
+    def handle_timer(self, now: int) -> None:
+        """Process every timer due at ``now`` (call at/after get_timer())."""
+    def icmp_packet_too_big(self, mtu: int, now: int, quoted_seq: Optional[int] = None) -> bool:
+        """RFC 1191 / RFC 8201 path-MTU reduction; with ``quoted_seq`` (the SEQ in the
+        ICMP quote) the report is used only if it lies in flight (RFC 5927 §4.1).
+        Returns whether the path MTU was lowered."""
+    # -- application data ------------------------------------------------------------
+    def send(self, data: Buffer) -> int:
+        """Copy up to len(data) bytes into the bounded send buffer; returns how many
+        (0 after send_eof; ConnectionError once the connection reached CLOSED)."""
+    def send_space(self) -> int:
+        """Free bytes in the send buffer (0 after send_eof/abort or when closed)."""
+    def recv(self, max_bytes: int) -> bytes:
+        """Up to max_bytes readable bytes (b'' when none; see recv_available/at_eof)."""
+    def recv_into(self, buffer: Union[bytearray, memoryview]) -> int:
+        """Like recv(), into a caller buffer; returns bytes copied."""
+    def recv_available(self) -> int:
+        """Bytes recv() would return now."""
+    def at_eof(self) -> bool:
+        """The peer's FIN arrived and every byte before it was read."""
+    # -- outputs --------------------------------------------------------------------------
+    def packets_to_send(self, now: int) -> list[bytes]:
+        """IP packets to transmit now (checksums filled), in order."""
+    def next_event(self) -> Optional[TcpEvent]: ...
+    def get_timer(self) -> Optional[int]:
+        """Next deadline in µs, or None."""
+    def statistics(self) -> TcpStatistics: ...
+    # -- policy hooks -----------------------------------------------------------------
+    def set_congestion_control(self, cc: CongestionControl) -> None:
+        """Replace the controller; the new one starts from the current cwnd/ssthresh."""
+    def set_loss_response(self, policy: str) -> None:
+        """'congestion' (RFC 5681) or 'corruption' (retransmit, keep cwnd: SCPS-TP)."""
+    # -- read-only attributes -------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """RFC 9293 spelling: 'LISTEN', 'SYN-SENT', 'SYN-RECEIVED', 'ESTABLISHED', ..."""
+    @property
+    def config(self) -> TcpConfig: ...
+    @property
+    def local_addr(self) -> bytes: ...
+    @property
+    def local_port(self) -> int: ...
+    @property
+    def remote_addr(self) -> bytes: ...
+    @property
+    def remote_port(self) -> int: ...
+    @property
+    def iss(self) -> int: ...
+    @property
+    def irs(self) -> Optional[int]:
+        """The peer's initial sequence number once known."""
+    @property
+    def send_buffered(self) -> int:
+        """Bytes in the send buffer (unacknowledged + unsent)."""

@@ -1,0 +1,1956 @@
+# cython: language_level=3
+"""The sans-IO TCP engine (RFC 9293 and the RFCs it builds on).
+
+One ``TcpConnection`` is one connection's TCB.  Inputs: IP packets, the
+application's send/recv/EOF/abort, timer expiry; outputs: IP packets with
+checksums, events, the next deadline.  Time is integer microseconds passed in.
+
+Sequence space is handled as 64-bit *offsets* on each side (send side: offset
+0 = the first data byte, ISS+1; receive side: offset 0 = IRS+1; the SYN sits at
+-1), so buffers, SACK scoreboards and windows never compare wrapped numbers;
+32-bit sequence numbers appear only on the wire and are converted relative to
+SND.UNA / RCV.NXT (wrap-safe, ``seq_lt`` & co. for the rest).
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, uint64_t, int64_t
+from libc.string cimport memcpy, memset
+from libc.stdlib cimport malloc, free
+from libc.math cimport cbrt
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+
+from stackpep._fast.wire cimport (
+    tcp_seg_t, tcp_opts_t, parse_ip_tcp, emit_ip_tcp, tcp_opts_len, seg_init,
+    TH_FIN, TH_SYN, TH_RST, TH_PSH, TH_ACK, TH_URG, TH_ECE, TH_CWR,
+    WIRE_OK, WIRE_TCP_CHECKSUM, WIRE_IPV4_CHECKSUM,
+)
+
+from stackpep.tcp import events as _ev
+from stackpep.tcp.statistics import TcpStatistics as _TcpStatistics
+
+include "cc.pxi"
+
+# -- wrap-safe sequence comparisons (RFC 9293 §3.4; Linux before()/after()) --------
+cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) < 0
+
+cdef inline bint seq_le(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) <= 0
+
+cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) > 0
+
+cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) >= 0
+
+# -- states, RFC 9293 §3.3.2 ------------------------------------------------------------
+
+STATES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
+          "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT")
+
+# -- events (stackpep.tcp.events), queued as codes ------------------------------------------
+
+
+_CLOSE_REASONS = (_ev.CloseReason.NORMAL, _ev.CloseReason.RESET, _ev.CloseReason.REFUSED,
+                  _ev.CloseReason.ABORTED, _ev.CloseReason.TIMEOUT, _ev.CloseReason.KEEPALIVE)
+
+# -- drop reasons: one counter each (names in stackpep.tcp.statistics.DROP_REASONS) ----------
+
+DROP_NAMES = ("malformed", "bad_checksum", "wrong_flow", "closed", "listen_rst", "listen_ack",
+              "listen_no_syn", "syn_sent_bad_ack", "syn_sent_rst", "syn_sent_no_syn", "paws",
+              "no_timestamp", "out_of_window", "rst_out_of_window", "rst_challenged",
+              "syn_challenged", "no_ack", "ack_too_old", "ack_unsent", "syn_received_bad_ack",
+              "beyond_window", "after_fin", "ofo_full", "challenge_ack_limit", "icmp_stale")
+
+
+
+cdef inline int64_t i64min(int64_t a, int64_t b) noexcept nogil:
+    return a if a < b else b
+
+cdef inline int64_t i64max(int64_t a, int64_t b) noexcept nogil:
+    return a if a > b else b
+
+cdef inline uint64_t u64min_nz(uint64_t a, uint64_t b) noexcept nogil:
+    # the earlier of two deadlines, 0 meaning "not armed"
+    if a == 0:
+        return b
+    if b == 0:
+        return a
+    return a if a < b else b
+
+
+cdef class TcpConnection:
+    def __cinit__(self):
+        self.sbuf = NULL
+        self.rbuf = NULL
+        self.out_buf = NULL
+        self.pl_buf = NULL
+
+    def __dealloc__(self):
+        free(self.sbuf)
+        free(self.rbuf)
+        free(self.out_buf)
+        free(self.pl_buf)
+
+    def __init__(self, config, bytes local_addr, int local_port, bytes remote_addr, int remote_port,
+                 iss, ts_offset=0):
+        if len(local_addr) not in (4, 16) or len(remote_addr) != len(local_addr):
+            raise ValueError("addresses must both be 4 (IPv4) or 16 (IPv6) bytes")
+        if not (0 < local_port < 65536 and 0 < remote_port < 65536):
+            raise ValueError("ports must be 1..65535")
+        self.config = config
+        self._laddr = local_addr
+        self._raddr = remote_addr
+        self.lport = local_port
+        self.rport = remote_port
+        self.ipver = 4 if len(local_addr) == 4 else 6
+        self._iss = <uint32_t>(int(iss) & 0xFFFFFFFF)
+        self.ts_offset = <uint32_t>(int(ts_offset) & 0xFFFFFFFF)
+        seg_init(&self.tmpl)
+        self.tmpl.ip_version = self.ipver
+        self.tmpl.tos = <uint8_t>(config.tos & 0xFC)
+        self.tmpl.ttl = config.ttl
+        memcpy(self.tmpl.src, <const char*>local_addr, len(local_addr))
+        memcpy(self.tmpl.dst, <const char*>remote_addr, len(remote_addr))
+        self.tmpl.sport = local_port
+        self.tmpl.dport = remote_port
+        self.tmpl.ip_df = 1          # RFC 1191 §3: path-MTU discovery sets DF
+        self.st = CLOSED
+        # buffers
+        self.sb_cap = config.snd_buf
+        self.rb_cap = config.rcv_buf
+        self.sbuf = <uint8_t*>malloc(self.sb_cap)
+        self.rbuf = <uint8_t*>malloc(self.rb_cap)
+        self.pmtu = config.mtu
+        self.out_cap = config.mtu + 128
+        if self.out_cap < 1500 + 128:
+            self.out_cap = 1500 + 128
+        self.out_buf = <uint8_t*>malloc(self.out_cap)
+        self.pl_buf = <uint8_t*>malloc(self.out_cap)
+        if self.sbuf == NULL or self.rbuf == NULL or self.out_buf == NULL or self.pl_buf == NULL:
+            raise MemoryError()
+        # MSS we advertise: clamped to the egress MTU (RFC 9293 §3.7.1, RFC 6691)
+        cdef int hdrs = (20 if self.ipver == 4 else 40) + 20
+        self.adv_mss = min(config.mss, config.mtu - hdrs)
+        # RFC 9293 §3.7.1 default send MSS: 536 (IPv4) / 1220 (IPv6, RFC 8200 §5)
+        self.peer_mss = 536 if self.ipver == 4 else 1220
+        # RFC 7323 §2.3: the shift that lets the receive buffer be advertised
+        cdef int ws
+        if config.window_scale is None:
+            ws = 0
+            while ws < 14 and (self.rb_cap >> ws) > 65535:
+                ws += 1
+        else:
+            ws = config.window_scale
+        self.wscale_offer = ws
+        self.snd_wscale = 0
+        self.rcv_wscale = 0
+        # hot config copies
+        self.cfg_nagle = config.nagle
+        self.cfg_delack_us = config.delayed_ack_us
+        self.cfg_delack_segs = config.delayed_ack_segments
+        self.cfg_min_rto = config.min_rto_us
+        self.cfg_max_rto = config.max_rto_us
+        self.cfg_init_rto = config.initial_rto_us
+        self.cfg_syn_retries = config.syn_retries
+        self.cfg_max_retrans = config.max_retransmits
+        self.cfg_user_timeout = config.user_timeout_us if config.user_timeout_us is not None else 0
+        self.cfg_iw = config.initial_window_segments
+        self.cfg_keepalive = config.keepalive
+        self.cfg_ka_idle = config.keepalive_idle_us
+        self.cfg_ka_intvl = config.keepalive_interval_us
+        self.cfg_ka_count = config.keepalive_count
+        self.cfg_tw = config.time_wait_us
+        self.cfg_fw2 = config.fin_wait2_timeout_us if config.fin_wait2_timeout_us is not None else 0
+        self.cfg_chal_limit = config.challenge_ack_limit
+        self.cc = make_cc(config.congestion)
+        self.loss_corruption = config.loss_response == "corruption"
+        # sequence state
+        self.snd_una = -1
+        self.snd_nxt = -1
+        self.snd_max = -1
+        self.recover = -1
+        self.rcv_fin_off = -1
+        self.srtt = -1
+        self.rttvar = -1
+        self.rtt_last = -1
+        self.rtt_min = -1
+        self.rto = self.cfg_init_rto
+        self._update_smss()
+        self.cc.init(self.smss, self.cfg_iw)
+
+    # ================================================================================
+    # helpers
+    # ================================================================================
+    cdef uint32_t _sseq(self, int64_t off) noexcept:
+        return <uint32_t>(self._iss + 1 + <uint32_t>off)
+
+    cdef int64_t _soff(self, uint32_t seq) noexcept:
+        # send-side offset of a sequence number, relative to SND.UNA (wrap-safe)
+        return self.snd_una + <int32_t>(seq - self._sseq(self.snd_una))
+
+    cdef uint32_t _rseq(self, int64_t off) noexcept:
+        return <uint32_t>(self._irs + 1 + <uint32_t>off)
+
+    cdef int64_t _roff(self, uint32_t seq) noexcept:
+        return self.rcv_nxt + <int32_t>(seq - self._rseq(self.rcv_nxt))
+
+    cdef uint32_t _ts_now(self, uint64_t now) noexcept:
+        # RFC 7323 §5.4: a 1 ms timestamp clock
+        return <uint32_t>(now // 1000) + self.ts_offset
+
+    cdef void _update_smss(self):
+        # RFC 9293 §3.7.1 / RFC 6691: Eff.snd.MSS = min(SendMSS+20, MMS_S) - TCP header - options
+        cdef int iph = 20 if self.ipver == 4 else 40
+        cdef int64_t m = self.peer_mss + 20
+        if self.pmtu - iph < m:
+            m = self.pmtu - iph
+        m -= 20
+        if self.ts_ok:
+            m -= TS_OPT_LEN
+        if m < 8:
+            m = 8
+        self.smss = <uint32_t>m
+
+    cdef void _drop(self, int reason) noexcept:
+        self.drops[reason] += 1
+
+    cdef void _push_event(self, int code):
+        if self.ev_n < EVQ_SIZE:
+            self.evq[(self.ev_head + self.ev_n) % EVQ_SIZE] = code
+            self.ev_n += 1
+
+    cdef void _queue_rst(self, uint32_t seq, uint32_t ack, uint8_t flags):
+        if self.n_rstq < RSTQ_MAX:
+            self.rstq_seq[self.n_rstq] = seq
+            self.rstq_ack[self.n_rstq] = ack
+            self.rstq_flags[self.n_rstq] = flags
+            self.n_rstq += 1
+
+    cdef void _challenge_ack(self, uint64_t now):
+        # RFC 5961 §7: rate-limit challenge ACKs (per connection, per second)
+        if now - self.chal_window_start >= 1000000 or self.chal_window_start == 0:
+            self.chal_window_start = now if now > 0 else 1
+            self.chal_count = 0
+        if self.chal_count >= self.cfg_chal_limit:
+            self._drop(D_CHALLENGE_ACK_LIMIT)
+            return
+        self.chal_count += 1
+        self.n_chal += 1
+        self.ack_now = 1
+
+    cdef void _enter_closed(self, int reason):
+        if self.st == CLOSED:
+            return
+        self.st = CLOSED
+        self.close_reason = reason
+        self.t_rtx = 0
+        self.t_persist = 0
+        self.t_delack = 0
+        self.t_tw = 0
+        self.t_pace = 0
+        self.ack_now = 0
+        self.syn_pending = 0
+        self.probe_pending = 0
+        self.keepalive_pending = 0
+        self.rexmit_pending = 0
+        if reason == CR_RESET or reason == CR_REFUSED:
+            self._push_event(EV_RESET)
+        self._push_event(EV_CLOSED)
+
+    cdef void _enter_time_wait(self, uint64_t now):
+        # RFC 9293 §3.6: 2 MSL, nothing else pending
+        self.st = TIME_WAIT
+        self.t_rtx = 0
+        self.t_persist = 0
+        self.t_delack = 0
+        self.t_tw = now + self.cfg_tw
+        if self.t_tw == 0:
+            self.t_tw = 1
+
+    cdef void _set_rto_from_srtt(self):
+        # RFC 6298 §2.3: RTO = SRTT + max(G, K*RTTVAR), G = 1 ms (the TS clock); §2.4/2.5 clamps
+        cdef int64_t v = 4 * self.rttvar
+        if v < 1000:
+            v = 1000
+        v += self.srtt
+        if v < self.cfg_min_rto:
+            v = self.cfg_min_rto
+        if v > self.cfg_max_rto:
+            v = self.cfg_max_rto
+        self.rto = v
+
+    cdef void _rtt_sample(self, int64_t r, uint64_t now):
+        if r < 0:
+            return
+        self.rtt_last = r
+        if self.rtt_min < 0 or r < self.rtt_min:
+            self.rtt_min = r
+        if self.srtt < 0:
+            # RFC 6298 §2.2
+            self.srtt = r
+            self.rttvar = r // 2
+        else:
+            # RFC 6298 §2.3, alpha = 1/8, beta = 1/4
+            self.rttvar = (3 * self.rttvar + (self.srtt - r if self.srtt > r else r - self.srtt)) // 4
+            self.srtt = (7 * self.srtt + r) // 8
+        self._set_rto_from_srtt()
+        self.cc.on_rtt_sample(now, <uint64_t>r)
+
+    cdef int64_t _rcv_data_end(self) noexcept:
+        return self.rcv_nxt - (1 if self.fin_rcvd else 0)
+
+    cdef int64_t _flight(self) noexcept:
+        return self.snd_nxt - self.snd_una if self.snd_nxt > self.snd_una else 0
+
+    # ================================================================================
+    # application interface
+    # ================================================================================
+    def connect(self, uint64_t now):
+        """Active open (RFC 9293 §3.10.1): CLOSED -> SYN-SENT."""
+        if self.st != CLOSED or self.opened:
+            raise RuntimeError(f"connect() in state {STATES[self.st]}")
+        self.opened = 1
+        self.passive = 0
+        self.st = SYN_SENT
+        self.syn_pending = 1
+        self.syn_ecn = bool(self.config.ecn)   # RFC 3168 §6.1.1: ECN-setup SYN (ECE|CWR)
+        self.last_rcv_time = now
+
+    def listen(self):
+        """Passive open (RFC 9293 §3.10.1): CLOSED -> LISTEN."""
+        if self.st != CLOSED or self.opened:
+            raise RuntimeError(f"listen() in state {STATES[self.st]}")
+        self.opened = 1
+        self.passive = 1
+        self.st = LISTEN
+
+    def send(self, data):
+        """Copy up to len(data) bytes into the send buffer; returns how many (RFC 9293 §3.10.2)."""
+        cdef Py_buffer view
+        cdef int64_t n, free_, pos, first
+        if self.fin_requested or (self.st == CLOSED and self.opened) or self.st in (TIME_WAIT, CLOSING, LAST_ACK, FIN_WAIT_1, FIN_WAIT_2):
+            if self.st == CLOSED and self.opened:
+                raise ConnectionError("connection closed")
+            return 0
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            n = view.len
+            free_ = self.sb_cap - (self.wr_end - self._sb_head())
+            if n > free_:
+                n = free_
+                self.send_blocked = 1
+            if n <= 0:
+                return 0
+            pos = self.wr_end % self.sb_cap
+            first = self.sb_cap - pos
+            if first >= n:
+                memcpy(self.sbuf + pos, view.buf, n)
+            else:
+                memcpy(self.sbuf + pos, view.buf, first)
+                memcpy(self.sbuf, <uint8_t*>view.buf + first, n - first)
+            self.wr_end += n
+            return n
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int64_t _ack_seq(self) noexcept:
+        # Sequence offset for a segment without data, SYN or FIN: after a go-back-N
+        # rewind of SND.NXT the peer may already hold data up to snd_hi, and an
+        # ACK below its RCV.NXT would be unacceptable (BSD uses snd_max the same way).
+        return self.snd_nxt if self.snd_nxt > self.snd_hi else self.snd_hi
+
+    cdef int64_t _sb_head(self) noexcept:
+        cdef int64_t h = self.snd_una
+        if h < 0:
+            h = 0
+        if h > self.wr_end:
+            h = self.wr_end
+        return h
+
+    def send_space(self):
+        if self.fin_requested or self.st == CLOSED and self.opened:
+            return 0
+        if self.st in (TIME_WAIT, CLOSING, LAST_ACK, FIN_WAIT_1, FIN_WAIT_2):
+            return 0
+        return self.sb_cap - (self.wr_end - self._sb_head())
+
+    @property
+    def send_buffered(self):
+        return self.wr_end - self._sb_head()
+
+    def send_eof(self):
+        """RFC 9293 §3.10.4 CLOSE: FIN after the queued data."""
+        cdef int st = self.st
+        if self.fin_requested:
+            return
+        if st == LISTEN or st == SYN_SENT:
+            self.fin_requested = 1
+            self._enter_closed(CR_NORMAL)
+            return
+        if st == CLOSED:
+            return
+        self.fin_requested = 1
+        if st == ESTABLISHED:
+            self.st = FIN_WAIT_1
+        elif st == CLOSE_WAIT:
+            self.st = LAST_ACK
+        elif st == SYN_RECEIVED and self.wr_end == 0:
+            # §3.10.4: no data queued -> form a FIN now and enter FIN-WAIT-1
+            self.st = FIN_WAIT_1
+        # SYN-RECEIVED with data queued: FIN-WAIT-1 once ESTABLISHED (§3.10.4)
+
+    def abort(self):
+        """RFC 9293 §3.10.5 ABORT: RST in synchronized states, then CLOSED."""
+        cdef int st = self.st
+        if st == CLOSED:
+            return
+        if st in (SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
+            self.n_rstq = 0
+            self._queue_rst(self._sseq(self._ack_seq()), self._rseq(self.rcv_nxt), TH_RST | TH_ACK)
+        self._enter_closed(CR_ABORTED)
+
+    def set_congestion_control(self, CongestionControl cc not None):
+        """Install another controller (e.g. a subclass of CongestionControl from a
+        cimporting module); it starts from the current cwnd and ssthresh."""
+        cdef double cwnd = self.cc.cwnd, ssthresh = self.cc.ssthresh
+        cc.init(self.smss, self.cfg_iw)
+        cc.cwnd = cwnd
+        cc.ssthresh = ssthresh
+        self.cc = cc
+
+    def set_loss_response(self, str policy):
+        if policy == "congestion":
+            self.loss_corruption = 0
+        elif policy == "corruption":
+            self.loss_corruption = 1
+        else:
+            raise ValueError("loss response is 'congestion' or 'corruption'")
+
+    cdef int64_t _readable(self) noexcept:
+        if self.st == LISTEN or self.st == SYN_SENT or self.st == SYN_RECEIVED:
+            return 0
+        return self._rcv_data_end() - self.rd_off
+
+    def recv_available(self):
+        return self._readable()
+
+    def at_eof(self):
+        return bool(self.fin_rcvd and self._readable() == 0)
+
+    cdef int64_t _recv_copy(self, uint8_t* dst, int64_t n):
+        cdef int64_t avail = self._readable()
+        cdef int64_t pos, first
+        if n > avail:
+            n = avail
+        if n <= 0:
+            return 0
+        pos = self.rd_off % self.rb_cap
+        first = self.rb_cap - pos
+        if first >= n:
+            memcpy(dst, self.rbuf + pos, n)
+        else:
+            memcpy(dst, self.rbuf + pos, first)
+            memcpy(dst + first, self.rbuf, n - first)
+        self.rd_off += n
+        self.readable_notified = 0
+        self._window_update_check()
+        return n
+
+    def recv(self, Py_ssize_t max_bytes):
+        cdef int64_t n = self._readable()
+        if max_bytes < n:
+            n = max_bytes
+        if n <= 0:
+            self.readable_notified = 0
+            return b""
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+        self._recv_copy(<uint8_t*>PyBytes_AS_STRING(out), n)
+        return out
+
+    def recv_into(self, buffer):
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+        try:
+            return self._recv_copy(<uint8_t*>view.buf, view.len)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef void _window_update_check(self):
+        # RFC 9293 §3.8.6.2.2 receiver SWS avoidance: announce a window opened by at
+        # least min(RCV.BUFF/2, Eff.MSS); like Linux, only when it at least doubles
+        # what the peer currently may send (else the next ACK carries it anyway).
+        if self.st < ESTABLISHED or self.fin_rcvd:
+            return
+        cdef int64_t cur = self.rcv_adv - self.rcv_nxt
+        cdef int64_t avail = self.rd_off + self.rb_cap - self.rcv_nxt
+        cdef int64_t thresh = self.rb_cap // 2
+        cdef int64_t wmax = (<int64_t>65535) << self.rcv_wscale
+        if avail > wmax:
+            avail = wmax    # the 16-bit field cannot announce more (RFC 7323 §2.2)
+        if cur < 0:
+            cur = 0
+        if self.adv_mss < thresh:
+            thresh = self.adv_mss
+        # The peer is only held up by a window below about two segments; a larger
+        # one is refreshed by the ACKs of the data still arriving.
+        if avail - cur >= thresh and avail >= 2 * cur and cur < 2 * thresh:
+            self.ack_now = 1
+
+    # ================================================================================
+    # input
+    # ================================================================================
+    def receive_packet(self, packet, uint64_t now):
+        """An IP packet carrying TCP for this connection (RFC 9293 §3.10.7)."""
+        cdef tcp_seg_t seg
+        cdef const uint8_t* p
+        cdef Py_ssize_t n
+        cdef Py_buffer view
+        cdef int rc
+        if type(packet) is bytes:
+            p = <const uint8_t*>PyBytes_AS_STRING(packet)
+            n = PyBytes_GET_SIZE(packet)
+            rc = parse_ip_tcp(p, n, &seg, 1)
+            if rc != WIRE_OK:
+                self._drop(D_BAD_CHECKSUM if rc == WIRE_TCP_CHECKSUM or rc == WIRE_IPV4_CHECKSUM else D_MALFORMED)
+                return
+            self.receive_seg(&seg, p, now)
+            return
+        PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE)
+        try:
+            p = <const uint8_t*>view.buf
+            rc = parse_ip_tcp(p, view.len, &seg, 1)
+            if rc != WIRE_OK:
+                self._drop(D_BAD_CHECKSUM if rc == WIRE_TCP_CHECKSUM or rc == WIRE_IPV4_CHECKSUM else D_MALFORMED)
+                return
+            self.receive_seg(&seg, p, now)
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef int receive_seg(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now) except -1:
+        """C-level input: a segment already parsed (and checksum-verified) by the wire layer;
+        ``pkt`` is the IP packet it was parsed from."""
+        cdef int alen = 4 if self.ipver == 4 else 16
+        self.segs_in += 1
+        if (s.ip_version != self.ipver or s.sport != self.rport or s.dport != self.lport
+                or memcmp_(s.src, self.tmpl.dst, alen) or memcmp_(s.dst, self.tmpl.src, alen)):
+            self._drop(D_WRONG_FLOW)
+            return 0
+        cdef int st = self.st
+        if st == CLOSED:
+            self._input_closed(s)
+            return 0
+        if st == LISTEN:
+            self._input_listen(s, pkt, now)
+            return 0
+        if st == SYN_SENT:
+            self._input_syn_sent(s, pkt, now)
+            return 0
+        self._input_sync(s, pkt, now)
+        return 0
+
+    cdef void _input_closed(self, tcp_seg_t* s):
+        # RFC 9293 §3.10.7.1: an incoming RST is discarded; anything else gets a RST
+        self._drop(D_CLOSED)
+        if s.flags & TH_RST:
+            return
+        if s.flags & TH_ACK:
+            self._queue_rst(s.ack, 0, TH_RST)
+        else:
+            self._queue_rst(0, <uint32_t>(s.seq + s.payload_len + (1 if s.flags & TH_SYN else 0)
+                                          + (1 if s.flags & TH_FIN else 0)), TH_RST | TH_ACK)
+
+    cdef void _syn_options(self, tcp_seg_t* s, bint active):
+        """Options of the peer's SYN / SYN-ACK (RFC 9293 §3.7.1, RFC 7323 §2-3, RFC 2018 §2)."""
+        cdef int cfg_ws = self.wscale_offer
+        if s.opts.mss:
+            self.peer_mss = s.opts.mss
+        if cfg_ws >= 0 and s.opts.wscale >= 0:
+            self.ws_ok = 1
+            # RFC 7323 §2.3: a shift above 14 is used as 14
+            self.snd_wscale = s.opts.wscale if s.opts.wscale <= 14 else 14
+            self.rcv_wscale = cfg_ws
+        else:
+            self.ws_ok = 0
+            self.snd_wscale = 0
+            self.rcv_wscale = 0
+        self.sack_ok = bool(self.config.sack) and s.opts.sack_perm
+        if self.config.timestamps and s.opts.has_ts:
+            self.ts_ok = 1
+            self.ts_recent = s.opts.ts_val
+            self.ts_recent_time = self.last_rcv_time
+        else:
+            self.ts_ok = 0
+        self._update_smss()
+        self.cc.set_mss(self.smss)
+        self.cc.init(self.smss, self.cfg_iw)
+
+    cdef void _input_listen(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now):
+        # RFC 9293 §3.10.7.2
+        cdef uint8_t f = s.flags
+        if f & TH_RST:
+            self._drop(D_LISTEN_RST)
+            return
+        if f & TH_ACK:
+            self._drop(D_LISTEN_ACK)
+            self._queue_rst(s.ack, 0, TH_RST)
+            return
+        if not (f & TH_SYN):
+            self._drop(D_LISTEN_NO_SYN)
+            return
+        self._irs = s.seq
+        self.have_irs = 1
+        self.rcv_nxt = 0
+        self.rd_off = 0
+        self.last_rcv_time = now
+        self._syn_options(s, 0)
+        # RFC 3168 §6.1.1: an ECN-setup SYN has ECE and CWR; answer with ECE only if we do ECN
+        self.ecn_ok = bool(self.config.ecn) and (f & (TH_ECE | TH_CWR)) == (TH_ECE | TH_CWR)
+        self.syn_ecn = self.ecn_ok
+        self.snd_wnd = s.window             # RFC 7323 §2.2: never scaled in a SYN
+        self.max_snd_wnd = self.snd_wnd
+        self.snd_wl1 = -1
+        self.snd_wl2 = -1
+        self.st = SYN_RECEIVED
+        self.syn_pending = 1
+        self.rcv_adv = self.rcv_nxt + min(self.rb_cap, 65535)
+        if s.payload_len:
+            # §3.10.7.2: "any other control or text should be queued for processing later"
+            self._rcv_data(0, pkt + s.payload_off, s.payload_len, now)
+            self.syn_data = 1
+        if f & TH_FIN:
+            self._rcv_fin(s.payload_len, now)
+
+    cdef void _input_syn_sent(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now):
+        # RFC 9293 §3.10.7.3
+        cdef uint8_t f = s.flags
+        cdef int64_t ack_off = 0
+        if f & TH_ACK:
+            ack_off = self._soff(s.ack)
+            # first check: SEG.ACK =< ISS or SEG.ACK > SND.NXT is unacceptable
+            if ack_off <= -1 or ack_off > self.snd_max:
+                self._drop(D_SYN_SENT_BAD_ACK)
+                if not (f & TH_RST):
+                    self._queue_rst(s.ack, 0, TH_RST)
+                return
+        if f & TH_RST:
+            # second check: only with an acceptable ACK (RFC 5961 §3.2 keeps this for SYN-SENT)
+            if f & TH_ACK:
+                self._enter_closed(CR_REFUSED)
+            else:
+                self._drop(D_SYN_SENT_RST)
+            return
+        if not (f & TH_SYN):
+            self._drop(D_SYN_SENT_NO_SYN)
+            return
+        # fourth check: SYN
+        self._irs = s.seq
+        self.have_irs = 1
+        self.rcv_nxt = 0
+        self.rd_off = 0
+        self.last_rcv_time = now
+        self.rcv_adv = min(self.rb_cap, 65535)     # the window in our SYN
+        self._syn_options(s, 1)
+        if f & TH_ACK:
+            # RFC 3168 §6.1.1: ECN-setup SYN-ACK has ECE without CWR
+            self.ecn_ok = self.syn_ecn and (f & (TH_ECE | TH_CWR)) == TH_ECE
+            self.snd_una = ack_off
+            self.snd_wnd = s.window           # RFC 7323 §2.2
+            self.max_snd_wnd = self.snd_wnd
+            self.snd_wl1 = 0
+            self.snd_wl2 = ack_off
+            if not self.syn_retransmitted and self.rtt_timing:
+                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
+            self.rtt_timing = 0
+            self._established(now)
+            self.ack_now = 1
+            if s.payload_len:
+                self._rcv_data(0, pkt + s.payload_off, s.payload_len, now)
+            if f & TH_FIN:
+                self._rcv_fin(s.payload_len, now)
+        else:
+            # simultaneous open (RFC 9293 §3.5 figure 8): SYN-ACK with our ISS
+            self.ecn_ok = self.syn_ecn and (f & (TH_ECE | TH_CWR)) == (TH_ECE | TH_CWR)
+            self.snd_wnd = s.window
+            self.max_snd_wnd = self.snd_wnd
+            self.snd_wl1 = -1
+            self.snd_wl2 = -1
+            self.st = SYN_RECEIVED
+            self.syn_pending = 1
+            self.t_rtx = 0
+            if s.payload_len:
+                self._rcv_data(0, pkt + s.payload_off, s.payload_len, now)
+                self.syn_data = 1
+
+    cdef void _established(self, uint64_t now):
+        self.st = ESTABLISHED
+        self.retries = 0
+        self.t_rtx = 0
+        self.syn_pending = 0
+        if self.snd_una < 0:
+            self.snd_una = 0
+        if self.snd_nxt < 0:
+            self.snd_nxt = 0
+        if self.snd_max < self.snd_nxt:
+            self.snd_max = self.snd_nxt
+        self.recover = self.snd_una
+        self.high_rxt = self.snd_una
+        self.ecn_recover = self.snd_una
+        if self.syn_retransmitted and self.srtt < 0:
+            # RFC 6298 §5.7: RTO back to 3 s after a retransmitted SYN
+            self.rto = 3000000 if self.cfg_max_rto >= 3000000 else self.cfg_max_rto
+        if self.syn_retransmitted:
+            self.cc.cwnd = self.smss    # RFC 5681 §3.1: IW of one segment after a lost SYN / SYN-ACK
+        self._push_event(EV_CONNECTED)
+        if self.syn_data and self._readable() > 0 and not self.readable_notified:
+            self.readable_notified = 1
+            self._push_event(EV_READABLE)
+        if self.fin_requested:
+            self.st = FIN_WAIT_1
+        if self.fin_rcvd:
+            self.st = CLOSE_WAIT if self.st == ESTABLISHED else CLOSING
+            self._push_event(EV_EOF)
+
+    cdef void _input_sync(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now):
+        """SYN-RECEIVED and the synchronized states: RFC 9293 §3.10.7.4."""
+        cdef uint8_t f = s.flags
+        cdef int st = self.st
+        cdef int64_t seg_off, seg_len, wnd, ack_off
+        cdef uint32_t plen = s.payload_len
+        cdef bint ok
+        # RFC 7323 §3.2 / §5.3 (R1): timestamps before the sequence check
+        if self.ts_ok and not (f & TH_RST):
+            if not s.opts.has_ts:
+                self._drop(D_NO_TIMESTAMP)
+                return
+            if seq_lt(s.opts.ts_val, self.ts_recent) and now - self.ts_recent_time > 24 * 86400 * 1000000ULL:
+                # RFC 7323 §5.5: TS.Recent idle for more than 24 days is invalid, not a PAWS test
+                self.ts_recent = s.opts.ts_val
+                self.ts_recent_time = now
+            elif seq_lt(s.opts.ts_val, self.ts_recent):
+                self._drop(D_PAWS)
+                self.ack_now = 1          # R1: send an acknowledgment
+                return
+        seg_off = self._roff(s.seq)
+        # simultaneous open: the peer's SYN-ACK completes our SYN-RECEIVED (Linux does the same)
+        if f & TH_SYN:
+            if st == SYN_RECEIVED and s.seq == self._irs:
+                if (f & TH_ACK) and self._soff(s.ack) == self.snd_max and self.snd_max >= 0 and not self.passive:
+                    seg_off += 1
+                    f = f & ~TH_SYN
+                else:
+                    # a retransmitted SYN: send the SYN-ACK again
+                    self.syn_pending = 1
+                    return
+            else:
+                # RFC 5961 §4.2: any SYN in a synchronized state gets a challenge ACK
+                self._drop(D_SYN_CHALLENGED)
+                self._challenge_ack(now)
+                return
+        seg_len = plen + (1 if f & TH_FIN else 0)
+        # first check, sequence number acceptability (RFC 9293 §3.10.7.4 table)
+        wnd = self.rcv_adv - self.rcv_nxt
+        if wnd < 0:
+            wnd = 0
+        if seg_len == 0:
+            if wnd == 0:
+                ok = seg_off == self.rcv_nxt
+            else:
+                ok = self.rcv_nxt <= seg_off < self.rcv_nxt + wnd
+        else:
+            if wnd == 0:
+                ok = 0
+                # "special allowance" for valid ACKs, URGs and RSTs at RCV.NXT
+                if seg_off == self.rcv_nxt:
+                    ok = 1
+            else:
+                ok = ((self.rcv_nxt <= seg_off < self.rcv_nxt + wnd) or
+                      (self.rcv_nxt <= seg_off + seg_len - 1 < self.rcv_nxt + wnd))
+        if not ok:
+            if f & TH_RST:
+                self._drop(D_RST_OUT_OF_WINDOW)
+                return
+            self._drop(D_OUT_OF_WINDOW)
+            if st == TIME_WAIT and (f & TH_FIN):
+                # a retransmitted FIN: ACK it and restart 2 MSL (RFC 9293 §3.10.7.4 eighth)
+                self.t_tw = now + self.cfg_tw
+            self.ack_now = 1
+            return
+        self.last_rcv_time = now
+        self.ka_probes = 0
+        # RFC 7323 §4.3: TS.Recent update for a segment covering Last.ACK.sent
+        if self.ts_ok and s.opts.has_ts and seg_off <= self.last_ack_sent and seq_ge(s.opts.ts_val, self.ts_recent):
+            self.ts_recent = s.opts.ts_val
+            self.ts_recent_time = now
+        # RFC 3168 §6.1.3: CE -> ECE on our ACKs until CWR
+        if self.ecn_ok:
+            if f & TH_CWR:
+                self.ece_pending = 0
+            if (s.tos & 3) == ECN_CE:
+                self.n_ce += 1
+                if not self.ece_pending:
+                    self.ack_now = 1
+                self.ece_pending = 1
+        # second check, RST (RFC 5961 §3.2)
+        if f & TH_RST:
+            if seg_off != self.rcv_nxt:
+                self._drop(D_RST_CHALLENGED)
+                self._challenge_ack(now)
+                return
+            if st == SYN_RECEIVED and self.passive:
+                # back to LISTEN (RFC 9293 §3.10.7.4 second check)
+                self._back_to_listen()
+                return
+            if st == SYN_RECEIVED:
+                self._enter_closed(CR_REFUSED)
+            elif st == TIME_WAIT:
+                self._enter_closed(CR_NORMAL)
+            else:
+                self._enter_closed(CR_RESET)
+            return
+        # fifth check, ACK
+        if not (f & TH_ACK):
+            self._drop(D_NO_ACK)
+            return
+        ack_off = self._soff(s.ack)
+        if st == SYN_RECEIVED or self.snd_una < 0:
+            # our SYN is not acknowledged yet (also FIN-WAIT-1 after a CLOSE in SYN-RECEIVED)
+            if self.snd_una < ack_off <= self.snd_max:
+                self.snd_una = ack_off
+                self.snd_wnd = (<int64_t>s.window) << self.snd_wscale
+                if self.snd_wnd > self.max_snd_wnd:
+                    self.max_snd_wnd = self.snd_wnd
+                self.snd_wl1 = seg_off
+                self.snd_wl2 = ack_off
+                if not self.syn_retransmitted and self.rtt_timing:
+                    self._rtt_sample(<int64_t>(now - self.rtt_time), now)
+                self.rtt_timing = 0
+                if st == SYN_RECEIVED:
+                    self._established(now)
+                else:
+                    self._push_event(EV_CONNECTED)
+                    self.retries = 0
+                    self.t_rtx = 0 if self.snd_una >= self.snd_max else now + self.rto
+                st = self.st
+                if self.fin_requested and self.snd_una > self.wr_end and st == FIN_WAIT_1:
+                    self.st = FIN_WAIT_2
+                    if self.cfg_fw2:
+                        self.t_tw = now + self.cfg_fw2
+                    st = self.st
+            else:
+                self._drop(D_SYN_RECEIVED_BAD_ACK)
+                self._queue_rst(s.ack, 0, TH_RST)
+                return
+        else:
+            if ack_off > self.snd_max:
+                self._drop(D_ACK_UNSENT)
+                self.ack_now = 1
+                return
+            if ack_off < self.snd_una - self.max_snd_wnd:
+                # RFC 5961 §5.2
+                self._drop(D_ACK_TOO_OLD)
+                self._challenge_ack(now)
+                return
+            self._process_ack(s, ack_off, seg_off, plen, now)
+            if self.fin_requested and self.snd_una > self.wr_end:
+                # our FIN is acknowledged
+                if st == FIN_WAIT_1:
+                    self.st = FIN_WAIT_2
+                    if self.cfg_fw2:
+                        self.t_tw = now + self.cfg_fw2
+                elif st == CLOSING:
+                    self._enter_time_wait(now)
+                    return
+                elif st == LAST_ACK:
+                    self._enter_closed(CR_NORMAL)
+                    return
+            st = self.st
+        # sixth: URG is tolerated, its data is delivered inline (RFC 6093 §6)
+        # seventh: segment text
+        if plen:
+            if st == ESTABLISHED or st == FIN_WAIT_1 or st == FIN_WAIT_2:
+                self._rcv_data(seg_off, pkt + s.payload_off, plen, now)
+            else:
+                # §3.10.7.4 seventh check, CLOSE-WAIT and later: ignore the text
+                self._drop(D_AFTER_FIN)
+        # eighth: FIN
+        if f & TH_FIN:
+            if st == TIME_WAIT:
+                self.ack_now = 1
+                self.t_tw = now + self.cfg_tw
+            elif not self.fin_rcvd:
+                self._rcv_fin(seg_off + plen, now)
+            else:
+                self.ack_now = 1
+
+    cdef void _back_to_listen(self):
+        self.st = LISTEN
+        self.syn_pending = 0
+        self.t_rtx = 0
+        self.t_delack = 0
+        self.ack_now = 0
+        self.retries = 0
+        self.syn_retransmitted = 0
+        self.rcv_nxt = 0
+        self.have_irs = 0
+        self.rd_off = 0
+        self.n_ofo = 0
+        self.fin_rcvd = 0
+        self.rcv_fin_off = -1
+        self.syn_data = 0
+        self.snd_una = -1
+        self.snd_nxt = -1
+        self.snd_max = -1
+        self.rtt_timing = 0
+        self.rto = self.cfg_init_rto
+        self.ws_ok = self.sack_ok = self.ts_ok = self.ecn_ok = 0
+
+    # ---------------------------------------------------------------------------------
+    cdef void _rcv_fin(self, int64_t fin_off, uint64_t now):
+        """The peer's FIN at receive offset fin_off (RFC 9293 §3.10.7.4 eighth check)."""
+        if fin_off > self.rcv_nxt:
+            self.rcv_fin_off = fin_off   # out of order: take it when the gap fills
+            self.ack_now = 1
+            return
+        if fin_off < self.rcv_nxt:
+            self.ack_now = 1
+            return
+        self.rcv_nxt += 1
+        self.fin_rcvd = 1
+        self.rcv_fin_off = -1
+        self.ack_now = 1
+        self.t_delack = 0
+        cdef int st = self.st
+        if st == SYN_RECEIVED:
+            return           # EOF reported once ESTABLISHED (_established)
+        self._push_event(EV_EOF)
+        if st == ESTABLISHED:
+            self.st = CLOSE_WAIT
+        elif st == FIN_WAIT_1:
+            if self.fin_requested and self.snd_una > self.wr_end:
+                self._enter_time_wait(now)
+            else:
+                self.st = CLOSING
+        elif st == FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    cdef void _rcv_data(self, int64_t off, const uint8_t* p, int64_t n, uint64_t now):
+        """In-window payload at receive offset ``off`` (RFC 9293 §3.10.7.4 seventh check)."""
+        cdef int64_t skip, limit, pos, first, end
+        cdef bint in_order
+        if self.fin_rcvd:
+            self._drop(D_AFTER_FIN)
+            return
+        if off < self.rcv_nxt:
+            skip = self.rcv_nxt - off
+            if skip >= n:
+                self.ack_now = 1       # a duplicate: ACK at once (RFC 5681 §4.2)
+                return
+            p += skip
+            n -= skip
+            off = self.rcv_nxt
+            self.ack_now = 1
+        limit = self.rcv_adv
+        if limit > self.rd_off + self.rb_cap:
+            limit = self.rd_off + self.rb_cap
+        if off + n > limit:
+            self._drop(D_BEYOND_WINDOW)
+            n = limit - off
+            self.ack_now = 1
+            if n <= 0:
+                return
+        if n > self.rcv_seg_max:
+            self.rcv_seg_max = <uint32_t>n
+        pos = off % self.rb_cap
+        first = self.rb_cap - pos
+        if first >= n:
+            memcpy(self.rbuf + pos, p, n)
+        else:
+            memcpy(self.rbuf + pos, p, first)
+            memcpy(self.rbuf, p + first, n - first)
+        end = off + n
+        if off == self.rcv_nxt:
+            self.rcv_nxt = end
+            self.bytes_in += n
+            if self.n_ofo:
+                if self._ofo_merge_front():
+                    self.ack_now = 1       # filled (part of) a gap: ACK at once (RFC 5681 §4.2)
+            if self.rcv_fin_off >= 0 and self.rcv_fin_off == self.rcv_nxt:
+                self._rcv_fin(self.rcv_fin_off, now)
+            if not self.readable_notified and self.st != SYN_RECEIVED:
+                self.readable_notified = 1
+                self._push_event(EV_READABLE)
+            # delayed ACK (RFC 9293 §3.8.6.3, RFC 5681 §4.2): every 2nd full-sized segment
+            self.rcv_unacked += n
+            if not self.ack_now:
+                if self.cfg_delack_us == 0 or self.rcv_unacked >= <int64_t>self.cfg_delack_segs * self.rcv_seg_max:
+                    self.ack_now = 1
+                elif self.t_delack == 0:
+                    self.t_delack = now + self.cfg_delack_us
+        else:
+            self._ofo_insert(off, end)
+            self.ack_now = 1               # out of order: duplicate ACK at once (RFC 5681 §4.2)
+
+    cdef void _ofo_insert(self, int64_t l, int64_t r):
+        cdef int i = 0, j, k
+        self.ofo_clock += 1
+        while i < self.n_ofo and self.ofo_r[i] < l:
+            i += 1
+        j = i
+        while j < self.n_ofo and self.ofo_l[j] <= r:
+            if self.ofo_l[j] < l:
+                l = self.ofo_l[j]
+            if self.ofo_r[j] > r:
+                r = self.ofo_r[j]
+            j += 1
+        if j == i:
+            if self.n_ofo >= OFO_MAX:
+                self._drop(D_OFO_FULL)
+                return
+            for k in range(self.n_ofo, i, -1):
+                self.ofo_l[k] = self.ofo_l[k - 1]
+                self.ofo_r[k] = self.ofo_r[k - 1]
+                self.ofo_age[k] = self.ofo_age[k - 1]
+            self.n_ofo += 1
+        elif j > i + 1:
+            for k in range(j, self.n_ofo):
+                self.ofo_l[k - (j - i - 1)] = self.ofo_l[k]
+                self.ofo_r[k - (j - i - 1)] = self.ofo_r[k]
+                self.ofo_age[k - (j - i - 1)] = self.ofo_age[k]
+            self.n_ofo -= j - i - 1
+        self.ofo_l[i] = l
+        self.ofo_r[i] = r
+        self.ofo_age[i] = self.ofo_clock
+
+    cdef bint _ofo_merge_front(self):
+        cdef int k = 0, i
+        cdef bint merged = 0
+        while k < self.n_ofo and self.ofo_l[k] <= self.rcv_nxt:
+            if self.ofo_r[k] > self.rcv_nxt:
+                self.bytes_in += self.ofo_r[k] - self.rcv_nxt
+                self.rcv_nxt = self.ofo_r[k]
+            k += 1
+            merged = 1
+        if k:
+            for i in range(k, self.n_ofo):
+                self.ofo_l[i - k] = self.ofo_l[i]
+                self.ofo_r[i - k] = self.ofo_r[i]
+                self.ofo_age[i - k] = self.ofo_age[i]
+            self.n_ofo -= k
+        return merged
+
+    # ---------------------------------------------------------------------------------
+    cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now):
+        """ACK processing in the synchronized states (RFC 9293 §3.10.7.4 fifth check)."""
+        cdef int64_t win, acked, data_acked, prior_flight, newly_sacked = 0, a, b
+        cdef bint window_changed = 0
+        cdef uint8_t f = s.flags
+        # window update: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)
+        if self.snd_wl1 < seg_off or (self.snd_wl1 == seg_off and self.snd_wl2 <= ack_off):
+            win = (<int64_t>s.window) << self.snd_wscale
+            window_changed = win != self.snd_wnd
+            self.snd_wnd = win
+            self.snd_wl1 = seg_off
+            self.snd_wl2 = ack_off
+            if win > self.max_snd_wnd:
+                self.max_snd_wnd = win
+            if win > 0:
+                self.persist_backoff = 0
+                self.t_persist = 0
+        if self.sack_ok and s.opts.n_sack:
+            newly_sacked = self._sack_update(s, ack_off)
+        prior_flight = self._flight()
+        if ack_off > self.snd_una:
+            acked = ack_off - self.snd_una
+            # payload bytes acknowledged (the FIN takes one sequence number, not a byte)
+            a = self.snd_una if self.snd_una > 0 else 0
+            b = ack_off if ack_off < self.wr_end else self.wr_end
+            data_acked = b - a if b > a else 0
+            self.bytes_acked += data_acked
+            self.snd_una = ack_off
+            if self.snd_nxt < ack_off:
+                self.snd_nxt = ack_off
+            if self.high_rxt < ack_off:
+                self.high_rxt = ack_off
+            self.una_time = now
+            self.retries = 0
+            if self.n_sb:
+                self._sb_prune()
+            # RTT (RFC 6298 §3 Karn: timed segment not retransmitted; RFC 7323 §4 RTTM otherwise)
+            if self.rtt_timing and ack_off > self.rtt_off:
+                self.rtt_timing = 0
+                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
+            elif (self.ts_ok and s.opts.has_ts and not self.rtt_timing and
+                  (not self.ts_rto_set or seq_ge(s.opts.ts_ecr, self.ts_rto_floor))):
+                # an echo older than the last RTO belongs to an original transmission
+                # whose ACK was lost: as ambiguous as Karn's case, so no sample
+                self._rtt_sample(<int64_t>(<uint32_t>(self._ts_now(now) - s.opts.ts_ecr)) * 1000
+                                 if seq_le(s.opts.ts_ecr, self._ts_now(now)) else -1, now)
+            elif self.srtt >= 0:
+                self._set_rto_from_srtt()      # a new ACK ends any backoff (RFC 6298 §5.7 note)
+            # congestion control
+            if self.ecn_ok and (f & TH_ECE) and self.snd_una > self.ecn_recover:
+                self._ecn_response(now, prior_flight)
+            if self.in_recovery:
+                if ack_off >= self.recover:
+                    self.in_recovery = 0
+                    self.dupacks = 0
+                    self.lt_sent = 0
+                    if not self.loss_corruption:
+                        self.cc.on_recovery_exit(now, <uint64_t>self._flight())
+                elif not self.sack_ok:
+                    # RFC 6582 §3.2 step 5: partial ACK
+                    self.rexmit_pending = 1
+                    self.cc.cwnd -= acked
+                    if acked >= self.smss:
+                        self.cc.cwnd += self.smss
+                    if self.cc.cwnd < self.smss:
+                        self.cc.cwnd = self.smss
+                    self.t_rtx = now + self.rto
+            else:
+                self.dupacks = 0
+                self.lt_sent = 0
+                if 2 * prior_flight >= <int64_t>self.cc.cwnd:
+                    # grow only while cwnd-limited (RFC 7661 §4.3 spirit)
+                    self.cc.on_ack(now, <uint32_t>(acked if acked < 0xFFFFFFFF else 0xFFFFFFFF),
+                                   self.srtt, <uint64_t>self._flight())
+            # RFC 6298 §5.2/5.3: stop or restart the retransmission timer
+            if self.snd_una >= self.snd_nxt:
+                self.t_rtx = 0
+            else:
+                self.t_rtx = now + self.rto
+            if self.send_blocked:
+                if self.wr_end - self._sb_head() <= self.sb_cap // 2:
+                    self.send_blocked = 0
+                    self._push_event(EV_SENDSPACE)
+        elif ack_off == self.snd_una:
+            if self.ecn_ok and (f & TH_ECE) and self.snd_una >= self.ecn_recover and self.snd_max > self.snd_una:
+                self._ecn_response(now, prior_flight)
+            # duplicate ACK, RFC 5681 §2 (RFC 6675 §2: or one that SACKs new data)
+            # (outstanding data: SND.NXT, which a zero-window probe does not move)
+            if self.snd_nxt > self.snd_una and plen == 0 and not (f & (TH_SYN | TH_FIN)):
+                if (self.sack_ok and newly_sacked > 0) or (not window_changed and not (self.sack_ok and s.opts.n_sack)):
+                    self.dupacks += 1
+                    self.n_dupacks += 1
+                    if self.in_recovery:
+                        if not self.sack_ok:
+                            self.cc.cwnd += self.smss   # RFC 6582 §3.2 step 4: inflate
+                    elif self.snd_una >= self.recover and (
+                            self.dupacks >= DUPTHRESH or (self.sack_ok and self._lost_edge() > self.snd_una)):
+                        self._enter_recovery(now)
+
+    cdef void _ecn_response(self, uint64_t now, int64_t flight):
+        # RFC 3168 §6.1.2: react to ECE as to a loss, at most once per window; CWR on the next data
+        self.ecn_recover = self.snd_max
+        self.cwr_pending = 1
+        self.n_cwr += 1
+        if not self.in_recovery:
+            self.cc.on_congestion(now, <uint64_t>flight, CC_CAUSE_ECN)
+
+    cdef void _enter_recovery(self, uint64_t now):
+        """Fast retransmit / fast recovery: RFC 5681 §3.2, RFC 6582 §3.2, RFC 6675 §5."""
+        # RFC 5681 §3.2 step 2: limited-transmit data is not part of FlightSize here
+        cdef int64_t flight = self._flight() - self.lt_sent
+        self.in_recovery = 1
+        self.n_fast_rexmit += 1
+        self.recover = self.snd_max
+        self.high_rxt = self.snd_una
+        if not self.loss_corruption:
+            if self.snd_una >= self.ecn_recover:
+                self.cc.on_congestion(now, <uint64_t>flight, CC_CAUSE_LOSS)
+            self.ecn_recover = self.snd_max
+        # RFC 5681 §3.2 step 3 / RFC 6675 §5 (4.3): the first lost segment is resent
+        # at once, whatever cwnd allows
+        self.rexmit_pending = 1
+        if not self.sack_ok and not self.loss_corruption:
+            self.cc.cwnd += DUPTHRESH * self.smss    # RFC 6582 §3.2 step 3 inflation
+        self.t_rtx = now + self.rto
+
+    cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off):
+        """Merge the peer's SACK blocks into the scoreboard (RFC 2018 §3, RFC 6675 §4)."""
+        cdef int i, j, k, i2
+        cdef int64_t l, r, before = self.sacked_bytes, total
+        for i in range(s.opts.n_sack):
+            l = self._soff(s.opts.sack_left[i])
+            r = self._soff(s.opts.sack_right[i])
+            if l < ack_off:
+                l = ack_off               # D-SACK or stale part (RFC 2883): ignored
+            if r > self.snd_max or r <= l:
+                continue
+            j = 0
+            while j < self.n_sb and self.sb_r[j] < l:
+                j += 1
+            k = j
+            while k < self.n_sb and self.sb_l[k] <= r:
+                if self.sb_l[k] < l:
+                    l = self.sb_l[k]
+                if self.sb_r[k] > r:
+                    r = self.sb_r[k]
+                k += 1
+            if k == j:
+                if self.n_sb >= SB_MAX:
+                    continue
+                for k in range(self.n_sb, j, -1):
+                    self.sb_l[k] = self.sb_l[k - 1]
+                    self.sb_r[k] = self.sb_r[k - 1]
+                self.n_sb += 1
+            elif k > j + 1:
+                for i2 in range(k, self.n_sb):
+                    self.sb_l[i2 - (k - j - 1)] = self.sb_l[i2]
+                    self.sb_r[i2 - (k - j - 1)] = self.sb_r[i2]
+                self.n_sb -= k - j - 1
+            self.sb_l[j] = l
+            self.sb_r[j] = r
+        total = 0
+        for i in range(self.n_sb):
+            total += self.sb_r[i] - self.sb_l[i]
+        self.sacked_bytes = total
+        return total - before
+
+    cdef void _sb_prune(self):
+        cdef int k = 0, i
+        cdef int64_t una = self.snd_una
+        while k < self.n_sb and self.sb_r[k] <= una:
+            self.sacked_bytes -= self.sb_r[k] - self.sb_l[k]
+            k += 1
+        if k:
+            for i in range(k, self.n_sb):
+                self.sb_l[i - k] = self.sb_l[i]
+                self.sb_r[i - k] = self.sb_r[i]
+            self.n_sb -= k
+        if self.n_sb and self.sb_l[0] < una:
+            self.sacked_bytes -= una - self.sb_l[0]
+            self.sb_l[0] = una
+
+    cdef int64_t _lost_edge(self):
+        # RFC 6675 §4 IsLost: unSACKed bytes below this offset have DupThresh
+        # SACKed segments, or more than (DupThresh-1)*SMSS SACKed bytes, above them.
+        cdef int i
+        cdef int64_t acc = 0
+        for i in range(self.n_sb - 1, -1, -1):
+            acc += self.sb_r[i] - self.sb_l[i]
+            if acc > (DUPTHRESH - 1) * <int64_t>self.smss or self.n_sb - i >= DUPTHRESH:
+                return self.sb_l[i]
+        return self.snd_una
+
+    cdef int64_t _unsacked_in(self, int64_t a, int64_t b):
+        cdef int i
+        cdef int64_t n = b - a, l, r
+        if n <= 0:
+            return 0
+        for i in range(self.n_sb):
+            l = self.sb_l[i] if self.sb_l[i] > a else a
+            r = self.sb_r[i] if self.sb_r[i] < b else b
+            if r > l:
+                n -= r - l
+        return n
+
+    cdef int64_t _pipe(self):
+        # RFC 6675 §4 SetPipe(), by ranges: every unSACKed octet counts once if not
+        # lost and once more if retransmitted (at or below HighRxt)
+        cdef int64_t edge = self._lost_edge()
+        cdef int64_t p = self._flight() - self.sacked_bytes
+        p -= self._unsacked_in(self.snd_una, edge)
+        if self.high_rxt > self.snd_una:
+            p += self._unsacked_in(self.snd_una, self.high_rxt)
+        return p if p > 0 else 0
+
+    cdef int64_t _skip_sacked(self, int64_t off):
+        cdef int i
+        for i in range(self.n_sb):
+            if self.sb_l[i] <= off < self.sb_r[i]:
+                return self.sb_r[i]
+            if self.sb_l[i] > off:
+                break
+        return off
+
+    cdef int64_t _sacked_end_after(self, int64_t off):
+        # the next SACKed offset above off (end of the hole starting at off)
+        cdef int i
+        for i in range(self.n_sb):
+            if self.sb_l[i] > off:
+                return self.sb_l[i]
+        return 1 << 62
+
+    # ================================================================================
+    # timers
+    # ================================================================================
+    def get_timer(self):
+        cdef uint64_t t = self._next_deadline()
+        return None if t == 0 else t
+
+    cdef uint64_t _next_deadline(self):
+        if self.st == CLOSED:
+            return 0
+        cdef uint64_t t = u64min_nz(self.t_rtx, self.t_persist)
+        t = u64min_nz(t, self.t_delack)
+        t = u64min_nz(t, self.t_tw)
+        t = u64min_nz(t, self.t_pace)
+        t = u64min_nz(t, self._keepalive_deadline())
+        return t
+
+    cdef uint64_t _keepalive_deadline(self):
+        # RFC 9293 §3.8.4: only when enabled, established and idle (nothing outstanding)
+        if not self.cfg_keepalive or not (self.st == ESTABLISHED or self.st == CLOSE_WAIT):
+            return 0
+        if self.snd_max > self.snd_una or self.wr_end > self.snd_nxt:
+            return 0
+        if self.ka_probes == 0:
+            return self.last_rcv_time + self.cfg_ka_idle
+        return self.ka_last_probe + self.cfg_ka_intvl
+
+    def handle_timer(self, uint64_t now):
+        self._handle_timer(now)
+
+    cdef void _handle_timer(self, uint64_t now):
+        cdef uint64_t t
+        if self.st == CLOSED:
+            return
+        if self.t_delack and now >= self.t_delack:
+            self.t_delack = 0
+            self.ack_now = 1
+        if self.t_pace and now >= self.t_pace:
+            self.t_pace = 0
+        if self.t_tw and now >= self.t_tw:
+            self.t_tw = 0
+            if self.st == TIME_WAIT:
+                self._enter_closed(CR_NORMAL)
+                return
+            if self.st == FIN_WAIT_2:
+                self._enter_closed(CR_TIMEOUT)
+                return
+        if self.t_rtx and now >= self.t_rtx:
+            self.t_rtx = 0
+            self._on_rto(now)
+            if self.st == CLOSED:
+                return
+        if self.t_persist and now >= self.t_persist:
+            self.t_persist = 0
+            if self.wr_end > self.snd_nxt and self.snd_nxt == self.snd_una:
+                if self.snd_una + self.snd_wnd <= self.snd_nxt:
+                    self.probe_pending = 1      # RFC 9293 §3.8.6.1 zero-window probe
+                else:
+                    self.force_send = 1         # RFC 9293 §3.8.6.2.1 override timeout
+                self.persist_backoff += 1
+        t = self._keepalive_deadline()
+        if t and now >= t:
+            if self.ka_probes >= self.cfg_ka_count:
+                self.n_rstq = 0
+                self._queue_rst(self._sseq(self._ack_seq()), self._rseq(self.rcv_nxt), TH_RST | TH_ACK)
+                self._enter_closed(CR_KEEPALIVE)
+                return
+            self.ka_probes += 1
+            self.ka_last_probe = now
+            self.keepalive_pending = 1
+
+    cdef void _on_rto(self, uint64_t now):
+        """Retransmission timeout: RFC 6298 §5.4-5.7, RFC 5681 §3.1, RFC 6582 §3.2 step 4."""
+        cdef int st = self.st
+        if st == SYN_SENT or st == SYN_RECEIVED or self.snd_una < 0:
+            if self.retries >= self.cfg_syn_retries:
+                self._enter_closed(CR_TIMEOUT)
+                return
+            self.retries += 1
+            self.n_rexmit += 1
+            self.n_timeouts += 1
+            self.syn_retransmitted = 1
+            self.rtt_timing = 0
+            self.rto = self.rto * 2 if self.rto * 2 < self.cfg_max_rto else self.cfg_max_rto
+            self.syn_pending = 1
+            if self.snd_nxt > 0:
+                self.snd_nxt = 0      # FIN-WAIT-1 before the SYN was acked: FIN again after it
+            return
+        if self.snd_nxt <= self.snd_una and self.snd_max <= self.snd_una:
+            return
+        if self.retries >= self.cfg_max_retrans or (
+                self.cfg_user_timeout and now - self.una_time >= <uint64_t>self.cfg_user_timeout):
+            self._enter_closed(CR_TIMEOUT)      # RFC 9293 §3.8.3 R2 / USER TIMEOUT
+            return
+        self.retries += 1
+        self.n_timeouts += 1
+        # RFC 6298 §5.5: back off
+        self.rto = self.rto * 2 if self.rto * 2 < self.cfg_max_rto else self.cfg_max_rto
+        if not self.loss_corruption:
+            self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
+        # RFC 6582 §3.2 step 4 / RFC 6675 §5.1: recovery ends; go back to SND.UNA
+        self.recover = self.snd_max
+        self.ecn_recover = self.snd_max
+        self.in_recovery = 0
+        self.dupacks = 0
+        self.lt_sent = 0
+        self.rexmit_pending = 0
+        self.snd_nxt = self.snd_una
+        self.high_rxt = self.snd_una
+        self.rtt_timing = 0          # Karn's rule (RFC 6298 §3)
+        self.ts_rto_floor = self._ts_now(now)
+        self.ts_rto_set = 1
+
+    def icmp_packet_too_big(self, int mtu, uint64_t now, quoted_seq=None):
+        """RFC 1191 §6.1 / RFC 8201 §4: lower the path MTU, resend what no longer fits.
+        ``quoted_seq``, the sequence number in the ICMP quote, is checked against what
+        is in flight (RFC 5927 §4.1); returns whether the report was used."""
+        cdef int floor_ = 576 if self.ipver == 4 else 1280   # RFC 791 / RFC 8200 §5 minimums
+        cdef int64_t qoff
+        if self.st == CLOSED or self.st == LISTEN:
+            self._drop(D_ICMP_STALE)
+            return False
+        if quoted_seq is not None:
+            qoff = self._soff(<uint32_t>(int(quoted_seq) & 0xFFFFFFFF))
+            if not (self.snd_una <= qoff <= self.snd_max):     # Linux: between(seq, una, nxt)
+                self._drop(D_ICMP_STALE)
+                return False
+        if mtu < floor_:
+            mtu = floor_
+        if <uint32_t>mtu >= self.pmtu:
+            return False
+        self.pmtu = mtu
+        cdef uint32_t old = self.smss
+        self._update_smss()
+        self.cc.set_mss(self.smss)
+        if self.st >= ESTABLISHED and self.snd_nxt > self.snd_una and self.smss < old:
+            # RFC 1191 §6.5 / Linux tcp_simple_retransmit: resend at the new size,
+            # not a congestion signal
+            self.snd_nxt = self.snd_una
+            self.high_rxt = self.snd_una
+            self.rtt_timing = 0
+            self.in_recovery = 0
+            self.rexmit_pending = 0
+        return True
+
+    # ================================================================================
+    # output
+    # ================================================================================
+    def packets_to_send(self, uint64_t now):
+        cdef list out = []
+        cdef Py_ssize_t n
+        while True:
+            n = self.output_into(self.out_buf, self.out_cap, now)
+            if n <= 0:
+                break
+            out.append(PyBytes_FromStringAndSize(<char*>self.out_buf, n))
+        return out
+
+    cdef Py_ssize_t output_into(self, uint8_t* buf, Py_ssize_t cap, uint64_t now) except -1:
+        """C-level output: write the next IP packet into buf; 0 when nothing is due."""
+        cdef int st = self.st
+        cdef Py_ssize_t n
+        cdef int i
+        if self.n_rstq:
+            n = self._emit_ctl(buf, cap, self.rstq_seq[0], self.rstq_ack[0], self.rstq_flags[0])
+            for i in range(1, self.n_rstq):
+                self.rstq_seq[i - 1] = self.rstq_seq[i]
+                self.rstq_ack[i - 1] = self.rstq_ack[i]
+                self.rstq_flags[i - 1] = self.rstq_flags[i]
+            self.n_rstq -= 1
+            return n
+        if st == CLOSED or st == LISTEN:
+            return 0
+        if self.syn_pending:
+            return self._emit_syn(buf, cap, now)
+        if st == SYN_SENT or st == SYN_RECEIVED:
+            if st == SYN_RECEIVED and self.ack_now:
+                return self._emit(buf, cap, self.snd_nxt, 0, TH_ACK, 0, now)
+            return 0
+        if st != TIME_WAIT:
+            n = self._output_data(buf, cap, now)
+            if n:
+                return n
+        if self.ack_now or self.keepalive_pending:
+            if self.keepalive_pending:
+                # RFC 9293 §3.8.4: SEG.SEQ = SND.NXT-1, no data (as Linux)
+                self.keepalive_pending = 0
+                self.n_ka += 1
+                return self._emit(buf, cap, self._ack_seq() - 1, 0, TH_ACK, 0, now)
+            return self._emit(buf, cap, self._ack_seq(), 0, TH_ACK, 0, now)
+        return 0
+
+    cdef int64_t _cur_mss(self):
+        # full-size payload for the next segment: SACK blocks take option space too
+        # (RFC 9293 §3.7.1: the sender reduces the payload by the options it sends)
+        cdef int nb, optlen, iph
+        cdef int64_t m
+        if not (self.sack_ok and self.n_ofo):
+            return self.smss
+        nb = self.n_ofo
+        if nb > (3 if self.ts_ok else 4):
+            nb = 3 if self.ts_ok else 4
+        optlen = ((10 if self.ts_ok else 0) + 2 + 8 * nb + 3) & ~3
+        iph = 20 if self.ipver == 4 else 40
+        m = self.peer_mss + 20
+        if self.pmtu - iph < m:
+            m = self.pmtu - iph
+        m -= 20 + optlen
+        return m if m > 8 else 8
+
+    cdef Py_ssize_t _output_data(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
+        cdef int64_t off, avail, length, win_avail, cw_avail, pipe, end, hole_end
+        cdef int64_t mss = self._cur_mss()
+        cdef bint fin = 0, rexmit, may_fin
+        cdef int st = self.st
+        cdef Py_ssize_t n
+        may_fin = self.fin_requested and (st == FIN_WAIT_1 or st == CLOSING or st == LAST_ACK)
+        # 1. NewReno: retransmit the first unacknowledged segment (RFC 6582 §3.2)
+        if self.rexmit_pending:
+            self.rexmit_pending = 0
+            off = self.snd_una
+            length = self.wr_end - off
+            if length > mss:
+                length = mss
+            if length < 0:
+                length = 0
+            fin = may_fin and off + length == self.wr_end and self.snd_max > self.wr_end
+            if length > 0 or fin:
+                if self.high_rxt < off + length + fin:
+                    self.high_rxt = off + length + fin
+                if self.sack_ok:
+                    # RFC 6675 §5 (4.3): HighRxt and RescueRxt = end of this retransmission
+                    self.rescue_rxt = off + length + fin
+                return self._emit_data(buf, cap, off, length, fin, 1, now)
+        # 2. SACK recovery, RFC 6675 §5 step (C): NextSeg() rule 1 while cwnd - pipe >= 1 SMSS
+        if self.in_recovery and self.sack_ok:
+            pipe = self._pipe()
+            if <int64_t>self.cc.cwnd - pipe < mss:
+                return self._output_probe(buf, cap, now)
+            off = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
+            off = self._skip_sacked(off)
+            end = self._lost_edge()
+            if off < end and off < self.snd_nxt:
+                hole_end = self._sacked_end_after(off)
+                if hole_end > end:
+                    hole_end = end
+                length = hole_end - off
+                if length > mss:
+                    length = mss
+                if off + length > self.wr_end:
+                    length = self.wr_end - off
+                fin = may_fin and off + length == self.wr_end and self.snd_max > self.wr_end
+                if length > 0 or fin:
+                    self.high_rxt = off + length + (1 if fin else 0)
+                    return self._emit_data(buf, cap, off, length, fin, 1, now)
+            if not (self.wr_end > self.snd_nxt and self.snd_una + self.snd_wnd > self.snd_nxt):
+                # NextSeg() rule 2 (new data) cannot send.  Rule 3: the first unSACKed
+                # octet above HighRxt below the highest SACKed one, even if not lost
+                end = self.sb_r[self.n_sb - 1] if self.n_sb else self.snd_una
+                if off < end and off < self.snd_nxt:
+                    hole_end = self._sacked_end_after(off)
+                    if hole_end > end:
+                        hole_end = end
+                    length = hole_end - off
+                    if length > mss:
+                        length = mss
+                    if off + length > self.wr_end:
+                        length = self.wr_end - off
+                    if length > 0:
+                        self.high_rxt = off + length
+                        return self._emit_data(buf, cap, off, length, 0, 1, now)
+                # Rule 4: one rescue retransmission per recovery once HighACK passed
+                # RescueRxt, holding the highest outstanding unSACKed octet; HighRxt
+                # is not updated
+                if self.snd_una > self.rescue_rxt:
+                    end = self.snd_nxt
+                    if self.n_sb and self.sb_r[self.n_sb - 1] >= end:
+                        end = self.sb_l[self.n_sb - 1]
+                    fin = may_fin and end > self.wr_end
+                    if end > self.wr_end:
+                        end = self.wr_end
+                    off = end - mss
+                    if off < self.snd_una:
+                        off = self.snd_una
+                    if end > off or fin:
+                        self.rescue_rxt = self.recover
+                        return self._emit_data(buf, cap, off, end - off, fin, 1, now)
+        # 3. new data (or go-back-N after an RTO / PMTU drop), then the FIN
+        off = self.snd_nxt
+        if off < self.snd_max and self.n_sb:
+            off = self._skip_sacked(off)      # RFC 6675 §5.1: SACKed data is not resent
+            if off > self.snd_max:
+                off = self.snd_max
+            self.snd_nxt = off
+        avail = self.wr_end - off
+        if not (avail > 0 or (may_fin and off == self.wr_end)):
+            return self._output_probe(buf, cap, now)
+        if avail < 0:
+            avail = 0
+        rexmit = off < self.snd_max
+        if self.t_pace and not rexmit:
+            return self._output_probe(buf, cap, now)     # pacing gate (rate-based controllers)
+        win_avail = self.snd_una + self.snd_wnd - off
+        if self.in_recovery and self.sack_ok:
+            cw_avail = <int64_t>self.cc.cwnd - self._pipe()
+        else:
+            cw_avail = <int64_t>self.cc.cwnd - self._flight()
+            if not self.in_recovery and self.dupacks > 0:
+                # RFC 3042 limited transmit: one more segment for each of the first two dupacks
+                cw_avail += (self.dupacks if self.dupacks < 3 else 2) * mss
+        length = avail
+        if length > mss:
+            length = mss
+        if length > win_avail:
+            length = win_avail if win_avail > 0 else 0
+        if length > cw_avail:
+            length = cw_avail if cw_avail > 0 else 0
+        if avail > 0 and length == 0:
+            return self._output_blocked(buf, cap, now)
+        if length < avail and length < mss and not self.force_send and not rexmit:
+            # RFC 9293 §3.8.6.2.1 sender SWS avoidance: a partial segment only when the
+            # window (not cwnd) limits it and it is at least half the largest window offered
+            if win_avail > length or length * 2 < self.max_snd_wnd:
+                return self._output_blocked(buf, cap, now)
+        if (length == avail and 0 < length < mss and self.cfg_nagle and not rexmit
+                and not self.fin_requested and self.snd_sml > self.snd_una and not self.force_send):
+            # RFC 9293 §3.7.4 Nagle, in Minshall's form (as Linux): hold a small segment
+            # while an earlier small segment is unacknowledged
+            return self._output_probe(buf, cap, now)
+        if 0 < length < mss and not rexmit:
+            self.snd_sml = off + length
+        fin = may_fin and off + length == self.wr_end
+        if self.dupacks and not self.in_recovery and not rexmit:
+            self.lt_sent += length
+        self.force_send = 0
+        self.t_persist = 0
+        n = self._emit_data(buf, cap, off, length, fin, rexmit, now)
+        if self.snd_nxt < off + length + (1 if fin else 0):
+            self.snd_nxt = off + length + (1 if fin else 0)
+        if self.snd_max < self.snd_nxt:
+            self.snd_max = self.snd_nxt
+        if self.snd_hi < self.snd_nxt:
+            self.snd_hi = self.snd_nxt
+        return n
+
+    cdef Py_ssize_t _output_blocked(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
+        # RFC 9293 §3.8.6.1: with nothing outstanding, the persist timer keeps probing
+        cdef int64_t t
+        cdef int i
+        if self.snd_nxt == self.snd_una and self.t_persist == 0 and self.t_rtx == 0:
+            t = self.rto
+            for i in range(self.persist_backoff):
+                t *= 2
+                if t >= self.cfg_max_rto:
+                    t = self.cfg_max_rto
+                    break
+            if t < self.cfg_min_rto:
+                t = self.cfg_min_rto
+            self.t_persist = now + t
+        return self._output_probe(buf, cap, now)
+
+    cdef Py_ssize_t _output_probe(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
+        if not self.probe_pending:
+            return 0
+        self.probe_pending = 0
+        if self.wr_end <= self.snd_nxt:
+            return 0
+        # RFC 9293 §3.8.6.1: one octet beyond the zero window; SND.NXT does not move
+        self.n_zwp += 1
+        if self.snd_max < self.snd_nxt + 1:
+            self.snd_max = self.snd_nxt + 1
+        cdef bint had_rtx = self.t_rtx != 0
+        cdef Py_ssize_t n = self._emit_data(buf, cap, self.snd_nxt, 1, 0, 0, now)
+        cdef int64_t t
+        cdef int i
+        self.rtt_timing = 0
+        if not had_rtx:
+            # RFC 1122 §4.2.2.17: the persist timer, not the RTO, times the next probe,
+            # its interval doubling per probe (persist_backoff counts the probes sent)
+            self.t_rtx = 0
+            t = self.rto
+            for i in range(self.persist_backoff):
+                t *= 2
+                if t >= self.cfg_max_rto:
+                    t = self.cfg_max_rto
+                    break
+            if t < self.cfg_min_rto:
+                t = self.cfg_min_rto
+            self.t_persist = now + t
+        return n
+
+    cdef Py_ssize_t _emit_data(self, uint8_t* buf, Py_ssize_t cap, int64_t off, int64_t length,
+                               bint fin, bint rexmit, uint64_t now):
+        cdef uint8_t flags = TH_ACK
+        cdef Py_ssize_t n
+        if fin:
+            flags |= TH_FIN
+        if length > 0 and off + length == self.wr_end:
+            flags |= TH_PSH              # the end of what the application gave us (Linux)
+        if rexmit:
+            self.n_rexmit += 1
+            self.bytes_rexmit += length
+            if self.rtt_timing and self.rtt_off >= off:
+                self.rtt_timing = 0      # Karn (RFC 6298 §3)
+        elif not self.rtt_timing and length > 0:
+            self.rtt_timing = 1
+            self.rtt_off = off
+            self.rtt_time = now
+        if self.snd_una == self.snd_nxt and not rexmit:
+            self.una_time = now
+        n = self._emit(buf, cap, off, length, flags, rexmit, now)
+        self.bytes_out += length
+        cdef uint64_t rate = self.cc.pacing_rate()
+        if rate and length > 0 and not rexmit:
+            if self.next_send_time < now:
+                self.next_send_time = now
+            self.next_send_time += <uint64_t>(length * 1000000 // rate)
+            if self.next_send_time > now:
+                self.t_pace = self.next_send_time
+        if self.t_rtx == 0:
+            self.t_rtx = now + self.rto     # RFC 6298 §5.1
+        return n
+
+    cdef Py_ssize_t _emit_syn(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
+        cdef tcp_seg_t seg = self.tmpl
+        cdef uint32_t w = self.rb_cap if self.rb_cap < 65535 else 65535
+        seg.seq = self._iss
+        seg.window = w                  # RFC 7323 §2.2: SYN windows are not scaled
+        seg.opts.mss = self.adv_mss
+        seg.flags = TH_SYN
+        if self.st == SYN_SENT:
+            if self.wscale_offer >= 0:
+                seg.opts.wscale = self.wscale_offer
+            seg.opts.sack_perm = bool(self.config.sack)
+            if self.config.timestamps:
+                seg.opts.has_ts = 1
+                seg.opts.ts_val = self._ts_now(now)
+                seg.opts.ts_ecr = 0
+            if self.syn_ecn:
+                seg.flags |= TH_ECE | TH_CWR     # RFC 3168 §6.1.1
+        else:
+            seg.flags |= TH_ACK
+            seg.ack = self._rseq(self.rcv_nxt)
+            if self.ws_ok:
+                seg.opts.wscale = self.rcv_wscale
+            seg.opts.sack_perm = self.sack_ok
+            if self.ts_ok:
+                seg.opts.has_ts = 1
+                seg.opts.ts_val = self._ts_now(now)
+                seg.opts.ts_ecr = self.ts_recent
+            if self.ecn_ok:
+                seg.flags |= TH_ECE
+                if not self.passive:
+                    seg.flags |= TH_CWR     # simultaneous open: a SYN-ACK that is also our setup SYN
+            if self.rcv_adv < self.rcv_nxt + w:
+                self.rcv_adv = self.rcv_nxt + w
+            self.last_ack_sent = self.rcv_nxt
+        self.syn_pending = 0
+        self.ack_now = 0
+        self.t_delack = 0
+        if self.snd_nxt < 0:
+            self.snd_una = -1
+            self.snd_nxt = 0
+            self.snd_max = 0
+        if not self.syn_retransmitted and not self.rtt_timing:
+            self.rtt_timing = 1
+            self.rtt_off = -1
+            self.rtt_time = now
+        if self.t_rtx == 0:
+            self.t_rtx = now + self.rto
+        return self._finish(buf, cap, &seg, NULL, 0)
+
+    cdef Py_ssize_t _emit_ctl(self, uint8_t* buf, Py_ssize_t cap, uint32_t seq, uint32_t ack, uint8_t flags):
+        cdef tcp_seg_t seg = self.tmpl
+        seg.seq = seq
+        seg.ack = ack
+        seg.flags = flags
+        seg.window = 0
+        return self._finish(buf, cap, &seg, NULL, 0)
+
+    cdef uint32_t _window_field(self):
+        """The window to advertise (RFC 9293 §3.8.6.2.2 receiver SWS avoidance; RFC 7323 §2.3:
+        never shrink the right edge, so round up rather than down)."""
+        cdef int64_t cur = self.rcv_adv - self.rcv_nxt
+        cdef int64_t avail = self.rd_off + self.rb_cap - self.rcv_nxt
+        cdef int64_t thresh = self.rb_cap // 2
+        cdef int64_t w, raw
+        cdef int ws = self.rcv_wscale
+        if self.fin_rcvd:
+            avail = self.rd_off + self.rb_cap - self._rcv_data_end()
+        if cur < 0:
+            cur = 0
+        if self.adv_mss < thresh:
+            thresh = self.adv_mss
+        if avail - cur >= thresh or avail <= 0 and cur <= 0:
+            w = avail
+        else:
+            w = cur
+        if w < 0:
+            w = 0
+        # RFC 7323 §2.3: the shifted value rounds down; RCV.WND acceptance keeps the
+        # largest edge ever advertised (rcv_adv), so the peer never sees data refused
+        raw = w >> ws
+        if raw > 65535:
+            raw = 65535
+        if self.rcv_nxt + (raw << ws) > self.rcv_adv:
+            self.rcv_adv = self.rcv_nxt + (raw << ws)
+        return <uint32_t>raw
+
+    cdef Py_ssize_t _emit(self, uint8_t* buf, Py_ssize_t cap, int64_t off, int64_t length,
+                          uint8_t flags, bint rexmit, uint64_t now):
+        """A segment in a synchronized state: SEQ at send offset ``off``, ``length`` payload
+        bytes from the send buffer, ACK = RCV.NXT, options per negotiation."""
+        cdef tcp_seg_t seg = self.tmpl
+        cdef const uint8_t* payload = NULL
+        cdef int64_t pos, first, room
+        cdef int j, best, nblk, maxblk
+        cdef uint64_t used_mask = 0
+        seg.seq = self._sseq(off)
+        seg.ack = self._rseq(self.rcv_nxt)
+        seg.window = <uint16_t>self._window_field()
+        if self.ts_ok:
+            seg.opts.has_ts = 1
+            seg.opts.ts_val = self._ts_now(now)
+            seg.opts.ts_ecr = self.ts_recent
+        if self.sack_ok and self.n_ofo:
+            # RFC 2018 §4: most recently changed block first, then the others by recency;
+            # at most 4 blocks, 3 with timestamps
+            maxblk = 3 if self.ts_ok else 4
+            nblk = 0
+            while nblk < maxblk and nblk < self.n_ofo:
+                best = -1
+                for j in range(self.n_ofo):
+                    if not (used_mask >> j) & 1 and (best < 0 or self.ofo_age[j] > self.ofo_age[best]):
+                        best = j
+                used_mask |= (<uint64_t>1) << best
+                seg.opts.sack_left[nblk] = self._rseq(self.ofo_l[best])
+                seg.opts.sack_right[nblk] = self._rseq(self.ofo_r[best])
+                nblk += 1
+            seg.opts.n_sack = nblk
+        if self.ecn_ok:
+            if self.ece_pending:
+                flags |= TH_ECE         # RFC 3168 §6.1.3
+            if length > 0 and not rexmit and off >= self.snd_una:
+                seg.tos |= ECN_ECT0     # RFC 3168 §6.1.5: not on retransmissions / pure ACKs
+                if self.cwr_pending:
+                    flags |= TH_CWR
+                    self.cwr_pending = 0
+        seg.flags = flags
+        if length > 0:
+            pos = off % self.sb_cap
+            first = self.sb_cap - pos
+            if first >= length:
+                payload = self.sbuf + pos
+            else:
+                memcpy(self.pl_buf, self.sbuf + pos, first)
+                memcpy(self.pl_buf + first, self.sbuf, length - first)
+                payload = self.pl_buf
+        self.ack_now = 0
+        self.t_delack = 0
+        self.rcv_unacked = 0
+        self.last_ack_sent = self.rcv_nxt
+        return self._finish(buf, cap, &seg, payload, length)
+
+    cdef Py_ssize_t _finish(self, uint8_t* buf, Py_ssize_t cap, tcp_seg_t* seg, const uint8_t* payload,
+                            Py_ssize_t plen) except -1:
+        self.ip_ident += 1
+        seg.ip_ident = self.ip_ident
+        cdef Py_ssize_t n = emit_ip_tcp(buf, cap, seg, payload, plen)
+        if n < 0:
+            raise RuntimeError("output buffer too small for a segment")
+        self.segs_out += 1
+        return n
+
+    # ================================================================================
+    # events, statistics, attributes
+    # ================================================================================
+    def next_event(self):
+        cdef int code
+        if self.ev_n == 0:
+            return None
+        code = self.evq[self.ev_head]
+        self.ev_head = (self.ev_head + 1) % EVQ_SIZE
+        self.ev_n -= 1
+        if code == EV_READABLE:
+            return _ev.DataReadable()
+        if code == EV_SENDSPACE:
+            return _ev.SendSpace()
+        if code == EV_CONNECTED:
+            return _ev.Connected()
+        if code == EV_EOF:
+            return _ev.EofReceived()
+        if code == EV_RESET:
+            return _ev.ConnectionReset()
+        return _ev.ConnectionClosed(_CLOSE_REASONS[self.close_reason])
+
+    def statistics(self):
+        cdef int i
+        drops = {DROP_NAMES[i]: self.drops[i] for i in range(D_COUNT) if self.drops[i]}
+        return _TcpStatistics(
+            state=STATES[self.st],
+            rtt_us=self.rtt_last if self.rtt_last >= 0 else None,
+            srtt_us=self.srtt if self.srtt >= 0 else None,
+            rttvar_us=self.rttvar if self.rttvar >= 0 else None,
+            min_rtt_us=self.rtt_min if self.rtt_min >= 0 else None,
+            rto_us=self.rto,
+            congestion=self.cc.name(),
+            cwnd=int(self.cc.cwnd),
+            ssthresh=int(min(self.cc.ssthresh, 0x7FFFFFFF)),
+            in_flight=int(self._pipe() if self.in_recovery and self.sack_ok else self._flight()),
+            snd_una=self._sseq(self.snd_una),
+            snd_nxt=self._sseq(self.snd_nxt),
+            snd_wnd=self.snd_wnd,
+            rcv_nxt=self._rseq(self.rcv_nxt) if self.have_irs else 0,
+            rcv_wnd=max(0, self.rcv_adv - self.rcv_nxt),
+            mss=self.smss,
+            peer_mss=self.peer_mss,
+            snd_wscale=self.snd_wscale if self.ws_ok else -1,
+            rcv_wscale=self.rcv_wscale if self.ws_ok else -1,
+            sack=bool(self.sack_ok),
+            timestamps=bool(self.ts_ok),
+            ecn=bool(self.ecn_ok),
+            segments_sent=self.segs_out,
+            segments_received=self.segs_in,
+            bytes_sent=self.bytes_out,
+            bytes_retransmitted=self.bytes_rexmit,
+            bytes_acked=self.bytes_acked,
+            bytes_received=self.bytes_in,
+            retransmits=self.n_rexmit,
+            timeouts=self.n_timeouts,
+            fast_retransmits=self.n_fast_rexmit,
+            dup_acks=self.n_dupacks,
+            challenge_acks=self.n_chal,
+            zero_window_probes=self.n_zwp,
+            keepalives_sent=self.n_ka,
+            ecn_ce_received=self.n_ce,
+            cwr_reductions=self.n_cwr,
+            send_buffered=self.wr_end - self._sb_head(),
+            recv_buffered=self._readable(),
+            drops=drops,
+        )
+
+    @property
+    def state(self):
+        return STATES[self.st]
+
+    @property
+    def local_addr(self):
+        return self._laddr
+
+    @property
+    def remote_addr(self):
+        return self._raddr
+
+    @property
+    def local_port(self):
+        return self.lport
+
+    @property
+    def remote_port(self):
+        return self.rport
+
+    @property
+    def iss(self):
+        return self._iss
+
+    @property
+    def irs(self):
+        if not self.have_irs:
+            return None
+        return self._irs
+
+    def __repr__(self):
+        return (f"<TcpConnection {STATES[self.st]} snd_una={self._sseq(self.snd_una)} "
+                f"snd_nxt={self._sseq(self.snd_nxt)} rcv_nxt={self._rseq(self.rcv_nxt)}>")
+
+
+cdef inline int memcmp_(const uint8_t* a, const uint8_t* b, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        if a[i] != b[i]:
+            return 1
+    return 0

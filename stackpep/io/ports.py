@@ -1,0 +1,183 @@
+"""Packet ports: where the splitter gets captured TCP and puts what it emits.
+
+The split-connection logic talks only to `PacketPort` and `Router`, so the same
+code runs over real interfaces (AF_PACKET, below) or in memory (tests).
+
+A port yields batches of (flow_key, ip_packet, tcp_flags); flow_key is
+client address + client port + server address + server port (see
+stackpep._fast.capture.flow_key), whichever direction the packet travels.
+"""
+from __future__ import annotations
+
+import abc
+import ipaddress
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import trio
+
+from stackpep._fast.capture import PacketRing, flow_key, split_key
+
+Batch = List[Tuple[bytes, bytes, int]]
+
+__all__ = ["PacketPort", "Router", "AfPacketPort", "KernelRouter", "MemoryPort", "MemoryRouter",
+           "flow_key", "split_key"]
+
+
+class PacketPort(abc.ABC):
+    """One interface's worth of captured and emitted IP packets."""
+
+    name: str
+    client_side: bool  # True: faces clients; False: faces servers
+
+    @abc.abstractmethod
+    async def receive_batch(self) -> Batch:
+        """Wait until packets arrived; return them (never an empty list unless closed)."""
+
+    @abc.abstractmethod
+    def send(self, packets: List[bytes], hop: object) -> int:
+        """Emit IP packets towards `hop` (from Router.next_hop); returns the number sent."""
+
+    @abc.abstractmethod
+    def statistics(self) -> Dict[str, int]:
+        ...
+
+    def close(self) -> None:
+        pass
+
+
+class Router(abc.ABC):
+    """Where packets for an address leave: a port and a link-level next hop."""
+
+    @abc.abstractmethod
+    async def next_hop(self, addr: bytes) -> Tuple[PacketPort, object]:
+        """Raise LookupError if addr is unreachable."""
+
+
+# ------------------------------------------------------------------ AF_PACKET
+class AfPacketPort(PacketPort):
+    def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
+                 retire_ms: int = 1, mark: int = 0, gso: bool = True) -> None:
+        self.name = ifname
+        self.client_side = client_side
+        self.ring = PacketRing(ifname, client_side=client_side, block_size=block_size, block_nr=block_count,
+                               retire_ms=retire_ms, mark=mark, gso=gso)
+        self.ifindex = self.ring.ifindex
+
+    async def receive_batch(self) -> Batch:
+        while True:
+            batch = self.ring.read_batch()
+            if batch:
+                return batch
+            if not self.ring.pending():
+                await trio.lowlevel.wait_readable(self.ring.fileno())
+
+    def send(self, packets: List[bytes], hop) -> int:
+        return self.ring.send_batch(packets, hop.macs)
+
+    def statistics(self) -> Dict[str, int]:
+        return self.ring.statistics()
+
+    def close(self) -> None:
+        self.ring.close()
+
+
+class KernelRouter(Router):
+    """Route and neighbour lookups in the kernel tables (pyroute2), cached."""
+
+    def __init__(self, ports: Sequence[AfPacketPort], ttl: float = 30.0) -> None:
+        from stackpep.io.routes import NextHopCache, Rtnl
+
+        self.rtnl = Rtnl()
+        self.cache = NextHopCache(self.rtnl, ttl=ttl)
+        self.by_index = {p.ifindex: p for p in ports}
+        self._lock = trio.Lock()
+
+    async def next_hop(self, addr: bytes):
+        # Fast path: cached entries need no thread hop.
+        nh = self.cache.cached(addr)
+        if nh is None:
+            async with self._lock:
+                nh = await trio.to_thread.run_sync(self.cache.lookup, addr)
+        port = self.by_index.get(nh.ifindex)
+        if port is None:
+            raise LookupError(f"{ipaddress.ip_address(addr)} leaves by {nh.ifname}, which stackpep does not drive")
+        return port, nh
+
+    def close(self) -> None:
+        self.rtnl.close()
+
+
+# --------------------------------------------------------------------- memory
+class MemoryPort(PacketPort):
+    """An in-memory port: `inject()` plays the wire towards us, `sent` (or the
+    `on_send` callback) receives what we emit."""
+
+    def __init__(self, name: str, client_side: bool, max_queue: int = 10000) -> None:
+        self.name = name
+        self.client_side = client_side
+        self._send, self._recv = trio.open_memory_channel(max_queue)
+        self.sent: List[bytes] = []
+        self.on_send = None
+        self.counters = {"rx_packets": 0, "tx_packets": 0, "rx_drop_queue_full": 0, "rx_drop_malformed": 0}
+
+    def inject(self, packet: bytes) -> None:
+        """A packet arriving on this interface (raw IP, TCP inside)."""
+        try:
+            key, flags = self._key(packet)
+        except (ValueError, IndexError):
+            self.counters["rx_drop_malformed"] += 1
+            return
+        try:
+            self._send.send_nowait((key, bytes(packet), flags))
+        except trio.WouldBlock:
+            self.counters["rx_drop_queue_full"] += 1
+
+    def _key(self, p: bytes):
+        if p[0] >> 4 == 4:
+            ihl = (p[0] & 15) * 4
+            src, dst, tcp = p[12:16], p[16:20], p[ihl:]
+        elif p[0] >> 4 == 6:
+            src, dst, tcp = p[8:24], p[24:40], p[40:]
+        else:
+            raise ValueError("not IP")
+        sport, dport = int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big")
+        if self.client_side:
+            return flow_key(bytes(src), sport, bytes(dst), dport), tcp[13]
+        return flow_key(bytes(dst), dport, bytes(src), sport), tcp[13]
+
+    async def receive_batch(self) -> Batch:
+        first = await self._recv.receive()
+        batch = [first]
+        while True:
+            try:
+                batch.append(self._recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        self.counters["rx_packets"] += len(batch)
+        return batch
+
+    def send(self, packets: List[bytes], hop) -> int:
+        self.counters["tx_packets"] += len(packets)
+        if self.on_send is not None:
+            for p in packets:
+                self.on_send(p)
+        else:
+            self.sent.extend(packets)
+        return len(packets)
+
+    def statistics(self) -> Dict[str, int]:
+        return dict(self.counters)
+
+
+class MemoryRouter(Router):
+    """Routes by prefix to memory ports: routes = [(prefix, port)]."""
+
+    def __init__(self, routes: Sequence[Tuple[str, PacketPort]]) -> None:
+        self.routes = [(ipaddress.ip_network(p), port) for p, port in routes]
+
+    async def next_hop(self, addr: bytes):
+        ip = ipaddress.ip_address(addr)
+        for net, port in self.routes:
+            if ip.version == net.version and ip in net:
+                return port, None
+        raise LookupError(f"no route to {ip}")

@@ -1,0 +1,395 @@
+"""Netfilter rules that hand intercepted TCP to stackpep alone.
+
+AF_PACKET sees a frame before the IP layer does; what the kernel must not also
+do is forward it.  So, for the configured interfaces, prefixes and ports, a
+rule in the raw PREROUTING hook (priority -300, before conntrack) drops the
+intercepted TCP both ways: client->server on client-facing interfaces and
+server->client on server-facing ones.  Traffic to or from the box's own
+addresses is never intercepted (`fib daddr type local` / `addrtype`).
+Frames stackpep emits leave by AF_PACKET below netfilter; packets it sends
+through IP sockets carry SO_MARK `mark` and get NOTRACK in raw OUTPUT so they
+never create conntrack state.
+
+Two backends:
+- nft: one table of our own (`inet stackpep` or `inet stackpep_<instance>`),
+  replaced in one atomic transaction and deleted as a whole, so no rule of
+  anyone else is ever touched;
+- iptables-legacy / ip6tables-legacy: chains of our own (`STACKPEP-PRE`,
+  `STACKPEP-OUT`, suffixed by instance) in the raw table, reached by one jump
+  rule per hook that carries the comment `stackpep`; removal deletes only
+  rules with that comment and chains with that name.
+Every rule carries a comment naming stackpep.  `auto` picks nft when the `nft`
+tool works (atomic replace, a table we own), else iptables-legacy.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+COMMENT = "stackpep"
+TABLE_PREFIX = "stackpep"
+CHAIN_PREFIX = "STACKPEP"
+DEFAULT_MARK = 0x5350  # "SP"
+
+
+class RulesError(RuntimeError):
+    """A rule command failed; the message carries the command and its stderr."""
+
+
+@dataclass(frozen=True)
+class InterceptSpec:
+    """What to intercept: TCP from clients on client_interfaces to server
+    prefixes/ports, and the replies arriving on server_interfaces."""
+
+    client_interfaces: Tuple[str, ...]
+    server_interfaces: Tuple[str, ...]
+    prefixes: Tuple[str, ...] = ("0.0.0.0/0", "::/0")  # server-side prefixes
+    ports: Tuple[Tuple[int, int], ...] = ()  # server port ranges, inclusive; () = all
+    exclude_local: bool = True
+    mark: int = DEFAULT_MARK
+    instance: str = ""
+
+    def v4(self) -> List[str]:
+        return [p for p in self.prefixes if ipaddress.ip_network(p, strict=False).version == 4]
+
+    def v6(self) -> List[str]:
+        return [p for p in self.prefixes if ipaddress.ip_network(p, strict=False).version == 6]
+
+    def matches(self, server_addr: bytes, server_port: int) -> bool:
+        """The userspace mirror of the rules: does a flow to this server get intercepted?"""
+        if self.ports and not any(lo <= server_port <= hi for lo, hi in self.ports):
+            return False
+        ip = ipaddress.ip_address(server_addr)
+        return any(ip in ipaddress.ip_network(p, strict=False) for p in self.prefixes
+                   if ipaddress.ip_network(p, strict=False).version == ip.version)
+
+
+def _run(argv: Sequence[str], input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        raise RulesError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def _suffix(instance: str) -> str:
+    if instance and not re.fullmatch(r"[A-Za-z0-9_]{1,16}", instance):
+        raise ValueError("instance name: 1-16 letters, digits or _")
+    return instance
+
+
+class Backend:
+    name = "?"
+
+    def install(self, spec: InterceptSpec) -> None:
+        raise NotImplementedError
+
+    def remove(self, instance: str = "") -> int:
+        """Remove this instance's rules; returns how many objects were removed."""
+        raise NotImplementedError
+
+    def remove_all(self) -> int:
+        """Remove every stackpep rule of every instance (crash recovery)."""
+        raise NotImplementedError
+
+    def installed(self, instance: str = "") -> bool:
+        raise NotImplementedError
+
+    def render(self, spec: InterceptSpec) -> str:
+        """The rules as text (what install applies)."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- nft
+class NftBackend(Backend):
+    name = "nft"
+
+    def __init__(self, nft: str = "nft") -> None:
+        self.nft = nft
+
+    def table(self, instance: str = "") -> str:
+        s = _suffix(instance)
+        return f"{TABLE_PREFIX}_{s}" if s else TABLE_PREFIX
+
+    @staticmethod
+    def _ports(spec: InterceptSpec) -> str:
+        items = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spec.ports]
+        return "{ " + ", ".join(items) + " }"
+
+    @staticmethod
+    def _set(items: Sequence[str]) -> str:
+        return "{ " + ", ".join(f'"{i}"' if not i[0].isdigit() and ":" not in i else i for i in items) + " }"
+
+    def render(self, spec: InterceptSpec) -> str:
+        t = self.table(spec.instance)
+        local = "fib daddr type != local " if spec.exclude_local else ""
+        rules = []
+        for fam, nets in (("ip", spec.v4()), ("ip6", spec.v6())):
+            if not nets:
+                continue
+            netset = "{ " + ", ".join(str(ipaddress.ip_network(n, strict=False)) for n in nets) + " }"
+            for ifs, direction, addr, port in (
+                (spec.client_interfaces, "client->server", "daddr", "dport"),
+                (spec.server_interfaces, "server->client", "saddr", "sport"),
+            ):
+                if not ifs:
+                    continue
+                ifset = "{ " + ", ".join(f'"{i}"' for i in ifs) + " }"
+                ports = f"tcp {port} {self._ports(spec)} " if spec.ports else ""
+                # IPv6: only TCP right after the fixed header, as the capture filter takes
+                # it; a packet with extension headers is left to the kernel, not blackholed.
+                proto = "meta l4proto tcp" if fam == "ip" else "ip6 nexthdr tcp"
+                rules.append(
+                    f"        iifname {ifset} {proto} {fam} {addr} {netset} {ports}{local}"
+                    f'counter drop comment "{COMMENT}: intercepted {fam} {direction}"'
+                )
+        out = [
+            f"        meta mark {spec.mark:#x} counter notrack comment \"{COMMENT}: emitted by stackpep\""
+        ]
+        return (
+            f"table inet {t} {{\n"
+            f'    comment "{COMMENT}: intercepted TCP goes to stackpep, not the forwarding path"\n'
+            f"    chain prerouting {{\n"
+            f"        type filter hook prerouting priority raw; policy accept;\n"
+            + "\n".join(rules) + "\n"
+            f"    }}\n"
+            f"    chain output {{\n"
+            f"        type filter hook output priority raw; policy accept;\n"
+            + "\n".join(out) + "\n"
+            f"    }}\n"
+            f"}}\n"
+        )
+
+    def install(self, spec: InterceptSpec) -> None:
+        t = self.table(spec.instance)
+        # One transaction: create-if-missing, delete, recreate -> idempotent and atomic.
+        script = f"table inet {t}\ndelete table inet {t}\n" + self.render(spec)
+        _run([self.nft, "-f", "-"], input=script)
+
+    def tables(self) -> List[str]:
+        res = _run([self.nft, "list", "tables"], check=False)
+        names = []
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "table" and parts[1] == "inet":
+                name = parts[2]
+                if name == TABLE_PREFIX or name.startswith(TABLE_PREFIX + "_"):
+                    names.append(name)
+        return names
+
+    def installed(self, instance: str = "") -> bool:
+        return self.table(instance) in self.tables()
+
+    def remove(self, instance: str = "") -> int:
+        t = self.table(instance)
+        if t not in self.tables():
+            return 0
+        _run([self.nft, "delete", "table", "inet", t])
+        return 1
+
+    def remove_all(self) -> int:
+        n = 0
+        for t in self.tables():
+            _run([self.nft, "delete", "table", "inet", t])
+            n += 1
+        return n
+
+    def available(self) -> Tuple[bool, str]:
+        if shutil.which(self.nft) is None:
+            return False, "the nft tool is not installed"
+        res = _run([self.nft, "list", "tables"], check=False)
+        if res.returncode != 0:
+            return False, f"nft does not work here: {res.stderr.strip()}"
+        return True, "nft works"
+
+
+# ------------------------------------------------------------ iptables-legacy
+class IptablesLegacyBackend(Backend):
+    name = "iptables-legacy"
+
+    def __init__(self, v4: str = "iptables-legacy", v6: str = "ip6tables-legacy") -> None:
+        self.tools = {4: v4, 6: v6}
+
+    def chains(self, instance: str = "") -> Tuple[str, str]:
+        s = _suffix(instance)
+        return (f"{CHAIN_PREFIX}-PRE" + (f"-{s}" if s else ""), f"{CHAIN_PREFIX}-OUT" + (f"-{s}" if s else ""))
+
+    def _rules(self, spec: InterceptSpec, version: int) -> List[List[str]]:
+        pre, out = self.chains(spec.instance)
+        nets = spec.v4() if version == 4 else spec.v6()
+        rules: List[List[str]] = []
+        # multiport takes at most 15 ports (a range counts as two)
+        port_groups: List[List[str]] = []
+        cur: List[str] = []
+        weight = 0
+        for lo, hi in spec.ports:
+            item, w = (str(lo), 1) if lo == hi else (f"{lo}:{hi}", 2)
+            if weight + w > 15:
+                port_groups.append(cur)
+                cur, weight = [], 0
+            cur.append(item)
+            weight += w
+        if cur:
+            port_groups.append(cur)
+        for net in nets:
+            for ifs, direction, addr_opt, port_opt in (
+                (spec.client_interfaces, "client->server", "-d", "--dports"),
+                (spec.server_interfaces, "server->client", "-s", "--sports"),
+            ):
+                for ifname in ifs:
+                    for group in port_groups or [None]:
+                        r = ["-A", pre, "-i", ifname, "-p", "tcp", addr_opt, net]
+                        if version == 6:
+                            # only TCP right after the fixed header (next header byte 6 == 6),
+                            # as the capture filter takes it; with extension headers the
+                            # packet stays with the kernel instead of vanishing
+                            r += ["-m", "u32", "--u32", "3&0xFF=0x6"]
+                        if group is not None:
+                            r += ["-m", "multiport", port_opt, ",".join(group)]
+                        if spec.exclude_local:
+                            r += ["-m", "addrtype", "!", "--dst-type", "LOCAL"]
+                        r += ["-m", "comment", "--comment", f"{COMMENT}: intercepted {direction}", "-j", "DROP"]
+                        rules.append(r)
+        rules.append(["-A", out, "-m", "mark", "--mark", f"{spec.mark:#x}", "-m", "comment",
+                      "--comment", f"{COMMENT}: emitted by stackpep", "-j", "CT", "--notrack"])
+        return rules
+
+    def _jumps(self, instance: str) -> List[Tuple[str, str]]:
+        pre, out = self.chains(instance)
+        return [("PREROUTING", pre), ("OUTPUT", out)]
+
+    def render(self, spec: InterceptSpec) -> str:
+        lines = []
+        for v in (4, 6):
+            lines.append(f"# {self.tools[v]} -t raw")
+            for hook, chain in self._jumps(spec.instance):
+                lines.append(f"-N {chain}")
+                lines.append(f"-I {hook} 1 -m comment --comment {COMMENT} -j {chain}")
+            lines += [" ".join(r) for r in self._rules(spec, v)]
+        return "\n".join(lines) + "\n"
+
+    def _ipt(self, v: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return _run([self.tools[v], "-w", "-t", "raw", *args], check=check)
+
+    def install(self, spec: InterceptSpec) -> None:
+        for v in (4, 6):
+            for hook, chain in self._jumps(spec.instance):
+                if self._ipt(v, "-n", "-L", chain, check=False).returncode != 0:
+                    self._ipt(v, "-N", chain)
+                else:
+                    self._ipt(v, "-F", chain)  # refill: idempotent
+            for r in self._rules(spec, v):
+                self._ipt(v, *r)
+            for hook, chain in self._jumps(spec.instance):
+                jump = [hook, "-m", "comment", "--comment", COMMENT, "-j", chain]
+                if self._ipt(v, "-C", *jump, check=False).returncode != 0:
+                    self._ipt(v, "-I", hook, "1", *jump[1:])
+
+    def _our_chains(self, v: int) -> List[str]:
+        res = self._ipt(v, "-S", check=False)
+        chains = []
+        for line in res.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "-N" and parts[1].startswith(CHAIN_PREFIX + "-"):
+                chains.append(parts[1])
+        return chains
+
+    def _remove(self, wanted: Optional[set]) -> int:
+        n = 0
+        for v in (4, 6):
+            if shutil.which(self.tools[v]) is None:
+                continue
+            chains = [c for c in self._our_chains(v) if wanted is None or c in wanted]
+            for hook in ("PREROUTING", "OUTPUT"):
+                res = self._ipt(v, "-S", hook, check=False)
+                for line in res.stdout.splitlines():
+                    parts = line.split()
+                    # only jumps carrying our comment into one of our chains
+                    if (len(parts) >= 2 and parts[0] == "-A" and f"--comment {COMMENT}" in line
+                            and parts[-2] == "-j" and parts[-1] in chains):
+                        self._ipt(v, "-D", *parts[1:])
+                        n += 1
+            for c in chains:
+                self._ipt(v, "-F", c)
+                self._ipt(v, "-X", c)
+                n += 1
+        return n
+
+    def remove(self, instance: str = "") -> int:
+        return self._remove(set(self.chains(instance)))
+
+    def remove_all(self) -> int:
+        return self._remove(None)
+
+    def installed(self, instance: str = "") -> bool:
+        pre, _ = self.chains(instance)
+        return any(pre in self._our_chains(v) for v in (4, 6) if shutil.which(self.tools[v]))
+
+    def available(self) -> Tuple[bool, str]:
+        for v in (4, 6):
+            if shutil.which(self.tools[v]) is None:
+                return False, f"{self.tools[v]} is not installed"
+            res = _run([self.tools[v], "-w", "-t", "raw", "-S"], check=False)
+            if res.returncode != 0:
+                return False, f"{self.tools[v]} does not work here: {res.stderr.strip()}"
+        return True, "iptables-legacy and ip6tables-legacy work"
+
+
+BACKENDS = {"nft": NftBackend, "iptables-legacy": IptablesLegacyBackend}
+
+
+def choose_backend(preference: str = "auto") -> Tuple[Backend, str]:
+    """The backend to use and why (a sentence for the log)."""
+    if preference in BACKENDS:
+        b = BACKENDS[preference]()
+        ok, why = b.available()
+        if not ok:
+            raise RulesError(f"rules backend {preference!r} was asked for but {why}")
+        return b, f"{preference} (asked for in the configuration)"
+    if preference != "auto":
+        raise ValueError(f"unknown rules backend {preference!r}")
+    nft = NftBackend()
+    ok, why = nft.available()
+    if ok:
+        return nft, ("nft (auto: nft works, so stackpep keeps its rules in a table of its own, "
+                     "replaced atomically and deleted as a whole)")
+    legacy = IptablesLegacyBackend()
+    ok2, why2 = legacy.available()
+    if ok2:
+        return legacy, f"iptables-legacy (auto: {why}; legacy chains of our own in the raw table)"
+    raise RulesError(f"no netfilter backend: {why}; {why2}")
+
+
+def cleanup(instance: Optional[str] = None) -> List[Tuple[str, int]]:
+    """Remove stackpep rules from every backend that works here (after a crash).
+
+    instance=None removes every stackpep instance's rules.  Returns
+    [(backend name, objects removed)].
+    """
+    done = []
+    for name, cls in BACKENDS.items():
+        b = cls()
+        ok, _ = b.available()
+        if not ok:
+            continue
+        n = b.remove_all() if instance is None else b.remove(instance)
+        done.append((name, n))
+    return done
+
+
+class InstalledRules:
+    """Context manager: install on enter, remove on exit (also on exceptions)."""
+
+    def __init__(self, spec: InterceptSpec, preference: str = "auto") -> None:
+        self.spec = spec
+        self.backend, self.reason = choose_backend(preference)
+
+    def __enter__(self) -> "InstalledRules":
+        self.backend.install(self.spec)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.backend.remove(self.spec.instance)

@@ -1,0 +1,363 @@
+"""The PEP's TOML configuration, read with tomli and checked as a whole.
+
+Every problem is reported with file, line and dotted key (`check-config`), and
+`load()` refuses a file with any problem, so bad values never start a
+half-configured box.  The format is documented in docs/configuration.md;
+examples/*.toml are checked by the tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import tomli
+
+HANDSHAKE_MODES = ("after-server", "immediate")
+ROLES = ("splitter",)
+BACKENDS = ("auto", "nft", "iptables-legacy")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: Optional[int]
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """The configuration has problems; .problems lists every one."""
+
+    def __init__(self, problems: List[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class PepConfig:
+    client_interfaces: Tuple[str, ...]
+    server_interfaces: Tuple[str, ...]
+    prefixes: Tuple[str, ...] = ("0.0.0.0/0", "::/0")
+    ports: Tuple[Tuple[int, int], ...] = ()
+    exclude_local: bool = True
+    instance: str = ""
+    role: str = "splitter"
+    log_level: str = "info"
+    handshake_mode: str = "after-server"
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 600.0
+    max_connections: int = 4096
+    relay_buffer: int = 256 * 1024
+    rules_backend: str = "auto"
+    mark: int = 0x5350
+    install_rules: bool = True
+    block_size: int = 1 << 18
+    block_count: int = 64
+    retire_ms: int = 1
+    gso: bool = True
+    tcp_client: Dict[str, Any] = field(default_factory=dict)  # TcpConfig fields, client leg
+    tcp_server: Dict[str, Any] = field(default_factory=dict)  # TcpConfig fields, server leg
+    source: str = "<dict>"
+    lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def line_of(self, key: str) -> Optional[int]:
+        return _line_for(self.lines, key)
+
+
+# ----------------------------------------------------------------- key lines
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]\[]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
+
+
+def _norm(dotted: str) -> str:
+    parts = [p.strip().strip("\"'") for p in dotted.split(".")]
+    return ".".join(parts)
+
+
+def key_lines(text: str) -> Dict[str, int]:
+    """Map each dotted key (and table header) to the line that defines it."""
+    lines: Dict[str, int] = {}
+    table = ""
+    in_multiline: Optional[str] = None
+    for no, line in enumerate(text.splitlines(), 1):
+        if in_multiline:
+            if in_multiline in line:
+                in_multiline = None
+            continue
+        m = _HEADER.match(line)
+        if m and "=" not in line.split("#")[0]:
+            table = _norm(m.group(1))
+            lines.setdefault(table, no)
+            continue
+        m = _KEY.match(line)
+        if m:
+            key = _norm(m.group(1))
+            full = f"{table}.{key}" if table else key
+            lines.setdefault(full, no)
+            rest = line[m.end():]
+            for q in ('"""', "'''"):
+                if rest.count(q) == 1:
+                    in_multiline = q
+    return lines
+
+
+def _line_for(lines: Dict[str, int], key: str) -> Optional[int]:
+    k = key
+    while k:
+        if k in lines:
+            return lines[k]
+        k = k.rpartition(".")[0]
+        k = re.sub(r"\[\d+\]$", "", k)
+    return None
+
+
+# ---------------------------------------------------------------- validation
+class _Checker:
+    def __init__(self, source: str, lines: Dict[str, int]):
+        self.source = source
+        self.lines = lines
+        self.problems: List[Problem] = []
+
+    def bad(self, key: str, message: str) -> None:
+        self.problems.append(Problem(self.source, _line_for(self.lines, re.sub(r"\[\d+\]", "", key)), key, message))
+
+    def table(self, data: dict, name: str, allowed: Dict[str, Any]) -> dict:
+        t = data.get(name, {})
+        if not isinstance(t, dict):
+            self.bad(name, "must be a table")
+            return {}
+        for k in t:
+            if k not in allowed:
+                self.bad(f"{name}.{k}", f"unknown key (known: {', '.join(sorted(allowed))})")
+        return t
+
+    def typed(self, t: dict, table: str, key: str, kind, default, check=None, what: str = ""):
+        if key not in t:
+            return default
+        v = t[key]
+        ok = isinstance(v, kind) and not (kind in (int, float, (int, float)) and isinstance(v, bool))
+        if not ok:
+            names = {str: "a string", bool: "true or false", int: "an integer", list: "a list",
+                     (int, float): "a number", float: "a number"}
+            self.bad(f"{table}.{key}", f"must be {names.get(kind, str(kind))}, got {v!r}")
+            return default
+        if check is not None and not check(v):
+            self.bad(f"{table}.{key}", f"{what} (got {v!r})")
+            return default
+        return v
+
+
+def _ifname_ok(v: str) -> bool:
+    return 0 < len(v) < 16 and not re.search(r"[\s/:]", v)
+
+
+def _tcp_fields() -> Optional[Dict[str, Any]]:
+    """Field names and defaults of the engine's TcpConfig, if the engine is present."""
+    try:
+        from stackpep.tcp.config import TcpConfig  # type: ignore
+    except Exception:
+        return None
+    if dataclasses.is_dataclass(TcpConfig):
+        return {f.name: f for f in dataclasses.fields(TcpConfig)}
+    return None
+
+
+def _check_tcp_leg(ck: _Checker, data: dict, leg: str) -> Dict[str, Any]:
+    tcp = data.get("tcp", {})
+    if not isinstance(tcp, dict):
+        ck.bad("tcp", "must be a table with [tcp.client] and/or [tcp.server]")
+        return {}
+    for k in tcp:
+        if k not in ("client", "server"):
+            ck.bad(f"tcp.{k}", "unknown leg (known: client, server)")
+    t = tcp.get(leg, {})
+    if not isinstance(t, dict):
+        ck.bad(f"tcp.{leg}", "must be a table")
+        return {}
+    fields = _tcp_fields()
+    if fields is None:
+        return dict(t)
+    out = {}
+    for k, v in t.items():
+        if k not in fields:
+            ck.bad(f"tcp.{leg}.{k}", f"unknown engine setting (known: {', '.join(sorted(fields))})")
+            continue
+        out[k] = v
+    # Let the engine's own validation speak (TcpConfig.__post_init__, if any).
+    try:
+        from stackpep.tcp.config import TcpConfig  # type: ignore
+        TcpConfig(**out)
+    except (TypeError, ValueError) as exc:
+        ck.bad(f"tcp.{leg}", f"engine rejected the settings: {exc}")
+    return out
+
+
+def _parse_ports(ck: _Checker, ports: Any) -> Tuple[Tuple[int, int], ...]:
+    if not isinstance(ports, list):
+        ck.bad("intercept.ports", f"must be a list of ports or \"lo-hi\" ranges, got {ports!r}")
+        return ()
+    out = []
+    for i, p in enumerate(ports):
+        key = f"intercept.ports[{i}]"
+        if isinstance(p, int) and not isinstance(p, bool):
+            lo = hi = p
+        elif isinstance(p, str) and re.fullmatch(r"\d+-\d+", p.strip()):
+            lo, hi = (int(x) for x in p.strip().split("-"))
+        else:
+            ck.bad(key, f"must be a port number or a \"lo-hi\" range, got {p!r}")
+            continue
+        if not (1 <= lo <= hi <= 65535):
+            ck.bad(key, f"ports must satisfy 1 <= lo <= hi <= 65535, got {p!r}")
+            continue
+        out.append((lo, hi))
+    return tuple(out)
+
+
+def from_dict(data: dict, source: str = "<dict>", lines: Optional[Dict[str, int]] = None) -> PepConfig:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    problems = check_dict(data, source, lines or {})
+    if isinstance(problems, list):
+        raise ConfigError(problems)
+    return problems
+
+
+def check_dict(data: dict, source: str, lines: Dict[str, int]):
+    """PepConfig if data is valid, else the list of problems."""
+    ck = _Checker(source, lines)
+    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp"}
+    for k in data:
+        if k not in known:
+            ck.bad(k, f"unknown table (known: {', '.join(sorted(known))})")
+
+    pep = ck.table(data, "pep", {"instance": 1, "role": 1, "log_level": 1})
+    instance = ck.typed(pep, "pep", "instance", str, "", lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_]{1,16}", v),
+                        "1-16 letters, digits or _")
+    role = ck.typed(pep, "pep", "role", str, "splitter", lambda v: v in ROLES, f"one of {', '.join(ROLES)}")
+    log_level = ck.typed(pep, "pep", "log_level", str, "info", lambda v: v in LOG_LEVELS,
+                         f"one of {', '.join(LOG_LEVELS)}")
+
+    ifs = ck.table(data, "interfaces", {"client": 1, "server": 1})
+    if "interfaces" not in data:
+        ck.bad("interfaces", "missing: [interfaces] with client = [...] and server = [...]")
+    side: Dict[str, List[str]] = {}
+    for s in ("client", "server"):
+        v = ifs.get(s)
+        if v is None:
+            if "interfaces" in data:
+                ck.bad(f"interfaces.{s}", "missing: the list of %s-facing interfaces" % s)
+            side[s] = []
+            continue
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+            ck.bad(f"interfaces.{s}", f"must be a non-empty list of interface names, got {v!r}")
+            side[s] = []
+            continue
+        for i, name in enumerate(v):
+            if not _ifname_ok(name):
+                ck.bad(f"interfaces.{s}[{i}]", f"not a valid interface name: {name!r}")
+        side[s] = list(v)
+    both = set(side["client"]) & set(side["server"])
+    if both:
+        ck.bad("interfaces", f"an interface cannot face both clients and servers: {', '.join(sorted(both))}")
+
+    ic = ck.table(data, "intercept", {"prefixes": 1, "ports": 1, "exclude_local": 1})
+    prefixes: List[str] = []
+    raw_prefixes = ic.get("prefixes", ["0.0.0.0/0", "::/0"])
+    if not isinstance(raw_prefixes, list) or not raw_prefixes:
+        ck.bad("intercept.prefixes", f"must be a non-empty list of prefixes, got {raw_prefixes!r}")
+    else:
+        for i, p in enumerate(raw_prefixes):
+            try:
+                if not isinstance(p, str):
+                    raise ValueError("not a string")
+                prefixes.append(str(ipaddress.ip_network(p, strict=True)))
+            except ValueError as exc:
+                ck.bad(f"intercept.prefixes[{i}]", f"not a valid prefix {p!r}: {exc}")
+    ports = _parse_ports(ck, ic.get("ports", []))
+    exclude_local = ck.typed(ic, "intercept", "exclude_local", bool, True)
+
+    hs = ck.table(data, "handshake", {"mode": 1, "timeout": 1})
+    hmode = ck.typed(hs, "handshake", "mode", str, "after-server", lambda v: v in HANDSHAKE_MODES,
+                     f"one of {', '.join(HANDSHAKE_MODES)}")
+    htimeout = ck.typed(hs, "handshake", "timeout", (int, float), 10.0, lambda v: 0 < v <= 600,
+                        "must be > 0 and <= 600 seconds")
+
+    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1})
+    maxc = ck.typed(lim, "limits", "max_connections", int, 4096, lambda v: 1 <= v <= 1_000_000,
+                    "must be between 1 and 1000000")
+    idle = ck.typed(lim, "limits", "idle_timeout", (int, float), 600.0, lambda v: 0 < v <= 86400,
+                    "must be > 0 and <= 86400 seconds")
+    relay = ck.typed(lim, "limits", "relay_buffer", int, 256 * 1024, lambda v: 1024 <= v <= 1 << 30,
+                     "must be between 1024 and 2**30 bytes")
+
+    ru = ck.table(data, "rules", {"backend": 1, "mark": 1, "install": 1})
+    backend = ck.typed(ru, "rules", "backend", str, "auto", lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}")
+    mark = ck.typed(ru, "rules", "mark", int, 0x5350, lambda v: 0 < v < 2 ** 32, "must be 1 .. 2**32-1")
+    install = ck.typed(ru, "rules", "install", bool, True)
+
+    cap = ck.table(data, "capture", {"block_size": 1, "block_count": 1, "retire_ms": 1, "gso": 1})
+    bsize = ck.typed(cap, "capture", "block_size", int, 1 << 18,
+                     lambda v: (1 << 17) <= v <= (1 << 24) and v % 4096 == 0,
+                     "must be a multiple of 4096 between 128 KiB and 16 MiB")
+    bcount = ck.typed(cap, "capture", "block_count", int, 64, lambda v: 2 <= v <= 4096, "must be 2 .. 4096")
+    retire = ck.typed(cap, "capture", "retire_ms", int, 1, lambda v: 1 <= v <= 1000, "must be 1 .. 1000")
+    gso = ck.typed(cap, "capture", "gso", bool, True)
+
+    tcp_client = _check_tcp_leg(ck, data, "client")
+    tcp_server = _check_tcp_leg(ck, data, "server")
+
+    if ck.problems:
+        return ck.problems
+    return PepConfig(
+        client_interfaces=tuple(side["client"]), server_interfaces=tuple(side["server"]),
+        prefixes=tuple(prefixes), ports=ports, exclude_local=exclude_local, instance=instance,
+        role=role, log_level=log_level, handshake_mode=hmode, handshake_timeout=float(htimeout),
+        idle_timeout=float(idle), max_connections=maxc, relay_buffer=relay, rules_backend=backend,
+        mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
+        tcp_client=tcp_client, tcp_server=tcp_server, source=source, lines=dict(lines),
+    )
+
+
+_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def check_file(path) -> Tuple[Optional[PepConfig], List[Problem]]:
+    """(config, []) when valid, else (None, every problem found)."""
+    p = Path(path)
+    src = str(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        return None, [Problem(src, None, "", f"cannot read: {exc.strerror or exc}")]
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        msg = getattr(exc, "msg", None) or str(exc)
+        if line is None:
+            m = _TOML_POS.search(str(exc))
+            line = int(m.group(1)) if m else None
+        msg = _TOML_POS.sub("", msg).strip()
+        return None, [Problem(src, line, "", f"TOML syntax error: {msg}")]
+    res = check_dict(data, src, key_lines(text))
+    if isinstance(res, list):
+        return None, res
+    return res, []
+
+
+def load(path) -> PepConfig:
+    cfg, problems = check_file(path)
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None
+    return cfg

@@ -1,0 +1,210 @@
+"""The dispatcher: captured segments in, each to its split connection.
+
+One task per port reads batches; for each packet the flow key (client
+address/port, server address/port) finds the split connection in the
+connection table.  A SYN for an intercepted destination with no entry opens
+one (if the table has room); any other segment of an unknown flow gets the
+RST a closed port would send (RFC 9293 §3.10.7.1), so a client whose
+connection this box lost (a restart) learns it at once.
+
+Every packet the dispatcher does not hand to a connection is counted by reason.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Dict, List, Optional, Sequence, Set
+
+import trio
+
+from stackpep.io.ports import PacketPort, Router
+from stackpep.io.rules import InterceptSpec
+from stackpep.pep import engine as eng
+from stackpep.pep.config import PepConfig
+from stackpep.pep.reset import reset_for
+from stackpep.pep.splitter import CLIENT, SERVER, Outcome, SplitConnection, now_us
+
+log = logging.getLogger("stackpep.pep")
+
+COUNTERS = (
+    "packets_in", "packets_to_connections",
+    "drop_not_intercepted",  # TCP we see but do not intercept (the kernel forwards it)
+    "drop_unknown_flow",  # non-SYN of no connection: answered with RST
+    "drop_unknown_flow_rst",  # ... a RST itself, not answered
+    "drop_table_full",  # SYN refused: max_connections reached
+    "drop_server_side_syn",  # a SYN arriving from the server side (we only split client-initiated flows)
+    "drop_no_route",  # split connection could not find a route/neighbour
+    "connections_opened",
+    "rst_sent_unknown_flow",
+) + tuple(f"ended_{o.value}" for o in Outcome)
+
+
+class Dispatcher:
+    def __init__(self, config: PepConfig, ports: Sequence[PacketPort], router: Router, spec: InterceptSpec,
+                 local_addresses: Optional[Callable[[], Set[bytes]]] = None) -> None:
+        self.config = config
+        # The box's own addresses are never intercepted (the rules' `fib daddr type
+        # local` / `addrtype LOCAL`): refreshed every few seconds when given.
+        self._local_source = local_addresses if spec.exclude_local else None
+        self.local: Set[bytes] = set()
+        self.ports = list(ports)
+        self.router = router
+        self.spec = spec
+        self.table: Dict[bytes, SplitConnection] = {}
+        self.counters: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.tcp_config = (eng.tcp_config(config.tcp_client), eng.tcp_config(config.tcp_server))
+        self._leg_configs: Dict[tuple, object] = {}
+        self._nursery: Optional[trio.Nursery] = None
+        self._match_cache: Dict[bytes, bool] = {}
+        self._full_logged_at = -1e9
+        self.closed_event = trio.Event()
+
+    # -- running ---------------------------------------------------------------
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._local_source is not None:
+                    self.local = await trio.to_thread.run_sync(self._local_source)
+                    nursery.start_soon(self._refresh_local)
+                for port in self.ports:
+                    nursery.start_soon(self._read_port, port)
+                task_status.started()
+        finally:
+            self.closed_event.set()
+
+    async def _read_port(self, port: PacketPort) -> None:
+        client_side = port.client_side
+        table = self.table
+        counters = self.counters
+        while True:
+            batch = await port.receive_batch()
+            now = now_us()
+            counters["packets_in"] += len(batch)
+            for key, pkt, flags in batch:
+                conn = table.get(key)
+                if conn is not None:
+                    if flags & eng.TH_SYN and not flags & eng.TH_ACK and client_side and conn.reusable_by_new_syn():
+                        conn.shutdown(Outcome.SUPERSEDED)
+                        self._forget(conn)
+                        self._new_flow(port, key, pkt, flags, now)
+                        continue
+                    try:
+                        conn.deliver(client_side, pkt, flags, now)
+                    except Exception:
+                        log.exception("%s: delivering a packet failed; resetting both legs", conn)
+                        conn.fail()
+                        continue
+                    counters["packets_to_connections"] += 1
+                else:
+                    self._new_flow(port, key, pkt, flags, now)
+
+    async def _refresh_local(self) -> None:
+        while True:
+            await trio.sleep(5)
+            self.local = await trio.to_thread.run_sync(self._local_source)
+
+    def _intercepted(self, key: bytes) -> bool:
+        # key = client addr, client port, server addr, server port
+        a = (len(key) - 4) // 2
+        skey = key[a + 2:]
+        if self.local and (skey[:a] in self.local or key[:a] in self.local):
+            return False
+        hit = self._match_cache.get(skey)
+        if hit is None:
+            hit = self.spec.matches(skey[:a], int.from_bytes(skey[a:], "big"))
+            if len(self._match_cache) > 65536:
+                self._match_cache.clear()
+            self._match_cache[skey] = hit
+        return hit
+
+    def _new_flow(self, port: PacketPort, key: bytes, pkt: bytes, flags: int, now: int) -> None:
+        c = self.counters
+        if not self._intercepted(key):
+            c["drop_not_intercepted"] += 1
+            return
+        is_syn = flags & eng.TH_SYN and not flags & (eng.TH_ACK | eng.TH_RST)
+        if not is_syn:
+            if flags & eng.TH_RST:
+                c["drop_unknown_flow_rst"] += 1
+                return
+            c["drop_unknown_flow"] += 1
+            rst = reset_for(pkt)
+            if rst is not None:
+                self._send_reset(port, rst, pkt)
+            return
+        if not port.client_side:
+            c["drop_server_side_syn"] += 1
+            return
+        if self.active_connections() >= self.config.max_connections:
+            c["drop_table_full"] += 1
+            t = trio.current_time()
+            if t - self._full_logged_at > 10:
+                self._full_logged_at = t
+                log.warning("connection table full (%d): dropping new SYNs (counter drop_table_full=%d)",
+                            self.config.max_connections, c["drop_table_full"])
+            return
+        conn = SplitConnection(self, key, pkt, port)
+        self.table[key] = conn
+        c["connections_opened"] += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(conn.run)
+
+    def _send_reset(self, port: PacketPort, rst: bytes, pkt: bytes) -> None:
+        # The reset goes back where the segment came from.
+        async def send():
+            try:
+                src = pkt[12:16] if pkt[0] >> 4 == 4 else pkt[8:24]
+                out_port, hop = await self.router.next_hop(bytes(src))
+            except LookupError:
+                self.counters["drop_no_route"] += 1
+                return
+            out_port.send([rst], hop)
+            self.counters["rst_sent_unknown_flow"] += 1
+
+        assert self._nursery is not None
+        self._nursery.start_soon(send)
+
+    def leg_config(self, leg: int, mtu: Optional[int]):
+        """The leg's engine settings, with the egress interface's MTU unless the
+        configuration fixed one (RFC 9293 §3.7.1: MSS from the MTU)."""
+        settings = self.config.tcp_client if leg == CLIENT else self.config.tcp_server
+        if mtu is None or "mtu" in settings:
+            return self.tcp_config[leg]
+        cfg = self._leg_configs.get((leg, mtu))
+        if cfg is None:
+            import dataclasses
+
+            cfg = self._leg_configs[(leg, mtu)] = dataclasses.replace(self.tcp_config[leg], mtu=mtu)
+        return cfg
+
+    # -- from connections ---------------------------------------------------------
+    def connection_ended(self, conn: SplitConnection) -> None:
+        # (the outcome was counted when it was decided: SplitConnection._finish)
+        self._forget(conn)
+
+    def _forget(self, conn: SplitConnection) -> None:
+        if self.table.get(conn.key) is conn:
+            del self.table[conn.key]
+
+    def active_connections(self) -> int:
+        """Connections that still carry data (lingering TIME-WAIT legs do not count)."""
+        return sum(1 for c in self.table.values() if not c.lingering)
+
+    def shutdown_all(self) -> None:
+        for conn in list(self.table.values()):
+            conn.shutdown(Outcome.SHUTDOWN)
+
+    def statistics(self) -> Dict[str, object]:
+        states: Dict[str, int] = {}
+        for conn in self.table.values():
+            for i, state in enumerate(conn.leg_states()):
+                k = f"{('client', 'server')[i]}_leg_{state}"
+                states[k] = states.get(k, 0) + 1
+        lingering = sum(1 for c in self.table.values() if c.lingering)
+        return {
+            "connections_active": len(self.table) - lingering,
+            "connections_time_wait": lingering,
+            **self.counters,
+            "leg_states": states,
+            "ports": {p.name: p.statistics() for p in self.ports},
+        }

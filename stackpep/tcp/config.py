@@ -1,0 +1,107 @@
+"""Configuration of one TCP engine connection (immutable).
+
+Times are integer microseconds.  Defaults follow the RFCs, or Linux where the
+RFCs leave a choice (noted per field).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+__all__ = ["TcpConfig", "CONGESTION_CONTROLS", "LOSS_RESPONSES"]
+
+#: congestion-control algorithms the engine implements (stackpep/_fast/cc_*.pxi)
+CONGESTION_CONTROLS = ("newreno", "cubic")
+#: how a detected loss is answered: "congestion" (RFC 5681 §3.2: reduce cwnd) or
+#: "corruption" (retransmit without reducing cwnd; for SCPS-TP, CCSDS 714.0-B-2 §3.2)
+LOSS_RESPONSES = ("congestion", "corruption")
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    # -- segment sizes ----------------------------------------------------
+    mss: int = 1460
+    """Largest payload we send and advertise; clamped to ``mtu`` minus the
+    40 (IPv4) / 60 (IPv6) bytes of headers (RFC 9293 §3.7.1, RFC 6691)."""
+    mtu: int = 1500
+    """Egress MTU of the interface towards the peer."""
+
+    # -- buffers (bytes); several MB covers a GEO bandwidth-delay product ----
+    snd_buf: int = 4 << 20
+    rcv_buf: int = 4 << 20
+    window_scale: Optional[int] = None
+    """RFC 7323 §2 shift we offer: None = smallest shift that lets ``rcv_buf``
+    be advertised, 0..14 = that shift, -1 = do not send the option."""
+
+    # -- options -----------------------------------------------------------
+    sack: bool = True            # RFC 2018 (offer / accept SACK-permitted)
+    timestamps: bool = True      # RFC 7323 §3 (TS option, RTTM, PAWS)
+    ecn: bool = False            # RFC 3168 §6.1.1: request in SYN, accept in SYN-ACK; False declines
+    nagle: bool = True           # RFC 9293 §3.7.4 (RFC 896)
+
+    # -- acknowledgements (RFC 9293 §3.8.6.3, RFC 5681 §4.2) ----------------
+    delayed_ack_us: int = 40_000
+    """Delayed-ACK timeout; must be <= 200 ms (RFC 9293 / RFC 5681 allow 500 ms,
+    the brief caps it at 200 ms).  0 disables delayed ACKs."""
+    delayed_ack_segments: int = 2
+    """ACK at least every this many full-sized segments (RFC 5681 §4.2)."""
+
+    # -- retransmission (RFC 6298) -------------------------------------------
+    initial_rto_us: int = 1_000_000      # RFC 6298 §2.1
+    min_rto_us: int = 200_000            # RFC 6298 §2.4 says 1 s; Linux uses 200 ms
+    max_rto_us: int = 120_000_000        # RFC 6298 §2.5 (>= 60 s); Linux TCP_RTO_MAX
+    syn_retries: int = 6                 # SYN / SYN-ACK retransmissions before giving up (Linux)
+    max_retransmits: int = 15            # consecutive RTO expiries before giving up (Linux tcp_retries2)
+    user_timeout_us: Optional[int] = None
+    """RFC 9293 §3.8.3 / RFC 5482 USER TIMEOUT: give up when data stays unacknowledged
+    this long (overrides ``max_retransmits``).  None = not set."""
+
+    # -- congestion control ------------------------------------------------------
+    initial_window_segments: int = 10    # RFC 6928
+    congestion: str = "cubic"            # one of CONGESTION_CONTROLS
+    loss_response: str = "congestion"    # one of LOSS_RESPONSES
+
+    # -- keep-alive (RFC 9293 §3.8.4; off by default as the RFC requires) -----------
+    keepalive: bool = False
+    keepalive_idle_us: int = 7_200_000_000
+    keepalive_interval_us: int = 75_000_000
+    keepalive_count: int = 9
+
+    # -- closing ---------------------------------------------------------------------
+    time_wait_us: int = 60_000_000
+    """TIME-WAIT duration, 2*MSL (RFC 9293 §3.4.2 MSL = 2 min; Linux holds 60 s)."""
+    fin_wait2_timeout_us: Optional[int] = None
+    """Give up on a peer that never closes after we did (Linux tcp_fin_timeout; None = wait forever)."""
+
+    # -- RFC 5961 §7: challenge ACKs per second per connection -----------------------
+    challenge_ack_limit: int = 1000
+
+    # -- IP header of what we send ------------------------------------------------------
+    ttl: int = 64
+    tos: int = 0                         # DSCP << 2; the ECN bits are the engine's
+
+    def __post_init__(self) -> None:
+        if self.congestion not in CONGESTION_CONTROLS:
+            raise ValueError(f"congestion must be one of {CONGESTION_CONTROLS}, not {self.congestion!r}")
+        if self.loss_response not in LOSS_RESPONSES:
+            raise ValueError(f"loss_response must be one of {LOSS_RESPONSES}, not {self.loss_response!r}")
+        if not 0 <= self.delayed_ack_us <= 200_000:
+            raise ValueError("delayed_ack_us must be within 0..200000 µs")
+        if self.delayed_ack_segments < 1:
+            raise ValueError("delayed_ack_segments must be >= 1")
+        if self.window_scale is not None and not -1 <= self.window_scale <= 14:
+            raise ValueError("window_scale must be None, -1 or 0..14 (RFC 7323 §2.3)")
+        if self.mss < 64 or self.mtu < 68 + 20:
+            raise ValueError("mss must be >= 64 and mtu >= 88")
+        if self.snd_buf < 1 or self.rcv_buf < 1:
+            raise ValueError("buffers must hold at least one byte")
+        if self.snd_buf > (1 << 30) or self.rcv_buf > (1 << 30):
+            raise ValueError("buffers are limited to 1 GiB (RFC 7323 §2.3 window limit)")
+        if not 0 < self.min_rto_us <= self.initial_rto_us <= self.max_rto_us:
+            raise ValueError("need 0 < min_rto_us <= initial_rto_us <= max_rto_us")
+        if self.initial_window_segments < 1:
+            raise ValueError("initial_window_segments must be >= 1")
+        if self.keepalive_count < 1 or self.keepalive_interval_us <= 0 or self.keepalive_idle_us <= 0:
+            raise ValueError("keepalive idle/interval must be > 0 and count >= 1")
+        if self.time_wait_us < 0:
+            raise ValueError("time_wait_us must be >= 0")

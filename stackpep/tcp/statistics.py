@@ -1,0 +1,86 @@
+"""Immutable statistics snapshot of one ``TcpConnection`` (``statistics()``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+__all__ = ["TcpStatistics", "DROP_REASONS"]
+
+#: every reason the engine discards an inbound segment (names of ``drops`` keys)
+DROP_REASONS = (
+    "malformed",          # the wire layer rejected it (counted there too, by error)
+    "bad_checksum",       # TCP or IPv4 header checksum wrong
+    "wrong_flow",         # addresses/ports are not this connection's
+    "closed",             # arrived in CLOSED (answered by RST, RFC 9293 §3.10.7.1)
+    "listen_rst",         # RST in LISTEN (RFC 9293 §3.10.7.2)
+    "listen_ack",         # ACK in LISTEN (answered by RST)
+    "listen_no_syn",      # neither SYN nor ACK/RST in LISTEN
+    "syn_sent_bad_ack",   # unacceptable ACK in SYN-SENT (answered by RST, §3.10.7.3)
+    "syn_sent_rst",       # RST without acceptable ACK in SYN-SENT
+    "syn_sent_no_syn",    # neither SYN nor RST in SYN-SENT
+    "paws",               # RFC 7323 §5.3 timestamp older than TS.Recent
+    "no_timestamp",       # non-RST segment without TS after negotiation (RFC 7323 §3.2)
+    "out_of_window",      # sequence not acceptable (RFC 9293 §3.10.7.4, answered by ACK)
+    "rst_out_of_window",  # RST outside the window (RFC 5961 §3.2)
+    "rst_challenged",     # RST in window but not at RCV.NXT: challenge ACK (RFC 5961 §3.2)
+    "syn_challenged",     # SYN in a synchronized state: challenge ACK (RFC 5961 §4.2)
+    "no_ack",             # non-SYN segment without ACK in a synchronized state
+    "ack_too_old",        # SEG.ACK before SND.UNA - MAX.SND.WND (RFC 5961 §5.2)
+    "ack_unsent",         # SEG.ACK after SND.NXT (RFC 9293 §3.10.7.4, answered by ACK)
+    "syn_received_bad_ack",  # unacceptable ACK in SYN-RECEIVED (answered by RST)
+    "beyond_window",      # payload bytes past the receive window (trimmed)
+    "after_fin",          # data after the peer's FIN
+    "ofo_full",           # out-of-order queue full
+    "challenge_ack_limit",  # challenge ACK not sent: rate limit (RFC 5961 §7)
+    "icmp_stale",         # packet-too-big ignored: no connection yet, or quoted SEQ not in flight (RFC 5927 §4.1)
+)
+
+
+@dataclass(frozen=True)
+class TcpStatistics:
+    state: str
+    # RTT estimation (RFC 6298), µs; None before the first sample
+    rtt_us: Optional[int]
+    srtt_us: Optional[int]
+    rttvar_us: Optional[int]
+    min_rtt_us: Optional[int]
+    rto_us: int
+    # congestion control (bytes)
+    congestion: str
+    cwnd: int
+    ssthresh: int
+    in_flight: int            # RFC 6675 pipe / RFC 5681 FlightSize
+    # sequence space (absolute values)
+    snd_una: int
+    snd_nxt: int
+    snd_wnd: int              # peer's window, scaled
+    rcv_nxt: int
+    rcv_wnd: int              # what we advertise, unscaled bytes
+    # negotiated
+    mss: int                  # effective send MSS (payload bytes)
+    peer_mss: int
+    snd_wscale: int           # peer's shift (-1 = not negotiated)
+    rcv_wscale: int           # our shift (-1 = not negotiated)
+    sack: bool
+    timestamps: bool
+    ecn: bool
+    # counters
+    segments_sent: int
+    segments_received: int
+    bytes_sent: int           # payload bytes sent, retransmissions included
+    bytes_retransmitted: int
+    bytes_acked: int          # payload bytes acknowledged by the peer
+    bytes_received: int       # in-order payload bytes delivered to the receive buffer
+    retransmits: int          # segments retransmitted (any cause)
+    timeouts: int             # RTO expiries
+    fast_retransmits: int     # entries into fast recovery (RFC 5681 / 6582 / 6675)
+    dup_acks: int             # duplicate ACKs received (RFC 5681 §2)
+    challenge_acks: int       # RFC 5961 challenge ACKs sent
+    zero_window_probes: int
+    keepalives_sent: int
+    ecn_ce_received: int      # packets received with CE (RFC 3168)
+    cwr_reductions: int       # cwnd reductions answering ECE
+    send_buffered: int        # bytes in the send buffer (unacknowledged + unsent)
+    recv_buffered: int        # bytes readable by recv()
+    drops: Dict[str, int] = field(default_factory=dict)
+    """Discarded inbound segments by reason (names in DROP_REASONS); zeros omitted."""
