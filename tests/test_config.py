@@ -174,7 +174,7 @@ def test_key_lines_handles_dotted_and_quoted_keys():
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "stackpep", *args], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+                          cwd="/")  # not the source tree: `-m` puts cwd first on sys.path
 
 
 def test_check_config_cli(tmp_path):

@@ -11,17 +11,21 @@ from pathlib import Path
 
 import pytest
 
+import stackpep
+
 from stackpep.io.rules import InterceptSpec, IptablesLegacyBackend, NftBackend
 from stackpep.testbed.netns import Network
 
 ROOT = Path(__file__).resolve().parents[1]
+# where `stackpep` is imported from: the installed package (CI) or the source tree (development)
+PKG_ROOT = Path(stackpep.__file__).resolve().parents[1]
 SPEC = InterceptSpec(("box1",), ("box2",), ("198.18.1.0/24", "fd00:2::/64"), ((80, 80), (5000, 5100)))
 
 pytestmark = pytest.mark.netns
 
 
 def in_ns(host, code):
-    prog = "import sys, json; sys.path.insert(0, %r)\n" % str(ROOT) + textwrap.dedent(code)
+    prog = "import sys, json; sys.path.insert(0, %r)\n" % str(PKG_ROOT) + textwrap.dedent(code)
     res = host.run([sys.executable, "-c", prog], check=False)
     assert res.returncode == 0, res.stderr
     return res.stdout
@@ -119,8 +123,8 @@ def test_cleanup_command_removes_every_instance_of_both_backends(host):
     """)
     mid = dump(host)
     assert "table inet stackpep_two" in mid["nft"] and "STACKPEP-PRE" in "\n".join(mid["iptables-legacy"])
-    res = host.run([sys.executable, "-m", "stackpep", "cleanup"], check=False, cwd=str(ROOT),
-                   env={"PYTHONPATH": str(ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    res = host.run([sys.executable, "-m", "stackpep", "cleanup"], check=False, cwd="/",
+                   env={"PYTHONPATH": str(PKG_ROOT), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     assert res.returncode == 0, res.stderr
     assert "nft: removed 2 stackpep object(s)" in res.stdout
     assert "iptables-legacy: removed" in res.stdout
