@@ -180,9 +180,177 @@ cdef class Cubic(CongestionControl):
         return "cubic"
 
 
-cdef CongestionControl make_cc(str name):
+# cwnd of the rate-based controller: never the limit (1 TiB)
+cdef double RATE_CWND = <double>(1 << 40)
+
+
+cdef class RateShare:
+    """One rate shared by the connections that name it (TcpConfig.rate_share), as the
+    SCPS reference gateway's token bucket is per route, not per connection: each
+    active member paces at rate / (number of active members).
+
+    A member counts as active from its handshake and whenever it sends a segment
+    while not counted.  Every RECOUNT_US (on an RTT sample of any member: the
+    share's clock) it stops counting unless it sent at least a quarter of its fair
+    share in the last interval, so a connection carrying a few control messages
+    (iperf3's, a keep-alive HTTP connection between requests) halves the others for
+    at most an interval or so, and a finished transfer frees its share."""
+    cdef readonly uint64_t rate_bps
+    cdef readonly uint64_t now          # latest time a member reported
+    cdef readonly int n_active
+    cdef uint64_t recount_at, last_recount
+    cdef list members
+
+    def __cinit__(self, uint64_t rate_bps):
+        self.rate_bps = rate_bps
+        self.members = []
+
+    @property
+    def members_count(self):
+        return len(self.members)
+
+    cdef void _join(self, RateBased m):
+        if not m.registered:
+            m.registered = 1
+            self.members.append(m)
+        m.last_active = self.now
+        if not m.counted:
+            m.counted = 1
+            self.n_active += 1
+
+    cdef void _touch(self, uint64_t now):
+        cdef RateBased x
+        cdef list keep
+        cdef int n = 0
+        cdef double fair_segs, threshold
+        if now > self.now:
+            self.now = now
+        if now < self.recount_at:
+            return
+        self.recount_at = now + RECOUNT_US
+        if self.last_recount == 0 or now <= self.last_recount:
+            self.last_recount = now
+            return
+        # a full-sized segment is ~1500 IP bytes; the threshold is in segments
+        fair_segs = (self.rate_bps / 8.0 / 1500.0) * ((now - self.last_recount) / 1e6)
+        fair_segs /= self.n_active if self.n_active > 1 else 1
+        threshold = fair_segs / 4 if fair_segs > 4 else 1
+        self.last_recount = now
+        keep = []
+        for x in self.members:
+            x.counted = x.sent_segs >= threshold
+            x.sent_segs = 0
+            n += x.counted
+            if x.counted:
+                x.last_active = now
+            if x.last_active + 30_000_000 >= now:
+                keep.append(x)
+            else:
+                x.registered = 0       # idle for 30 s: forgotten until it sends again
+        self.members = keep
+        self.n_active = n
+
+
+cdef enum:
+    RECOUNT_US = 100_000
+
+
+# rate shares by name: connections whose TcpConfig names the same share and rate
+cdef dict _RATE_SHARES = {}
+
+
+def rate_share(str name, uint64_t rate_bps):
+    """The RateShare that connections configured with ``rate_share=name`` and this
+    rate divide between them (created on first use)."""
+    key = (name, rate_bps)
+    sh = _RATE_SHARES.get(key)
+    if sh is None:
+        sh = _RATE_SHARES[key] = RateShare(rate_bps)
+    return sh
+
+
+cdef class RateBased(CongestionControl):
+    """SCPS-TP rate control, "mode 0" of the reference gateway (CCSDS 714.0-B-2 §3.2):
+    an open-loop token bucket at a configured rate; cwnd is never the limit, only the
+    peer's window and the rate are.  The engine paces every segment, retransmissions
+    included, at pacing_rate(); with loss_response="corruption" losses are repaired by
+    SACK (RFC 6675) without any reduction.  Meant for a link whose rate is known and
+    not shared (the long leg between two stackpep boxes)."""
+    cdef uint64_t rate_bps      # bits/s counted on IP bytes, headers included
+    cdef uint32_t hdr_bytes     # IP + TCP headers + options per full-sized segment
+    cdef uint64_t payload_rate  # bytes of payload per second
+    cdef RateShare share        # None: the rate is this connection's alone
+    cdef uint64_t last_active   # µs, for the share
+    cdef uint32_t sent_segs     # data segments sent since the share's last recount
+    cdef bint registered, counted
+
+    def __cinit__(self):
+        self.rate_bps = 0
+        self.hdr_bytes = 52
+
+    cdef void _update_rate(self):
+        # the link counts whole IP packets; the engine paces payload bytes
+        cdef double seg = self.mss if self.mss > 0 else 1
+        self.payload_rate = <uint64_t>(self.rate_bps / 8.0 * seg / (seg + self.hdr_bytes))
+        if self.payload_rate < 1:
+            self.payload_rate = 1
+
+    cdef void init(self, uint32_t mss, uint32_t iw_segments):
+        CongestionControl.init(self, mss, iw_segments)
+        self.cwnd = RATE_CWND
+        self._update_rate()
+        if self.share is not None:
+            self.share._join(self)
+
+    cdef void on_rtt_sample(self, uint64_t now, uint64_t rtt_us):
+        if self.share is not None:
+            self.share._touch(now)
+
+    cdef void set_mss(self, uint32_t mss):
+        self.mss = mss
+        self._update_rate()
+
+    cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight):
+        self.cwnd = RATE_CWND     # also undoes the engine's 1-SMSS IW after a lost SYN
+
+    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause):
+        pass                      # open loop: the rate is configured, not probed
+
+    cdef void on_recovery_exit(self, uint64_t now, uint64_t in_flight):
+        self.cwnd = RATE_CWND
+
+    cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first):
+        self.cwnd = RATE_CWND
+
+    cdef uint64_t pacing_rate(self):
+        # (the engine asks once per data segment it sends: that is what we count)
+        cdef int n
+        if self.share is None:
+            return self.payload_rate
+        self.sent_segs += 1
+        if not self.counted:
+            self.share._join(self)     # sending again: counts at once (the others slow down)
+        n = self.share.n_active
+        return self.payload_rate // n if n > 1 else self.payload_rate
+
+    cdef str name(self):
+        return "rate"
+
+
+cdef CongestionControl make_cc(str name, object config=None, int ipver=4):
+    cdef RateBased rb
     if name == "newreno":
         return NewReno()
     if name == "cubic":
         return Cubic()
+    if name == "rate":
+        rb = RateBased()
+        rb.rate_bps = config.rate_bps if config is not None and config.rate_bps else 0
+        if rb.rate_bps <= 0:
+            raise ValueError("congestion control 'rate' needs rate_bps")
+        # RFC 9293 §3.7.1 headers: IPv4 20 / IPv6 40, TCP 20, timestamps 12 (RFC 7323)
+        rb.hdr_bytes = (20 if ipver == 4 else 40) + 20 + (12 if config.timestamps else 0)
+        if config.rate_share:
+            rb.share = rate_share(config.rate_share, rb.rate_bps)
+        return rb
     raise ValueError(f"unknown congestion control {name!r}")

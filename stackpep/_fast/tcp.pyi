@@ -29,6 +29,24 @@ class NewReno(CongestionControl):
 class Cubic(CongestionControl):
     """RFC 9438."""
 
+class RateBased(CongestionControl):
+    """SCPS-TP rate control (CCSDS 714.0-B-2 §3.2, reference gateway mode 0): paced at
+    a configured rate counted on IP bytes; cwnd never limits."""
+
+class RateShare:
+    """One rate divided between the active connections that name it."""
+    @property
+    def rate_bps(self) -> int: ...
+    @property
+    def now(self) -> int: ...
+    @property
+    def n_active(self) -> int: ...
+    @property
+    def members_count(self) -> int: ...
+
+def rate_share(name: str, rate_bps: int) -> RateShare:
+    """The RateShare for (name, rate_bps), created on first use."""
+
 class TcpConnection:
     def __init__(self, config: TcpConfig, local_addr: bytes, local_port: int,
                  remote_addr: bytes, remote_port: int, iss: int, ts_offset: int = 0) -> None:

@@ -63,6 +63,11 @@ DROP_NAMES = ("malformed", "bad_checksum", "wrong_flow", "closed", "listen_rst",
 
 
 
+# how late a pacing deadline may be served and still be made up (timer slack of the
+# event loop driving the engine); see _emit_data
+cdef enum:
+    PACE_SLACK_US = 4000
+
 cdef inline int64_t i64min(int64_t a, int64_t b) noexcept nogil:
     return a if a < b else b
 
@@ -162,7 +167,7 @@ cdef class TcpConnection:
         self.cfg_tw = config.time_wait_us
         self.cfg_fw2 = config.fin_wait2_timeout_us if config.fin_wait2_timeout_us is not None else 0
         self.cfg_chal_limit = config.challenge_ack_limit
-        self.cc = make_cc(config.congestion)
+        self.cc = make_cc(config.congestion, config, self.ipver)
         self.loss_corruption = config.loss_response == "corruption"
         # sequence state
         self.snd_una = -1
@@ -1058,6 +1063,12 @@ cdef class TcpConnection:
                 self.t_persist = 0
         if self.sack_ok and s.opts.n_sack:
             newly_sacked = self._sack_update(s, ack_off)
+            if newly_sacked > 0 and self.rtt_timing and self._skip_sacked(self.rtt_off) > self.rtt_off:
+                # the timed segment arrived (SACKed now): sample it now, not when a hole
+                # below it is repaired, which would add the repair time to SRTT and the
+                # RTO (Linux tcp_sacktag_one does the same; Karn's rule still holds)
+                self.rtt_timing = 0
+                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
         prior_flight = self._flight()
         if ack_off > self.snd_una:
             acked = ack_off - self.snd_una
@@ -1079,8 +1090,11 @@ cdef class TcpConnection:
             if self.rtt_timing and ack_off > self.rtt_off:
                 self.rtt_timing = 0
                 self._rtt_sample(<int64_t>(now - self.rtt_time), now)
-            elif (self.ts_ok and s.opts.has_ts and not self.rtt_timing and
+            elif (self.ts_ok and s.opts.has_ts and (not self.rtt_timing or self.next_send_time) and
                   (not self.ts_rto_set or seq_ge(s.opts.ts_ecr, self.ts_rto_floor))):
+                # (a paced, rate-based sender (next_send_time set) retransmits all the
+                # time, so Karn's rule leaves its timed segment few samples: it takes
+                # RFC 7323 §4 RTTM from every ACK that advances the left edge, as Linux does)
                 # an echo older than the last RTO belongs to an original transmission
                 # whose ACK was lost: as ambiguous as Karn's case, so no sample
                 self._rtt_sample(<int64_t>(<uint32_t>(self._ts_now(now) - s.opts.ts_ecr)) * 1000
@@ -1371,6 +1385,22 @@ cdef class TcpConnection:
         self.rto = self.rto * 2 if self.rto * 2 < self.cfg_max_rto else self.cfg_max_rto
         if not self.loss_corruption:
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
+        elif self.sack_ok and self.n_sb and self.next_send_time:
+            # Paced (rate-based) sender treating loss as corruption (CCSDS 714.0-B-2 §3.2): with
+            # SACK the RTO means a retransmission was lost (RFC 6675 cannot see it
+            # otherwise).  Go-back-N would resend the whole unSACKed flight, a
+            # bandwidth-delay product still on its way; restart RFC 6675 recovery from
+            # SND.UNA instead, keeping the scoreboard (§5.1), so only holes go again
+            # (the outcome RFC 8985 RACK reaches without the timeout).
+            if not self.in_recovery:
+                self.in_recovery = 1
+                self.recover = self.snd_max
+            self.high_rxt = self.snd_una
+            self.rexmit_pending = 1
+            self.rtt_timing = 0          # Karn's rule (RFC 6298 §3)
+            self.ts_rto_floor = self._ts_now(now)
+            self.ts_rto_set = 1
+            return
         # RFC 6582 §3.2 step 4 / RFC 6675 §5.1: recovery ends; go back to SND.UNA
         self.recover = self.snd_max
         self.ecn_recover = self.snd_max
@@ -1571,7 +1601,7 @@ cdef class TcpConnection:
         if avail < 0:
             avail = 0
         rexmit = off < self.snd_max
-        if self.t_pace and not rexmit:
+        if self.t_pace > now:
             return self._output_probe(buf, cap, now)     # pacing gate (rate-based controllers)
         win_avail = self.snd_una + self.snd_wnd - off
         if self.in_recovery and self.sack_ok:
@@ -1684,8 +1714,11 @@ cdef class TcpConnection:
         n = self._emit(buf, cap, off, length, flags, rexmit, now)
         self.bytes_out += length
         cdef uint64_t rate = self.cc.pacing_rate()
-        if rate and length > 0 and not rexmit:
-            if self.next_send_time < now:
+        if rate and length > 0:
+            # A token bucket: retransmissions spend it too (they use the link as new
+            # data does); a pacing timer served late by up to PACE_SLACK_US is made up,
+            # idle time is not banked (no burst after idle)
+            if self.next_send_time + PACE_SLACK_US < now:
                 self.next_send_time = now
             self.next_send_time += <uint64_t>(length * 1000000 // rate)
             if self.next_send_time > now:

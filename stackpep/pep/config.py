@@ -20,6 +20,7 @@ HANDSHAKE_MODES = ("after-server", "immediate")
 ROLES = ("splitter",)
 BACKENDS = ("auto", "nft", "iptables-legacy")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+WAN_LEGS = ("client", "server")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class PepConfig:
     gso: bool = True
     tcp_client: Dict[str, Any] = field(default_factory=dict)  # TcpConfig fields, client leg
     tcp_server: Dict[str, Any] = field(default_factory=dict)  # TcpConfig fields, server leg
+    wan_leg: Optional[str] = None      # the leg that crosses the long link ([wan])
+    wan_rate: Optional[int] = None     # its rate, bits/s on IP bytes
+    wan_rtt: float = 0.6               # its round-trip time, seconds
     source: str = "<dict>"
     lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -201,6 +205,27 @@ def _check_tcp_leg(ck: _Checker, data: dict, leg: str) -> Dict[str, Any]:
     return out
 
 
+def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan") -> Dict[str, Any]:
+    """Engine settings of the leg that crosses a long, lossy link of known rate
+    (docs/configuration.md "The long leg"): SCPS-TP rate control (CCSDS 714.0-B-2
+    §3.2, the reference gateway's mode 0) with loss treated as corruption, and
+    buffers of 4 × the bandwidth-delay product (at least the engine's 4 MiB): a
+    lost retransmission holds the left edge of the window for an RTO and more
+    while the rate keeps sending.  All the box's connections on that leg share the
+    rate (``rate_share``), as the link does."""
+    bdp = int(rate_bps / 8 * rtt_s)
+    buf = max(4 << 20, 4 * bdp)
+    buf = min(buf, 1 << 30)
+    return {
+        "congestion": "rate",
+        "rate_bps": int(rate_bps),
+        "rate_share": share,
+        "loss_response": "corruption",
+        "snd_buf": buf,
+        "rcv_buf": buf,
+    }
+
+
 def _parse_ports(ck: _Checker, ports: Any) -> Tuple[Tuple[int, int], ...]:
     if not isinstance(ports, list):
         ck.bad("intercept.ports", f"must be a list of ports or \"lo-hi\" ranges, got {ports!r}")
@@ -233,7 +258,7 @@ def from_dict(data: dict, source: str = "<dict>", lines: Optional[Dict[str, int]
 def check_dict(data: dict, source: str, lines: Dict[str, int]):
     """PepConfig if data is valid, else the list of problems."""
     ck = _Checker(source, lines)
-    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp"}
+    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp", "wan"}
     for k in data:
         if k not in known:
             ck.bad(k, f"unknown table (known: {', '.join(sorted(known))})")
@@ -313,8 +338,46 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     retire = ck.typed(cap, "capture", "retire_ms", int, 1, lambda v: 1 <= v <= 1000, "must be 1 .. 1000")
     gso = ck.typed(cap, "capture", "gso", bool, True)
 
+    wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1})
+    wan_leg = ck.typed(wan, "wan", "leg", str, None, lambda v: v in WAN_LEGS, f"one of {', '.join(WAN_LEGS)}")
+    wan_if = ck.typed(wan, "wan", "interface", str, None)
+    if wan_if is not None:
+        # the leg is the side whose interfaces hold this name
+        by_if = [s for s in ("client", "server") if wan_if in side[s]]
+        if "leg" in wan:
+            ck.bad("wan.interface", "give either wan.leg or wan.interface, not both")
+        elif not by_if:
+            ck.bad("wan.interface", f"{wan_if!r} is not one of interfaces.client or interfaces.server")
+        else:
+            wan_leg = by_if[0]
+    wan_rate = ck.typed(wan, "wan", "rate", int, None, lambda v: 8000 <= v <= 10 ** 12,
+                        "bits/s on IP bytes, between 8000 and 10**12")
+    wan_rtt = ck.typed(wan, "wan", "rtt", (int, float), 0.6, lambda v: 0 < v <= 10,
+                       "seconds, > 0 and <= 10")
+    if wan and (wan_leg is None) != (wan_rate is None):
+        if "leg" not in wan and "interface" not in wan:
+            ck.bad("wan.leg", "missing: which leg crosses the long link, \"client\" or \"server\" "
+                              "(or wan.interface)")
+        if "rate" not in wan:
+            ck.bad("wan.rate", "missing: the long link's rate in bits/s (IP bytes)")
+
     tcp_client = _check_tcp_leg(ck, data, "client")
     tcp_server = _check_tcp_leg(ck, data, "server")
+    if wan_leg is not None and wan_rate is not None:
+        # the long leg's defaults, under whatever [tcp.<leg>] sets explicitly
+        explicit = tcp_client if wan_leg == "client" else tcp_server
+        merged = {**wan_leg_settings(wan_rate, float(wan_rtt), f"wan{instance}"), **explicit}
+        try:
+            from stackpep.tcp.config import TcpConfig  # type: ignore
+            TcpConfig(**merged)
+        except ImportError:
+            pass
+        except (TypeError, ValueError) as exc:
+            ck.bad(f"tcp.{wan_leg}", f"engine rejected the settings with [wan]: {exc}")
+        if wan_leg == "client":
+            tcp_client = merged
+        else:
+            tcp_server = merged
 
     if ck.problems:
         return ck.problems
@@ -324,7 +387,8 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         role=role, log_level=log_level, handshake_mode=hmode, handshake_timeout=float(htimeout),
         idle_timeout=float(idle), max_connections=maxc, relay_buffer=relay, rules_backend=backend,
         mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
-        tcp_client=tcp_client, tcp_server=tcp_server, source=source, lines=dict(lines),
+        tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,
+        wan_rtt=float(wan_rtt), source=source, lines=dict(lines),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 __all__ = ["TcpConfig", "CONGESTION_CONTROLS", "LOSS_RESPONSES"]
 
 #: congestion-control algorithms the engine implements (stackpep/_fast/cc_*.pxi)
-CONGESTION_CONTROLS = ("newreno", "cubic")
+CONGESTION_CONTROLS = ("newreno", "cubic", "rate")
 #: how a detected loss is answered: "congestion" (RFC 5681 §3.2: reduce cwnd) or
 #: "corruption" (retransmit without reducing cwnd; for SCPS-TP, CCSDS 714.0-B-2 §3.2)
 LOSS_RESPONSES = ("congestion", "corruption")
@@ -60,6 +60,14 @@ class TcpConfig:
     initial_window_segments: int = 10    # RFC 6928
     congestion: str = "cubic"            # one of CONGESTION_CONTROLS
     loss_response: str = "congestion"    # one of LOSS_RESPONSES
+    rate_bps: Optional[int] = None
+    """For ``congestion="rate"`` (SCPS-TP rate control, CCSDS 714.0-B-2 §3.2): the
+    sending rate in bits/s counted on IP bytes (headers included), as a link rate
+    is; cwnd is then not the limit.  Required with "rate", ignored otherwise."""
+    rate_share: Optional[str] = None
+    """With "rate": connections whose configs give the same name (and rate) share
+    ``rate_bps``, each active one pacing at rate / active (CCSDS 714.0-B-2 §3.2; the
+    reference gateway's bucket is per route).  None = the rate is per connection."""
 
     # -- keep-alive (RFC 9293 §3.8.4; off by default as the RFC requires) -----------
     keepalive: bool = False
@@ -83,6 +91,10 @@ class TcpConfig:
     def __post_init__(self) -> None:
         if self.congestion not in CONGESTION_CONTROLS:
             raise ValueError(f"congestion must be one of {CONGESTION_CONTROLS}, not {self.congestion!r}")
+        if self.congestion == "rate" and not (isinstance(self.rate_bps, int) and self.rate_bps >= 8000):
+            raise ValueError("congestion \"rate\" needs rate_bps, an integer >= 8000 (bits/s)")
+        if self.rate_bps is not None and not (isinstance(self.rate_bps, int) and 8000 <= self.rate_bps <= 10 ** 12):
+            raise ValueError("rate_bps must be an integer between 8000 and 10**12 bits/s")
         if self.loss_response not in LOSS_RESPONSES:
             raise ValueError(f"loss_response must be one of {LOSS_RESPONSES}, not {self.loss_response!r}")
         if not 0 <= self.delayed_ack_us <= 200_000:

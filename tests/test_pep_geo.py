@@ -1,0 +1,107 @@
+"""The long leg ([wan]) of the splitter's configuration: which leg it is, the engine
+settings it implies (rate control, loss as corruption, buffers from the BDP),
+explicit [tcp.<leg>] keys winning, and the problems check-config reports."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stackpep.pep import engine as eng
+from stackpep.pep.config import check_file, wan_leg_settings
+from stackpep.tcp.config import TcpConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, text):
+    p = tmp_path / "pep.toml"
+    p.write_text(textwrap.dedent(text).lstrip("\n"))
+    return p
+
+
+def test_geo_examples_put_the_rate_on_the_link_side():
+    a, problems = check_file(ROOT / "examples" / "geo-pep-a.toml")
+    assert problems == []
+    assert a.wan_leg == "server" and a.wan_rate == 20_000_000 and a.wan_rtt == 0.6
+    # 4 x BDP = 4 x 20e6/8 x 0.6 = 6 MB, both ways
+    assert a.tcp_server == {"congestion": "rate", "rate_bps": 20_000_000, "rate_share": "wan",
+                            "loss_response": "corruption", "snd_buf": 6_000_000, "rcv_buf": 6_000_000}
+    assert a.tcp_client == {}            # the short leg keeps the engine defaults
+    b, problems = check_file(ROOT / "examples" / "geo-pep-b.toml")
+    assert problems == []
+    assert b.wan_leg == "client" and b.tcp_client["congestion"] == "rate" and b.tcp_server == {}
+
+
+def test_engine_built_from_the_wan_leg_paces_at_the_rate():
+    cfg, _ = check_file(ROOT / "examples" / "geo-pep-a.toml")
+    tcfg = eng.tcp_config(cfg.tcp_server)
+    assert isinstance(tcfg, TcpConfig)
+    conn = eng.new_connection(tcfg, bytes([198, 18, 3, 2]), 80, bytes([198, 18, 1, 2]), 40000, 1)
+    st = conn.statistics()
+    assert st.congestion == "rate" and st.cwnd >= 1 << 40
+    assert eng.new_connection(eng.tcp_config(cfg.tcp_client), bytes([198, 18, 1, 2]), 40000,
+                              bytes([198, 18, 3, 2]), 80, 1).statistics().congestion == "cubic"
+
+
+def test_interface_names_the_leg_and_explicit_settings_win(tmp_path):
+    p = write(tmp_path, """
+        [pep]
+        instance = "x1"
+        [interfaces]
+        client = ["wan0"]
+        server = ["lan0"]
+        [wan]
+        interface = "wan0"
+        rate = 50000000
+        rtt = 0.5
+        [tcp.client]
+        rcv_buf = 16777216
+        loss_response = "congestion"
+    """)
+    cfg, problems = check_file(p)
+    assert problems == []
+    assert cfg.wan_leg == "client"
+    # 4 x 50e6/8 x 0.5 = 12.5 MB; rcv_buf and loss_response as written
+    assert cfg.tcp_client == {"congestion": "rate", "rate_bps": 50_000_000, "rate_share": "wanx1",
+                              "loss_response": "congestion", "snd_buf": 12_500_000, "rcv_buf": 16_777_216}
+
+
+def test_small_links_keep_the_engine_minimum_buffers():
+    assert wan_leg_settings(1_000_000, 0.6)["snd_buf"] == 4 << 20
+
+
+@pytest.mark.parametrize("wan, key, line", [
+    ('leg = "server"', "wan.rate", 4),                          # missing: the [wan] header's line
+    ('rate = 20000000', "wan.leg", 4),
+    ('leg = "sky"\nrate = 20000000', "wan.leg", 5),
+    ('interface = "eth9"\nrate = 20000000', "wan.interface", 5),
+    ('leg = "server"\nrate = 100', "wan.rate", 6),
+    ('leg = "server"\nrate = 20000000\nrtt = 0', "wan.rtt", 7),
+    ('leg = "server"\nrate = 20000000\nburst = 3', "wan.burst", 7),
+])
+def test_problems_name_the_key_and_line(tmp_path, wan, key, line):
+    text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\n" + wan + "\n"
+    p = tmp_path / "pep.toml"
+    p.write_text(text)
+    cfg, problems = check_file(p)
+    assert cfg is None
+    hits = [x for x in problems if x.key == key]
+    assert hits, problems
+    assert hits[0].line == line, problems
+
+
+def test_wan_leg_settings_rejected_by_the_engine_are_reported(tmp_path):
+    p = write(tmp_path, """
+        [interfaces]
+        client = "c0"
+        server = "s0"
+        [wan]
+        leg = "server"
+        rate = 20000000
+        [tcp.server]
+        rate_bps = 5
+    """)
+    cfg, problems = check_file(p)
+    assert cfg is None and any(x.key.startswith("tcp.server") for x in problems)
