@@ -19,11 +19,15 @@ from pathlib import Path
 
 import pytest
 
+import stackpep
+
 from stackpep._fast.capture import complete_checksum, flow_key, split_key
 from stackpep._fast.checksum import transport_checksum
 from stackpep.testbed.netns import Network
 
-ROOT = Path(__file__).resolve().parents[1]
+# where `stackpep` is imported from (the installed package in CI, the tree in development):
+# the helper programs below put it first on sys.path
+ROOT = Path(stackpep.__file__).resolve().parents[1]
 
 
 def test_flow_key_round_trip():

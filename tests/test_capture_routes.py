@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import stackpep
+
 from stackpep.testbed.netns import Network
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(stackpep.__file__).resolve().parents[1]  # where stackpep is imported from
 pytestmark = pytest.mark.netns
 
 

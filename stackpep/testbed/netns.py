@@ -131,6 +131,8 @@ class Network:
             kill_namespace_processes(host.name)
             run(["ip", "netns", "del", host.name], check=False)
         self.hosts.clear()
+        # A link() that failed half-way leaves its veth in the root namespace.
+        delete_root_links(self.prefix)
 
     def __enter__(self) -> "Network":
         return self
@@ -148,6 +150,21 @@ def kill_namespace_processes(name: str) -> None:
             pass
 
 
+def delete_root_links(prefix: str) -> List[str]:
+    """Delete root-namespace interfaces named prefix* (a half-built veth pair)."""
+    res = run(["ip", "-o", "link", "show"], check=False)
+    gone = []
+    for line in res.stdout.splitlines():
+        parts = line.split(":")
+        if len(parts) < 2:
+            continue
+        name = parts[1].strip().split("@")[0]
+        if name.startswith(prefix):
+            run(["ip", "link", "del", name], check=False)
+            gone.append(name)
+    return gone
+
+
 def list_namespaces(prefix: str = NS_PREFIX) -> List[str]:
     res = run(["ip", "-o", "netns", "list"], check=False)
     names = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
@@ -161,4 +178,5 @@ def cleanup_namespaces(prefix: str) -> List[str]:
         kill_namespace_processes(name)
         run(["ip", "netns", "del", name], check=False)
         removed.append(name)
+    delete_root_links(prefix)
     return removed
