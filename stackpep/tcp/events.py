@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CloseReason", "TcpEvent", "Connected", "DataReadable", "SendSpace",
-    "EofReceived", "ConnectionReset", "ConnectionClosed",
+    "EofReceived", "ConnectionReset", "ConnectionClosed", "ConnectionProgress",
 ]
 
 
@@ -58,3 +58,26 @@ class ConnectionReset(TcpEvent):
 class ConnectionClosed(TcpEvent):
     """The connection reached CLOSED; the engine sends nothing more."""
     reason: CloseReason
+
+
+class ConnectionProgress:
+    """What the events have said so far, as flags, for adapters that poll them
+    (the trio stream's driver, the TUN endpoint)."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.eof_received = False
+        self.reset = False
+        self.closed = False  # the engine reported the connection closed
+        self.close_reason: "CloseReason | None" = None
+
+    def apply_event(self, ev: TcpEvent) -> None:
+        if isinstance(ev, Connected):
+            self.connected = True
+        elif isinstance(ev, EofReceived):
+            self.eof_received = True
+        elif isinstance(ev, ConnectionReset):
+            self.reset = True
+        elif isinstance(ev, ConnectionClosed):
+            self.closed = True
+            self.close_reason = ev.reason

@@ -21,6 +21,8 @@ from typing import Any, Callable, Deque, Optional, Tuple
 
 import trio
 
+from stackpep.tcp.events import ConnectionClosed, ConnectionProgress
+
 __all__ = ["EngineDriver", "TcpStream", "MemoryPacketPipe", "memory_stream_pair"]
 
 DEFAULT_RECEIVE_SIZE = 65536
@@ -30,19 +32,15 @@ def _now_us() -> int:
     return int(trio.current_time() * 1_000_000)
 
 
-class EngineDriver:
+class EngineDriver(ConnectionProgress):
     """Drives one engine connection from Trio: packets in, packets out, timer."""
 
     def __init__(self, conn: Any, transmit: Callable[[bytes], None]):
+        super().__init__()
         self.conn = conn
         self.transmit = transmit
         self._changed = trio.Event()  # set (and replaced) whenever anything may have changed
-        self.connected = False
-        self.eof_received = False
-        self.reset = False
-        self.closed = False  # the engine reported the connection closed
         self.app_closed = False  # the application called aclose(): unread data is refused
-        self.close_reason: Any = None
         self.error: Optional[BaseException] = None
         self.refused_bytes = 0  # data that arrived after aclose() (answered by RST)
         self._in_flush = False
@@ -91,16 +89,8 @@ class EngineDriver:
             ev = self.conn.next_event()
             if ev is None:
                 return
-            name = type(ev).__name__
-            if name == "Connected":
-                self.connected = True
-            elif name == "EofReceived":
-                self.eof_received = True
-            elif name == "ConnectionReset":
-                self.reset = True
-            elif name == "ConnectionClosed":
-                self.closed = True
-                self.close_reason = getattr(ev, "reason", None)
+            self.apply_event(ev)
+            if isinstance(ev, ConnectionClosed):
                 if str(getattr(self.close_reason, "value", self.close_reason)).lower() not in ("normal", "none", "closed"):
                     # A close that was not the graceful end of both directions.
                     if not self.eof_received:

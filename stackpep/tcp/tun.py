@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from stackpep.tcp.events import ConnectionProgress
+
 __all__ = ["TunDevice", "TunTcpEndpoint", "bulk_data", "tcp_flow_of", "open_tun_stream", "trio_transfer"]
 
 # linux/if_tun.h
@@ -136,7 +138,7 @@ def _now_us() -> int:
     return time.monotonic_ns() // 1000
 
 
-class TunTcpEndpoint:
+class TunTcpEndpoint(ConnectionProgress):
     """One engine connection behind a TUN device, driven by a poll() loop.
 
     ``engine_factory(remote_addr, remote_port)`` builds the ``TcpConnection``
@@ -146,6 +148,7 @@ class TunTcpEndpoint:
 
     def __init__(self, tun: TunDevice, local_addr: bytes, local_port: int,
                  engine_factory: Callable[[bytes, int], Any], clock: Callable[[], int] = _now_us):
+        super().__init__()
         self.tun = tun
         self.local_addr = local_addr
         self.local_port = local_port
@@ -155,10 +158,6 @@ class TunTcpEndpoint:
         self.remote: Optional[Tuple[bytes, int]] = None
         self.ignored = 0  # packets on the device that were not for this connection
         self.events: list = []
-        self.connected = False
-        self.eof_received = False
-        self.reset = False
-        self.closed = False
 
     # -- opening ------------------------------------------------------------------
     def connect(self, remote_addr: bytes, remote_port: int) -> None:
@@ -205,16 +204,8 @@ class TunTcpEndpoint:
             ev = conn.next_event()
             if ev is None:
                 break
-            name = type(ev).__name__
-            self.events.append(name)
-            if name == "Connected":
-                self.connected = True
-            elif name == "EofReceived":
-                self.eof_received = True
-            elif name == "ConnectionReset":
-                self.reset = True
-            elif name == "ConnectionClosed":
-                self.closed = True
+            self.events.append(type(ev).__name__)
+            self.apply_event(ev)
 
     def poll_once(self, max_wait: float) -> None:
         """Wait for packets or the engine's timer (at most max_wait s), then process."""
