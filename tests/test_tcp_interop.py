@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from stackpep.testbed.topology import python_env
+
 from stackpep.tcp.tun import bulk_data
 from stackpep.testbed.netns import Network
 
@@ -157,13 +159,7 @@ def _engine_cmd(fam: int, mode: str, nbytes: int, seed: int, via_trio: bool = Fa
 def _env():
     # the engine process imports stackpep exactly as this test process does:
     # the installed package (CI) or whatever PYTHONPATH points at (development)
-    env = dict(os.environ)
-    import stackpep
-
-    pkg_root = str(Path(stackpep.__file__).resolve().parents[1])
-    if pkg_root not in env.get("PYTHONPATH", "").split(os.pathsep):
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    return python_env()
 
 
 def _read_json(proc: subprocess.Popen, what: str, timeout: float) -> dict:

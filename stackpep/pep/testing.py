@@ -55,9 +55,10 @@ def pep_toml(ports=(80, 5201, "8000-8099"), mode="after-server", handshake_timeo
 
 
 def env_with_path() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    """Environment for `python -m stackpep ...` in a namespace (imports stackpep from here)."""
+    from stackpep.testbed.topology import python_env
+
+    return python_env()
 
 
 class SplitterTopology:
