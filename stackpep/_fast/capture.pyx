@@ -5,8 +5,9 @@ batches, frames sent in batches with sendmmsg().
 Receive (packet(7), Documentation/networking/packet_mmap.rst):
 - one socket per interface, ETH_P_ALL, bound to the interface, with
   PACKET_IGNORE_OUTGOING (we never want our own or the kernel's transmissions)
-  and a classic BPF filter that keeps only IPv4/IPv6 TCP, so UDP, ICMP and the
-  rest never cross into user space;
+  and a classic BPF filter that keeps only IPv4/IPv6 TCP and the ICMP errors
+  path-MTU discovery needs (ICMPv4 type 3, ICMPv6 types 1-4), so UDP, echo,
+  neighbour discovery and the rest never cross into user space;
 - a TPACKET_V3 ring of variable-size frames packed into blocks; a block is
   handed to us when full or after `retire_ms`, so one wake-up serves a batch.
 
@@ -30,6 +31,11 @@ per-packet cost of the send path.  Without it, frames go out one by one
 Per packet nothing but C runs until the final bytes objects are made: the flow
 key (client address, client port, server address, server port) and the IP
 packet itself.
+
+ICMP errors (RFC 792, RFC 4443) come out of read_batch() as
+(key, ip_packet, ICMP_ERROR): the key is the flow of the TCP packet the error
+quotes, a packet this box sent (see _icmp_error_key), and the ICMP checksum was
+verified here.  stackpep.pep.icmp reads the rest.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport errno, EAGAIN, ENOBUFS, EINTR
@@ -180,6 +186,34 @@ _TCP_ONLY[6] = sock_filter(0x15, 0, 1, 6)         # jeq #TCP ? accept : drop
 _TCP_ONLY[7] = sock_filter(0x06, 0, 0, 0x40000)   # accept: ret #262144
 cdef sock_filter _DROP = sock_filter(0x06, 0, 0, 0)  # drop: ret #0
 
+# The same plus the ICMP errors that quote TCP this box sent (path MTU, RFC 1191 /
+# RFC 8201; soft errors, RFC 1122 §4.2.3.9): ICMPv4 type 3 (destination
+# unreachable, frag-needed included) and ICMPv6 types 1-4 (RFC 4443 §3).
+DEF ICMP_FILTER_LEN = 17
+cdef sock_filter _TCP_ICMP[ICMP_FILTER_LEN]
+_TCP_ICMP[0] = sock_filter(0x28, 0, 0, 12)        # ldh [12]              ethertype
+_TCP_ICMP[1] = sock_filter(0x15, 0, 6, 0x0800)    # jeq #IPv4 ? next : V6
+_TCP_ICMP[2] = sock_filter(0x30, 0, 0, 23)        # ldb [23]              IPv4 protocol
+_TCP_ICMP[3] = sock_filter(0x15, 11, 0, 6)        # jeq #TCP ? accept
+_TCP_ICMP[4] = sock_filter(0x15, 0, 11, 1)        # jeq #ICMP ? next : drop
+_TCP_ICMP[5] = sock_filter(0xb1, 0, 0, 14)        # ldxb 4*([14]&0xf)     IPv4 header length
+_TCP_ICMP[6] = sock_filter(0x50, 0, 0, 14)        # ldb [x+14]            ICMP type
+_TCP_ICMP[7] = sock_filter(0x15, 7, 8, 3)         # jeq #3 ? accept : drop
+_TCP_ICMP[8] = sock_filter(0x15, 0, 7, 0x86DD)    # V6: jeq #IPv6 ? next : drop
+_TCP_ICMP[9] = sock_filter(0x30, 0, 0, 20)        # ldb [20]              IPv6 next header
+_TCP_ICMP[10] = sock_filter(0x15, 4, 0, 6)        # jeq #TCP ? accept
+_TCP_ICMP[11] = sock_filter(0x15, 0, 4, 58)       # jeq #ICMPv6 ? next : drop
+_TCP_ICMP[12] = sock_filter(0x30, 0, 0, 54)       # ldb [54]              ICMPv6 type
+_TCP_ICMP[13] = sock_filter(0x35, 0, 2, 1)        # jge #1 ? next : drop
+_TCP_ICMP[14] = sock_filter(0x25, 1, 0, 4)        # jgt #4 ? drop : accept
+_TCP_ICMP[15] = sock_filter(0x06, 0, 0, 0x40000)  # accept: ret #262144
+_TCP_ICMP[16] = sock_filter(0x06, 0, 0, 0)        # drop: ret #0
+
+#: flags value read_batch() gives an ICMP error (TCP flags fit in 8 bits)
+ICMP_ERROR = 0x100
+DEF IPPROTO_ICMP = 1
+DEF IPPROTO_ICMPV6 = 58
+
 
 class CaptureError(OSError):
     """Setting up an AF_PACKET socket or ring failed (errno and step in the message)."""
@@ -210,6 +244,104 @@ cdef int _complete_tcp_checksum(uint8_t* ip, Py_ssize_t n, int v6, Py_ssize_t l4
     return 0
 
 
+cdef inline bint _is_icmp(const uint8_t* ip) noexcept nogil:
+    # (n >= 20 was checked; the IPv6 next-header byte is at 6)
+    if (ip[0] >> 4) == 4:
+        return ip[9] == IPPROTO_ICMP
+    return (ip[0] >> 4) == 6 and ip[6] == IPPROTO_ICMPV6
+
+
+cdef int _icmp_error_key(const uint8_t* ip, Py_ssize_t n, bint client_side, uint8_t* key,
+                         Py_ssize_t* iplen_out) noexcept nogil:
+    """The flow key of the TCP packet an ICMP error quotes, or -1 (malformed,
+    not an error type we take, no IP header + 8 bytes of TCP quoted), -2 (bad
+    ICMP checksum, RFC 792 / RFC 4443 §2.3), -3 (the quote is not TCP).
+
+    The quoted packet is one this box sent (nothing else of an intercepted flow
+    passes it): on a client-facing interface a client-leg packet, source = the
+    server, destination = the client; on a server-facing one a server-leg
+    packet, source = the client.  So the key is read the other way round from a
+    received TCP segment's."""
+    cdef Py_ssize_t ihl, iplen, ilen, qlen, qihl
+    cdef const uint8_t* icmp
+    cdef const uint8_t* q
+    cdef const uint8_t* qs
+    cdef const uint8_t* qd
+    cdef const uint8_t* th
+    cdef uint64_t acc
+    cdef int v6 = (ip[0] >> 4) == 6, alen
+    if v6:
+        if n < 40:
+            return -1
+        ihl = 40
+        iplen = 40 + <Py_ssize_t>_be16(ip + 4)
+        alen = 16
+    else:
+        ihl = (ip[0] & 0x0f) * 4
+        iplen = _be16(ip + 2)
+        alen = 4
+        if ihl < 20 or (_be16(ip + 6) & 0x3fff) != 0:   # a fragment: not ours to reassemble
+            return -1
+    if iplen > n or iplen < ihl + 8:
+        return -1
+    icmp = ip + ihl
+    ilen = iplen - ihl
+    if v6:
+        if icmp[0] < 1 or icmp[0] > 4:
+            return -1
+        acc = pseudo_v6(ip + 8, ip + 24, IPPROTO_ICMPV6, <uint32_t>ilen)
+    else:
+        if icmp[0] != 3:
+            return -1
+        acc = 0
+    if csum_fold(csum_add(icmp, ilen, acc)) != 0:
+        return -2
+    q = icmp + 8
+    qlen = ilen - 8
+    if qlen < 20 or (q[0] >> 4) != (6 if v6 else 4):
+        return -1
+    if v6:
+        # what the engines send carries no extension headers
+        if qlen < 48:
+            return -1
+        if q[6] != IPPROTO_TCP:
+            return -3
+        qihl = 40
+        qs = q + 8
+        qd = q + 24
+    else:
+        qihl = (q[0] & 0x0f) * 4
+        if qihl < 20 or qlen < qihl + 8:
+            return -1
+        if q[9] != IPPROTO_TCP or (_be16(q + 6) & 0x1fff) != 0:
+            return -3
+        qs = q + 12
+        qd = q + 16
+    th = q + qihl
+    if client_side:   # quote: server -> client
+        memcpy(key, qd, alen); memcpy(key + alen, th + 2, 2)
+        memcpy(key + alen + 2, qs, alen); memcpy(key + 2 * alen + 2, th, 2)
+    else:             # quote: client -> server
+        memcpy(key, qs, alen); memcpy(key + alen, th, 2)
+        memcpy(key + alen + 2, qd, alen); memcpy(key + 2 * alen + 2, th + 2, 2)
+    iplen_out[0] = iplen
+    return 2 * alen + 4
+
+
+def icmp_error_key(bytes packet, bint client_side):
+    """The key read_batch() gives an ICMP error IP packet (None if it would be
+    dropped): for tests and the in-memory port."""
+    cdef uint8_t key[36]
+    cdef Py_ssize_t iplen
+    cdef int k
+    if len(packet) < 20 or not _is_icmp(<const uint8_t*>PyBytes_AS_STRING(packet)):
+        return None
+    k = _icmp_error_key(<const uint8_t*>PyBytes_AS_STRING(packet), len(packet), client_side, key, &iplen)
+    if k < 0:
+        return None
+    return PyBytes_FromStringAndSize(<char*>key, k)
+
+
 cdef class PacketRing:
     """An AF_PACKET socket on one interface with a TPACKET_V3 receive ring.
 
@@ -232,6 +364,7 @@ cdef class PacketRing:
     cdef public uint64_t tx_packets, tx_bytes, tx_nobufs, tx_again, tx_errors, tx_too_big
     cdef public uint64_t kernel_packets, kernel_ring_drops, kernel_freezes
     cdef public uint64_t tx_gso_frames, tx_gso_segments
+    cdef public uint64_t rx_icmp_errors, rx_icmp_malformed, rx_icmp_bad_checksum, rx_icmp_not_tcp
     cdef int txfd                     # PACKET_VNET_HDR socket for segmentation offload, or -1
     cdef readonly bint gso
     cdef mmsghdr gmsgs[MAX_BATCH]
@@ -250,12 +383,12 @@ cdef class PacketRing:
 
     def __init__(self, str ifname, bint client_side=True, unsigned int block_size=1 << 18,
                  unsigned int block_nr=64, unsigned int retire_ms=1, int mark=0,
-                 bint tcp_filter=True, bint gso=False):
+                 bint tcp_filter=True, bint gso=False, bint icmp_errors=True):
         cdef bytes name = ifname.encode()
         cdef int fd, one = 1, v = TPACKET_V3, sndbuf = 4 << 20
         cdef tpacket_req3 req
         cdef sock_fprog prog
-        cdef sock_filter flt[9]
+        cdef sock_filter flt[ICMP_FILTER_LEN]
         if block_size < (1 << 17):
             raise ValueError("block_size must be >= 128 KiB (a 64 KiB super-frame must fit)")
         self.ifname = ifname
@@ -268,7 +401,11 @@ cdef class PacketRing:
             raise CaptureError(errno, "socket(AF_PACKET) failed (needs CAP_NET_RAW)")
         self.fd = fd
         # The filter goes on before bind so no unfiltered frame is queued.
-        if tcp_filter:
+        if tcp_filter and icmp_errors:
+            prog.len = ICMP_FILTER_LEN
+            prog.filter = _TCP_ICMP
+            self._check(setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)), "SO_ATTACH_FILTER")
+        elif tcp_filter:
             memcpy(flt, _TCP_ONLY, sizeof(_TCP_ONLY))
             flt[8] = _DROP
             prog.len = 9
@@ -410,6 +547,8 @@ cdef class PacketRing:
                     self.rx_truncated += 1
                 elif n < 20:
                     self.rx_malformed += 1
+                elif _is_icmp(ip):
+                    self._icmp_error(ip, n, out)
                 else:
                     v6 = (ip[0] >> 4) == 6
                     # IP header checks: version, header length, total length
@@ -462,6 +601,23 @@ cdef class PacketRing:
             bd.hdr.bh1.block_status = TP_STATUS_KERNEL
             self.cur_block = (self.cur_block + 1) % self.block_nr
         return out
+
+    cdef int _icmp_error(self, const uint8_t* ip, Py_ssize_t n, list out) except -1:
+        # An ICMP error: hand it on under the key of the flow it quotes.
+        cdef uint8_t key[36]
+        cdef Py_ssize_t iplen
+        cdef int keylen = _icmp_error_key(ip, n, self.client_side, key, &iplen)
+        if keylen == -1:
+            self.rx_icmp_malformed += 1
+        elif keylen == -2:
+            self.rx_icmp_bad_checksum += 1
+        elif keylen == -3:
+            self.rx_icmp_not_tcp += 1
+        else:
+            self.rx_icmp_errors += 1
+            out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
+                        PyBytes_FromStringAndSize(<const char*>ip, iplen), ICMP_ERROR))
+        return 0
 
     def send_batch(self, list packets, const uint8_t[::1] macs):
         """Send IP packets as Ethernet frames: macs = destination MAC + source MAC
@@ -715,6 +871,8 @@ cdef class PacketRing:
             "rx_gro_frames": self.rx_gro_frames,
             "rx_drop_truncated": self.rx_truncated, "rx_drop_not_ip_tcp": self.rx_not_ip_tcp,
             "rx_drop_malformed": self.rx_malformed,
+            "rx_icmp_errors": self.rx_icmp_errors, "rx_icmp_drop_malformed": self.rx_icmp_malformed,
+            "rx_icmp_drop_bad_checksum": self.rx_icmp_bad_checksum, "rx_icmp_drop_not_tcp": self.rx_icmp_not_tcp,
             "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
             "tx_gso_frames": self.tx_gso_frames, "tx_gso_segments": self.tx_gso_segments,
             "tx_drop_nobufs": self.tx_nobufs, "tx_drop_again": self.tx_again,

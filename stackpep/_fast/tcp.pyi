@@ -71,6 +71,8 @@ class TcpConnection:
         """RFC 1191 / RFC 8201 path-MTU reduction; with ``quoted_seq`` (the SEQ in the
         ICMP quote) the report is used only if it lies in flight (RFC 5927 §4.1).
         Returns whether the path MTU was lowered."""
+    def icmp_quote_acceptable(self, quoted_seq: int) -> bool:
+        """RFC 5927 §4.1: the SEQ quoted by an ICMP error lies in SND.UNA..SND.NXT."""
     # -- application data ------------------------------------------------------------
     def send(self, data: Buffer) -> int:
         """Copy up to len(data) bytes into the bounded send buffer; returns how many

@@ -1980,6 +1980,14 @@ cdef class TcpConnection:
         return (f"<TcpConnection {STATES[self.st]} snd_una={self._sseq(self.snd_una)} "
                 f"snd_nxt={self._sseq(self.snd_nxt)} rcv_nxt={self._rseq(self.rcv_nxt)}>")
 
+    def icmp_quote_acceptable(self, uint32_t quoted_seq):
+        """RFC 5927 §4.1: does the SEQ an ICMP error quotes lie in SND.UNA..SND.NXT
+        (the highest sent), i.e. in what this connection sent and was not yet
+        acknowledged?  The check icmp_packet_too_big() makes, for every error."""
+        if self.st == CLOSED or self.st == LISTEN:
+            return False
+        return self.snd_una <= self._soff(quoted_seq) <= self.snd_max
+
 
 cdef inline int memcmp_(const uint8_t* a, const uint8_t* b, int n) noexcept nogil:
     cdef int i

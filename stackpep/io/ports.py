@@ -6,6 +6,8 @@ code runs over real interfaces (AF_PACKET, below) or in memory (tests).
 A port yields batches of (flow_key, ip_packet, tcp_flags); flow_key is
 client address + client port + server address + server port (see
 stackpep._fast.capture.flow_key), whichever direction the packet travels.
+An ICMP error comes as (key of the flow it quotes, ip_packet, ICMP_ERROR),
+its checksum checked (stackpep.pep.icmp).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import trio
 
-from stackpep._fast.capture import PacketRing, flow_key, split_key
+from stackpep._fast.capture import ICMP_ERROR, PacketRing, flow_key, icmp_error_key, split_key
 
 Batch = List[Tuple[bytes, bytes, int]]
 
@@ -133,6 +135,11 @@ class MemoryPort(PacketPort):
             self.counters["rx_drop_queue_full"] += 1
 
     def _key(self, p: bytes):
+        if len(p) >= 40 and ((p[0] >> 4 == 4 and p[9] == 1) or (p[0] >> 4 == 6 and p[6] == 58)):
+            key = icmp_error_key(bytes(p), self.client_side)  # the ring's own C routine
+            if key is None:
+                raise ValueError("not an ICMP error we take")
+            return key, ICMP_ERROR
         if p[0] >> 4 == 4:
             ihl = (p[0] & 15) * 4
             src, dst, tcp = p[12:16], p[16:20], p[ihl:]

@@ -7,6 +7,9 @@ one (if the table has room); any other segment of an unknown flow gets the
 RST a closed port would send (RFC 9293 §3.10.7.1), so a client whose
 connection this box lost (a restart) learns it at once.
 
+ICMP errors that quote an intercepted flow go to the leg that sent the quoted
+packet (stackpep.pep.icmp: validation, rate limit, path MTU, soft errors).
+
 Every packet the dispatcher does not hand to a connection is counted by reason.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ from stackpep.io.ports import PacketPort, Router
 from stackpep.io.rules import InterceptSpec
 from stackpep.pep import engine as eng
 from stackpep.pep.config import PepConfig
+from stackpep.pep.icmp import ICMP_COUNTERS, ICMP_ERROR, IcmpGuard
 from stackpep.pep.reset import reset_for
 from stackpep.pep.splitter import CLIENT, SERVER, Outcome, SplitConnection, now_us
 
@@ -35,7 +39,7 @@ COUNTERS = (
     "drop_no_route",  # split connection could not find a route/neighbour
     "connections_opened",
     "rst_sent_unknown_flow",
-) + tuple(f"ended_{o.value}" for o in Outcome)
+) + tuple(f"ended_{o.value}" for o in Outcome) + ICMP_COUNTERS
 
 
 class Dispatcher:
@@ -57,6 +61,7 @@ class Dispatcher:
         self._match_cache: Dict[bytes, bool] = {}
         self._full_logged_at = -1e9
         self.closed_event = trio.Event()
+        self.icmp = IcmpGuard(self.counters)
 
     # -- running ---------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -81,6 +86,9 @@ class Dispatcher:
             now = now_us()
             counters["packets_in"] += len(batch)
             for key, pkt, flags in batch:
+                if flags & ICMP_ERROR:
+                    self._icmp_error(port, key, pkt, now)
+                    continue
                 conn = table.get(key)
                 if conn is not None:
                     if flags & eng.TH_SYN and not flags & eng.TH_ACK and client_side and conn.reusable_by_new_syn():
@@ -148,6 +156,22 @@ class Dispatcher:
         c["connections_opened"] += 1
         assert self._nursery is not None
         self._nursery.start_soon(conn.run)
+
+    def _icmp_error(self, port: PacketPort, key: bytes, pkt: bytes, now: int) -> None:
+        """An ICMP error filed under the flow it quotes (stackpep.pep.icmp)."""
+        c = self.counters
+        c["icmp_errors_in"] += 1
+        if not self.icmp.admit(now):
+            return
+        err = self.icmp.parse(pkt)  # (the port checked the ICMP checksum)
+        if err is None:
+            return
+        conn = self.table.get(key)
+        if conn is None:
+            c["icmp_drop_unknown_flow" if self._intercepted(key) else "icmp_drop_not_intercepted"] += 1
+            return
+        # A client-facing interface hears about what the client leg sent.
+        conn.icmp_error(CLIENT if port.client_side else SERVER, err, now)
 
     def _send_reset(self, port: PacketPort, rst: bytes, pkt: bytes) -> None:
         # The reset goes back where the segment came from.
