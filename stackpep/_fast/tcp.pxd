@@ -18,6 +18,7 @@ cdef enum:
     CLOSING = 8
     LAST_ACK = 9
     TIME_WAIT = 10
+    N_STATES = 11           # codes = stackpep.tcp.states.TcpState values
 
 cdef enum:
     EV_CONNECTED = 1
@@ -237,6 +238,8 @@ cdef class TcpConnection:
     cdef uint64_t segs_out, segs_in, bytes_out, bytes_rexmit, bytes_acked, bytes_in
     cdef uint64_t n_rexmit, n_timeouts, n_fast_rexmit, n_dupacks, n_chal, n_zwp, n_ka
     cdef uint64_t n_ce, n_cwr
+    cdef uint64_t n_illegal_transitions   # _set_state refused a change (an engine bug)
+    cdef uint64_t n_events_lost           # event queue full (EVQ_SIZE)
     # -- config copies (hot) ----------------------------------------------------------------------------
     cdef bint cfg_nagle
     cdef uint64_t cfg_delack_us
@@ -259,6 +262,7 @@ cdef class TcpConnection:
     cdef void _update_smss(self)
     cdef void _drop(self, int reason) noexcept
     cdef void _push_event(self, int code)
+    cdef int _set_state(self, int new) except -1
     cdef void _queue_rst(self, uint32_t seq, uint32_t ack, uint8_t flags)
     cdef void _challenge_ack(self, uint64_t now)
     cdef void _enter_closed(self, int reason)

@@ -24,7 +24,10 @@ from stackpep._fast.wire cimport (
     WIRE_OK, WIRE_TCP_CHECKSUM, WIRE_IPV4_CHECKSUM,
 )
 
+import os
 from stackpep.tcp import events as _ev
+from stackpep.tcp import states as _states
+from stackpep.tcp import statistics as _stats
 from stackpep.tcp.statistics import TcpStatistics as _TcpStatistics
 
 include "cc.pxi"
@@ -44,8 +47,46 @@ cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
 
 # -- states, RFC 9293 §3.3.2 ------------------------------------------------------------
 
-STATES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
-          "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT")
+# The names, codes and legal transitions come from stackpep.tcp.states (one table,
+# readable as h11's _state.py); the C codes in tcp.pxd must equal TcpState's values.
+STATES = tuple(s.rfc_name for s in _states.TcpState)
+TcpState = _states.TcpState
+assert len(STATES) == N_STATES and all(int(_states.TcpState[n.replace("-", "_")]) == i
+                                       for i, n in enumerate(STATES))
+assert (_states.TcpState.CLOSED == CLOSED and _states.TcpState.LISTEN == LISTEN
+        and _states.TcpState.SYN_SENT == SYN_SENT and _states.TcpState.SYN_RECEIVED == SYN_RECEIVED
+        and _states.TcpState.ESTABLISHED == ESTABLISHED and _states.TcpState.FIN_WAIT_1 == FIN_WAIT_1
+        and _states.TcpState.FIN_WAIT_2 == FIN_WAIT_2 and _states.TcpState.CLOSE_WAIT == CLOSE_WAIT
+        and _states.TcpState.CLOSING == CLOSING and _states.TcpState.LAST_ACK == LAST_ACK
+        and _states.TcpState.TIME_WAIT == TIME_WAIT), "tcp.pxd state codes differ from TcpState"
+
+# _legal[from] has bit (1 << to) set for every legal transition; _seen likewise for
+# every transition taken in this process (coverage, tests/test_tcp_states.py)
+cdef uint16_t _legal[N_STATES]
+cdef uint16_t _seen[N_STATES]
+cdef bint _strict = 0
+memset(_legal, 0, sizeof(_legal))
+memset(_seen, 0, sizeof(_seen))
+for _frm, _to, _why, _src in _states.TRANSITIONS:
+    _legal[<int>_frm] |= <uint16_t>(1 << <int>_to)
+_strict = os.environ.get("STACKPEP_TCP_STRICT", "") not in ("", "0")
+
+
+def set_strict_transitions(bint on):
+    """Raise AssertionError on an illegal state transition (else: refuse and count it)."""
+    global _strict
+    _strict = on
+
+
+def transitions_seen():
+    """Every (from, to) TcpState pair some connection of this process went through."""
+    cdef int i, j
+    return frozenset((_states.TcpState(i), _states.TcpState(j))
+                     for i in range(N_STATES) for j in range(N_STATES) if _seen[i] >> j & 1)
+
+
+def reset_transitions_seen():
+    memset(_seen, 0, sizeof(_seen))
 
 # -- events (stackpep.tcp.events), queued as codes ------------------------------------------
 
@@ -53,13 +94,12 @@ STATES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WA
 _CLOSE_REASONS = (_ev.CloseReason.NORMAL, _ev.CloseReason.RESET, _ev.CloseReason.REFUSED,
                   _ev.CloseReason.ABORTED, _ev.CloseReason.TIMEOUT, _ev.CloseReason.KEEPALIVE)
 
-# -- drop reasons: one counter each (names in stackpep.tcp.statistics.DROP_REASONS) ----------
+# -- drop reasons: one counter each ----------------------------------------------------------
+# One list of names, stackpep.tcp.statistics.DROP_REASONS, in the order of the D_* codes of
+# tcp.pxd (tests/test_tcp_states.py checks the two against each other).
 
-DROP_NAMES = ("malformed", "bad_checksum", "wrong_flow", "closed", "listen_rst", "listen_ack",
-              "listen_no_syn", "syn_sent_bad_ack", "syn_sent_rst", "syn_sent_no_syn", "paws",
-              "no_timestamp", "out_of_window", "rst_out_of_window", "rst_challenged",
-              "syn_challenged", "no_ack", "ack_too_old", "ack_unsent", "syn_received_bad_ack",
-              "beyond_window", "after_fin", "ofo_full", "challenge_ack_limit", "icmp_stale")
+DROP_NAMES = _stats.DROP_REASONS
+assert len(DROP_NAMES) == D_COUNT, "tcp.pxd D_* codes and statistics.DROP_REASONS differ"
 
 
 
@@ -119,7 +159,7 @@ cdef class TcpConnection:
         self.tmpl.sport = local_port
         self.tmpl.dport = remote_port
         self.tmpl.ip_df = 1          # RFC 1191 §3: path-MTU discovery sets DF
-        self.st = CLOSED
+        # self.st is CLOSED (0) from allocation; _set_state writes it from here on
         # buffers
         self.sb_cap = config.snd_buf
         self.rb_cap = config.rcv_buf
@@ -219,10 +259,27 @@ cdef class TcpConnection:
     cdef void _drop(self, int reason) noexcept:
         self.drops[reason] += 1
 
+    cdef int _set_state(self, int new) except -1:
+        """The only writer of the state (RFC 9293 §3.3.2), checked against
+        stackpep.tcp.states.TRANSITIONS: an illegal change is an engine bug, refused
+        and counted (raised when strict)."""
+        cdef int old = self.st
+        if not (_legal[old] >> new) & 1:
+            self.n_illegal_transitions += 1
+            if _strict:
+                raise AssertionError(f"illegal TCP state transition {STATES[old]} -> {STATES[new]}")
+            return 0
+        _seen[old] |= <uint16_t>(1 << new)
+        self.st = new
+        return 0
+
     cdef void _push_event(self, int code):
+        # bounded queue: an event that does not fit is counted, not silently lost
         if self.ev_n < EVQ_SIZE:
             self.evq[(self.ev_head + self.ev_n) % EVQ_SIZE] = code
             self.ev_n += 1
+        else:
+            self.n_events_lost += 1
 
     cdef void _queue_rst(self, uint32_t seq, uint32_t ack, uint8_t flags):
         if self.n_rstq < RSTQ_MAX:
@@ -246,7 +303,7 @@ cdef class TcpConnection:
     cdef void _enter_closed(self, int reason):
         if self.st == CLOSED:
             return
-        self.st = CLOSED
+        self._set_state(CLOSED)
         self.close_reason = reason
         self.t_rtx = 0
         self.t_persist = 0
@@ -264,7 +321,7 @@ cdef class TcpConnection:
 
     cdef void _enter_time_wait(self, uint64_t now):
         # RFC 9293 §3.6: 2 MSL, nothing else pending
-        self.st = TIME_WAIT
+        self._set_state(TIME_WAIT)
         self.t_rtx = 0
         self.t_persist = 0
         self.t_delack = 0
@@ -316,7 +373,7 @@ cdef class TcpConnection:
             raise RuntimeError(f"connect() in state {STATES[self.st]}")
         self.opened = 1
         self.passive = 0
-        self.st = SYN_SENT
+        self._set_state(SYN_SENT)
         self.syn_pending = 1
         self.syn_ecn = bool(self.config.ecn)   # RFC 3168 §6.1.1: ECN-setup SYN (ECE|CWR)
         self.last_rcv_time = now
@@ -327,7 +384,7 @@ cdef class TcpConnection:
             raise RuntimeError(f"listen() in state {STATES[self.st]}")
         self.opened = 1
         self.passive = 1
-        self.st = LISTEN
+        self._set_state(LISTEN)
 
     def send(self, data):
         """Copy up to len(data) bytes into the send buffer; returns how many (RFC 9293 §3.10.2)."""
@@ -396,12 +453,12 @@ cdef class TcpConnection:
             return
         self.fin_requested = 1
         if st == ESTABLISHED:
-            self.st = FIN_WAIT_1
+            self._set_state(FIN_WAIT_1)
         elif st == CLOSE_WAIT:
-            self.st = LAST_ACK
+            self._set_state(LAST_ACK)
         elif st == SYN_RECEIVED and self.wr_end == 0:
             # §3.10.4: no data queued -> form a FIN now and enter FIN-WAIT-1
-            self.st = FIN_WAIT_1
+            self._set_state(FIN_WAIT_1)
         # SYN-RECEIVED with data queued: FIN-WAIT-1 once ESTABLISHED (§3.10.4)
 
     def abort(self):
@@ -615,7 +672,7 @@ cdef class TcpConnection:
         self.max_snd_wnd = self.snd_wnd
         self.snd_wl1 = -1
         self.snd_wl2 = -1
-        self.st = SYN_RECEIVED
+        self._set_state(SYN_RECEIVED)
         self.syn_pending = 1
         self.rcv_adv = self.rcv_nxt + min(self.rb_cap, 65535)
         if s.payload_len:
@@ -679,7 +736,7 @@ cdef class TcpConnection:
             self.max_snd_wnd = self.snd_wnd
             self.snd_wl1 = -1
             self.snd_wl2 = -1
-            self.st = SYN_RECEIVED
+            self._set_state(SYN_RECEIVED)
             self.syn_pending = 1
             self.t_rtx = 0
             if s.payload_len:
@@ -687,7 +744,7 @@ cdef class TcpConnection:
                 self.syn_data = 1
 
     cdef void _established(self, uint64_t now):
-        self.st = ESTABLISHED
+        self._set_state(ESTABLISHED)
         self.retries = 0
         self.t_rtx = 0
         self.syn_pending = 0
@@ -710,9 +767,9 @@ cdef class TcpConnection:
             self.readable_notified = 1
             self._push_event(EV_READABLE)
         if self.fin_requested:
-            self.st = FIN_WAIT_1
+            self._set_state(FIN_WAIT_1)
         if self.fin_rcvd:
-            self.st = CLOSE_WAIT if self.st == ESTABLISHED else CLOSING
+            self._set_state(CLOSE_WAIT if self.st == ESTABLISHED else CLOSING)
             self._push_event(EV_EOF)
 
     cdef void _input_sync(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now):
@@ -837,7 +894,7 @@ cdef class TcpConnection:
                     self.t_rtx = 0 if self.snd_una >= self.snd_max else now + self.rto
                 st = self.st
                 if self.fin_requested and self.snd_una > self.wr_end and st == FIN_WAIT_1:
-                    self.st = FIN_WAIT_2
+                    self._set_state(FIN_WAIT_2)
                     if self.cfg_fw2:
                         self.t_tw = now + self.cfg_fw2
                     st = self.st
@@ -859,7 +916,7 @@ cdef class TcpConnection:
             if self.fin_requested and self.snd_una > self.wr_end:
                 # our FIN is acknowledged
                 if st == FIN_WAIT_1:
-                    self.st = FIN_WAIT_2
+                    self._set_state(FIN_WAIT_2)
                     if self.cfg_fw2:
                         self.t_tw = now + self.cfg_fw2
                 elif st == CLOSING:
@@ -888,7 +945,7 @@ cdef class TcpConnection:
                 self.ack_now = 1
 
     cdef void _back_to_listen(self):
-        self.st = LISTEN
+        self._set_state(LISTEN)
         self.syn_pending = 0
         self.t_rtx = 0
         self.t_delack = 0
@@ -929,12 +986,12 @@ cdef class TcpConnection:
             return           # EOF reported once ESTABLISHED (_established)
         self._push_event(EV_EOF)
         if st == ESTABLISHED:
-            self.st = CLOSE_WAIT
+            self._set_state(CLOSE_WAIT)
         elif st == FIN_WAIT_1:
             if self.fin_requested and self.snd_una > self.wr_end:
                 self._enter_time_wait(now)
             else:
-                self.st = CLOSING
+                self._set_state(CLOSING)
         elif st == FIN_WAIT_2:
             self._enter_time_wait(now)
 
@@ -1944,11 +2001,37 @@ cdef class TcpConnection:
             send_buffered=self.wr_end - self._sb_head(),
             recv_buffered=self._readable(),
             drops=drops,
+            illegal_transitions=self.n_illegal_transitions,
+            events_lost=self.n_events_lost,
         )
 
     @property
     def state(self):
+        """RFC 9293 spelling ('SYN-RECEIVED'); see tcp_state for the enum."""
         return STATES[self.st]
+
+    @property
+    def tcp_state(self):
+        """The state as a stackpep.tcp.states.TcpState (IntEnum)."""
+        return _states.TcpState(self.st)
+
+    def _try_set_state(self, new):
+        """Test hook: request a state change through _set_state; returns whether it
+        was taken (tests/test_tcp_states.py)."""
+        cdef int old = self.st
+        self._set_state(int(new))
+        return self.st != old
+
+    def may_send(self):
+        """send() takes data that will be sent (smoltcp may_send): the connection is
+        opening or open and our FIN is not queued (RFC 9293 §3.10.2)."""
+        return bool(not self.fin_requested and (self.st == ESTABLISHED or self.st == CLOSE_WAIT
+                                                or self.st == SYN_SENT or self.st == SYN_RECEIVED))
+
+    def may_recv(self):
+        """The peer may still send data (smoltcp may_recv): ESTABLISHED, FIN-WAIT-1,
+        FIN-WAIT-2, i.e. synchronized and its FIN not received (RFC 9293 §3.10.7.4)."""
+        return bool(self.st == ESTABLISHED or self.st == FIN_WAIT_1 or self.st == FIN_WAIT_2)
 
     @property
     def local_addr(self):
