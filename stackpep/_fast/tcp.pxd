@@ -66,8 +66,9 @@ cdef enum:
     D_COUNT
 
 cdef enum:
-    OFO_MAX = 64            # out-of-order intervals kept by the receiver
-    SB_MAX = 64             # SACK scoreboard intervals kept by the sender
+    IVSET_MAX = 64          # intervals per interval set (ivset.pxi)
+    OFO_MAX = IVSET_MAX     # out-of-order intervals kept by the receiver
+    SB_MAX = IVSET_MAX      # SACK scoreboard intervals kept by the sender
     RSTQ_MAX = 4
     DUPTHRESH = 3           # RFC 5681 §3.2, RFC 6675 §2
     TS_OPT_LEN = 12         # NOP NOP TS (RFC 7323 Appendix A layout)
@@ -81,6 +82,16 @@ cdef enum:
 cdef enum:
     CC_CAUSE_LOSS = 0       # dupacks / SACK loss detection (RFC 5681 §3.2, RFC 6675 §5)
     CC_CAUSE_ECN = 1        # ECE received (RFC 3168 §6.1.2)
+
+# Sorted disjoint half-open intervals [l[i], r[i]) of sequence offsets (ivset.pxi):
+# the out-of-order queue and the SACK scoreboard.  age[i] = clock when interval i
+# last changed (RFC 2018 §4: the most recent block first).
+cdef struct ivset_t:
+    int64_t l[IVSET_MAX]
+    int64_t r[IVSET_MAX]
+    uint64_t age[IVSET_MAX]
+    uint64_t clock
+    int n
 
 cdef class CongestionControl:
     cdef double cwnd
@@ -166,11 +177,7 @@ cdef class TcpConnection:
     cdef int64_t last_ack_sent        # RFC 7323 §4.3 Last.ACK.sent
     cdef uint8_t* rbuf
     cdef int64_t rb_cap
-    cdef int64_t ofo_l[OFO_MAX]
-    cdef int64_t ofo_r[OFO_MAX]
-    cdef uint64_t ofo_age[OFO_MAX]
-    cdef int n_ofo
-    cdef uint64_t ofo_clock
+    cdef ivset_t ofo                  # out-of-order data held in rbuf (RFC 9293 §3.10.7.4)
     cdef bint readable_notified
     cdef bint syn_data                # data arrived on the SYN: readable once ESTABLISHED
     # -- timestamps (RFC 7323) ----------------------------------------------------------------
@@ -206,9 +213,7 @@ cdef class TcpConnection:
     cdef bint rexmit_pending          # NewReno: retransmit the segment at SND.UNA
     cdef int64_t high_rxt             # RFC 6675 HighRxt
     cdef int64_t rescue_rxt           # RFC 6675 RescueRxt
-    cdef int64_t sb_l[SB_MAX]
-    cdef int64_t sb_r[SB_MAX]
-    cdef int n_sb
+    cdef ivset_t sb                   # SACK scoreboard (RFC 6675 §3)
     cdef int64_t sacked_bytes
     cdef uint64_t next_send_time      # pacing gate (rate-based controllers)
     # -- control flags for the output routine --------------------------------------------------------
@@ -286,18 +291,13 @@ cdef class TcpConnection:
     cdef void _back_to_listen(self)
     cdef void _rcv_fin(self, int64_t fin_off, uint64_t now)
     cdef void _rcv_data(self, int64_t off, const uint8_t* p, int64_t n, uint64_t now)
-    cdef void _ofo_insert(self, int64_t l, int64_t r)
-    cdef bint _ofo_merge_front(self)
     cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now)
     cdef void _ecn_response(self, uint64_t now, int64_t flight)
     cdef void _enter_recovery(self, uint64_t now)
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off)
-    cdef void _sb_prune(self)
     cdef int64_t _lost_edge(self)
     cdef int64_t _unsacked_in(self, int64_t a, int64_t b)
     cdef int64_t _pipe(self)
-    cdef int64_t _skip_sacked(self, int64_t off)
-    cdef int64_t _sacked_end_after(self, int64_t off)
     cdef uint64_t _next_deadline(self)
     cdef uint64_t _keepalive_deadline(self)
     cdef void _handle_timer(self, uint64_t now)

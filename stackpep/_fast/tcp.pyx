@@ -31,6 +31,7 @@ from stackpep.tcp import statistics as _stats
 from stackpep.tcp.statistics import TcpStatistics as _TcpStatistics
 
 include "cc.pxi"
+include "ivset.pxi"
 
 # -- wrap-safe sequence comparisons (RFC 9293 §3.4; Linux before()/after()) --------
 cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
@@ -955,7 +956,7 @@ cdef class TcpConnection:
         self.rcv_nxt = 0
         self.have_irs = 0
         self.rd_off = 0
-        self.n_ofo = 0
+        self.ofo.n = 0
         self.fin_rcvd = 0
         self.rcv_fin_off = -1
         self.syn_data = 0
@@ -997,7 +998,7 @@ cdef class TcpConnection:
 
     cdef void _rcv_data(self, int64_t off, const uint8_t* p, int64_t n, uint64_t now):
         """In-window payload at receive offset ``off`` (RFC 9293 §3.10.7.4 seventh check)."""
-        cdef int64_t skip, limit, pos, first, end
+        cdef int64_t skip, limit, pos, first, end, before
         cdef bint in_order
         if self.fin_rcvd:
             self._drop(D_AFTER_FIN)
@@ -1033,8 +1034,10 @@ cdef class TcpConnection:
         if off == self.rcv_nxt:
             self.rcv_nxt = end
             self.bytes_in += n
-            if self.n_ofo:
-                if self._ofo_merge_front():
+            if self.ofo.n:
+                before = self.rcv_nxt
+                if ivset_merge_front(&self.ofo, &self.rcv_nxt):
+                    self.bytes_in += self.rcv_nxt - before
                     self.ack_now = 1       # filled (part of) a gap: ACK at once (RFC 5681 §4.2)
             if self.rcv_fin_off >= 0 and self.rcv_fin_off == self.rcv_nxt:
                 self._rcv_fin(self.rcv_fin_off, now)
@@ -1049,56 +1052,9 @@ cdef class TcpConnection:
                 elif self.t_delack == 0:
                     self.t_delack = now + self.cfg_delack_us
         else:
-            self._ofo_insert(off, end)
-            self.ack_now = 1               # out of order: duplicate ACK at once (RFC 5681 §4.2)
-
-    cdef void _ofo_insert(self, int64_t l, int64_t r):
-        cdef int i = 0, j, k
-        self.ofo_clock += 1
-        while i < self.n_ofo and self.ofo_r[i] < l:
-            i += 1
-        j = i
-        while j < self.n_ofo and self.ofo_l[j] <= r:
-            if self.ofo_l[j] < l:
-                l = self.ofo_l[j]
-            if self.ofo_r[j] > r:
-                r = self.ofo_r[j]
-            j += 1
-        if j == i:
-            if self.n_ofo >= OFO_MAX:
+            if not ivset_add(&self.ofo, off, end):
                 self._drop(D_OFO_FULL)
-                return
-            for k in range(self.n_ofo, i, -1):
-                self.ofo_l[k] = self.ofo_l[k - 1]
-                self.ofo_r[k] = self.ofo_r[k - 1]
-                self.ofo_age[k] = self.ofo_age[k - 1]
-            self.n_ofo += 1
-        elif j > i + 1:
-            for k in range(j, self.n_ofo):
-                self.ofo_l[k - (j - i - 1)] = self.ofo_l[k]
-                self.ofo_r[k - (j - i - 1)] = self.ofo_r[k]
-                self.ofo_age[k - (j - i - 1)] = self.ofo_age[k]
-            self.n_ofo -= j - i - 1
-        self.ofo_l[i] = l
-        self.ofo_r[i] = r
-        self.ofo_age[i] = self.ofo_clock
-
-    cdef bint _ofo_merge_front(self):
-        cdef int k = 0, i
-        cdef bint merged = 0
-        while k < self.n_ofo and self.ofo_l[k] <= self.rcv_nxt:
-            if self.ofo_r[k] > self.rcv_nxt:
-                self.bytes_in += self.ofo_r[k] - self.rcv_nxt
-                self.rcv_nxt = self.ofo_r[k]
-            k += 1
-            merged = 1
-        if k:
-            for i in range(k, self.n_ofo):
-                self.ofo_l[i - k] = self.ofo_l[i]
-                self.ofo_r[i - k] = self.ofo_r[i]
-                self.ofo_age[i - k] = self.ofo_age[i]
-            self.n_ofo -= k
-        return merged
+            self.ack_now = 1               # out of order: duplicate ACK at once (RFC 5681 §4.2)
 
     # ---------------------------------------------------------------------------------
     cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now):
@@ -1120,7 +1076,7 @@ cdef class TcpConnection:
                 self.t_persist = 0
         if self.sack_ok and s.opts.n_sack:
             newly_sacked = self._sack_update(s, ack_off)
-            if newly_sacked > 0 and self.rtt_timing and self._skip_sacked(self.rtt_off) > self.rtt_off:
+            if newly_sacked > 0 and self.rtt_timing and ivset_skip(&self.sb, self.rtt_off) > self.rtt_off:
                 # the timed segment arrived (SACKed now): sample it now, not when a hole
                 # below it is repaired, which would add the repair time to SRTT and the
                 # RTO (Linux tcp_sacktag_one does the same; Karn's rule still holds)
@@ -1141,8 +1097,8 @@ cdef class TcpConnection:
                 self.high_rxt = ack_off
             self.una_time = now
             self.retries = 0
-            if self.n_sb:
-                self._sb_prune()
+            if self.sb.n:
+                self.sacked_bytes -= ivset_trim_below(&self.sb, self.snd_una)
             # RTT (RFC 6298 §3 Karn: timed segment not retransmitted; RFC 7323 §4 RTTM otherwise)
             if self.rtt_timing and ack_off > self.rtt_off:
                 self.rtt_timing = 0
@@ -1238,8 +1194,8 @@ cdef class TcpConnection:
 
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off):
         """Merge the peer's SACK blocks into the scoreboard (RFC 2018 §3, RFC 6675 §4)."""
-        cdef int i, j, k, i2
-        cdef int64_t l, r, before = self.sacked_bytes, total
+        cdef int i
+        cdef int64_t l, r, before = self.sacked_bytes
         for i in range(s.opts.n_sack):
             l = self._soff(s.opts.sack_left[i])
             r = self._soff(s.opts.sack_right[i])
@@ -1247,73 +1203,25 @@ cdef class TcpConnection:
                 l = ack_off               # D-SACK or stale part (RFC 2883): ignored
             if r > self.snd_max or r <= l:
                 continue
-            j = 0
-            while j < self.n_sb and self.sb_r[j] < l:
-                j += 1
-            k = j
-            while k < self.n_sb and self.sb_l[k] <= r:
-                if self.sb_l[k] < l:
-                    l = self.sb_l[k]
-                if self.sb_r[k] > r:
-                    r = self.sb_r[k]
-                k += 1
-            if k == j:
-                if self.n_sb >= SB_MAX:
-                    continue
-                for k in range(self.n_sb, j, -1):
-                    self.sb_l[k] = self.sb_l[k - 1]
-                    self.sb_r[k] = self.sb_r[k - 1]
-                self.n_sb += 1
-            elif k > j + 1:
-                for i2 in range(k, self.n_sb):
-                    self.sb_l[i2 - (k - j - 1)] = self.sb_l[i2]
-                    self.sb_r[i2 - (k - j - 1)] = self.sb_r[i2]
-                self.n_sb -= k - j - 1
-            self.sb_l[j] = l
-            self.sb_r[j] = r
-        total = 0
-        for i in range(self.n_sb):
-            total += self.sb_r[i] - self.sb_l[i]
-        self.sacked_bytes = total
-        return total - before
-
-    cdef void _sb_prune(self):
-        cdef int k = 0, i
-        cdef int64_t una = self.snd_una
-        while k < self.n_sb and self.sb_r[k] <= una:
-            self.sacked_bytes -= self.sb_r[k] - self.sb_l[k]
-            k += 1
-        if k:
-            for i in range(k, self.n_sb):
-                self.sb_l[i - k] = self.sb_l[i]
-                self.sb_r[i - k] = self.sb_r[i]
-            self.n_sb -= k
-        if self.n_sb and self.sb_l[0] < una:
-            self.sacked_bytes -= una - self.sb_l[0]
-            self.sb_l[0] = una
+            ivset_add(&self.sb, l, r)     # full: the block is not kept (it is sent again)
+        self.sacked_bytes = ivset_total(&self.sb)
+        return self.sacked_bytes - before
 
     cdef int64_t _lost_edge(self):
         # RFC 6675 §4 IsLost: unSACKed bytes below this offset have DupThresh
         # SACKed segments, or more than (DupThresh-1)*SMSS SACKed bytes, above them.
         cdef int i
         cdef int64_t acc = 0
-        for i in range(self.n_sb - 1, -1, -1):
-            acc += self.sb_r[i] - self.sb_l[i]
-            if acc > (DUPTHRESH - 1) * <int64_t>self.smss or self.n_sb - i >= DUPTHRESH:
-                return self.sb_l[i]
+        for i in range(self.sb.n - 1, -1, -1):
+            acc += self.sb.r[i] - self.sb.l[i]
+            if acc > (DUPTHRESH - 1) * <int64_t>self.smss or self.sb.n - i >= DUPTHRESH:
+                return self.sb.l[i]
         return self.snd_una
 
     cdef int64_t _unsacked_in(self, int64_t a, int64_t b):
-        cdef int i
-        cdef int64_t n = b - a, l, r
-        if n <= 0:
+        if b <= a:
             return 0
-        for i in range(self.n_sb):
-            l = self.sb_l[i] if self.sb_l[i] > a else a
-            r = self.sb_r[i] if self.sb_r[i] < b else b
-            if r > l:
-                n -= r - l
-        return n
+        return b - a - ivset_covered(&self.sb, a, b)
 
     cdef int64_t _pipe(self):
         # RFC 6675 §4 SetPipe(), by ranges: every unSACKed octet counts once if not
@@ -1324,23 +1232,6 @@ cdef class TcpConnection:
         if self.high_rxt > self.snd_una:
             p += self._unsacked_in(self.snd_una, self.high_rxt)
         return p if p > 0 else 0
-
-    cdef int64_t _skip_sacked(self, int64_t off):
-        cdef int i
-        for i in range(self.n_sb):
-            if self.sb_l[i] <= off < self.sb_r[i]:
-                return self.sb_r[i]
-            if self.sb_l[i] > off:
-                break
-        return off
-
-    cdef int64_t _sacked_end_after(self, int64_t off):
-        # the next SACKed offset above off (end of the hole starting at off)
-        cdef int i
-        for i in range(self.n_sb):
-            if self.sb_l[i] > off:
-                return self.sb_l[i]
-        return 1 << 62
 
     # ================================================================================
     # timers
@@ -1442,7 +1333,7 @@ cdef class TcpConnection:
         self.rto = self.rto * 2 if self.rto * 2 < self.cfg_max_rto else self.cfg_max_rto
         if not self.loss_corruption:
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
-        elif self.sack_ok and self.n_sb and self.next_send_time:
+        elif self.sack_ok and self.sb.n and self.next_send_time:
             # Paced (rate-based) sender treating loss as corruption (CCSDS 714.0-B-2 §3.2): with
             # SACK the RTO means a retransmission was lost (RFC 6675 cannot see it
             # otherwise).  Go-back-N would resend the whole unSACKed flight, a
@@ -1555,9 +1446,9 @@ cdef class TcpConnection:
         # (RFC 9293 §3.7.1: the sender reduces the payload by the options it sends)
         cdef int nb, optlen, iph
         cdef int64_t m
-        if not (self.sack_ok and self.n_ofo):
+        if not (self.sack_ok and self.ofo.n):
             return self.smss
-        nb = self.n_ofo
+        nb = self.ofo.n
         if nb > (3 if self.ts_ok else 4):
             nb = 3 if self.ts_ok else 4
         optlen = ((10 if self.ts_ok else 0) + 2 + 8 * nb + 3) & ~3
@@ -1598,10 +1489,10 @@ cdef class TcpConnection:
             if <int64_t>self.cc.cwnd - pipe < mss:
                 return self._output_probe(buf, cap, now)
             off = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
-            off = self._skip_sacked(off)
+            off = ivset_skip(&self.sb, off)
             end = self._lost_edge()
             if off < end and off < self.snd_nxt:
-                hole_end = self._sacked_end_after(off)
+                hole_end = ivset_next_start(&self.sb, off)
                 if hole_end > end:
                     hole_end = end
                 length = hole_end - off
@@ -1616,9 +1507,9 @@ cdef class TcpConnection:
             if not (self.wr_end > self.snd_nxt and self.snd_una + self.snd_wnd > self.snd_nxt):
                 # NextSeg() rule 2 (new data) cannot send.  Rule 3: the first unSACKed
                 # octet above HighRxt below the highest SACKed one, even if not lost
-                end = self.sb_r[self.n_sb - 1] if self.n_sb else self.snd_una
+                end = self.sb.r[self.sb.n - 1] if self.sb.n else self.snd_una
                 if off < end and off < self.snd_nxt:
-                    hole_end = self._sacked_end_after(off)
+                    hole_end = ivset_next_start(&self.sb, off)
                     if hole_end > end:
                         hole_end = end
                     length = hole_end - off
@@ -1634,8 +1525,8 @@ cdef class TcpConnection:
                 # is not updated
                 if self.snd_una > self.rescue_rxt:
                     end = self.snd_nxt
-                    if self.n_sb and self.sb_r[self.n_sb - 1] >= end:
-                        end = self.sb_l[self.n_sb - 1]
+                    if self.sb.n and self.sb.r[self.sb.n - 1] >= end:
+                        end = self.sb.l[self.sb.n - 1]
                     fin = may_fin and end > self.wr_end
                     if end > self.wr_end:
                         end = self.wr_end
@@ -1647,8 +1538,8 @@ cdef class TcpConnection:
                         return self._emit_data(buf, cap, off, end - off, fin, 1, now)
         # 3. new data (or go-back-N after an RTO / PMTU drop), then the FIN
         off = self.snd_nxt
-        if off < self.snd_max and self.n_sb:
-            off = self._skip_sacked(off)      # RFC 6675 §5.1: SACKed data is not resent
+        if off < self.snd_max and self.sb.n:
+            off = ivset_skip(&self.sb, off)      # RFC 6675 §5.1: SACKed data is not resent
             if off > self.snd_max:
                 off = self.snd_max
             self.snd_nxt = off
@@ -1886,19 +1777,19 @@ cdef class TcpConnection:
             seg.opts.has_ts = 1
             seg.opts.ts_val = self._ts_now(now)
             seg.opts.ts_ecr = self.ts_recent
-        if self.sack_ok and self.n_ofo:
+        if self.sack_ok and self.ofo.n:
             # RFC 2018 §4: most recently changed block first, then the others by recency;
             # at most 4 blocks, 3 with timestamps
             maxblk = 3 if self.ts_ok else 4
             nblk = 0
-            while nblk < maxblk and nblk < self.n_ofo:
+            while nblk < maxblk and nblk < self.ofo.n:
                 best = -1
-                for j in range(self.n_ofo):
-                    if not (used_mask >> j) & 1 and (best < 0 or self.ofo_age[j] > self.ofo_age[best]):
+                for j in range(self.ofo.n):
+                    if not (used_mask >> j) & 1 and (best < 0 or self.ofo.age[j] > self.ofo.age[best]):
                         best = j
                 used_mask |= (<uint64_t>1) << best
-                seg.opts.sack_left[nblk] = self._rseq(self.ofo_l[best])
-                seg.opts.sack_right[nblk] = self._rseq(self.ofo_r[best])
+                seg.opts.sack_left[nblk] = self._rseq(self.ofo.l[best])
+                seg.opts.sack_right[nblk] = self._rseq(self.ofo.r[best])
                 nblk += 1
             seg.opts.n_sack = nblk
         if self.ecn_ok:
