@@ -93,6 +93,26 @@ cdef struct ivset_t:
     uint64_t clock
     int n
 
+# RTT estimator and RTO (RFC 6298), rtt.pxi
+cdef struct rtt_t:
+    int64_t srtt, rttvar, last, min   # µs; -1 = no sample yet
+    int64_t rto                       # current RTO incl. backoff, µs
+    int64_t init_rto, min_rto, max_rto
+    bint timing                       # a segment is being timed (RFC 6298 §3)
+    int64_t timed_off                 # send offset whose ACK ends the timed segment
+    uint64_t timed_at                 # when it was sent
+    uint32_t ts_floor                 # our TS clock at the last RTO: older echoes give no RTT
+    bint ts_floor_set
+
+# The timers, timers.pxi (absolute µs; 0 = not armed)
+cdef struct timers_t:
+    uint64_t rtx                      # retransmission (RFC 6298 §5)
+    uint64_t persist                  # zero-window probe / SWS override (RFC 9293 §3.8.6)
+    uint64_t delack                   # delayed ACK (RFC 9293 §3.8.6.3)
+    uint64_t time_wait                # 2 MSL (RFC 9293 §3.6)
+    uint64_t fin_wait2                # give up on FIN-WAIT-2 (fin_wait2_timeout_us)
+    uint64_t pace                     # pacing gate (rate-based controllers)
+
 cdef class CongestionControl:
     cdef double cwnd
     cdef double ssthresh
@@ -183,8 +203,6 @@ cdef class TcpConnection:
     # -- timestamps (RFC 7323) ----------------------------------------------------------------
     cdef uint32_t ts_recent
     cdef uint64_t ts_recent_time      # when TS.Recent was last set (RFC 7323 §5.5)
-    cdef uint32_t ts_rto_floor        # our TS clock at the last RTO: older echoes give no RTT
-    cdef bint ts_rto_set
     # -- ACK generation -------------------------------------------------------------------------
     cdef bint ack_now
     cdef int64_t rcv_unacked          # in-order bytes received since our last ACK
@@ -195,11 +213,7 @@ cdef class TcpConnection:
     cdef bint cwr_pending             # RFC 3168 §6.1.2 set CWR on the next new data
     cdef int64_t ecn_recover          # one ECN response per window
     # -- RTT / RTO (RFC 6298) --------------------------------------------------------------------
-    cdef int64_t srtt, rttvar, rtt_last, rtt_min    # µs; -1 = no sample yet
-    cdef int64_t rto                  # current RTO incl. backoff, µs
-    cdef bint rtt_timing
-    cdef int64_t rtt_off              # send offset whose ACK ends the timed segment
-    cdef uint64_t rtt_time
+    cdef rtt_t rtt
     cdef int retries                  # consecutive RTO expiries (or SYN retransmissions)
     cdef bint syn_retransmitted
     cdef uint64_t una_time            # when SND.UNA last moved / data became outstanding
@@ -226,7 +240,7 @@ cdef class TcpConnection:
     cdef uint8_t rstq_flags[RSTQ_MAX]
     cdef int n_rstq
     # -- timers (absolute µs; 0 = not armed) -----------------------------------------------------------
-    cdef uint64_t t_rtx, t_persist, t_delack, t_tw, t_pace
+    cdef timers_t tm
     cdef int persist_backoff
     cdef uint64_t last_rcv_time
     cdef int ka_probes
@@ -249,7 +263,6 @@ cdef class TcpConnection:
     cdef bint cfg_nagle
     cdef uint64_t cfg_delack_us
     cdef int cfg_delack_segs
-    cdef int64_t cfg_min_rto, cfg_max_rto, cfg_init_rto
     cdef int cfg_syn_retries, cfg_max_retrans
     cdef int64_t cfg_user_timeout
     cdef uint32_t cfg_iw
@@ -272,7 +285,6 @@ cdef class TcpConnection:
     cdef void _challenge_ack(self, uint64_t now)
     cdef void _enter_closed(self, int reason)
     cdef void _enter_time_wait(self, uint64_t now)
-    cdef void _set_rto_from_srtt(self)
     cdef void _rtt_sample(self, int64_t r, uint64_t now)
     cdef int64_t _rcv_data_end(self) noexcept
     cdef int64_t _flight(self) noexcept

@@ -32,6 +32,8 @@ from stackpep.tcp.statistics import TcpStatistics as _TcpStatistics
 
 include "cc.pxi"
 include "ivset.pxi"
+include "rtt.pxi"
+include "timers.pxi"
 
 # -- wrap-safe sequence comparisons (RFC 9293 §3.4; Linux before()/after()) --------
 cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
@@ -115,13 +117,6 @@ cdef inline int64_t i64min(int64_t a, int64_t b) noexcept nogil:
 cdef inline int64_t i64max(int64_t a, int64_t b) noexcept nogil:
     return a if a > b else b
 
-cdef inline uint64_t u64min_nz(uint64_t a, uint64_t b) noexcept nogil:
-    # the earlier of two deadlines, 0 meaning "not armed"
-    if a == 0:
-        return b
-    if b == 0:
-        return a
-    return a if a < b else b
 
 
 cdef class TcpConnection:
@@ -194,9 +189,6 @@ cdef class TcpConnection:
         self.cfg_nagle = config.nagle
         self.cfg_delack_us = config.delayed_ack_us
         self.cfg_delack_segs = config.delayed_ack_segments
-        self.cfg_min_rto = config.min_rto_us
-        self.cfg_max_rto = config.max_rto_us
-        self.cfg_init_rto = config.initial_rto_us
         self.cfg_syn_retries = config.syn_retries
         self.cfg_max_retrans = config.max_retransmits
         self.cfg_user_timeout = config.user_timeout_us if config.user_timeout_us is not None else 0
@@ -216,11 +208,7 @@ cdef class TcpConnection:
         self.snd_max = -1
         self.recover = -1
         self.rcv_fin_off = -1
-        self.srtt = -1
-        self.rttvar = -1
-        self.rtt_last = -1
-        self.rtt_min = -1
-        self.rto = self.cfg_init_rto
+        rtt_init(&self.rtt, config.initial_rto_us, config.min_rto_us, config.max_rto_us)
         self._update_smss()
         self.cc.init(self.smss, self.cfg_iw)
 
@@ -306,11 +294,7 @@ cdef class TcpConnection:
             return
         self._set_state(CLOSED)
         self.close_reason = reason
-        self.t_rtx = 0
-        self.t_persist = 0
-        self.t_delack = 0
-        self.t_tw = 0
-        self.t_pace = 0
+        timers_clear(&self.tm)
         self.ack_now = 0
         self.syn_pending = 0
         self.probe_pending = 0
@@ -323,41 +307,16 @@ cdef class TcpConnection:
     cdef void _enter_time_wait(self, uint64_t now):
         # RFC 9293 §3.6: 2 MSL, nothing else pending
         self._set_state(TIME_WAIT)
-        self.t_rtx = 0
-        self.t_persist = 0
-        self.t_delack = 0
-        self.t_tw = now + self.cfg_tw
-        if self.t_tw == 0:
-            self.t_tw = 1
-
-    cdef void _set_rto_from_srtt(self):
-        # RFC 6298 §2.3: RTO = SRTT + max(G, K*RTTVAR), G = 1 ms (the TS clock); §2.4/2.5 clamps
-        cdef int64_t v = 4 * self.rttvar
-        if v < 1000:
-            v = 1000
-        v += self.srtt
-        if v < self.cfg_min_rto:
-            v = self.cfg_min_rto
-        if v > self.cfg_max_rto:
-            v = self.cfg_max_rto
-        self.rto = v
+        cdef uint64_t pace = self.tm.pace
+        timers_clear(&self.tm)
+        self.tm.pace = pace
+        self.tm.time_wait = now + self.cfg_tw
+        if self.tm.time_wait == 0:
+            self.tm.time_wait = 1
 
     cdef void _rtt_sample(self, int64_t r, uint64_t now):
-        if r < 0:
-            return
-        self.rtt_last = r
-        if self.rtt_min < 0 or r < self.rtt_min:
-            self.rtt_min = r
-        if self.srtt < 0:
-            # RFC 6298 §2.2
-            self.srtt = r
-            self.rttvar = r // 2
-        else:
-            # RFC 6298 §2.3, alpha = 1/8, beta = 1/4
-            self.rttvar = (3 * self.rttvar + (self.srtt - r if self.srtt > r else r - self.srtt)) // 4
-            self.srtt = (7 * self.srtt + r) // 8
-        self._set_rto_from_srtt()
-        self.cc.on_rtt_sample(now, <uint64_t>r)
+        if rtt_sample(&self.rtt, r):
+            self.cc.on_rtt_sample(now, <uint64_t>r)
 
     cdef int64_t _rcv_data_end(self) noexcept:
         return self.rcv_nxt - (1 if self.fin_rcvd else 0)
@@ -721,9 +680,9 @@ cdef class TcpConnection:
             self.max_snd_wnd = self.snd_wnd
             self.snd_wl1 = 0
             self.snd_wl2 = ack_off
-            if not self.syn_retransmitted and self.rtt_timing:
-                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
-            self.rtt_timing = 0
+            if not self.syn_retransmitted and self.rtt.timing:
+                self._rtt_sample(<int64_t>(now - self.rtt.timed_at), now)
+            self.rtt.timing = 0
             self._established(now)
             self.ack_now = 1
             if s.payload_len:
@@ -739,7 +698,7 @@ cdef class TcpConnection:
             self.snd_wl2 = -1
             self._set_state(SYN_RECEIVED)
             self.syn_pending = 1
-            self.t_rtx = 0
+            self.tm.rtx = 0
             if s.payload_len:
                 self._rcv_data(0, pkt + s.payload_off, s.payload_len, now)
                 self.syn_data = 1
@@ -747,7 +706,7 @@ cdef class TcpConnection:
     cdef void _established(self, uint64_t now):
         self._set_state(ESTABLISHED)
         self.retries = 0
-        self.t_rtx = 0
+        self.tm.rtx = 0
         self.syn_pending = 0
         if self.snd_una < 0:
             self.snd_una = 0
@@ -758,9 +717,8 @@ cdef class TcpConnection:
         self.recover = self.snd_una
         self.high_rxt = self.snd_una
         self.ecn_recover = self.snd_una
-        if self.syn_retransmitted and self.srtt < 0:
-            # RFC 6298 §5.7: RTO back to 3 s after a retransmitted SYN
-            self.rto = 3000000 if self.cfg_max_rto >= 3000000 else self.cfg_max_rto
+        if self.syn_retransmitted:
+            rtt_after_syn_loss(&self.rtt)
         if self.syn_retransmitted:
             self.cc.cwnd = self.smss    # RFC 5681 §3.1: IW of one segment after a lost SYN / SYN-ACK
         self._push_event(EV_CONNECTED)
@@ -835,7 +793,7 @@ cdef class TcpConnection:
             self._drop(D_OUT_OF_WINDOW)
             if st == TIME_WAIT and (f & TH_FIN):
                 # a retransmitted FIN: ACK it and restart 2 MSL (RFC 9293 §3.10.7.4 eighth)
-                self.t_tw = now + self.cfg_tw
+                self.tm.time_wait = now + self.cfg_tw
             self.ack_now = 1
             return
         self.last_rcv_time = now
@@ -884,20 +842,20 @@ cdef class TcpConnection:
                     self.max_snd_wnd = self.snd_wnd
                 self.snd_wl1 = seg_off
                 self.snd_wl2 = ack_off
-                if not self.syn_retransmitted and self.rtt_timing:
-                    self._rtt_sample(<int64_t>(now - self.rtt_time), now)
-                self.rtt_timing = 0
+                if not self.syn_retransmitted and self.rtt.timing:
+                    self._rtt_sample(<int64_t>(now - self.rtt.timed_at), now)
+                self.rtt.timing = 0
                 if st == SYN_RECEIVED:
                     self._established(now)
                 else:
                     self._push_event(EV_CONNECTED)
                     self.retries = 0
-                    self.t_rtx = 0 if self.snd_una >= self.snd_max else now + self.rto
+                    self.tm.rtx = 0 if self.snd_una >= self.snd_max else now + self.rtt.rto
                 st = self.st
                 if self.fin_requested and self.snd_una > self.wr_end and st == FIN_WAIT_1:
                     self._set_state(FIN_WAIT_2)
                     if self.cfg_fw2:
-                        self.t_tw = now + self.cfg_fw2
+                        self.tm.fin_wait2 = now + self.cfg_fw2
                     st = self.st
             else:
                 self._drop(D_SYN_RECEIVED_BAD_ACK)
@@ -919,7 +877,7 @@ cdef class TcpConnection:
                 if st == FIN_WAIT_1:
                     self._set_state(FIN_WAIT_2)
                     if self.cfg_fw2:
-                        self.t_tw = now + self.cfg_fw2
+                        self.tm.fin_wait2 = now + self.cfg_fw2
                 elif st == CLOSING:
                     self._enter_time_wait(now)
                     return
@@ -939,7 +897,7 @@ cdef class TcpConnection:
         if f & TH_FIN:
             if st == TIME_WAIT:
                 self.ack_now = 1
-                self.t_tw = now + self.cfg_tw
+                self.tm.time_wait = now + self.cfg_tw
             elif not self.fin_rcvd:
                 self._rcv_fin(seg_off + plen, now)
             else:
@@ -948,8 +906,8 @@ cdef class TcpConnection:
     cdef void _back_to_listen(self):
         self._set_state(LISTEN)
         self.syn_pending = 0
-        self.t_rtx = 0
-        self.t_delack = 0
+        self.tm.rtx = 0
+        self.tm.delack = 0
         self.ack_now = 0
         self.retries = 0
         self.syn_retransmitted = 0
@@ -963,8 +921,8 @@ cdef class TcpConnection:
         self.snd_una = -1
         self.snd_nxt = -1
         self.snd_max = -1
-        self.rtt_timing = 0
-        self.rto = self.cfg_init_rto
+        self.rtt.timing = 0
+        self.rtt.rto = self.rtt.init_rto
         self.ws_ok = self.sack_ok = self.ts_ok = self.ecn_ok = 0
 
     # ---------------------------------------------------------------------------------
@@ -981,7 +939,7 @@ cdef class TcpConnection:
         self.fin_rcvd = 1
         self.rcv_fin_off = -1
         self.ack_now = 1
-        self.t_delack = 0
+        self.tm.delack = 0
         cdef int st = self.st
         if st == SYN_RECEIVED:
             return           # EOF reported once ESTABLISHED (_established)
@@ -1049,8 +1007,8 @@ cdef class TcpConnection:
             if not self.ack_now:
                 if self.cfg_delack_us == 0 or self.rcv_unacked >= <int64_t>self.cfg_delack_segs * self.rcv_seg_max:
                     self.ack_now = 1
-                elif self.t_delack == 0:
-                    self.t_delack = now + self.cfg_delack_us
+                elif self.tm.delack == 0:
+                    self.tm.delack = now + self.cfg_delack_us
         else:
             if not ivset_add(&self.ofo, off, end):
                 self._drop(D_OFO_FULL)
@@ -1073,15 +1031,15 @@ cdef class TcpConnection:
                 self.max_snd_wnd = win
             if win > 0:
                 self.persist_backoff = 0
-                self.t_persist = 0
+                self.tm.persist = 0
         if self.sack_ok and s.opts.n_sack:
             newly_sacked = self._sack_update(s, ack_off)
-            if newly_sacked > 0 and self.rtt_timing and ivset_skip(&self.sb, self.rtt_off) > self.rtt_off:
+            if newly_sacked > 0 and self.rtt.timing and ivset_skip(&self.sb, self.rtt.timed_off) > self.rtt.timed_off:
                 # the timed segment arrived (SACKed now): sample it now, not when a hole
                 # below it is repaired, which would add the repair time to SRTT and the
                 # RTO (Linux tcp_sacktag_one does the same; Karn's rule still holds)
-                self.rtt_timing = 0
-                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
+                self.rtt.timing = 0
+                self._rtt_sample(<int64_t>(now - self.rtt.timed_at), now)
         prior_flight = self._flight()
         if ack_off > self.snd_una:
             acked = ack_off - self.snd_una
@@ -1100,11 +1058,11 @@ cdef class TcpConnection:
             if self.sb.n:
                 self.sacked_bytes -= ivset_trim_below(&self.sb, self.snd_una)
             # RTT (RFC 6298 §3 Karn: timed segment not retransmitted; RFC 7323 §4 RTTM otherwise)
-            if self.rtt_timing and ack_off > self.rtt_off:
-                self.rtt_timing = 0
-                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
-            elif (self.ts_ok and s.opts.has_ts and (not self.rtt_timing or self.next_send_time) and
-                  (not self.ts_rto_set or seq_ge(s.opts.ts_ecr, self.ts_rto_floor))):
+            if self.rtt.timing and ack_off > self.rtt.timed_off:
+                self.rtt.timing = 0
+                self._rtt_sample(<int64_t>(now - self.rtt.timed_at), now)
+            elif (self.ts_ok and s.opts.has_ts and (not self.rtt.timing or self.next_send_time) and
+                  (not self.rtt.ts_floor_set or seq_ge(s.opts.ts_ecr, self.rtt.ts_floor))):
                 # (a paced, rate-based sender (next_send_time set) retransmits all the
                 # time, so Karn's rule leaves its timed segment few samples: it takes
                 # RFC 7323 §4 RTTM from every ACK that advances the left edge, as Linux does)
@@ -1112,8 +1070,8 @@ cdef class TcpConnection:
                 # whose ACK was lost: as ambiguous as Karn's case, so no sample
                 self._rtt_sample(<int64_t>(<uint32_t>(self._ts_now(now) - s.opts.ts_ecr)) * 1000
                                  if seq_le(s.opts.ts_ecr, self._ts_now(now)) else -1, now)
-            elif self.srtt >= 0:
-                self._set_rto_from_srtt()      # a new ACK ends any backoff (RFC 6298 §5.7 note)
+            elif self.rtt.srtt >= 0:
+                rtt_end_backoff(&self.rtt)      # a new ACK ends any backoff (RFC 6298 §5.7 note)
             # congestion control
             if self.ecn_ok and (f & TH_ECE) and self.snd_una > self.ecn_recover:
                 self._ecn_response(now, prior_flight)
@@ -1132,19 +1090,19 @@ cdef class TcpConnection:
                         self.cc.cwnd += self.smss
                     if self.cc.cwnd < self.smss:
                         self.cc.cwnd = self.smss
-                    self.t_rtx = now + self.rto
+                    self.tm.rtx = now + self.rtt.rto
             else:
                 self.dupacks = 0
                 self.lt_sent = 0
                 if 2 * prior_flight >= <int64_t>self.cc.cwnd:
                     # grow only while cwnd-limited (RFC 7661 §4.3 spirit)
                     self.cc.on_ack(now, <uint32_t>(acked if acked < 0xFFFFFFFF else 0xFFFFFFFF),
-                                   self.srtt, <uint64_t>self._flight())
+                                   self.rtt.srtt, <uint64_t>self._flight())
             # RFC 6298 §5.2/5.3: stop or restart the retransmission timer
             if self.snd_una >= self.snd_nxt:
-                self.t_rtx = 0
+                self.tm.rtx = 0
             else:
-                self.t_rtx = now + self.rto
+                self.tm.rtx = now + self.rtt.rto
             if self.send_blocked:
                 if self.wr_end - self._sb_head() <= self.sb_cap // 2:
                     self.send_blocked = 0
@@ -1190,7 +1148,7 @@ cdef class TcpConnection:
         self.rexmit_pending = 1
         if not self.sack_ok and not self.loss_corruption:
             self.cc.cwnd += DUPTHRESH * self.smss    # RFC 6582 §3.2 step 3 inflation
-        self.t_rtx = now + self.rto
+        self.tm.rtx = now + self.rtt.rto
 
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off):
         """Merge the peer's SACK blocks into the scoreboard (RFC 2018 §3, RFC 6675 §4)."""
@@ -1243,12 +1201,7 @@ cdef class TcpConnection:
     cdef uint64_t _next_deadline(self):
         if self.st == CLOSED:
             return 0
-        cdef uint64_t t = u64min_nz(self.t_rtx, self.t_persist)
-        t = u64min_nz(t, self.t_delack)
-        t = u64min_nz(t, self.t_tw)
-        t = u64min_nz(t, self.t_pace)
-        t = u64min_nz(t, self._keepalive_deadline())
-        return t
+        return u64min_nz(timers_next(&self.tm), self._keepalive_deadline())
 
     cdef uint64_t _keepalive_deadline(self):
         # RFC 9293 §3.8.4: only when enabled, established and idle (nothing outstanding)
@@ -1267,26 +1220,20 @@ cdef class TcpConnection:
         cdef uint64_t t
         if self.st == CLOSED:
             return
-        if self.t_delack and now >= self.t_delack:
-            self.t_delack = 0
+        if timer_due(&self.tm.delack, now):
             self.ack_now = 1
-        if self.t_pace and now >= self.t_pace:
-            self.t_pace = 0
-        if self.t_tw and now >= self.t_tw:
-            self.t_tw = 0
-            if self.st == TIME_WAIT:
-                self._enter_closed(CR_NORMAL)
-                return
-            if self.st == FIN_WAIT_2:
-                self._enter_closed(CR_TIMEOUT)
-                return
-        if self.t_rtx and now >= self.t_rtx:
-            self.t_rtx = 0
+        timer_due(&self.tm.pace, now)
+        if timer_due(&self.tm.time_wait, now) and self.st == TIME_WAIT:
+            self._enter_closed(CR_NORMAL)
+            return
+        if timer_due(&self.tm.fin_wait2, now) and self.st == FIN_WAIT_2:
+            self._enter_closed(CR_TIMEOUT)
+            return
+        if timer_due(&self.tm.rtx, now):
             self._on_rto(now)
             if self.st == CLOSED:
                 return
-        if self.t_persist and now >= self.t_persist:
-            self.t_persist = 0
+        if timer_due(&self.tm.persist, now):
             if self.wr_end > self.snd_nxt and self.snd_nxt == self.snd_una:
                 if self.snd_una + self.snd_wnd <= self.snd_nxt:
                     self.probe_pending = 1      # RFC 9293 §3.8.6.1 zero-window probe
@@ -1315,8 +1262,8 @@ cdef class TcpConnection:
             self.n_rexmit += 1
             self.n_timeouts += 1
             self.syn_retransmitted = 1
-            self.rtt_timing = 0
-            self.rto = self.rto * 2 if self.rto * 2 < self.cfg_max_rto else self.cfg_max_rto
+            self.rtt.timing = 0
+            rtt_backoff(&self.rtt)
             self.syn_pending = 1
             if self.snd_nxt > 0:
                 self.snd_nxt = 0      # FIN-WAIT-1 before the SYN was acked: FIN again after it
@@ -1330,7 +1277,7 @@ cdef class TcpConnection:
         self.retries += 1
         self.n_timeouts += 1
         # RFC 6298 §5.5: back off
-        self.rto = self.rto * 2 if self.rto * 2 < self.cfg_max_rto else self.cfg_max_rto
+        rtt_backoff(&self.rtt)
         if not self.loss_corruption:
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
         elif self.sack_ok and self.sb.n and self.next_send_time:
@@ -1345,9 +1292,7 @@ cdef class TcpConnection:
                 self.recover = self.snd_max
             self.high_rxt = self.snd_una
             self.rexmit_pending = 1
-            self.rtt_timing = 0          # Karn's rule (RFC 6298 §3)
-            self.ts_rto_floor = self._ts_now(now)
-            self.ts_rto_set = 1
+            rtt_timeout(&self.rtt, self._ts_now(now))
             return
         # RFC 6582 §3.2 step 4 / RFC 6675 §5.1: recovery ends; go back to SND.UNA
         self.recover = self.snd_max
@@ -1358,9 +1303,7 @@ cdef class TcpConnection:
         self.rexmit_pending = 0
         self.snd_nxt = self.snd_una
         self.high_rxt = self.snd_una
-        self.rtt_timing = 0          # Karn's rule (RFC 6298 §3)
-        self.ts_rto_floor = self._ts_now(now)
-        self.ts_rto_set = 1
+        rtt_timeout(&self.rtt, self._ts_now(now))
 
     def icmp_packet_too_big(self, int mtu, uint64_t now, quoted_seq=None):
         """RFC 1191 §6.1 / RFC 8201 §4: lower the path MTU, resend what no longer fits.
@@ -1389,7 +1332,7 @@ cdef class TcpConnection:
             # not a congestion signal
             self.snd_nxt = self.snd_una
             self.high_rxt = self.snd_una
-            self.rtt_timing = 0
+            self.rtt.timing = 0
             self.in_recovery = 0
             self.rexmit_pending = 0
         return True
@@ -1549,7 +1492,7 @@ cdef class TcpConnection:
         if avail < 0:
             avail = 0
         rexmit = off < self.snd_max
-        if self.t_pace > now:
+        if self.tm.pace > now:
             return self._output_probe(buf, cap, now)     # pacing gate (rate-based controllers)
         win_avail = self.snd_una + self.snd_wnd - off
         if self.in_recovery and self.sack_ok:
@@ -1584,7 +1527,7 @@ cdef class TcpConnection:
         if self.dupacks and not self.in_recovery and not rexmit:
             self.lt_sent += length
         self.force_send = 0
-        self.t_persist = 0
+        self.tm.persist = 0
         n = self._emit_data(buf, cap, off, length, fin, rexmit, now)
         if self.snd_nxt < off + length + (1 if fin else 0):
             self.snd_nxt = off + length + (1 if fin else 0)
@@ -1596,18 +1539,8 @@ cdef class TcpConnection:
 
     cdef Py_ssize_t _output_blocked(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
         # RFC 9293 §3.8.6.1: with nothing outstanding, the persist timer keeps probing
-        cdef int64_t t
-        cdef int i
-        if self.snd_nxt == self.snd_una and self.t_persist == 0 and self.t_rtx == 0:
-            t = self.rto
-            for i in range(self.persist_backoff):
-                t *= 2
-                if t >= self.cfg_max_rto:
-                    t = self.cfg_max_rto
-                    break
-            if t < self.cfg_min_rto:
-                t = self.cfg_min_rto
-            self.t_persist = now + t
+        if self.snd_nxt == self.snd_una and self.tm.persist == 0 and self.tm.rtx == 0:
+            self.tm.persist = now + rtt_persist_interval(&self.rtt, self.persist_backoff)
         return self._output_probe(buf, cap, now)
 
     cdef Py_ssize_t _output_probe(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
@@ -1620,24 +1553,14 @@ cdef class TcpConnection:
         self.n_zwp += 1
         if self.snd_max < self.snd_nxt + 1:
             self.snd_max = self.snd_nxt + 1
-        cdef bint had_rtx = self.t_rtx != 0
+        cdef bint had_rtx = self.tm.rtx != 0
         cdef Py_ssize_t n = self._emit_data(buf, cap, self.snd_nxt, 1, 0, 0, now)
-        cdef int64_t t
-        cdef int i
-        self.rtt_timing = 0
+        self.rtt.timing = 0
         if not had_rtx:
             # RFC 1122 §4.2.2.17: the persist timer, not the RTO, times the next probe,
             # its interval doubling per probe (persist_backoff counts the probes sent)
-            self.t_rtx = 0
-            t = self.rto
-            for i in range(self.persist_backoff):
-                t *= 2
-                if t >= self.cfg_max_rto:
-                    t = self.cfg_max_rto
-                    break
-            if t < self.cfg_min_rto:
-                t = self.cfg_min_rto
-            self.t_persist = now + t
+            self.tm.rtx = 0
+            self.tm.persist = now + rtt_persist_interval(&self.rtt, self.persist_backoff)
         return n
 
     cdef Py_ssize_t _emit_data(self, uint8_t* buf, Py_ssize_t cap, int64_t off, int64_t length,
@@ -1651,12 +1574,10 @@ cdef class TcpConnection:
         if rexmit:
             self.n_rexmit += 1
             self.bytes_rexmit += length
-            if self.rtt_timing and self.rtt_off >= off:
-                self.rtt_timing = 0      # Karn (RFC 6298 §3)
-        elif not self.rtt_timing and length > 0:
-            self.rtt_timing = 1
-            self.rtt_off = off
-            self.rtt_time = now
+            if self.rtt.timing and self.rtt.timed_off >= off:
+                self.rtt.timing = 0      # Karn (RFC 6298 §3)
+        elif not self.rtt.timing and length > 0:
+            rtt_time(&self.rtt, off, now)
         if self.snd_una == self.snd_nxt and not rexmit:
             self.una_time = now
         n = self._emit(buf, cap, off, length, flags, rexmit, now)
@@ -1670,9 +1591,9 @@ cdef class TcpConnection:
                 self.next_send_time = now
             self.next_send_time += <uint64_t>(length * 1000000 // rate)
             if self.next_send_time > now:
-                self.t_pace = self.next_send_time
-        if self.t_rtx == 0:
-            self.t_rtx = now + self.rto     # RFC 6298 §5.1
+                self.tm.pace = self.next_send_time
+        if self.tm.rtx == 0:
+            self.tm.rtx = now + self.rtt.rto     # RFC 6298 §5.1
         return n
 
     cdef Py_ssize_t _emit_syn(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
@@ -1711,17 +1632,15 @@ cdef class TcpConnection:
             self.last_ack_sent = self.rcv_nxt
         self.syn_pending = 0
         self.ack_now = 0
-        self.t_delack = 0
+        self.tm.delack = 0
         if self.snd_nxt < 0:
             self.snd_una = -1
             self.snd_nxt = 0
             self.snd_max = 0
-        if not self.syn_retransmitted and not self.rtt_timing:
-            self.rtt_timing = 1
-            self.rtt_off = -1
-            self.rtt_time = now
-        if self.t_rtx == 0:
-            self.t_rtx = now + self.rto
+        if not self.syn_retransmitted and not self.rtt.timing:
+            rtt_time(&self.rtt, -1, now)
+        if self.tm.rtx == 0:
+            self.tm.rtx = now + self.rtt.rto
         return self._finish(buf, cap, &seg, NULL, 0)
 
     cdef Py_ssize_t _emit_ctl(self, uint8_t* buf, Py_ssize_t cap, uint32_t seq, uint32_t ack, uint8_t flags):
@@ -1811,7 +1730,7 @@ cdef class TcpConnection:
                 memcpy(self.pl_buf + first, self.sbuf, length - first)
                 payload = self.pl_buf
         self.ack_now = 0
-        self.t_delack = 0
+        self.tm.delack = 0
         self.rcv_unacked = 0
         self.last_ack_sent = self.rcv_nxt
         return self._finish(buf, cap, &seg, payload, length)
@@ -1853,11 +1772,11 @@ cdef class TcpConnection:
         drops = {DROP_NAMES[i]: self.drops[i] for i in range(D_COUNT) if self.drops[i]}
         return _TcpStatistics(
             state=STATES[self.st],
-            rtt_us=self.rtt_last if self.rtt_last >= 0 else None,
-            srtt_us=self.srtt if self.srtt >= 0 else None,
-            rttvar_us=self.rttvar if self.rttvar >= 0 else None,
-            min_rtt_us=self.rtt_min if self.rtt_min >= 0 else None,
-            rto_us=self.rto,
+            rtt_us=self.rtt.last if self.rtt.last >= 0 else None,
+            srtt_us=self.rtt.srtt if self.rtt.srtt >= 0 else None,
+            rttvar_us=self.rtt.rttvar if self.rtt.rttvar >= 0 else None,
+            min_rtt_us=self.rtt.min if self.rtt.min >= 0 else None,
+            rto_us=self.rtt.rto,
             congestion=self.cc.name(),
             cwnd=int(self.cc.cwnd),
             ssthresh=int(min(self.cc.ssthresh, 0x7FFFFFFF)),
