@@ -114,6 +114,7 @@ cdef struct timers_t:
     uint64_t pace                     # pacing gate (rate-based controllers)
 
 cdef class CongestionControl:
+    # Owned by the controller alone; the engine reads cwnd and calls the hooks (cc.pxi).
     cdef double cwnd
     cdef double ssthresh
     cdef double mss
@@ -123,15 +124,20 @@ cdef class CongestionControl:
     cdef double _ss(self, uint32_t acked)
     cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
     cdef void on_rtt_sample(self, uint64_t now, uint64_t rtt_us)
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_recovery_dupack(self, uint32_t inflate)
+    cdef void on_partial_ack(self, uint64_t acked)
     cdef void on_recovery_exit(self, uint64_t now, uint64_t in_flight)
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
+    cdef void on_syn_loss(self)
+    cdef void post_transmit(self, uint64_t now, uint64_t nbytes)
+    cdef void take_over(self, CongestionControl old)
     cdef uint64_t pacing_rate(self)
     cdef str name(self)
 
 cdef class NewReno(CongestionControl):
     cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause)
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
     cdef str name(self)
 
@@ -144,7 +150,7 @@ cdef class Cubic(CongestionControl):
     cdef void init(self, uint32_t mss, uint32_t iw_segments)
     cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
     cdef void _reduce(self, uint64_t now)
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause)
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
     cdef str name(self)
 

@@ -25,6 +25,7 @@ from stackpep._fast.wire cimport (
 )
 
 import os
+import weakref
 from stackpep.tcp import events as _ev
 from stackpep.tcp import states as _states
 from stackpep.tcp import statistics as _stats
@@ -434,10 +435,8 @@ cdef class TcpConnection:
     def set_congestion_control(self, CongestionControl cc not None):
         """Install another controller (e.g. a subclass of CongestionControl from a
         cimporting module); it starts from the current cwnd and ssthresh."""
-        cdef double cwnd = self.cc.cwnd, ssthresh = self.cc.ssthresh
         cc.init(self.smss, self.cfg_iw)
-        cc.cwnd = cwnd
-        cc.ssthresh = ssthresh
+        cc.take_over(self.cc)
         self.cc = cc
 
     def set_loss_response(self, str policy):
@@ -720,7 +719,7 @@ cdef class TcpConnection:
         if self.syn_retransmitted:
             rtt_after_syn_loss(&self.rtt)
         if self.syn_retransmitted:
-            self.cc.cwnd = self.smss    # RFC 5681 §3.1: IW of one segment after a lost SYN / SYN-ACK
+            self.cc.on_syn_loss()       # RFC 5681 §3.1: IW of one segment after a lost SYN / SYN-ACK
         self._push_event(EV_CONNECTED)
         if self.syn_data and self._readable() > 0 and not self.readable_notified:
             self.readable_notified = 1
@@ -1085,11 +1084,7 @@ cdef class TcpConnection:
                 elif not self.sack_ok:
                     # RFC 6582 §3.2 step 5: partial ACK
                     self.rexmit_pending = 1
-                    self.cc.cwnd -= acked
-                    if acked >= self.smss:
-                        self.cc.cwnd += self.smss
-                    if self.cc.cwnd < self.smss:
-                        self.cc.cwnd = self.smss
+                    self.cc.on_partial_ack(<uint64_t>acked)
                     self.tm.rtx = now + self.rtt.rto
             else:
                 self.dupacks = 0
@@ -1118,7 +1113,7 @@ cdef class TcpConnection:
                     self.n_dupacks += 1
                     if self.in_recovery:
                         if not self.sack_ok:
-                            self.cc.cwnd += self.smss   # RFC 6582 §3.2 step 4: inflate
+                            self.cc.on_recovery_dupack(self.smss)   # RFC 6582 §3.2 step 4: inflate
                     elif self.snd_una >= self.recover and (
                             self.dupacks >= DUPTHRESH or (self.sack_ok and self._lost_edge() > self.snd_una)):
                         self._enter_recovery(now)
@@ -1129,7 +1124,7 @@ cdef class TcpConnection:
         self.cwr_pending = 1
         self.n_cwr += 1
         if not self.in_recovery:
-            self.cc.on_congestion(now, <uint64_t>flight, CC_CAUSE_ECN)
+            self.cc.on_loss(now, <uint64_t>flight, CC_CAUSE_ECN)
 
     cdef void _enter_recovery(self, uint64_t now):
         """Fast retransmit / fast recovery: RFC 5681 §3.2, RFC 6582 §3.2, RFC 6675 §5."""
@@ -1141,13 +1136,13 @@ cdef class TcpConnection:
         self.high_rxt = self.snd_una
         if not self.loss_corruption:
             if self.snd_una >= self.ecn_recover:
-                self.cc.on_congestion(now, <uint64_t>flight, CC_CAUSE_LOSS)
+                self.cc.on_loss(now, <uint64_t>flight, CC_CAUSE_LOSS)
             self.ecn_recover = self.snd_max
         # RFC 5681 §3.2 step 3 / RFC 6675 §5 (4.3): the first lost segment is resent
         # at once, whatever cwnd allows
         self.rexmit_pending = 1
         if not self.sack_ok and not self.loss_corruption:
-            self.cc.cwnd += DUPTHRESH * self.smss    # RFC 6582 §3.2 step 3 inflation
+            self.cc.on_recovery_dupack(DUPTHRESH * self.smss)    # RFC 6582 §3.2 step 3 inflation
         self.tm.rtx = now + self.rtt.rto
 
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off):
@@ -1582,6 +1577,7 @@ cdef class TcpConnection:
             self.una_time = now
         n = self._emit(buf, cap, off, length, flags, rexmit, now)
         self.bytes_out += length
+        self.cc.post_transmit(now, <uint64_t>length)
         cdef uint64_t rate = self.cc.pacing_rate()
         if rate and length > 0:
             # A token bucket: retransmissions spend it too (they use the link as new
