@@ -60,7 +60,9 @@ class Dispatcher:
         self.spec = spec
         self.table: Dict[bytes, SplitConnection] = {}
         self.counters: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self.tcp_config = (eng.tcp_config(config.tcp_client), eng.tcp_config(config.tcp_server))
+        self.shared_rates: Dict[tuple, object] = {}   # this box's rate shares (TcpConfig.rate_share)
+        self.tcp_config = (eng.tcp_config(config.tcp_client, self.shared_rates),
+                           eng.tcp_config(config.tcp_server, self.shared_rates))
         self._leg_configs: Dict[tuple, object] = {}
         self._nursery: Optional[trio.Nursery] = None
         self._match_cache: Dict[bytes, bool] = {}
