@@ -1515,6 +1515,7 @@ def parse_ip(object packet, int verify_csum=1):
                 is_fragment=bool(ip.is_fragment), flow_label=ip.flow_label, proto=ip.proto,
                 upper_off=ip.upper_off, end=ip.end, hdr_len=ip.hdr_len,
                 src=_addr(ip.src, ip.version), dst=_addr(ip.dst, ip.version),
+                final_dst=_addr(ip.final_dst, ip.version),
                 ext=tuple((ip.ext_kind[i], ip.ext_off[i], ip.ext_len[i]) for i in range(ip.n_ext)),
             )
     finally:
