@@ -170,7 +170,8 @@ cdef int parse_eth(const uint8_t* buf, Py_ssize_t n, uint16_t* ethertype, int32_
 
 # An ICMPv4 destination-unreachable/fragmentation-needed (RFC 792, RFC 1191 §4)
 # or ICMPv6 packet-too-big (RFC 4443 §3.2, RFC 8201 §4) in an IP packet (no link
-# header).  On success sets *mtu and fills *quoted with what the quoted original
+# header).  On success sets *mtu (the next-hop MTU; for an IPv4 field of 0 the RFC 1191 §5
+# plateau estimate, see parse_icmp_ptb_ex) and fills *quoted with what the quoted original
 # header gives: ip_version, src, dst, tos, ttl, sport, dport, seq (the first 8
 # TCP bytes, all RFC 792 guarantees); quoted.tcp_hdr_len = quoted TCP bytes
 # present (capped at 60), and ack/flags/window too when 16+ bytes are quoted.
