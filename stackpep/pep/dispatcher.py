@@ -37,6 +37,7 @@ COUNTERS = (
     "drop_table_full",  # SYN refused: max_connections reached
     "drop_server_side_syn",  # a SYN arriving from the server side (we only split client-initiated flows)
     "drop_no_route",  # split connection could not find a route/neighbour
+    "drop_draining",  # SYN while the box drains (SIGTERM) or stops: answered with RST
     "connections_opened",
     "rst_sent_unknown_flow",
 ) + tuple(f"ended_{o.value}" for o in Outcome) + ICMP_COUNTERS
@@ -62,6 +63,8 @@ class Dispatcher:
         self._full_logged_at = -1e9
         self.closed_event = trio.Event()
         self.icmp = IcmpGuard(self.counters)
+        self.draining = False  # new SYNs get RST (stackpep.pep.api: drain and stop)
+        self.on_connection_end: Optional[Callable[[SplitConnection], None]] = None  # connection log
 
     # -- running ---------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -143,6 +146,13 @@ class Dispatcher:
         if not port.client_side:
             c["drop_server_side_syn"] += 1
             return
+        if self.draining:
+            # RST rather than silence: the client tries again elsewhere (or later) at once.
+            c["drop_draining"] += 1
+            rst = reset_for(pkt)
+            if rst is not None:
+                self._send_reset(port, rst, pkt)
+            return
         if self.active_connections() >= self.config.max_connections:
             c["drop_table_full"] += 1
             t = trio.current_time()
@@ -205,6 +215,18 @@ class Dispatcher:
     def connection_ended(self, conn: SplitConnection) -> None:
         # (the outcome was counted when it was decided: SplitConnection._finish)
         self._forget(conn)
+        if self.on_connection_end is not None:
+            try:
+                self.on_connection_end(conn)
+            except Exception:
+                log.exception("%s: connection-end hook failed", conn)
+
+    def reconfigure(self, config: PepConfig) -> None:
+        """A reloaded configuration (stackpep.pep.reload checked that only what
+        may change live differs): used by connections opened from now on."""
+        self.config = config
+        self.tcp_config = (eng.tcp_config(config.tcp_client), eng.tcp_config(config.tcp_server))
+        self._leg_configs.clear()
 
     def _forget(self, conn: SplitConnection) -> None:
         if self.table.get(conn.key) is conn:

@@ -68,6 +68,7 @@ class SplitterTopology:
         self.pep: Optional[subprocess.Popen] = None
         self.pep_log = self.tmp / "pep.log"
         self.stats_file = self.tmp / "stats.json"
+        self.control_socket = self.tmp / "control.sock"
         self.mtu = mtu
 
     def __enter__(self) -> "SplitterTopology":
@@ -106,7 +107,10 @@ class SplitterTopology:
     # -- the splitter ----------------------------------------------------------------
     def start_pep(self, toml: Optional[str] = None, stats_interval: float = 0.5, timeout: float = 20.0) -> subprocess.Popen:
         cfg = self.tmp / "pep.toml"
-        cfg.write_text(toml if toml is not None else pep_toml())
+        toml = toml if toml is not None else pep_toml()
+        if "[control]" not in toml:  # each run its own control socket (never the shared default)
+            toml += f'[control]\nsocket = "{self.control_socket}"\n'
+        cfg.write_text(toml)
         if self.stats_file.exists():
             self.stats_file.unlink()
         log = open(self.pep_log, "w")
