@@ -44,14 +44,17 @@ timeout = {handshake_timeout}
 [limits]
 idle_timeout = {idle_timeout}
 max_connections = {max_connections}
+drain_timeout = {drain_timeout}
 """
 
 
 def pep_toml(ports=(80, 5201, "8000-8099"), mode="after-server", handshake_timeout=3.0, idle_timeout=600.0,
-             max_connections=4096, extra: str = "") -> str:
+             max_connections=4096, extra: str = "", drain_timeout: float = 0.0) -> str:
+    # drain_timeout 0: SIGTERM resets at once (tests of the stop itself); see docs/operations.md
     ports_s = "[" + ", ".join(f'"{p}"' if isinstance(p, str) else str(p) for p in ports) + "]"
     return DEFAULT_TOML.format(ports=ports_s, mode=mode, handshake_timeout=handshake_timeout,
-                               idle_timeout=idle_timeout, max_connections=max_connections) + extra
+                               idle_timeout=idle_timeout, max_connections=max_connections,
+                               drain_timeout=drain_timeout) + extra
 
 
 def env_with_path() -> dict:
