@@ -280,3 +280,21 @@ def test_drain_resets_new_syns_lets_active_finish_then_resets_the_rest():
             n.cancel_scope.cancel()
 
     run_virtual(main)
+
+
+def test_check_config_validates_the_new_keys():
+    from stackpep.pep.config import check_dict, from_dict
+
+    base = {"interfaces": {"client": ["c"], "server": ["s"]}}
+    cfg = from_dict(base)
+    assert (cfg.control_socket, cfg.metrics_listen, cfg.log_connections, cfg.log_format, cfg.drain_timeout) == (
+        "/run/stackpep/stackpep.sock", None, True, "text", 10.0)
+    assert from_dict({**base, "pep": {"instance": "a1"}}).control_socket == "/run/stackpep/a1.sock"
+    cfg = from_dict({**base, "metrics": {"listen": "[fd00::1]:9750"}, "control": {"socket": ""},
+                     "log": {"connections": False, "format": "json"}, "limits": {"drain_timeout": 0}})
+    assert (cfg.metrics_listen, cfg.control_socket, cfg.log_connections, cfg.log_format, cfg.drain_timeout) == (
+        "[fd00::1]:9750", "", False, "json", 0.0)
+    bad = check_dict({**base, "metrics": {"listen": "localhost:http", "x": 1}, "control": {"socket": "rel.sock"},
+                      "log": {"format": "xml"}, "limits": {"drain_timeout": -1}}, "f.toml", {})
+    assert sorted(p.key for p in bad) == ["control.socket", "limits.drain_timeout", "log.format", "metrics.listen",
+                                          "metrics.x"]
