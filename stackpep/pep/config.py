@@ -21,6 +21,8 @@ ROLES = ("splitter",)
 BACKENDS = ("auto", "nft", "iptables-legacy")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 WAN_LEGS = ("client", "server")
+LOG_FORMATS = ("text", "json")
+CONTROL_DIR = "/run/stackpep"
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ class PepConfig:
     reset_per_source_rate: float = 10.0  # ... per source address
     reset_per_source_burst: int = 10
     recent_close_time: float = 10.0    # seconds a closed flow's late segments are recognised
+    drain_timeout: float = 10.0        # SIGTERM: active connections get this long to finish
+    control_socket: str = ""           # `stackpep stats` talks here ("" = no control socket)
+    metrics_listen: Optional[str] = None  # "host:port" of the Prometheus endpoint (None = off)
+    log_connections: bool = True       # one log line per connection end
+    log_format: str = "text"           # "text" or "json" (JSON lines)
     source: str = "<dict>"
     lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -163,6 +170,31 @@ class _Checker:
             self.bad(f"{table}.{key}", f"{what} (got {v!r})")
             return default
         return v
+
+
+def default_control_socket(instance: str) -> str:
+    return f"{CONTROL_DIR}/{instance or 'stackpep'}.sock"
+
+
+def split_listen(v: str) -> Tuple[str, int]:
+    """"host:port" or "[v6]:port" -> (host, port); ValueError if it is neither."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not host:port: {v!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ipaddress.ip_address(host)
+    return host, int(port)
+
+
+def _listen_ok(v: str) -> bool:
+    if v == "":
+        return True
+    try:
+        split_listen(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _ifname_ok(v: str) -> bool:
@@ -263,7 +295,8 @@ def from_dict(data: dict, source: str = "<dict>", lines: Optional[Dict[str, int]
 def check_dict(data: dict, source: str, lines: Dict[str, int]):
     """PepConfig if data is valid, else the list of problems."""
     ck = _Checker(source, lines)
-    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp", "wan", "resets"}
+    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp", "wan", "resets",
+             "control", "metrics", "log"}
     for k in data:
         if k not in known:
             ck.bad(k, f"unknown table (known: {', '.join(sorted(known))})")
@@ -322,13 +355,30 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     htimeout = ck.typed(hs, "handshake", "timeout", (int, float), 10.0, lambda v: 0 < v <= 600,
                         "must be > 0 and <= 600 seconds")
 
-    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1})
+    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1, "drain_timeout": 1})
     maxc = ck.typed(lim, "limits", "max_connections", int, 4096, lambda v: 1 <= v <= 1_000_000,
                     "must be between 1 and 1000000")
     idle = ck.typed(lim, "limits", "idle_timeout", (int, float), 600.0, lambda v: 0 < v <= 86400,
                     "must be > 0 and <= 86400 seconds")
     relay = ck.typed(lim, "limits", "relay_buffer", int, 256 * 1024, lambda v: 1024 <= v <= 1 << 30,
                      "must be between 1024 and 2**30 bytes")
+    drain = ck.typed(lim, "limits", "drain_timeout", (int, float), 10.0, lambda v: 0 <= v <= 86400,
+                     "must be >= 0 and <= 86400 seconds (0: reset at once)")
+
+    ctl = ck.table(data, "control", {"socket": 1})
+    default_sock = default_control_socket(instance)
+    csock = ck.typed(ctl, "control", "socket", str, default_sock,
+                     lambda v: v == "" or (v.startswith("/") and len(v.encode()) < 108),
+                     "an absolute path shorter than 108 bytes, or \"\" for none")
+    met = ck.table(data, "metrics", {"listen": 1})
+    mlisten = ck.typed(met, "metrics", "listen", str, None, _listen_ok,
+                       "\"host:port\" (IPv6 as \"[addr]:port\", port 0-65535), or \"\" for off")
+    if mlisten == "":
+        mlisten = None
+    lg = ck.table(data, "log", {"connections": 1, "format": 1})
+    log_conns = ck.typed(lg, "log", "connections", bool, True)
+    log_format = ck.typed(lg, "log", "format", str, "text", lambda v: v in LOG_FORMATS,
+                          f"one of {', '.join(LOG_FORMATS)}")
 
     ru = ck.table(data, "rules", {"backend": 1, "mark": 1, "install": 1})
     backend = ck.typed(ru, "rules", "backend", str, "auto", lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}")
@@ -407,7 +457,8 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,
         wan_rtt=float(wan_rtt), reset_rate=float(rst_rate), reset_burst=rst_burst,
         reset_per_source_rate=float(rst_src_rate), reset_per_source_burst=rst_src_burst,
-        recent_close_time=float(recent), source=source, lines=dict(lines),
+        recent_close_time=float(recent), drain_timeout=float(drain), control_socket=csock, metrics_listen=mlisten,
+        log_connections=log_conns, log_format=log_format, source=source, lines=dict(lines),
     )
 
 
