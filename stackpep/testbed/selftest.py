@@ -169,11 +169,11 @@ def _percentile(xs: Sequence[float], q: float) -> float:
 def measure(rates_mbit: Sequence[float] = (20, 50, 100), delay_ms: float = 50.0, duration: float = 5.0,
             probes: int = 200, progress=print, tcp_seconds: float = 0.0) -> List[RateResult]:
     from stackpep.testbed.emulator import DirectionParams
-    from stackpep.testbed.topology import SERVER4, LinkSpec, Topology, python_env
+    from stackpep.testbed.topology import SERVER4, LinkSpec, Topology, python_command, python_env
 
     results = []
     env = python_env()
-    me = [sys.executable, "-m", "stackpep.testbed.selftest"]
+    me = python_command("stackpep.testbed.selftest")
     with Topology() as topo:
         for rate in rates_mbit:
             p = DirectionParams(delay_ms=delay_ms, rate_bps=rate * 1e6, queue_ms=100)
