@@ -18,11 +18,10 @@ import trio.testing
 from stackpep.io.ports import MemoryPort, MemoryRouter
 from stackpep.pep.api import open_pep
 from stackpep.pep.config import from_dict
+from stackpep._fast import tcp
 from stackpep.pep.reset import reset_for
-
-tcp = pytest.importorskip("stackpep._fast.tcp")
-from stackpep.tcp.config import TcpConfig  # noqa: E402
-from stackpep.tcp.stream import EngineDriver, TcpStream  # noqa: E402
+from stackpep.tcp.config import TcpConfig
+from stackpep.tcp.stream import EngineDriver, TcpStream
 
 C4, S4 = bytes([198, 18, 0, 2]), bytes([198, 18, 1, 2])
 C6 = bytes.fromhex("fd000001" + "00" * 11 + "02")
