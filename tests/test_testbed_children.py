@@ -94,7 +94,7 @@ def test_python_env_never_puts_a_bare_source_tree_on_the_path(source_tree, monke
 
 def test_python_env_makes_relative_pythonpath_absolute(source_tree, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"lib{os.pathsep}/opt/x")
-    assert python_env()["PYTHONPATH"] == f"{source_tree / 'lib'}{os.pathsep}/opt/x"
+    assert python_env()["PYTHONPATH"].split(os.pathsep)[-2:] == [str(source_tree / "lib"), "/opt/x"]
 
 
 @pytest.mark.netns

@@ -91,7 +91,8 @@ def python_env() -> Dict[str, str]:
     env = dict(os.environ)
     paths = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     root = Path(stackpep.__file__).resolve().parents[1]
-    site_dirs = {str(Path(d).resolve()) for d in site.getsitepackages() + [site.getusersitepackages()]}
+    site_dirs = {str(Path(d).resolve()) for d in [*getattr(site, "getsitepackages", list)(),
+                                                  site.getusersitepackages()]}
     if str(root) not in site_dirs and str(root) not in paths and _has_compiled_modules(root):
         paths.insert(0, str(root))
     if paths:
