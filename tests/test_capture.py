@@ -322,18 +322,34 @@ MALFORMED_SEND = r"""
 import sys, json, struct
 sys.path.insert(0, ROOT)
 from stackpep._fast.capture import PacketRing, complete_checksum
+from stackpep._fast.checksum import internet_checksum
 ring = PacketRing(IFNAME, client_side=True)
 src, dst = bytes([198, 18, 0, 2]), bytes([198, 18, 1, 2])
-def v4(total, ihl=5, frag=0x4000, proto=6, tcp=None):
-    t = tcp if tcp is not None else struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x02, 1000, 0, 0)
-    return struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 0, frag, 64, proto, 0, src, dst) + t
-good = bytearray(v4(40)); complete_checksum(good)
+src6, dst6 = bytes.fromhex("fd000001" + "00" * 11 + "02"), bytes.fromhex("fd000002" + "00" * 11 + "02")
+SYN = struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x02, 1000, 0, 0)
+def v4(total=None, ihl=5, frag=0x4000, proto=6, tcp=SYN, ip_csum_ok=True):
+    total = 20 + len(tcp) if total is None else total
+    h = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, 0, frag, 64, proto, 0, src, dst))
+    if ip_csum_ok:
+        h[10:12] = internet_checksum(bytes(h)).to_bytes(2, "big")
+    return bytes(h) + tcp
+def v6(tcp=SYN, ext=b"", nh=6):
+    return struct.pack("!IHBB16s16s", 6 << 28, len(ext) + len(tcp), nh, 64, src6, dst6) + ext + tcp
+def good(p):
+    b = bytearray(p); complete_checksum(b); return bytes(b)
+def bad_tcp(p):
+    b = bytearray(good(p)); ihl = 40 if b[0] >> 4 == 6 else (b[0] & 15) * 4; b[ihl + 16] ^= 0xff; return bytes(b)
 frames = [
     v4(400),                                                  # total length beyond the frame
-    v4(40, ihl=15),                                           # header longer than the packet
-    v4(40, tcp=struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 4 << 4, 0x02, 1000, 0, 0)),  # data offset < 5
-    v4(40, frag=0x2000 | 10),                                 # a non-first fragment: no TCP header
-    bytes(good),
+    v4(ihl=15),                                               # header longer than the packet
+    v4(tcp=struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 4 << 4, 0x02, 1000, 0, 0)),  # data offset < 5
+    v4(tcp=SYN[:12]),                                         # TCP header cut short
+    bad_tcp(v4()),                                            # TCP checksum wrong
+    good(v4(ip_csum_ok=False)),                               # IPv4 header checksum wrong
+    v4(frag=0x2000 | 10),                                     # a fragment: left to the kernel
+    good(v4()),                                               # intact: taken
+    bad_tcp(v6()),                                            # IPv6 TCP checksum wrong
+    good(v6()),                                               # intact: taken
 ]
 print(json.dumps(ring.send_batch(frames, bytes(12))))
 """
@@ -353,6 +369,8 @@ print(json.dumps({"stats": ring.statistics(), "n": len(got), "lens": [len(p) for
 
 @pytest.mark.netns
 def test_malformed_frames_are_counted_by_reason_not_passed_on(net3):
+    # Frames from AF_PACKET arrive without TP_STATUS_CSUM_VALID: every checksum
+    # is verified in C (issue 8 §5), each refusal counted by its reason.
     c, b = net3.hosts["client"], net3.hosts["box"]
     ci, bi, bo, si = net3.ifs
     rcv = b.popen([sys.executable, "-c", MALFORMED_RECV.replace("ROOT", repr(str(ROOT))).replace("IFNAME", repr(bi))],
@@ -360,9 +378,13 @@ def test_malformed_frames_are_counted_by_reason_not_passed_on(net3):
     assert rcv.stdout.readline().strip() == "READY"
     sent = json.loads(c.run([sys.executable, "-c", MALFORMED_SEND.replace("ROOT", repr(str(ROOT)))
                              .replace("IFNAME", repr(ci))]).stdout)
-    assert sent == 5
+    assert sent == 10
     out = json.loads(rcv.communicate(timeout=20)[0])
     st = out["stats"]
-    assert st["rx_packets"] == 5
-    assert st["rx_drop_malformed"] == 3 and st["rx_drop_not_ip_tcp"] == 1
-    assert out["n"] == 1 and out["lens"] == [40]
+    assert st["rx_packets"] == 10
+    reasons = {k: v for k, v in st.items() if k.startswith("rx_drop_") and v}
+    assert reasons == {"rx_drop_malformed": 7, "rx_drop_ipv4_total_len": 1, "rx_drop_ipv4_hdr_past_end": 1,
+                       "rx_drop_tcp_doff": 1, "rx_drop_tcp_truncated": 1, "rx_drop_tcp_checksum": 2,
+                       "rx_drop_ipv4_checksum": 1}
+    assert st["rx_pass_fragment"] == 1 and st["rx_csum_valid"] == 0
+    assert out["n"] == 2 and out["lens"] == [40, 60]

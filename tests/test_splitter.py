@@ -19,9 +19,11 @@ from stackpep.io.ports import MemoryPort, MemoryRouter
 from stackpep.pep.api import open_pep
 from stackpep.pep.config import from_dict
 from stackpep._fast import tcp
+from stackpep._fast.checksum import internet_checksum
 from stackpep.pep.reset import reset_for
 from stackpep.tcp.config import TcpConfig
 from stackpep.tcp.stream import EngineDriver, TcpStream
+from stackpep.wire import Segment, parse_packet
 
 C4, S4 = bytes([198, 18, 0, 2]), bytes([198, 18, 1, 2])
 C6 = bytes.fromhex("fd000001" + "00" * 11 + "02")
@@ -284,18 +286,22 @@ def test_table_limit_drops_syn_and_counts():
     run_virtual(main)
 
 
+def seg(src, sport, dst, dport, flags, seq, ack, payload=b""):
+    """An intact segment (checksums filled by the wire layer)."""
+    s = Segment()
+    s.ip_version = 4 if len(src) == 4 else 6
+    s.src, s.dst, s.sport, s.dport = src, dst, sport, dport
+    s.flags, s.seq, s.ack, s.window, s.ttl = flags, seq, ack, 1000, 64
+    return s.to_bytes(payload)
+
+
 def test_unknown_flow_gets_rst_and_not_intercepted_is_ignored():
     async def main():
         async with trio.open_nursery() as n:
             box = Box(n)
             async with open_pep(pep_config(), ports=[box.cport, box.sport], router=box.router) as pep:
-                def seg(dport, flags, seq, ack):
-                    t = struct.pack("!HHIIBBHHH", 40000, dport, seq, ack, 5 << 4, flags, 1000, 0, 0)
-                    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0, 64, 6, 0, C4, S4)
-                    return ip + t
-
-                box.cport.inject(seg(80, 0x10, 1000, 777))  # ACK of a flow nobody knows
-                box.cport.inject(seg(81, 0x10, 1000, 777))  # port 81 is not intercepted
+                box.cport.inject(seg(C4, 40000, S4, 80, 0x10, 1000, 777))  # ACK of a flow nobody knows
+                box.cport.inject(seg(C4, 40000, S4, 81, 0x10, 1000, 777))  # port 81 is not intercepted
                 await trio.sleep(0.1)
                 (rst,) = box.client_wire[-1:]
                 assert addrs_of(rst) == (S4, C4)
@@ -377,6 +383,148 @@ def test_a_failing_connection_is_reset_and_the_box_goes_on():
                 s2 = await box.accept()
                 await c2.send_all(b"still here")
                 assert await s2.receive_some(100) == b"still here"
+            n.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_corrupt_segments_open_nothing_and_are_counted_by_reason():
+    # issue 8 §5: a SYN that fails a checksum or an integrity check creates no
+    # state and sends nothing to the server.
+    async def main():
+        async with trio.open_nursery() as n:
+            box = Box(n)
+            async with open_pep(pep_config(), ports=[box.cport, box.sport], router=box.router) as pep:
+                syn = bytearray(seg(C4, 40000, S4, 80, 0x02, 1000, 0))
+                bad_tcp = bytearray(syn); bad_tcp[36] ^= 0xFF          # TCP checksum
+                bad_ip = bytearray(syn); bad_ip[10] ^= 0xFF            # IPv4 header checksum
+                short = bytearray(syn[:32]); short[2:4] = (32).to_bytes(2, "big")  # TCP header cut at 12 bytes
+                short[10:12] = b"\0\0"
+                short[10:12] = internet_checksum(bytes(short[:20])).to_bytes(2, "big")
+                doff = bytearray(syn); doff[32] = 4 << 4               # data offset < 5
+                for p in (bad_tcp, bad_ip, short, doff):
+                    box.cport.inject(bytes(p))
+                await trio.sleep(1)
+                st = pep.statistics()
+                assert st["connections_opened"] == 0 and st["packets_in"] == 0
+                assert box.server_wire == [] and box.client_wire == []
+                assert st["ports"]["c"]["rx_drop_malformed"] == 4
+                assert {k: v for k, v in st["ports"]["c"].items() if k.startswith("rx_drop_") and k != "rx_drop_malformed"
+                        and v} == {"rx_drop_tcp_checksum": 1, "rx_drop_ipv4_checksum": 1,
+                                   "rx_drop_tcp_truncated": 1, "rx_drop_tcp_doff": 1}
+            n.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_unknown_flow_rsts_are_rate_limited_per_source_and_overall():
+    # RFC 5961 §7: [resets] per_source 3 at once (1/s), the box 5 at once (2/s).
+    async def main():
+        async with trio.open_nursery() as n:
+            box = Box(n)
+            cfg = pep_config(resets={"per_source_rate": 1, "per_source_burst": 3, "rate": 2, "burst": 5})
+            a, b = C4, bytes([198, 18, 0, 3])
+            async with open_pep(cfg, ports=[box.cport, box.sport], router=box.router) as pep:
+                for i in range(10):
+                    box.cport.inject(seg(a, 40000, S4, 80, 0x10, 1000 + i, 777))
+                for i in range(10):
+                    box.cport.inject(seg(b, 40000, S4, 80, 0x10, 1000 + i, 777))
+                await trio.sleep(0.1)
+                st = pep.statistics()
+                # a: 3 sent, then its own bucket is empty; b: the box's last 2, then the box's is empty
+                assert (st["rst_sent_unknown_flow"], st["rst_suppressed_per_source"], st["rst_suppressed_total"]) \
+                    == (5, 7, 8)
+                assert st["drop_unknown_flow"] == 20
+                # (each RST is sent from a task of its own: any order)
+                assert sorted(addrs_of(p)[1] for p in box.client_wire) == [a] * 3 + [b] * 2
+                await trio.sleep(1.0)  # one token more for a, two for the box
+                box.cport.inject(seg(a, 40000, S4, 80, 0x10, 2000, 777))
+                box.cport.inject(seg(a, 40000, S4, 80, 0x10, 2001, 777))
+                await trio.sleep(0.1)
+                st = pep.statistics()
+                assert (st["rst_sent_unknown_flow"], st["rst_suppressed_per_source"], st["rst_suppressed_total"]) \
+                    == (6, 8, 8)
+            n.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_late_segments_of_a_reset_flow_are_dropped_not_answered():
+    # The client resets; the server's in-flight data for that flow arrives after
+    # the box dropped the connection.  Both peers already got the box's RST, so
+    # for resets.recent_close_time the late segments are dropped (counted), not
+    # each answered with a RST (issue 8 §7); afterwards the flow is unknown.
+    async def main():
+        async with trio.open_nursery() as n:
+            box = Box(n)
+            cfg = pep_config(resets={"recent_close_time": 2})
+            async with open_pep(cfg, ports=[box.cport, box.sport], router=box.router) as pep:
+                c = await box.connect()
+                s = await box.accept()
+                await s.send_all(b"hello")
+                assert await c.receive_some(10) == b"hello"
+                c.conn.abort()
+                c.driver.flush()
+                with pytest.raises(trio.BrokenResourceError):
+                    await s.receive_some(10)
+                await trio.sleep(0.1)
+                st = pep.statistics()
+                assert st["ended_reset_by_client"] == 1 and st["connections_active"] == 0
+                assert st["flows_recently_closed"] == 1
+                n_server = len(box.server_wire)
+                for i in range(50):
+                    box.sport.inject(seg(S4, 80, C4, 40000, 0x18, 5000 + 1000 * i, 1, b"x" * 1000))
+                box.sport.inject(seg(S4, 80, C4, 40000, 0x10, 60000, 1))
+                await trio.sleep(0.1)
+                st = pep.statistics()
+                assert st["drop_recently_closed"] == 51 and st["drop_unknown_flow"] == 0
+                assert st["rst_sent_unknown_flow"] == 0 and len(box.server_wire) == n_server
+                await trio.sleep(2.0)
+                box.sport.inject(seg(S4, 80, C4, 40000, 0x18, 99000, 1, b"y"))
+                await trio.sleep(0.1)
+                st = pep.statistics()
+                assert st["drop_recently_closed"] == 51 and st["rst_sent_unknown_flow"] == 1
+                (rst,) = box.server_wire[n_server:]
+                r = parse_packet(rst)
+                assert (r.src, r.dst, r.sport, r.dport, r.flags, r.seq) == (C4, S4, 40000, 80, 0x04, 1)
+            n.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_late_ack_of_a_normally_closed_flow_is_dropped_data_gets_rst():
+    # After both FINs and the legs' TIME-WAIT, a late ACK-only segment is dropped
+    # (counted); data on a flow that is gone gets RFC 9293 §3.10.7.1's RST.
+    async def main():
+        async with trio.open_nursery() as n:
+            box = Box(n)
+            cfg = pep_config(resets={"recent_close_time": 30},
+                             tcp={"client": {"time_wait_us": 1_000_000}, "server": {"time_wait_us": 1_000_000}})
+            short_tw = TcpConfig(time_wait_us=1_000_000)
+            async with open_pep(cfg, ports=[box.cport, box.sport], router=box.router) as pep:
+                c = await box.connect(config=short_tw)
+                s = await box.accept()
+                await c.send_eof()
+                assert await recv_all(s) == b""
+                await s.send_eof()
+                assert await recv_all(c) == b""
+                while pep.statistics()["ended_closed"] == 0:
+                    await trio.sleep(0.5)
+                await trio.sleep(3)  # every TIME-WAIT over
+                st = pep.statistics()
+                assert st["connections_active"] == 0 and st["connections_time_wait"] == 0
+                assert st["flows_recently_closed"] == 1
+                before = len(box.client_wire)
+                box.cport.inject(seg(C4, 40000, S4, 80, 0x10, 10, 20))
+                await trio.sleep(0.1)
+                st = pep.statistics()
+                assert st["drop_recently_closed"] == 1 and st["rst_sent_unknown_flow"] == 0
+                box.cport.inject(seg(C4, 40000, S4, 80, 0x18, 10, 20, b"late"))
+                await trio.sleep(0.1)
+                st = pep.statistics()
+                assert st["drop_recently_closed"] == 1 and st["rst_sent_unknown_flow"] == 1
+                (rst,) = [p for p in box.client_wire[before:] if parse_packet(p).flags & 0x04]
+                assert parse_packet(rst).seq == 20
             n.cancel_scope.cancel()
 
     run_virtual(main)

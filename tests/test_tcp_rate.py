@@ -290,3 +290,53 @@ def test_many_short_transfers_arriving_one_after_another_share_the_rate():
     got, link, data, _ = _run_shared(30, None, 200_000, starts=starts)
     assert all(g == data for g in got)
     assert link.max_backlog_us >= 500_000, link.max_backlog_us
+
+
+def test_a_shared_rate_object_divides_the_rate_as_a_named_share_does():
+    # the owner (the PEP dispatcher) passes a SharedRate instead of a name: same pacing
+    from stackpep._fast.tcp import SharedRate
+
+    share = SharedRate(RATE)
+    got, link, data, done = _run_shared(3, share, 1_000_000)
+    got2, link2, _, done2 = _run_shared(3, "test-share-object-vs-name", 1_000_000)
+    assert all(g == data for g in got)
+    assert link.data_times == link2.data_times and done == done2
+    assert share.members_count == 3 and share.rate_bps == RATE
+
+
+def test_named_shares_are_forgotten_when_no_connection_holds_them():
+    import gc
+
+    from stackpep._fast import tcp as fast
+
+    gc.collect()
+    before = fast.named_shares_count()
+    cfg = TcpConfig(congestion="rate", rate_bps=RATE, rate_share="test-share-weak")
+    conns = [TcpConnection(cfg, B_ADDR4, 80, A_ADDR4, 40000 + i, 1) for i in range(2)]
+    assert fast.named_shares_count() == before + 1
+    assert fast.rate_share("test-share-weak", RATE).members_count == 2
+    del conns
+    gc.collect()
+    assert fast.named_shares_count() == before
+
+
+def test_shared_rate_must_match_the_configured_rate():
+    from stackpep._fast.tcp import SharedRate
+
+    cfg = TcpConfig(congestion="rate", rate_bps=RATE, rate_share=SharedRate(RATE // 2))
+    with pytest.raises(ValueError, match="rate_bps"):
+        TcpConnection(cfg, B_ADDR4, 80, A_ADDR4, 40000, 1)
+
+
+def test_pep_builds_one_shared_rate_per_box_and_name():
+    from stackpep._fast.tcp import SharedRate
+    from stackpep.pep import engine as eng
+
+    leg = {"congestion": "rate", "rate_bps": RATE, "rate_share": "wan"}
+    box = {}
+    a, b = eng.tcp_config(leg, box), eng.tcp_config(dict(leg), box)
+    assert isinstance(a.rate_share, SharedRate) and a.rate_share is b.rate_share
+    assert list(box) == [("wan", RATE)]
+    other = eng.tcp_config(leg, {})                   # another box: its own share
+    assert other.rate_share is not a.rate_share
+    assert eng.tcp_config({"congestion": "cubic"}, box).rate_share is None

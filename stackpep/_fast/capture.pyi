@@ -1,7 +1,10 @@
 """AF_PACKET TPACKET_V3 receive ring and batched sendmmsg() emit (see capture.pyx)."""
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 class CaptureError(OSError): ...
+
+#: the flags value read_batch() gives an ICMP error (its key is the quoted flow's)
+ICMP_ERROR: int
 
 class PacketRing:
     ifindex: int
@@ -9,7 +12,7 @@ class PacketRing:
     client_side: bool
     def __init__(self, ifname: str, client_side: bool = True, block_size: int = 262144,
                  block_nr: int = 64, retire_ms: int = 1, mark: int = 0,
-                 tcp_filter: bool = True, gso: bool = False) -> None: ...
+                 tcp_filter: bool = True, gso: bool = False, icmp_errors: bool = True) -> None: ...
     gso: bool
     def fileno(self) -> int: ...
     def close(self) -> None: ...
@@ -24,3 +27,5 @@ class PacketRing:
 def flow_key(client_addr: bytes, client_port: int, server_addr: bytes, server_port: int) -> bytes: ...
 def split_key(key: bytes) -> Tuple[bytes, int, bytes, int]: ...
 def complete_checksum(packet: bytearray) -> None: ...
+def icmp_error_key(packet: bytes, client_side: bool) -> Optional[bytes]:
+    """The key read_batch() gives an ICMP error (None if the capture drops it)."""

@@ -5,8 +5,9 @@ batches, frames sent in batches with sendmmsg().
 Receive (packet(7), Documentation/networking/packet_mmap.rst):
 - one socket per interface, ETH_P_ALL, bound to the interface, with
   PACKET_IGNORE_OUTGOING (we never want our own or the kernel's transmissions)
-  and a classic BPF filter that keeps only IPv4/IPv6 TCP, so UDP, ICMP and the
-  rest never cross into user space;
+  and a classic BPF filter that keeps only IPv4/IPv6 TCP and the ICMP errors
+  path-MTU discovery needs (ICMPv4 type 3, ICMPv6 types 1-4), so UDP, echo,
+  neighbour discovery and the rest never cross into user space;
 - a TPACKET_V3 ring of variable-size frames packed into blocks; a block is
   handed to us when full or after `retire_ms`, so one wake-up serves a batch.
 
@@ -30,6 +31,11 @@ per-packet cost of the send path.  Without it, frames go out one by one
 Per packet nothing but C runs until the final bytes objects are made: the flow
 key (client address, client port, server address, server port) and the IP
 packet itself.
+
+ICMP errors (RFC 792, RFC 4443) come out of read_batch() as
+(key, ip_packet, ICMP_ERROR): the key is the flow of the TCP packet the error
+quotes, a packet this box sent (see _icmp_error_key), and the ICMP checksum was
+verified here.  stackpep.pep.icmp reads the rest.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport errno, EAGAIN, ENOBUFS, EINTR
@@ -37,6 +43,13 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset, strlen, strncpy
 
 from stackpep._fast.checksum cimport csum_add, csum_fold, pseudo_v4, pseudo_v6
+from stackpep._fast.wire cimport (tcp_seg_t, parse_ip_tcp, wire_count, WIRE_OK, WIRE_IP_VERSION,
+                                  WIRE_NOT_TCP, WIRE_FRAGMENT, WIRE_ERR_MIN)
+from stackpep._fast.wire import ERRORS as _WIRE_ERRORS
+
+# counter name of each rejection reason (the wire layer's names, e.g. tcp_checksum)
+_REASONS = tuple((-code, name) for code, (name, _) in sorted(_WIRE_ERRORS.items(), reverse=True)
+                 if code not in (WIRE_NOT_TCP, WIRE_FRAGMENT))
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -168,17 +181,59 @@ DEF VIRTIO_NET_HDR_GSO_TCPV4 = 1
 DEF VIRTIO_NET_HDR_GSO_TCPV6 = 4
 
 # Classic BPF (Documentation/networking/filter.rst): accept IPv4 with protocol TCP
-# and IPv6 whose first next-header is TCP, drop everything else in the kernel.
-cdef sock_filter _TCP_ONLY[8]
+# and IPv6 whose next header is TCP, directly or behind one or two extension
+# headers (Hop-by-Hop 0, Routing 43, Destination Options 60, AH 51: RFC 8200 §4);
+# read_batch() walks the whole chain (the wire layer's parse_ip_tcp) and keeps
+# TCP.  MLD and other ICMPv6 behind a Hop-by-Hop header stay out.  IPv6
+# fragments (44) are left to the kernel, as IPv4 fragments are.
+DEF TCP_FILTER_LEN = 18
+cdef sock_filter _TCP_ONLY[TCP_FILTER_LEN]
 _TCP_ONLY[0] = sock_filter(0x28, 0, 0, 12)        # ldh [12]          ethertype
-_TCP_ONLY[1] = sock_filter(0x15, 0, 2, 0x0800)    # jeq #IPv4 ? next : L4
+_TCP_ONLY[1] = sock_filter(0x15, 0, 2, 0x0800)    # jeq #IPv4 ? next : v6
 _TCP_ONLY[2] = sock_filter(0x30, 0, 0, 23)        # ldb [23]          IPv4 protocol
-_TCP_ONLY[3] = sock_filter(0x15, 3, 4, 6)         # jeq #TCP ? accept : drop
-_TCP_ONLY[4] = sock_filter(0x15, 0, 3, 0x86DD)    # L4: jeq #IPv6 ? next : drop
+_TCP_ONLY[3] = sock_filter(0x15, 12, 13, 6)       # jeq #TCP ? accept : drop
+_TCP_ONLY[4] = sock_filter(0x15, 0, 12, 0x86DD)   # v6: jeq #IPv6 ? next : drop
 _TCP_ONLY[5] = sock_filter(0x30, 0, 0, 20)        # ldb [20]          IPv6 next header
-_TCP_ONLY[6] = sock_filter(0x15, 0, 1, 6)         # jeq #TCP ? accept : drop
-_TCP_ONLY[7] = sock_filter(0x06, 0, 0, 0x40000)   # accept: ret #262144
-cdef sock_filter _DROP = sock_filter(0x06, 0, 0, 0)  # drop: ret #0
+_TCP_ONLY[6] = sock_filter(0x15, 9, 0, 6)         # jeq #TCP ? accept
+_TCP_ONLY[7] = sock_filter(0x15, 3, 0, 0)         # jeq #Hop-by-Hop ? ext
+_TCP_ONLY[8] = sock_filter(0x15, 2, 0, 60)        # jeq #Destination Options ? ext
+_TCP_ONLY[9] = sock_filter(0x15, 1, 0, 43)        # jeq #Routing ? ext
+_TCP_ONLY[10] = sock_filter(0x15, 0, 6, 51)       # jeq #AH ? ext : drop
+_TCP_ONLY[11] = sock_filter(0x30, 0, 0, 54)       # ext: ldb [54]     next header of the first one
+_TCP_ONLY[12] = sock_filter(0x15, 3, 0, 6)        # jeq #TCP ? accept
+_TCP_ONLY[13] = sock_filter(0x15, 2, 0, 60)       # jeq #Destination Options ? accept
+_TCP_ONLY[14] = sock_filter(0x15, 1, 0, 43)       # jeq #Routing ? accept
+_TCP_ONLY[15] = sock_filter(0x15, 0, 1, 51)       # jeq #AH ? accept : drop
+_TCP_ONLY[16] = sock_filter(0x06, 0, 0, 0x40000)  # accept: ret #262144
+_TCP_ONLY[17] = sock_filter(0x06, 0, 0, 0)        # drop: ret #0
+
+# The same plus the ICMP errors that quote TCP this box sent (path MTU, RFC 1191 /
+# RFC 8201; soft errors, RFC 1122 §4.2.3.9): ICMPv4 type 3 (destination
+# unreachable, frag-needed included) and ICMPv6 types 1-4 (RFC 4443 §3).  A
+# 13-instruction prefix accepts those and falls through to _TCP_ONLY for the rest.
+DEF ICMP_PREFIX_LEN = 13
+DEF ICMP_FILTER_LEN = ICMP_PREFIX_LEN + TCP_FILTER_LEN
+DEF _ACCEPT = ICMP_PREFIX_LEN + TCP_FILTER_LEN - 2     # _TCP_ONLY's accept
+cdef sock_filter _ICMP_PREFIX[ICMP_PREFIX_LEN]
+_ICMP_PREFIX[0] = sock_filter(0x28, 0, 0, 12)        # ldh [12]            ethertype
+_ICMP_PREFIX[1] = sock_filter(0x15, 0, 5, 0x0800)    # jeq #IPv4 ? next : V6
+_ICMP_PREFIX[2] = sock_filter(0x30, 0, 0, 23)        # ldb [23]            IPv4 protocol
+_ICMP_PREFIX[3] = sock_filter(0x15, 0, 9, 1)         # jeq #ICMP ? next : TCP
+_ICMP_PREFIX[4] = sock_filter(0xb1, 0, 0, 14)        # ldxb 4*([14]&0xf)   IPv4 header length
+_ICMP_PREFIX[5] = sock_filter(0x50, 0, 0, 14)        # ldb [x+14]          ICMP type
+_ICMP_PREFIX[6] = sock_filter(0x15, _ACCEPT - 7, 6, 3)   # jeq #3 ? accept : TCP
+_ICMP_PREFIX[7] = sock_filter(0x15, 0, 5, 0x86DD)    # V6: jeq #IPv6 ? next : TCP
+_ICMP_PREFIX[8] = sock_filter(0x30, 0, 0, 20)        # ldb [20]            IPv6 next header
+_ICMP_PREFIX[9] = sock_filter(0x15, 0, 3, 58)        # jeq #ICMPv6 ? next : TCP
+_ICMP_PREFIX[10] = sock_filter(0x30, 0, 0, 54)       # ldb [54]            ICMPv6 type
+_ICMP_PREFIX[11] = sock_filter(0x35, 0, 1, 1)        # jge #1 ? next : TCP
+_ICMP_PREFIX[12] = sock_filter(0x25, 0, _ACCEPT - 13, 4)  # jgt #4 ? TCP : accept
+# TCP: _TCP_ONLY follows the prefix (PacketRing.__init__ copies both)
+
+#: flags value read_batch() gives an ICMP error (TCP flags fit in 8 bits)
+ICMP_ERROR = 0x100
+DEF IPPROTO_ICMP = 1
+DEF IPPROTO_ICMPV6 = 58
 
 
 class CaptureError(OSError):
@@ -187,6 +242,22 @@ class CaptureError(OSError):
 
 cdef inline uint16_t _be16(const uint8_t* p) noexcept nogil:
     return (<uint16_t>p[0] << 8) | p[1]
+
+
+cdef bint _v6_has_fragment_header(const uint8_t* ip, Py_ssize_t upper_off) noexcept nogil:
+    """Does the (already validated) IPv6 extension-header chain before
+    upper_off hold a Fragment header (RFC 8200 §4.5)?  Lengths as RFC 8200
+    §4.3-4.6 and RFC 4302 §2.2 (AH)."""
+    cdef uint8_t nh = ip[6]
+    cdef Py_ssize_t off = 40
+    while off < upper_off:
+        if nh == 44:
+            return True
+        if nh == 51:
+            nh, off = ip[off], off + (<Py_ssize_t>ip[off + 1] + 2) * 4
+        else:
+            nh, off = ip[off], off + (<Py_ssize_t>ip[off + 1] + 1) * 8
+    return False
 
 
 cdef int _complete_tcp_checksum(uint8_t* ip, Py_ssize_t n, int v6, Py_ssize_t l4off) noexcept nogil:
@@ -208,6 +279,104 @@ cdef int _complete_tcp_checksum(uint8_t* ip, Py_ssize_t n, int v6, Py_ssize_t l4
     ip[l4off + 16] = c >> 8
     ip[l4off + 17] = c & 0xff
     return 0
+
+
+cdef inline bint _is_icmp(const uint8_t* ip) noexcept nogil:
+    # (n >= 20 was checked; the IPv6 next-header byte is at 6)
+    if (ip[0] >> 4) == 4:
+        return ip[9] == IPPROTO_ICMP
+    return (ip[0] >> 4) == 6 and ip[6] == IPPROTO_ICMPV6
+
+
+cdef int _icmp_error_key(const uint8_t* ip, Py_ssize_t n, bint client_side, uint8_t* key,
+                         Py_ssize_t* iplen_out) noexcept nogil:
+    """The flow key of the TCP packet an ICMP error quotes, or -1 (malformed,
+    not an error type we take, no IP header + 8 bytes of TCP quoted), -2 (bad
+    ICMP checksum, RFC 792 / RFC 4443 §2.3), -3 (the quote is not TCP).
+
+    The quoted packet is one this box sent (nothing else of an intercepted flow
+    passes it): on a client-facing interface a client-leg packet, source = the
+    server, destination = the client; on a server-facing one a server-leg
+    packet, source = the client.  So the key is read the other way round from a
+    received TCP segment's."""
+    cdef Py_ssize_t ihl, iplen, ilen, qlen, qihl
+    cdef const uint8_t* icmp
+    cdef const uint8_t* q
+    cdef const uint8_t* qs
+    cdef const uint8_t* qd
+    cdef const uint8_t* th
+    cdef uint64_t acc
+    cdef int v6 = (ip[0] >> 4) == 6, alen
+    if v6:
+        if n < 40:
+            return -1
+        ihl = 40
+        iplen = 40 + <Py_ssize_t>_be16(ip + 4)
+        alen = 16
+    else:
+        ihl = (ip[0] & 0x0f) * 4
+        iplen = _be16(ip + 2)
+        alen = 4
+        if ihl < 20 or (_be16(ip + 6) & 0x3fff) != 0:   # a fragment: not ours to reassemble
+            return -1
+    if iplen > n or iplen < ihl + 8:
+        return -1
+    icmp = ip + ihl
+    ilen = iplen - ihl
+    if v6:
+        if icmp[0] < 1 or icmp[0] > 4:
+            return -1
+        acc = pseudo_v6(ip + 8, ip + 24, IPPROTO_ICMPV6, <uint32_t>ilen)
+    else:
+        if icmp[0] != 3:
+            return -1
+        acc = 0
+    if csum_fold(csum_add(icmp, ilen, acc)) != 0:
+        return -2
+    q = icmp + 8
+    qlen = ilen - 8
+    if qlen < 20 or (q[0] >> 4) != (6 if v6 else 4):
+        return -1
+    if v6:
+        # what the engines send carries no extension headers
+        if qlen < 48:
+            return -1
+        if q[6] != IPPROTO_TCP:
+            return -3
+        qihl = 40
+        qs = q + 8
+        qd = q + 24
+    else:
+        qihl = (q[0] & 0x0f) * 4
+        if qihl < 20 or qlen < qihl + 8:
+            return -1
+        if q[9] != IPPROTO_TCP or (_be16(q + 6) & 0x1fff) != 0:
+            return -3
+        qs = q + 12
+        qd = q + 16
+    th = q + qihl
+    if client_side:   # quote: server -> client
+        memcpy(key, qd, alen); memcpy(key + alen, th + 2, 2)
+        memcpy(key + alen + 2, qs, alen); memcpy(key + 2 * alen + 2, th, 2)
+    else:             # quote: client -> server
+        memcpy(key, qs, alen); memcpy(key + alen, th, 2)
+        memcpy(key + alen + 2, qd, alen); memcpy(key + 2 * alen + 2, th + 2, 2)
+    iplen_out[0] = iplen
+    return 2 * alen + 4
+
+
+def icmp_error_key(bytes packet, bint client_side):
+    """The key read_batch() gives an ICMP error IP packet (None if it would be
+    dropped): for tests and the in-memory port."""
+    cdef uint8_t key[36]
+    cdef Py_ssize_t iplen
+    cdef int k
+    if len(packet) < 20 or not _is_icmp(<const uint8_t*>PyBytes_AS_STRING(packet)):
+        return None
+    k = _icmp_error_key(<const uint8_t*>PyBytes_AS_STRING(packet), len(packet), client_side, key, &iplen)
+    if k < 0:
+        return None
+    return PyBytes_FromStringAndSize(<char*>key, k)
 
 
 cdef class PacketRing:
@@ -232,6 +401,9 @@ cdef class PacketRing:
     cdef public uint64_t tx_packets, tx_bytes, tx_nobufs, tx_again, tx_errors, tx_too_big
     cdef public uint64_t kernel_packets, kernel_ring_drops, kernel_freezes
     cdef public uint64_t tx_gso_frames, tx_gso_segments
+    cdef public uint64_t rx_icmp_errors, rx_icmp_malformed, rx_icmp_bad_checksum, rx_icmp_not_tcp
+    cdef public uint64_t rx_fragments   # IP fragments: left to the kernel (the rules pass them)
+    cdef uint64_t rx_drop_reason[64]    # integrity/sanity rejections by WIRE_* code (index -code)
     cdef int txfd                     # PACKET_VNET_HDR socket for segmentation offload, or -1
     cdef readonly bint gso
     cdef mmsghdr gmsgs[MAX_BATCH]
@@ -244,18 +416,19 @@ cdef class PacketRing:
     cdef sockaddr_ll addr
 
     def __cinit__(self):
+        memset(self.rx_drop_reason, 0, sizeof(self.rx_drop_reason))
         self.fd = -1
         self.txfd = -1
         self.ring = NULL
 
     def __init__(self, str ifname, bint client_side=True, unsigned int block_size=1 << 18,
                  unsigned int block_nr=64, unsigned int retire_ms=1, int mark=0,
-                 bint tcp_filter=True, bint gso=False):
+                 bint tcp_filter=True, bint gso=False, bint icmp_errors=True):
         cdef bytes name = ifname.encode()
         cdef int fd, one = 1, v = TPACKET_V3, sndbuf = 4 << 20
         cdef tpacket_req3 req
         cdef sock_fprog prog
-        cdef sock_filter flt[9]
+        cdef sock_filter flt[ICMP_FILTER_LEN]
         if block_size < (1 << 17):
             raise ValueError("block_size must be >= 128 KiB (a 64 KiB super-frame must fit)")
         self.ifname = ifname
@@ -268,10 +441,15 @@ cdef class PacketRing:
             raise CaptureError(errno, "socket(AF_PACKET) failed (needs CAP_NET_RAW)")
         self.fd = fd
         # The filter goes on before bind so no unfiltered frame is queued.
-        if tcp_filter:
+        if tcp_filter and icmp_errors:
+            memcpy(flt, _ICMP_PREFIX, sizeof(_ICMP_PREFIX))
+            memcpy(flt + ICMP_PREFIX_LEN, _TCP_ONLY, sizeof(_TCP_ONLY))
+            prog.len = ICMP_FILTER_LEN
+            prog.filter = flt
+            self._check(setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)), "SO_ATTACH_FILTER")
+        elif tcp_filter:
             memcpy(flt, _TCP_ONLY, sizeof(_TCP_ONLY))
-            flt[8] = _DROP
-            prog.len = 9
+            prog.len = TCP_FILTER_LEN
             prog.filter = flt
             self._check(setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)), "SO_ATTACH_FILTER")
         self._check(setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)), "PACKET_IGNORE_OUTGOING")
@@ -368,6 +546,52 @@ cdef class PacketRing:
             return False
         return (self._block(self.cur_block).hdr.bh1.block_status & TP_STATUS_USER) != 0
 
+    cdef int _take_tcp(self, uint8_t* ip, Py_ssize_t n, uint32_t status, tcp_seg_t* seg) noexcept:
+        """Is this frame an intact TCP segment the splitter may act on?  WIRE_OK,
+        or the reason it is not (counted here, before anything creates state).
+
+        Integrity first (the wire layer's parse_ip_tcp, which walks the IPv6
+        extension-header chain, RFC 8200 §4): IPv4 header checksum (RFC 791
+        §3.1) always -- the kernel checks it only after us, in ip_rcv() --, TCP
+        checksum (RFC 9293 §3.1, RFC 8200 §8.1) unless the kernel vouched for
+        it: TP_STATUS_CSUM_VALID (checked by the device/veth) or
+        TP_STATUS_CSUMNOTREADY (CHECKSUM_PARTIAL: generated on this host, the
+        field holds only the pseudo-header sum; completed here in place).
+        Fragments and what is not TCP are left to the kernel: the rules do not
+        drop them (stackpep.io.rules), so it forwards them."""
+        cdef int rc, verify
+        cdef uint16_t et = _be16(ip - 2)    # the ethertype, just before the network header
+        if status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID):
+            verify = 2      # IP header checked, TCP checksum trusted/completed
+        else:
+            verify = 1
+        # RFC 1122 §3.2.1.1, RFC 8200 §3: the version agrees with the ethertype
+        # (the kernel's ip_rcv()/ipv6_rcv() drop a mismatch, so must we).
+        if n < 1 or (ip[0] >> 4) != (6 if et == ETH_P_IPV6 else 4):
+            rc = WIRE_IP_VERSION
+            wire_count(rc)
+        else:
+            rc = parse_ip_tcp(ip, n, seg, verify)
+        if rc == WIRE_OK and seg.ip_version == 6 and seg.ip_hdr_len > 40 and _v6_has_fragment_header(ip, seg.ip_hdr_len):
+            rc = WIRE_FRAGMENT     # an atomic fragment (RFC 6946): left to the kernel like any fragment
+        if rc == WIRE_OK:
+            if status & TP_STATUS_CSUMNOTREADY:
+                _complete_tcp_checksum(ip, seg.payload_off + seg.payload_len, seg.ip_version == 6, seg.ip_hdr_len)
+                self.rx_csum_completed += 1
+            elif status & TP_STATUS_CSUM_VALID:
+                self.rx_csum_valid += 1
+            if seg.payload_len > 1500:
+                self.rx_gro_frames += 1
+            return WIRE_OK
+        if rc == WIRE_NOT_TCP:
+            self.rx_not_ip_tcp += 1
+        elif rc == WIRE_FRAGMENT:
+            self.rx_fragments += 1
+        else:
+            self.rx_malformed += 1
+            self.rx_drop_reason[-rc] += 1
+        return rc
+
     def read_batch(self, int max_blocks=16):
         """Drain up to max_blocks retired blocks; return [(key, ip_packet, flags)].
 
@@ -379,16 +603,14 @@ cdef class PacketRing:
         cdef tpacket3_hdr* h
         cdef uint8_t* frame
         cdef uint8_t* ip
-        cdef uint8_t* tcp
         cdef uint8_t key[36]
         cdef uint32_t i, npkts, status
-        cdef Py_ssize_t n, iplen, ihl, l4off, alen, keylen
-        cdef int blocks = 0, v6
-        cdef bint ok
+        cdef Py_ssize_t n, iplen, alen, keylen
+        cdef int blocks = 0
+        cdef tcp_seg_t seg
         cdef uint8_t* ca
         cdef uint8_t* sa
-        cdef uint8_t* cp
-        cdef uint8_t* spt
+        cdef uint16_t cport, sport
         if self.ring == NULL:
             raise ValueError("ring closed")
         while blocks < max_blocks:
@@ -408,60 +630,47 @@ cdef class PacketRing:
                 self.rx_bytes += h.tp_len
                 if h.tp_snaplen < h.tp_len:
                     self.rx_truncated += 1
-                elif n < 20:
-                    self.rx_malformed += 1
-                else:
-                    v6 = (ip[0] >> 4) == 6
-                    # IP header checks: version, header length, total length
-                    # (RFC 791 §3.1, RFC 8200 §3).  Trailing link padding is cut.
-                    if v6:
-                        ihl = 40
-                        iplen = 40 + <Py_ssize_t>_be16(ip + 4)
-                        alen = 16
-                        ok = n >= 60 and ip[6] == IPPROTO_TCP
-                    elif (ip[0] >> 4) == 4:
-                        ihl = (ip[0] & 0x0f) * 4
-                        iplen = _be16(ip + 2)
-                        alen = 4
-                        # fragments carry no full TCP header; not intercepted
-                        ok = ihl >= 20 and ip[9] == IPPROTO_TCP and (_be16(ip + 6) & 0x3fff) == 0
+                elif n >= 20 and _is_icmp(ip):
+                    self._icmp_error(ip, n, out)
+                elif self._take_tcp(ip, n, status, &seg) == WIRE_OK:
+                    iplen = seg.payload_off + seg.payload_len
+                    alen = 16 if seg.ip_version == 6 else 4
+                    if self.client_side:
+                        ca = seg.src; cport = seg.sport
+                        sa = seg.dst; sport = seg.dport
                     else:
-                        ok = False
-                        ihl = iplen = alen = 0
-                    if not ok:
-                        self.rx_not_ip_tcp += 1
-                    elif iplen > n or iplen < ihl + 20 or ihl + ((ip[ihl + 12] >> 4) * 4) > iplen \
-                            or (ip[ihl + 12] >> 4) < 5:
-                        self.rx_malformed += 1
-                    else:
-                        l4off = ihl
-                        tcp = ip + l4off
-                        if status & TP_STATUS_CSUMNOTREADY:
-                            _complete_tcp_checksum(ip, iplen, v6, l4off)
-                            self.rx_csum_completed += 1
-                        elif status & TP_STATUS_CSUM_VALID:
-                            self.rx_csum_valid += 1
-                        if iplen > 20 + ihl + 1500:
-                            self.rx_gro_frames += 1
-                        if self.client_side:
-                            ca = ip + (8 if v6 else 12); cp = tcp
-                            sa = ip + (24 if v6 else 16); spt = tcp + 2
-                        else:
-                            sa = ip + (8 if v6 else 12); spt = tcp
-                            ca = ip + (24 if v6 else 16); cp = tcp + 2
-                        memcpy(key, ca, alen)
-                        memcpy(key + alen, cp, 2)
-                        memcpy(key + alen + 2, sa, alen)
-                        memcpy(key + 2 * alen + 2, spt, 2)
-                        keylen = 2 * alen + 4
-                        out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
-                                    PyBytes_FromStringAndSize(<char*>ip, iplen),
-                                    tcp[13]))
+                        sa = seg.src; sport = seg.sport
+                        ca = seg.dst; cport = seg.dport
+                    memcpy(key, ca, alen)
+                    key[alen] = cport >> 8; key[alen + 1] = cport & 0xff
+                    memcpy(key + alen + 2, sa, alen)
+                    key[2 * alen + 2] = sport >> 8; key[2 * alen + 3] = sport & 0xff
+                    keylen = 2 * alen + 4
+                    out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
+                                PyBytes_FromStringAndSize(<char*>ip, iplen),
+                                seg.flags))
                 h = <tpacket3_hdr*>((<uint8_t*>h) + h.tp_next_offset)
             # hand the block back to the kernel
             bd.hdr.bh1.block_status = TP_STATUS_KERNEL
             self.cur_block = (self.cur_block + 1) % self.block_nr
         return out
+
+    cdef int _icmp_error(self, const uint8_t* ip, Py_ssize_t n, list out) except -1:
+        # An ICMP error: hand it on under the key of the flow it quotes.
+        cdef uint8_t key[36]
+        cdef Py_ssize_t iplen
+        cdef int keylen = _icmp_error_key(ip, n, self.client_side, key, &iplen)
+        if keylen == -1:
+            self.rx_icmp_malformed += 1
+        elif keylen == -2:
+            self.rx_icmp_bad_checksum += 1
+        elif keylen == -3:
+            self.rx_icmp_not_tcp += 1
+        else:
+            self.rx_icmp_errors += 1
+            out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
+                        PyBytes_FromStringAndSize(<const char*>ip, iplen), ICMP_ERROR))
+        return 0
 
     def send_batch(self, list packets, const uint8_t[::1] macs):
         """Send IP packets as Ethernet frames: macs = destination MAC + source MAC
@@ -705,7 +914,11 @@ cdef class PacketRing:
     def statistics(self):
         """Counters as an immutable snapshot (a dict copy).  rx_drop_ring_full is
         the kernel's count of frames it could not put in the ring (the ring was
-        full: user space fell behind)."""
+        full: user space fell behind).  rx_drop_malformed counts every segment
+        refused for integrity or sanity, and rx_drop_<reason> (the wire layer's
+        counter names: rx_drop_tcp_checksum, rx_drop_ipv4_checksum,
+        rx_drop_tcp_truncated, rx_drop_tcp_doff, ...) each reason;
+        rx_pass_fragment the IP fragments left to the kernel."""
         self.kernel_statistics()
         return {
             "rx_kernel_packets": self.kernel_packets, "rx_drop_ring_full": self.kernel_ring_drops,
@@ -714,7 +927,10 @@ cdef class PacketRing:
             "rx_csum_completed": self.rx_csum_completed, "rx_csum_valid": self.rx_csum_valid,
             "rx_gro_frames": self.rx_gro_frames,
             "rx_drop_truncated": self.rx_truncated, "rx_drop_not_ip_tcp": self.rx_not_ip_tcp,
-            "rx_drop_malformed": self.rx_malformed,
+            "rx_drop_malformed": self.rx_malformed, "rx_pass_fragment": self.rx_fragments,
+            **{f"rx_drop_{name}": self.rx_drop_reason[i] for i, name in _REASONS},
+            "rx_icmp_errors": self.rx_icmp_errors, "rx_icmp_drop_malformed": self.rx_icmp_malformed,
+            "rx_icmp_drop_bad_checksum": self.rx_icmp_bad_checksum, "rx_icmp_drop_not_tcp": self.rx_icmp_not_tcp,
             "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
             "tx_gso_frames": self.tx_gso_frames, "tx_gso_segments": self.tx_gso_segments,
             "tx_drop_nobufs": self.tx_nobufs, "tx_drop_again": self.tx_again,

@@ -1,9 +1,12 @@
 # Congestion control, included by tcp.pyx.
 #
-# The engine owns loss detection and recovery (RFC 5681, RFC 6582, RFC 6675);
-# a CongestionControl object owns cwnd/ssthresh and how they react.  The hooks
-# carry what a delay-based (Vegas: on_rtt_sample) or rate-based controller
-# (pacing_rate) needs too; the engine paces new data when pacing_rate() > 0.
+# The engine owns loss detection and recovery (RFC 5681, RFC 6582, RFC 6675) and
+# tells the controller what happened through the hooks below; a CongestionControl
+# object alone owns cwnd, ssthresh and the pacing rate (the engine only reads cwnd
+# and pacing_rate()), as smoltcp's Controller and aioquic's congestion/base.py.
+# The hooks carry what a delay-based (Vegas: on_rtt_sample) or rate-based
+# controller (pacing_rate, post_transmit) needs too; the engine paces every
+# segment when pacing_rate() > 0.
 #
 # cwnd and ssthresh are bytes (double, so fractional additive increase adds up).
 
@@ -44,9 +47,41 @@ cdef class CongestionControl:
         """Every RTT sample (delay-based controllers)."""
         pass
 
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause):
-        """Entering loss recovery or answering ECE: once per window of data."""
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause):
+        """Entering loss recovery (CC_CAUSE_LOSS) or answering ECE (CC_CAUSE_ECN):
+        once per window of data."""
         pass
+
+    cdef void on_recovery_dupack(self, uint32_t inflate):
+        # RFC 6582 §3.2 steps 3-4 (NewReno without SACK): every duplicate ACK means a
+        # segment left the network, so the window is inflated by what it carried
+        # (3 SMSS on entering recovery, 1 SMSS per further duplicate)
+        self.cwnd += inflate
+
+    cdef void on_partial_ack(self, uint64_t acked):
+        # RFC 6582 §3.2 step 5: deflate by the amount acknowledged, add back one SMSS
+        # if that was at least one SMSS
+        self.cwnd -= acked
+        if acked >= self.mss:
+            self.cwnd += self.mss
+        if self.cwnd < self.mss:
+            self.cwnd = self.mss
+
+    cdef void on_syn_loss(self):
+        # RFC 5681 §3.1: the initial window is one segment when the SYN or SYN-ACK
+        # was lost
+        self.cwnd = self.mss
+
+    cdef void post_transmit(self, uint64_t now, uint64_t nbytes):
+        """After every data-carrying call of the output routine (nbytes may be 0 for
+        a bare FIN), retransmissions included: what a paced controller counts."""
+        pass
+
+    cdef void take_over(self, CongestionControl old):
+        """Installed in place of ``old`` (set_congestion_control): start from its
+        window and threshold."""
+        self.cwnd = old.cwnd
+        self.ssthresh = old.ssthresh
 
     cdef void on_recovery_exit(self, uint64_t now, uint64_t in_flight):
         # RFC 6582 §3.2 step 3 option (1): cwnd = min(ssthresh, max(FlightSize, SMSS) + SMSS)
@@ -60,7 +95,8 @@ cdef class CongestionControl:
         pass
 
     cdef uint64_t pacing_rate(self):
-        """Bytes per second for paced sending; 0 = window-limited only."""
+        """Bytes per second for paced sending; 0 = window-limited only.  No side
+        effects (post_transmit is where sending is counted)."""
         return 0
 
     cdef str name(self):
@@ -84,7 +120,7 @@ cdef class NewReno(CongestionControl):
             self.bytes_acked -= self.cwnd
             self.cwnd += self.mss
 
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause):
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause):
         # RFC 5681 §3.2 eq. 4: ssthresh = max(FlightSize / 2, 2*SMSS)
         cdef double half = in_flight / 2.0
         self.ssthresh = half if half > 2 * self.mss else 2 * self.mss
@@ -93,7 +129,7 @@ cdef class NewReno(CongestionControl):
 
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first):
         if first:
-            self.on_congestion(now, in_flight, CC_CAUSE_LOSS)
+            self.on_loss(now, in_flight, CC_CAUSE_LOSS)
         self.cwnd = self.mss        # RFC 5681 §3.1: loss window LW = 1 SMSS
         self.bytes_acked = 0
 
@@ -166,7 +202,7 @@ cdef class Cubic(CongestionControl):
             self.ssthresh = 2 * self.mss
         self.epoch_start = 0
 
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause):
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause):
         self._reduce(now)
         self.cwnd = self.ssthresh
 
@@ -184,8 +220,8 @@ cdef class Cubic(CongestionControl):
 cdef double RATE_CWND = <double>(1 << 40)
 
 
-cdef class RateShare:
-    """One rate shared by the connections that name it (TcpConfig.rate_share), as the
+cdef class SharedRate:
+    """One rate shared by a group of connections (TcpConfig.rate_share), as the
     SCPS reference gateway's token bucket is per route, not per connection: each
     active member paces at rate / (number of active members).
 
@@ -200,6 +236,7 @@ cdef class RateShare:
     cdef readonly int n_active
     cdef uint64_t recount_at, last_recount
     cdef list members
+    cdef object __weakref__
 
     def __cinit__(self, uint64_t rate_bps):
         self.rate_bps = rate_bps
@@ -255,18 +292,30 @@ cdef enum:
     RECOUNT_US = 100_000
 
 
-# rate shares by name: connections whose TcpConfig names the same share and rate
-cdef dict _RATE_SHARES = {}
+# the former name
+RateShare = SharedRate
+
+# Shares by name, for configs that name one (rate_share="wan") instead of passing a
+# SharedRate: weak, so a share lives only as long as a connection (or a caller)
+# holds it.  Whoever creates the engines should own its SharedRate objects
+# instead (the PEP dispatcher does: stackpep.pep.engine.tcp_config).
+_NAMED_SHARES = weakref.WeakValueDictionary()
 
 
 def rate_share(str name, uint64_t rate_bps):
-    """The RateShare that connections configured with ``rate_share=name`` and this
-    rate divide between them (created on first use)."""
+    """The SharedRate that connections configured with ``rate_share=name`` and this
+    rate divide between them (created on first use, forgotten when unused)."""
     key = (name, rate_bps)
-    sh = _RATE_SHARES.get(key)
+    sh = _NAMED_SHARES.get(key)
     if sh is None:
-        sh = _RATE_SHARES[key] = RateShare(rate_bps)
+        sh = SharedRate(rate_bps)
+        _NAMED_SHARES[key] = sh
     return sh
+
+
+def named_shares_count():
+    """How many named shares are alive (tests: the registry shrinks)."""
+    return len(_NAMED_SHARES)
 
 
 cdef class RateBased(CongestionControl):
@@ -279,7 +328,7 @@ cdef class RateBased(CongestionControl):
     cdef uint64_t rate_bps      # bits/s counted on IP bytes, headers included
     cdef uint32_t hdr_bytes     # IP + TCP headers + options per full-sized segment
     cdef uint64_t payload_rate  # bytes of payload per second
-    cdef RateShare share        # None: the rate is this connection's alone
+    cdef SharedRate share       # None: the rate is this connection's alone
     cdef uint64_t last_active   # µs, for the share
     cdef uint32_t sent_segs     # data segments sent since the share's last recount
     cdef bint registered, counted
@@ -311,9 +360,11 @@ cdef class RateBased(CongestionControl):
         self._update_rate()
 
     cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight):
-        self.cwnd = RATE_CWND     # also undoes the engine's 1-SMSS IW after a lost SYN
+        # the window is open again once data is acknowledged (after on_syn_loss's
+        # one-segment first flight, RFC 5681 §3.1, or a partial-ACK deflation)
+        self.cwnd = RATE_CWND
 
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause):
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause):
         pass                      # open loop: the rate is configured, not probed
 
     cdef void on_recovery_exit(self, uint64_t now, uint64_t in_flight):
@@ -322,14 +373,17 @@ cdef class RateBased(CongestionControl):
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first):
         self.cwnd = RATE_CWND
 
-    cdef uint64_t pacing_rate(self):
-        # (the engine asks once per data segment it sends: that is what we count)
-        cdef int n
+    cdef void post_transmit(self, uint64_t now, uint64_t nbytes):
         if self.share is None:
-            return self.payload_rate
+            return
         self.sent_segs += 1
         if not self.counted:
             self.share._join(self)     # sending again: counts at once (the others slow down)
+
+    cdef uint64_t pacing_rate(self):
+        cdef int n
+        if self.share is None:
+            return self.payload_rate
         n = self.share.n_active
         return self.payload_rate // n if n > 1 else self.payload_rate
 
@@ -350,7 +404,12 @@ cdef CongestionControl make_cc(str name, object config=None, int ipver=4):
             raise ValueError("congestion control 'rate' needs rate_bps")
         # RFC 9293 §3.7.1 headers: IPv4 20 / IPv6 40, TCP 20, timestamps 12 (RFC 7323)
         rb.hdr_bytes = (20 if ipver == 4 else 40) + 20 + (12 if config.timestamps else 0)
-        if config.rate_share:
+        if isinstance(config.rate_share, SharedRate):
+            # owned by whoever creates the engines (the PEP dispatcher)
+            rb.share = config.rate_share
+            if rb.share.rate_bps != rb.rate_bps:
+                raise ValueError("rate_share: the SharedRate's rate_bps differs from the config's")
+        elif config.rate_share:
             rb.share = rate_share(config.rate_share, rb.rate_bps)
         return rb
     raise ValueError(f"unknown congestion control {name!r}")

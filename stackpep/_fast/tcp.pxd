@@ -18,6 +18,7 @@ cdef enum:
     CLOSING = 8
     LAST_ACK = 9
     TIME_WAIT = 10
+    N_STATES = 11           # codes = stackpep.tcp.states.TcpState values
 
 cdef enum:
     EV_CONNECTED = 1
@@ -65,8 +66,9 @@ cdef enum:
     D_COUNT
 
 cdef enum:
-    OFO_MAX = 64            # out-of-order intervals kept by the receiver
-    SB_MAX = 64             # SACK scoreboard intervals kept by the sender
+    IVSET_MAX = 64          # intervals per interval set (ivset.pxi)
+    OFO_MAX = IVSET_MAX     # out-of-order intervals kept by the receiver
+    SB_MAX = IVSET_MAX      # SACK scoreboard intervals kept by the sender
     RSTQ_MAX = 4
     DUPTHRESH = 3           # RFC 5681 §3.2, RFC 6675 §2
     TS_OPT_LEN = 12         # NOP NOP TS (RFC 7323 Appendix A layout)
@@ -81,7 +83,38 @@ cdef enum:
     CC_CAUSE_LOSS = 0       # dupacks / SACK loss detection (RFC 5681 §3.2, RFC 6675 §5)
     CC_CAUSE_ECN = 1        # ECE received (RFC 3168 §6.1.2)
 
+# Sorted disjoint half-open intervals [l[i], r[i]) of sequence offsets (ivset.pxi):
+# the out-of-order queue and the SACK scoreboard.  age[i] = clock when interval i
+# last changed (RFC 2018 §4: the most recent block first).
+cdef struct ivset_t:
+    int64_t l[IVSET_MAX]
+    int64_t r[IVSET_MAX]
+    uint64_t age[IVSET_MAX]
+    uint64_t clock
+    int n
+
+# RTT estimator and RTO (RFC 6298), rtt.pxi
+cdef struct rtt_t:
+    int64_t srtt, rttvar, last, min   # µs; -1 = no sample yet
+    int64_t rto                       # current RTO incl. backoff, µs
+    int64_t init_rto, min_rto, max_rto
+    bint timing                       # a segment is being timed (RFC 6298 §3)
+    int64_t timed_off                 # send offset whose ACK ends the timed segment
+    uint64_t timed_at                 # when it was sent
+    uint32_t ts_floor                 # our TS clock at the last RTO: older echoes give no RTT
+    bint ts_floor_set
+
+# The timers, timers.pxi (absolute µs; 0 = not armed)
+cdef struct timers_t:
+    uint64_t rtx                      # retransmission (RFC 6298 §5)
+    uint64_t persist                  # zero-window probe / SWS override (RFC 9293 §3.8.6)
+    uint64_t delack                   # delayed ACK (RFC 9293 §3.8.6.3)
+    uint64_t time_wait                # 2 MSL (RFC 9293 §3.6)
+    uint64_t fin_wait2                # give up on FIN-WAIT-2 (fin_wait2_timeout_us)
+    uint64_t pace                     # pacing gate (rate-based controllers)
+
 cdef class CongestionControl:
+    # Owned by the controller alone; the engine reads cwnd and calls the hooks (cc.pxi).
     cdef double cwnd
     cdef double ssthresh
     cdef double mss
@@ -91,15 +124,20 @@ cdef class CongestionControl:
     cdef double _ss(self, uint32_t acked)
     cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
     cdef void on_rtt_sample(self, uint64_t now, uint64_t rtt_us)
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_recovery_dupack(self, uint32_t inflate)
+    cdef void on_partial_ack(self, uint64_t acked)
     cdef void on_recovery_exit(self, uint64_t now, uint64_t in_flight)
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
+    cdef void on_syn_loss(self)
+    cdef void post_transmit(self, uint64_t now, uint64_t nbytes)
+    cdef void take_over(self, CongestionControl old)
     cdef uint64_t pacing_rate(self)
     cdef str name(self)
 
 cdef class NewReno(CongestionControl):
     cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause)
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
     cdef str name(self)
 
@@ -112,7 +150,7 @@ cdef class Cubic(CongestionControl):
     cdef void init(self, uint32_t mss, uint32_t iw_segments)
     cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight)
     cdef void _reduce(self, uint64_t now)
-    cdef void on_congestion(self, uint64_t now, uint64_t in_flight, int cause)
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause)
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
     cdef str name(self)
 
@@ -165,18 +203,12 @@ cdef class TcpConnection:
     cdef int64_t last_ack_sent        # RFC 7323 §4.3 Last.ACK.sent
     cdef uint8_t* rbuf
     cdef int64_t rb_cap
-    cdef int64_t ofo_l[OFO_MAX]
-    cdef int64_t ofo_r[OFO_MAX]
-    cdef uint64_t ofo_age[OFO_MAX]
-    cdef int n_ofo
-    cdef uint64_t ofo_clock
+    cdef ivset_t ofo                  # out-of-order data held in rbuf (RFC 9293 §3.10.7.4)
     cdef bint readable_notified
     cdef bint syn_data                # data arrived on the SYN: readable once ESTABLISHED
     # -- timestamps (RFC 7323) ----------------------------------------------------------------
     cdef uint32_t ts_recent
     cdef uint64_t ts_recent_time      # when TS.Recent was last set (RFC 7323 §5.5)
-    cdef uint32_t ts_rto_floor        # our TS clock at the last RTO: older echoes give no RTT
-    cdef bint ts_rto_set
     # -- ACK generation -------------------------------------------------------------------------
     cdef bint ack_now
     cdef int64_t rcv_unacked          # in-order bytes received since our last ACK
@@ -187,11 +219,7 @@ cdef class TcpConnection:
     cdef bint cwr_pending             # RFC 3168 §6.1.2 set CWR on the next new data
     cdef int64_t ecn_recover          # one ECN response per window
     # -- RTT / RTO (RFC 6298) --------------------------------------------------------------------
-    cdef int64_t srtt, rttvar, rtt_last, rtt_min    # µs; -1 = no sample yet
-    cdef int64_t rto                  # current RTO incl. backoff, µs
-    cdef bint rtt_timing
-    cdef int64_t rtt_off              # send offset whose ACK ends the timed segment
-    cdef uint64_t rtt_time
+    cdef rtt_t rtt
     cdef int retries                  # consecutive RTO expiries (or SYN retransmissions)
     cdef bint syn_retransmitted
     cdef uint64_t una_time            # when SND.UNA last moved / data became outstanding
@@ -205,9 +233,7 @@ cdef class TcpConnection:
     cdef bint rexmit_pending          # NewReno: retransmit the segment at SND.UNA
     cdef int64_t high_rxt             # RFC 6675 HighRxt
     cdef int64_t rescue_rxt           # RFC 6675 RescueRxt
-    cdef int64_t sb_l[SB_MAX]
-    cdef int64_t sb_r[SB_MAX]
-    cdef int n_sb
+    cdef ivset_t sb                   # SACK scoreboard (RFC 6675 §3)
     cdef int64_t sacked_bytes
     cdef uint64_t next_send_time      # pacing gate (rate-based controllers)
     # -- control flags for the output routine --------------------------------------------------------
@@ -220,7 +246,7 @@ cdef class TcpConnection:
     cdef uint8_t rstq_flags[RSTQ_MAX]
     cdef int n_rstq
     # -- timers (absolute µs; 0 = not armed) -----------------------------------------------------------
-    cdef uint64_t t_rtx, t_persist, t_delack, t_tw, t_pace
+    cdef timers_t tm
     cdef int persist_backoff
     cdef uint64_t last_rcv_time
     cdef int ka_probes
@@ -237,11 +263,12 @@ cdef class TcpConnection:
     cdef uint64_t segs_out, segs_in, bytes_out, bytes_rexmit, bytes_acked, bytes_in
     cdef uint64_t n_rexmit, n_timeouts, n_fast_rexmit, n_dupacks, n_chal, n_zwp, n_ka
     cdef uint64_t n_ce, n_cwr
+    cdef uint64_t n_illegal_transitions   # _set_state refused a change (an engine bug)
+    cdef uint64_t n_events_lost           # event queue full (EVQ_SIZE)
     # -- config copies (hot) ----------------------------------------------------------------------------
     cdef bint cfg_nagle
     cdef uint64_t cfg_delack_us
     cdef int cfg_delack_segs
-    cdef int64_t cfg_min_rto, cfg_max_rto, cfg_init_rto
     cdef int cfg_syn_retries, cfg_max_retrans
     cdef int64_t cfg_user_timeout
     cdef uint32_t cfg_iw
@@ -259,11 +286,11 @@ cdef class TcpConnection:
     cdef void _update_smss(self)
     cdef void _drop(self, int reason) noexcept
     cdef void _push_event(self, int code)
+    cdef int _set_state(self, int new) except -1
     cdef void _queue_rst(self, uint32_t seq, uint32_t ack, uint8_t flags)
     cdef void _challenge_ack(self, uint64_t now)
     cdef void _enter_closed(self, int reason)
     cdef void _enter_time_wait(self, uint64_t now)
-    cdef void _set_rto_from_srtt(self)
     cdef void _rtt_sample(self, int64_t r, uint64_t now)
     cdef int64_t _rcv_data_end(self) noexcept
     cdef int64_t _flight(self) noexcept
@@ -282,18 +309,13 @@ cdef class TcpConnection:
     cdef void _back_to_listen(self)
     cdef void _rcv_fin(self, int64_t fin_off, uint64_t now)
     cdef void _rcv_data(self, int64_t off, const uint8_t* p, int64_t n, uint64_t now)
-    cdef void _ofo_insert(self, int64_t l, int64_t r)
-    cdef bint _ofo_merge_front(self)
     cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now)
     cdef void _ecn_response(self, uint64_t now, int64_t flight)
     cdef void _enter_recovery(self, uint64_t now)
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off)
-    cdef void _sb_prune(self)
     cdef int64_t _lost_edge(self)
     cdef int64_t _unsacked_in(self, int64_t a, int64_t b)
     cdef int64_t _pipe(self)
-    cdef int64_t _skip_sacked(self, int64_t off)
-    cdef int64_t _sacked_end_after(self, int64_t off)
     cdef uint64_t _next_deadline(self)
     cdef uint64_t _keepalive_deadline(self)
     cdef void _handle_timer(self, uint64_t now)

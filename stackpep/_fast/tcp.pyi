@@ -11,14 +11,23 @@ from typing import Optional, Union
 
 from stackpep.tcp.config import TcpConfig
 from stackpep.tcp.events import TcpEvent
+from stackpep.tcp.states import TcpState
 from stackpep.tcp.statistics import TcpStatistics
 
 Buffer = Union[bytes, bytearray, memoryview]
 
 #: RFC 9293 §3.3.2 state names, as the RFC spells them
 STATES: tuple[str, ...]
-#: names of the drop counters, in counter order (= stackpep.tcp.statistics.DROP_REASONS)
+#: names of the drop counters, in counter order (the same object as
+#: stackpep.tcp.statistics.DROP_REASONS)
 DROP_NAMES: tuple[str, ...]
+
+def set_strict_transitions(on: bool) -> None:
+    """Raise AssertionError on a state change not in stackpep.tcp.states.TRANSITIONS
+    (default: refuse and count it; STACKPEP_TCP_STRICT=1 turns it on at import)."""
+def transitions_seen() -> frozenset[tuple[TcpState, TcpState]]:
+    """Every (from, to) pair some connection of this process went through."""
+def reset_transitions_seen() -> None: ...
 
 class CongestionControl:
     """Base of the congestion controllers (hooks are C-level, see tcp.pxd / cc.pxi)."""
@@ -33,8 +42,10 @@ class RateBased(CongestionControl):
     """SCPS-TP rate control (CCSDS 714.0-B-2 §3.2, reference gateway mode 0): paced at
     a configured rate counted on IP bytes; cwnd never limits."""
 
-class RateShare:
-    """One rate divided between the active connections that name it."""
+class SharedRate:
+    """One rate divided between the active connections whose TcpConfig.rate_share
+    is this object; owned by whoever creates the engines (the PEP dispatcher)."""
+    def __init__(self, rate_bps: int) -> None: ...
     @property
     def rate_bps(self) -> int: ...
     @property
@@ -44,8 +55,25 @@ class RateShare:
     @property
     def members_count(self) -> int: ...
 
-def rate_share(name: str, rate_bps: int) -> RateShare:
-    """The RateShare for (name, rate_bps), created on first use."""
+RateShare = SharedRate
+
+def rate_share(name: str, rate_bps: int) -> SharedRate:
+    """The SharedRate for (name, rate_bps) in a weak registry: created on first use,
+    forgotten when no connection holds it (TcpConfig.rate_share given as a name)."""
+def named_shares_count() -> int: ...
+
+class _IntervalSet:
+    """Test-only face of the engine's interval set (ivset.pxi)."""
+    def add(self, l: int, r: int) -> bool: ...
+    def merge_front(self, edge: int) -> tuple[bool, int]: ...
+    def trim_below(self, edge: int) -> int: ...
+    def total(self) -> int: ...
+    def covered(self, a: int, b: int) -> int: ...
+    def skip(self, off: int) -> int: ...
+    def next_start(self, off: int) -> int: ...
+    def items(self) -> list[tuple[int, int]]: ...
+    def ages(self) -> list[int]: ...
+    def __len__(self) -> int: ...
 
 class TcpConnection:
     def __init__(self, config: TcpConfig, local_addr: bytes, local_port: int,
@@ -71,6 +99,8 @@ class TcpConnection:
         """RFC 1191 / RFC 8201 path-MTU reduction; with ``quoted_seq`` (the SEQ in the
         ICMP quote) the report is used only if it lies in flight (RFC 5927 §4.1).
         Returns whether the path MTU was lowered."""
+    def icmp_quote_acceptable(self, quoted_seq: int) -> bool:
+        """RFC 5927 §4.1: the SEQ quoted by an ICMP error lies in SND.UNA..SND.NXT."""
     # -- application data ------------------------------------------------------------
     def send(self, data: Buffer) -> int:
         """Copy up to len(data) bytes into the bounded send buffer; returns how many
@@ -101,6 +131,16 @@ class TcpConnection:
     @property
     def state(self) -> str:
         """RFC 9293 spelling: 'LISTEN', 'SYN-SENT', 'SYN-RECEIVED', 'ESTABLISHED', ..."""
+    @property
+    def tcp_state(self) -> TcpState:
+        """The state as an IntEnum (stackpep.tcp.states.TcpState)."""
+    def may_send(self) -> bool:
+        """send() takes data that will be sent: SYN-SENT, SYN-RECEIVED, ESTABLISHED,
+        CLOSE-WAIT, before send_eof()."""
+    def may_recv(self) -> bool:
+        """The peer may still send data: ESTABLISHED, FIN-WAIT-1, FIN-WAIT-2."""
+    def _try_set_state(self, new: TcpState) -> bool:
+        """Test hook: a state change through the checked writer; whether it was taken."""
     @property
     def config(self) -> TcpConfig: ...
     @property

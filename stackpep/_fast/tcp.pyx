@@ -24,10 +24,17 @@ from stackpep._fast.wire cimport (
     WIRE_OK, WIRE_TCP_CHECKSUM, WIRE_IPV4_CHECKSUM,
 )
 
+import os
+import weakref
 from stackpep.tcp import events as _ev
+from stackpep.tcp import states as _states
+from stackpep.tcp import statistics as _stats
 from stackpep.tcp.statistics import TcpStatistics as _TcpStatistics
 
 include "cc.pxi"
+include "ivset.pxi"
+include "rtt.pxi"
+include "timers.pxi"
 
 # -- wrap-safe sequence comparisons (RFC 9293 §3.4; Linux before()/after()) --------
 cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
@@ -44,8 +51,46 @@ cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
 
 # -- states, RFC 9293 §3.3.2 ------------------------------------------------------------
 
-STATES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
-          "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT")
+# The names, codes and legal transitions come from stackpep.tcp.states (one table,
+# readable as h11's _state.py); the C codes in tcp.pxd must equal TcpState's values.
+STATES = tuple(s.rfc_name for s in _states.TcpState)
+TcpState = _states.TcpState
+assert len(STATES) == N_STATES and all(int(_states.TcpState[n.replace("-", "_")]) == i
+                                       for i, n in enumerate(STATES))
+assert (_states.TcpState.CLOSED == CLOSED and _states.TcpState.LISTEN == LISTEN
+        and _states.TcpState.SYN_SENT == SYN_SENT and _states.TcpState.SYN_RECEIVED == SYN_RECEIVED
+        and _states.TcpState.ESTABLISHED == ESTABLISHED and _states.TcpState.FIN_WAIT_1 == FIN_WAIT_1
+        and _states.TcpState.FIN_WAIT_2 == FIN_WAIT_2 and _states.TcpState.CLOSE_WAIT == CLOSE_WAIT
+        and _states.TcpState.CLOSING == CLOSING and _states.TcpState.LAST_ACK == LAST_ACK
+        and _states.TcpState.TIME_WAIT == TIME_WAIT), "tcp.pxd state codes differ from TcpState"
+
+# _legal[from] has bit (1 << to) set for every legal transition; _seen likewise for
+# every transition taken in this process (coverage, tests/test_tcp_states.py)
+cdef uint16_t _legal[N_STATES]
+cdef uint16_t _seen[N_STATES]
+cdef bint _strict = 0
+memset(_legal, 0, sizeof(_legal))
+memset(_seen, 0, sizeof(_seen))
+for _frm, _to, _why, _src in _states.TRANSITIONS:
+    _legal[<int>_frm] |= <uint16_t>(1 << <int>_to)
+_strict = os.environ.get("STACKPEP_TCP_STRICT", "") not in ("", "0")
+
+
+def set_strict_transitions(bint on):
+    """Raise AssertionError on an illegal state transition (else: refuse and count it)."""
+    global _strict
+    _strict = on
+
+
+def transitions_seen():
+    """Every (from, to) TcpState pair some connection of this process went through."""
+    cdef int i, j
+    return frozenset((_states.TcpState(i), _states.TcpState(j))
+                     for i in range(N_STATES) for j in range(N_STATES) if _seen[i] >> j & 1)
+
+
+def reset_transitions_seen():
+    memset(_seen, 0, sizeof(_seen))
 
 # -- events (stackpep.tcp.events), queued as codes ------------------------------------------
 
@@ -53,13 +98,12 @@ STATES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WA
 _CLOSE_REASONS = (_ev.CloseReason.NORMAL, _ev.CloseReason.RESET, _ev.CloseReason.REFUSED,
                   _ev.CloseReason.ABORTED, _ev.CloseReason.TIMEOUT, _ev.CloseReason.KEEPALIVE)
 
-# -- drop reasons: one counter each (names in stackpep.tcp.statistics.DROP_REASONS) ----------
+# -- drop reasons: one counter each ----------------------------------------------------------
+# One list of names, stackpep.tcp.statistics.DROP_REASONS, in the order of the D_* codes of
+# tcp.pxd (tests/test_tcp_states.py checks the two against each other).
 
-DROP_NAMES = ("malformed", "bad_checksum", "wrong_flow", "closed", "listen_rst", "listen_ack",
-              "listen_no_syn", "syn_sent_bad_ack", "syn_sent_rst", "syn_sent_no_syn", "paws",
-              "no_timestamp", "out_of_window", "rst_out_of_window", "rst_challenged",
-              "syn_challenged", "no_ack", "ack_too_old", "ack_unsent", "syn_received_bad_ack",
-              "beyond_window", "after_fin", "ofo_full", "challenge_ack_limit", "icmp_stale")
+DROP_NAMES = _stats.DROP_REASONS
+assert len(DROP_NAMES) == D_COUNT, "tcp.pxd D_* codes and statistics.DROP_REASONS differ"
 
 
 
@@ -74,13 +118,6 @@ cdef inline int64_t i64min(int64_t a, int64_t b) noexcept nogil:
 cdef inline int64_t i64max(int64_t a, int64_t b) noexcept nogil:
     return a if a > b else b
 
-cdef inline uint64_t u64min_nz(uint64_t a, uint64_t b) noexcept nogil:
-    # the earlier of two deadlines, 0 meaning "not armed"
-    if a == 0:
-        return b
-    if b == 0:
-        return a
-    return a if a < b else b
 
 
 cdef class TcpConnection:
@@ -119,7 +156,7 @@ cdef class TcpConnection:
         self.tmpl.sport = local_port
         self.tmpl.dport = remote_port
         self.tmpl.ip_df = 1          # RFC 1191 §3: path-MTU discovery sets DF
-        self.st = CLOSED
+        # self.st is CLOSED (0) from allocation; _set_state writes it from here on
         # buffers
         self.sb_cap = config.snd_buf
         self.rb_cap = config.rcv_buf
@@ -153,9 +190,6 @@ cdef class TcpConnection:
         self.cfg_nagle = config.nagle
         self.cfg_delack_us = config.delayed_ack_us
         self.cfg_delack_segs = config.delayed_ack_segments
-        self.cfg_min_rto = config.min_rto_us
-        self.cfg_max_rto = config.max_rto_us
-        self.cfg_init_rto = config.initial_rto_us
         self.cfg_syn_retries = config.syn_retries
         self.cfg_max_retrans = config.max_retransmits
         self.cfg_user_timeout = config.user_timeout_us if config.user_timeout_us is not None else 0
@@ -175,11 +209,7 @@ cdef class TcpConnection:
         self.snd_max = -1
         self.recover = -1
         self.rcv_fin_off = -1
-        self.srtt = -1
-        self.rttvar = -1
-        self.rtt_last = -1
-        self.rtt_min = -1
-        self.rto = self.cfg_init_rto
+        rtt_init(&self.rtt, config.initial_rto_us, config.min_rto_us, config.max_rto_us)
         self._update_smss()
         self.cc.init(self.smss, self.cfg_iw)
 
@@ -219,10 +249,27 @@ cdef class TcpConnection:
     cdef void _drop(self, int reason) noexcept:
         self.drops[reason] += 1
 
+    cdef int _set_state(self, int new) except -1:
+        """The only writer of the state (RFC 9293 §3.3.2), checked against
+        stackpep.tcp.states.TRANSITIONS: an illegal change is an engine bug, refused
+        and counted (raised when strict)."""
+        cdef int old = self.st
+        if not (_legal[old] >> new) & 1:
+            self.n_illegal_transitions += 1
+            if _strict:
+                raise AssertionError(f"illegal TCP state transition {STATES[old]} -> {STATES[new]}")
+            return 0
+        _seen[old] |= <uint16_t>(1 << new)
+        self.st = new
+        return 0
+
     cdef void _push_event(self, int code):
+        # bounded queue: an event that does not fit is counted, not silently lost
         if self.ev_n < EVQ_SIZE:
             self.evq[(self.ev_head + self.ev_n) % EVQ_SIZE] = code
             self.ev_n += 1
+        else:
+            self.n_events_lost += 1
 
     cdef void _queue_rst(self, uint32_t seq, uint32_t ack, uint8_t flags):
         if self.n_rstq < RSTQ_MAX:
@@ -246,13 +293,9 @@ cdef class TcpConnection:
     cdef void _enter_closed(self, int reason):
         if self.st == CLOSED:
             return
-        self.st = CLOSED
+        self._set_state(CLOSED)
         self.close_reason = reason
-        self.t_rtx = 0
-        self.t_persist = 0
-        self.t_delack = 0
-        self.t_tw = 0
-        self.t_pace = 0
+        timers_clear(&self.tm)
         self.ack_now = 0
         self.syn_pending = 0
         self.probe_pending = 0
@@ -264,42 +307,17 @@ cdef class TcpConnection:
 
     cdef void _enter_time_wait(self, uint64_t now):
         # RFC 9293 §3.6: 2 MSL, nothing else pending
-        self.st = TIME_WAIT
-        self.t_rtx = 0
-        self.t_persist = 0
-        self.t_delack = 0
-        self.t_tw = now + self.cfg_tw
-        if self.t_tw == 0:
-            self.t_tw = 1
-
-    cdef void _set_rto_from_srtt(self):
-        # RFC 6298 §2.3: RTO = SRTT + max(G, K*RTTVAR), G = 1 ms (the TS clock); §2.4/2.5 clamps
-        cdef int64_t v = 4 * self.rttvar
-        if v < 1000:
-            v = 1000
-        v += self.srtt
-        if v < self.cfg_min_rto:
-            v = self.cfg_min_rto
-        if v > self.cfg_max_rto:
-            v = self.cfg_max_rto
-        self.rto = v
+        self._set_state(TIME_WAIT)
+        cdef uint64_t pace = self.tm.pace
+        timers_clear(&self.tm)
+        self.tm.pace = pace
+        self.tm.time_wait = now + self.cfg_tw
+        if self.tm.time_wait == 0:
+            self.tm.time_wait = 1
 
     cdef void _rtt_sample(self, int64_t r, uint64_t now):
-        if r < 0:
-            return
-        self.rtt_last = r
-        if self.rtt_min < 0 or r < self.rtt_min:
-            self.rtt_min = r
-        if self.srtt < 0:
-            # RFC 6298 §2.2
-            self.srtt = r
-            self.rttvar = r // 2
-        else:
-            # RFC 6298 §2.3, alpha = 1/8, beta = 1/4
-            self.rttvar = (3 * self.rttvar + (self.srtt - r if self.srtt > r else r - self.srtt)) // 4
-            self.srtt = (7 * self.srtt + r) // 8
-        self._set_rto_from_srtt()
-        self.cc.on_rtt_sample(now, <uint64_t>r)
+        if rtt_sample(&self.rtt, r):
+            self.cc.on_rtt_sample(now, <uint64_t>r)
 
     cdef int64_t _rcv_data_end(self) noexcept:
         return self.rcv_nxt - (1 if self.fin_rcvd else 0)
@@ -316,7 +334,7 @@ cdef class TcpConnection:
             raise RuntimeError(f"connect() in state {STATES[self.st]}")
         self.opened = 1
         self.passive = 0
-        self.st = SYN_SENT
+        self._set_state(SYN_SENT)
         self.syn_pending = 1
         self.syn_ecn = bool(self.config.ecn)   # RFC 3168 §6.1.1: ECN-setup SYN (ECE|CWR)
         self.last_rcv_time = now
@@ -327,7 +345,7 @@ cdef class TcpConnection:
             raise RuntimeError(f"listen() in state {STATES[self.st]}")
         self.opened = 1
         self.passive = 1
-        self.st = LISTEN
+        self._set_state(LISTEN)
 
     def send(self, data):
         """Copy up to len(data) bytes into the send buffer; returns how many (RFC 9293 §3.10.2)."""
@@ -396,12 +414,12 @@ cdef class TcpConnection:
             return
         self.fin_requested = 1
         if st == ESTABLISHED:
-            self.st = FIN_WAIT_1
+            self._set_state(FIN_WAIT_1)
         elif st == CLOSE_WAIT:
-            self.st = LAST_ACK
+            self._set_state(LAST_ACK)
         elif st == SYN_RECEIVED and self.wr_end == 0:
             # §3.10.4: no data queued -> form a FIN now and enter FIN-WAIT-1
-            self.st = FIN_WAIT_1
+            self._set_state(FIN_WAIT_1)
         # SYN-RECEIVED with data queued: FIN-WAIT-1 once ESTABLISHED (§3.10.4)
 
     def abort(self):
@@ -417,10 +435,8 @@ cdef class TcpConnection:
     def set_congestion_control(self, CongestionControl cc not None):
         """Install another controller (e.g. a subclass of CongestionControl from a
         cimporting module); it starts from the current cwnd and ssthresh."""
-        cdef double cwnd = self.cc.cwnd, ssthresh = self.cc.ssthresh
         cc.init(self.smss, self.cfg_iw)
-        cc.cwnd = cwnd
-        cc.ssthresh = ssthresh
+        cc.take_over(self.cc)
         self.cc = cc
 
     def set_loss_response(self, str policy):
@@ -615,7 +631,7 @@ cdef class TcpConnection:
         self.max_snd_wnd = self.snd_wnd
         self.snd_wl1 = -1
         self.snd_wl2 = -1
-        self.st = SYN_RECEIVED
+        self._set_state(SYN_RECEIVED)
         self.syn_pending = 1
         self.rcv_adv = self.rcv_nxt + min(self.rb_cap, 65535)
         if s.payload_len:
@@ -663,9 +679,9 @@ cdef class TcpConnection:
             self.max_snd_wnd = self.snd_wnd
             self.snd_wl1 = 0
             self.snd_wl2 = ack_off
-            if not self.syn_retransmitted and self.rtt_timing:
-                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
-            self.rtt_timing = 0
+            if not self.syn_retransmitted and self.rtt.timing:
+                self._rtt_sample(<int64_t>(now - self.rtt.timed_at), now)
+            self.rtt.timing = 0
             self._established(now)
             self.ack_now = 1
             if s.payload_len:
@@ -679,17 +695,17 @@ cdef class TcpConnection:
             self.max_snd_wnd = self.snd_wnd
             self.snd_wl1 = -1
             self.snd_wl2 = -1
-            self.st = SYN_RECEIVED
+            self._set_state(SYN_RECEIVED)
             self.syn_pending = 1
-            self.t_rtx = 0
+            self.tm.rtx = 0
             if s.payload_len:
                 self._rcv_data(0, pkt + s.payload_off, s.payload_len, now)
                 self.syn_data = 1
 
     cdef void _established(self, uint64_t now):
-        self.st = ESTABLISHED
+        self._set_state(ESTABLISHED)
         self.retries = 0
-        self.t_rtx = 0
+        self.tm.rtx = 0
         self.syn_pending = 0
         if self.snd_una < 0:
             self.snd_una = 0
@@ -700,19 +716,18 @@ cdef class TcpConnection:
         self.recover = self.snd_una
         self.high_rxt = self.snd_una
         self.ecn_recover = self.snd_una
-        if self.syn_retransmitted and self.srtt < 0:
-            # RFC 6298 §5.7: RTO back to 3 s after a retransmitted SYN
-            self.rto = 3000000 if self.cfg_max_rto >= 3000000 else self.cfg_max_rto
         if self.syn_retransmitted:
-            self.cc.cwnd = self.smss    # RFC 5681 §3.1: IW of one segment after a lost SYN / SYN-ACK
+            rtt_after_syn_loss(&self.rtt)
+        if self.syn_retransmitted:
+            self.cc.on_syn_loss()       # RFC 5681 §3.1: IW of one segment after a lost SYN / SYN-ACK
         self._push_event(EV_CONNECTED)
         if self.syn_data and self._readable() > 0 and not self.readable_notified:
             self.readable_notified = 1
             self._push_event(EV_READABLE)
         if self.fin_requested:
-            self.st = FIN_WAIT_1
+            self._set_state(FIN_WAIT_1)
         if self.fin_rcvd:
-            self.st = CLOSE_WAIT if self.st == ESTABLISHED else CLOSING
+            self._set_state(CLOSE_WAIT if self.st == ESTABLISHED else CLOSING)
             self._push_event(EV_EOF)
 
     cdef void _input_sync(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now):
@@ -777,7 +792,7 @@ cdef class TcpConnection:
             self._drop(D_OUT_OF_WINDOW)
             if st == TIME_WAIT and (f & TH_FIN):
                 # a retransmitted FIN: ACK it and restart 2 MSL (RFC 9293 §3.10.7.4 eighth)
-                self.t_tw = now + self.cfg_tw
+                self.tm.time_wait = now + self.cfg_tw
             self.ack_now = 1
             return
         self.last_rcv_time = now
@@ -826,20 +841,20 @@ cdef class TcpConnection:
                     self.max_snd_wnd = self.snd_wnd
                 self.snd_wl1 = seg_off
                 self.snd_wl2 = ack_off
-                if not self.syn_retransmitted and self.rtt_timing:
-                    self._rtt_sample(<int64_t>(now - self.rtt_time), now)
-                self.rtt_timing = 0
+                if not self.syn_retransmitted and self.rtt.timing:
+                    self._rtt_sample(<int64_t>(now - self.rtt.timed_at), now)
+                self.rtt.timing = 0
                 if st == SYN_RECEIVED:
                     self._established(now)
                 else:
                     self._push_event(EV_CONNECTED)
                     self.retries = 0
-                    self.t_rtx = 0 if self.snd_una >= self.snd_max else now + self.rto
+                    self.tm.rtx = 0 if self.snd_una >= self.snd_max else now + self.rtt.rto
                 st = self.st
                 if self.fin_requested and self.snd_una > self.wr_end and st == FIN_WAIT_1:
-                    self.st = FIN_WAIT_2
+                    self._set_state(FIN_WAIT_2)
                     if self.cfg_fw2:
-                        self.t_tw = now + self.cfg_fw2
+                        self.tm.fin_wait2 = now + self.cfg_fw2
                     st = self.st
             else:
                 self._drop(D_SYN_RECEIVED_BAD_ACK)
@@ -859,9 +874,9 @@ cdef class TcpConnection:
             if self.fin_requested and self.snd_una > self.wr_end:
                 # our FIN is acknowledged
                 if st == FIN_WAIT_1:
-                    self.st = FIN_WAIT_2
+                    self._set_state(FIN_WAIT_2)
                     if self.cfg_fw2:
-                        self.t_tw = now + self.cfg_fw2
+                        self.tm.fin_wait2 = now + self.cfg_fw2
                 elif st == CLOSING:
                     self._enter_time_wait(now)
                     return
@@ -881,32 +896,32 @@ cdef class TcpConnection:
         if f & TH_FIN:
             if st == TIME_WAIT:
                 self.ack_now = 1
-                self.t_tw = now + self.cfg_tw
+                self.tm.time_wait = now + self.cfg_tw
             elif not self.fin_rcvd:
                 self._rcv_fin(seg_off + plen, now)
             else:
                 self.ack_now = 1
 
     cdef void _back_to_listen(self):
-        self.st = LISTEN
+        self._set_state(LISTEN)
         self.syn_pending = 0
-        self.t_rtx = 0
-        self.t_delack = 0
+        self.tm.rtx = 0
+        self.tm.delack = 0
         self.ack_now = 0
         self.retries = 0
         self.syn_retransmitted = 0
         self.rcv_nxt = 0
         self.have_irs = 0
         self.rd_off = 0
-        self.n_ofo = 0
+        self.ofo.n = 0
         self.fin_rcvd = 0
         self.rcv_fin_off = -1
         self.syn_data = 0
         self.snd_una = -1
         self.snd_nxt = -1
         self.snd_max = -1
-        self.rtt_timing = 0
-        self.rto = self.cfg_init_rto
+        self.rtt.timing = 0
+        self.rtt.rto = self.rtt.init_rto
         self.ws_ok = self.sack_ok = self.ts_ok = self.ecn_ok = 0
 
     # ---------------------------------------------------------------------------------
@@ -923,24 +938,24 @@ cdef class TcpConnection:
         self.fin_rcvd = 1
         self.rcv_fin_off = -1
         self.ack_now = 1
-        self.t_delack = 0
+        self.tm.delack = 0
         cdef int st = self.st
         if st == SYN_RECEIVED:
             return           # EOF reported once ESTABLISHED (_established)
         self._push_event(EV_EOF)
         if st == ESTABLISHED:
-            self.st = CLOSE_WAIT
+            self._set_state(CLOSE_WAIT)
         elif st == FIN_WAIT_1:
             if self.fin_requested and self.snd_una > self.wr_end:
                 self._enter_time_wait(now)
             else:
-                self.st = CLOSING
+                self._set_state(CLOSING)
         elif st == FIN_WAIT_2:
             self._enter_time_wait(now)
 
     cdef void _rcv_data(self, int64_t off, const uint8_t* p, int64_t n, uint64_t now):
         """In-window payload at receive offset ``off`` (RFC 9293 §3.10.7.4 seventh check)."""
-        cdef int64_t skip, limit, pos, first, end
+        cdef int64_t skip, limit, pos, first, end, before
         cdef bint in_order
         if self.fin_rcvd:
             self._drop(D_AFTER_FIN)
@@ -976,8 +991,10 @@ cdef class TcpConnection:
         if off == self.rcv_nxt:
             self.rcv_nxt = end
             self.bytes_in += n
-            if self.n_ofo:
-                if self._ofo_merge_front():
+            if self.ofo.n:
+                before = self.rcv_nxt
+                if ivset_merge_front(&self.ofo, &self.rcv_nxt):
+                    self.bytes_in += self.rcv_nxt - before
                     self.ack_now = 1       # filled (part of) a gap: ACK at once (RFC 5681 §4.2)
             if self.rcv_fin_off >= 0 and self.rcv_fin_off == self.rcv_nxt:
                 self._rcv_fin(self.rcv_fin_off, now)
@@ -989,59 +1006,12 @@ cdef class TcpConnection:
             if not self.ack_now:
                 if self.cfg_delack_us == 0 or self.rcv_unacked >= <int64_t>self.cfg_delack_segs * self.rcv_seg_max:
                     self.ack_now = 1
-                elif self.t_delack == 0:
-                    self.t_delack = now + self.cfg_delack_us
+                elif self.tm.delack == 0:
+                    self.tm.delack = now + self.cfg_delack_us
         else:
-            self._ofo_insert(off, end)
-            self.ack_now = 1               # out of order: duplicate ACK at once (RFC 5681 §4.2)
-
-    cdef void _ofo_insert(self, int64_t l, int64_t r):
-        cdef int i = 0, j, k
-        self.ofo_clock += 1
-        while i < self.n_ofo and self.ofo_r[i] < l:
-            i += 1
-        j = i
-        while j < self.n_ofo and self.ofo_l[j] <= r:
-            if self.ofo_l[j] < l:
-                l = self.ofo_l[j]
-            if self.ofo_r[j] > r:
-                r = self.ofo_r[j]
-            j += 1
-        if j == i:
-            if self.n_ofo >= OFO_MAX:
+            if not ivset_add(&self.ofo, off, end):
                 self._drop(D_OFO_FULL)
-                return
-            for k in range(self.n_ofo, i, -1):
-                self.ofo_l[k] = self.ofo_l[k - 1]
-                self.ofo_r[k] = self.ofo_r[k - 1]
-                self.ofo_age[k] = self.ofo_age[k - 1]
-            self.n_ofo += 1
-        elif j > i + 1:
-            for k in range(j, self.n_ofo):
-                self.ofo_l[k - (j - i - 1)] = self.ofo_l[k]
-                self.ofo_r[k - (j - i - 1)] = self.ofo_r[k]
-                self.ofo_age[k - (j - i - 1)] = self.ofo_age[k]
-            self.n_ofo -= j - i - 1
-        self.ofo_l[i] = l
-        self.ofo_r[i] = r
-        self.ofo_age[i] = self.ofo_clock
-
-    cdef bint _ofo_merge_front(self):
-        cdef int k = 0, i
-        cdef bint merged = 0
-        while k < self.n_ofo and self.ofo_l[k] <= self.rcv_nxt:
-            if self.ofo_r[k] > self.rcv_nxt:
-                self.bytes_in += self.ofo_r[k] - self.rcv_nxt
-                self.rcv_nxt = self.ofo_r[k]
-            k += 1
-            merged = 1
-        if k:
-            for i in range(k, self.n_ofo):
-                self.ofo_l[i - k] = self.ofo_l[i]
-                self.ofo_r[i - k] = self.ofo_r[i]
-                self.ofo_age[i - k] = self.ofo_age[i]
-            self.n_ofo -= k
-        return merged
+            self.ack_now = 1               # out of order: duplicate ACK at once (RFC 5681 §4.2)
 
     # ---------------------------------------------------------------------------------
     cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now):
@@ -1060,15 +1030,15 @@ cdef class TcpConnection:
                 self.max_snd_wnd = win
             if win > 0:
                 self.persist_backoff = 0
-                self.t_persist = 0
+                self.tm.persist = 0
         if self.sack_ok and s.opts.n_sack:
             newly_sacked = self._sack_update(s, ack_off)
-            if newly_sacked > 0 and self.rtt_timing and self._skip_sacked(self.rtt_off) > self.rtt_off:
+            if newly_sacked > 0 and self.rtt.timing and ivset_skip(&self.sb, self.rtt.timed_off) > self.rtt.timed_off:
                 # the timed segment arrived (SACKed now): sample it now, not when a hole
                 # below it is repaired, which would add the repair time to SRTT and the
                 # RTO (Linux tcp_sacktag_one does the same; Karn's rule still holds)
-                self.rtt_timing = 0
-                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
+                self.rtt.timing = 0
+                self._rtt_sample(<int64_t>(now - self.rtt.timed_at), now)
         prior_flight = self._flight()
         if ack_off > self.snd_una:
             acked = ack_off - self.snd_una
@@ -1084,14 +1054,14 @@ cdef class TcpConnection:
                 self.high_rxt = ack_off
             self.una_time = now
             self.retries = 0
-            if self.n_sb:
-                self._sb_prune()
+            if self.sb.n:
+                self.sacked_bytes -= ivset_trim_below(&self.sb, self.snd_una)
             # RTT (RFC 6298 §3 Karn: timed segment not retransmitted; RFC 7323 §4 RTTM otherwise)
-            if self.rtt_timing and ack_off > self.rtt_off:
-                self.rtt_timing = 0
-                self._rtt_sample(<int64_t>(now - self.rtt_time), now)
-            elif (self.ts_ok and s.opts.has_ts and (not self.rtt_timing or self.next_send_time) and
-                  (not self.ts_rto_set or seq_ge(s.opts.ts_ecr, self.ts_rto_floor))):
+            if self.rtt.timing and ack_off > self.rtt.timed_off:
+                self.rtt.timing = 0
+                self._rtt_sample(<int64_t>(now - self.rtt.timed_at), now)
+            elif (self.ts_ok and s.opts.has_ts and (not self.rtt.timing or self.next_send_time) and
+                  (not self.rtt.ts_floor_set or seq_ge(s.opts.ts_ecr, self.rtt.ts_floor))):
                 # (a paced, rate-based sender (next_send_time set) retransmits all the
                 # time, so Karn's rule leaves its timed segment few samples: it takes
                 # RFC 7323 §4 RTTM from every ACK that advances the left edge, as Linux does)
@@ -1099,8 +1069,8 @@ cdef class TcpConnection:
                 # whose ACK was lost: as ambiguous as Karn's case, so no sample
                 self._rtt_sample(<int64_t>(<uint32_t>(self._ts_now(now) - s.opts.ts_ecr)) * 1000
                                  if seq_le(s.opts.ts_ecr, self._ts_now(now)) else -1, now)
-            elif self.srtt >= 0:
-                self._set_rto_from_srtt()      # a new ACK ends any backoff (RFC 6298 §5.7 note)
+            elif self.rtt.srtt >= 0:
+                rtt_end_backoff(&self.rtt)      # a new ACK ends any backoff (RFC 6298 §5.7 note)
             # congestion control
             if self.ecn_ok and (f & TH_ECE) and self.snd_una > self.ecn_recover:
                 self._ecn_response(now, prior_flight)
@@ -1114,24 +1084,20 @@ cdef class TcpConnection:
                 elif not self.sack_ok:
                     # RFC 6582 §3.2 step 5: partial ACK
                     self.rexmit_pending = 1
-                    self.cc.cwnd -= acked
-                    if acked >= self.smss:
-                        self.cc.cwnd += self.smss
-                    if self.cc.cwnd < self.smss:
-                        self.cc.cwnd = self.smss
-                    self.t_rtx = now + self.rto
+                    self.cc.on_partial_ack(<uint64_t>acked)
+                    self.tm.rtx = now + self.rtt.rto
             else:
                 self.dupacks = 0
                 self.lt_sent = 0
                 if 2 * prior_flight >= <int64_t>self.cc.cwnd:
                     # grow only while cwnd-limited (RFC 7661 §4.3 spirit)
                     self.cc.on_ack(now, <uint32_t>(acked if acked < 0xFFFFFFFF else 0xFFFFFFFF),
-                                   self.srtt, <uint64_t>self._flight())
+                                   self.rtt.srtt, <uint64_t>self._flight())
             # RFC 6298 §5.2/5.3: stop or restart the retransmission timer
             if self.snd_una >= self.snd_nxt:
-                self.t_rtx = 0
+                self.tm.rtx = 0
             else:
-                self.t_rtx = now + self.rto
+                self.tm.rtx = now + self.rtt.rto
             if self.send_blocked:
                 if self.wr_end - self._sb_head() <= self.sb_cap // 2:
                     self.send_blocked = 0
@@ -1147,7 +1113,7 @@ cdef class TcpConnection:
                     self.n_dupacks += 1
                     if self.in_recovery:
                         if not self.sack_ok:
-                            self.cc.cwnd += self.smss   # RFC 6582 §3.2 step 4: inflate
+                            self.cc.on_recovery_dupack(self.smss)   # RFC 6582 §3.2 step 4: inflate
                     elif self.snd_una >= self.recover and (
                             self.dupacks >= DUPTHRESH or (self.sack_ok and self._lost_edge() > self.snd_una)):
                         self._enter_recovery(now)
@@ -1158,7 +1124,7 @@ cdef class TcpConnection:
         self.cwr_pending = 1
         self.n_cwr += 1
         if not self.in_recovery:
-            self.cc.on_congestion(now, <uint64_t>flight, CC_CAUSE_ECN)
+            self.cc.on_loss(now, <uint64_t>flight, CC_CAUSE_ECN)
 
     cdef void _enter_recovery(self, uint64_t now):
         """Fast retransmit / fast recovery: RFC 5681 §3.2, RFC 6582 §3.2, RFC 6675 §5."""
@@ -1170,19 +1136,19 @@ cdef class TcpConnection:
         self.high_rxt = self.snd_una
         if not self.loss_corruption:
             if self.snd_una >= self.ecn_recover:
-                self.cc.on_congestion(now, <uint64_t>flight, CC_CAUSE_LOSS)
+                self.cc.on_loss(now, <uint64_t>flight, CC_CAUSE_LOSS)
             self.ecn_recover = self.snd_max
         # RFC 5681 §3.2 step 3 / RFC 6675 §5 (4.3): the first lost segment is resent
         # at once, whatever cwnd allows
         self.rexmit_pending = 1
         if not self.sack_ok and not self.loss_corruption:
-            self.cc.cwnd += DUPTHRESH * self.smss    # RFC 6582 §3.2 step 3 inflation
-        self.t_rtx = now + self.rto
+            self.cc.on_recovery_dupack(DUPTHRESH * self.smss)    # RFC 6582 §3.2 step 3 inflation
+        self.tm.rtx = now + self.rtt.rto
 
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off):
         """Merge the peer's SACK blocks into the scoreboard (RFC 2018 §3, RFC 6675 §4)."""
-        cdef int i, j, k, i2
-        cdef int64_t l, r, before = self.sacked_bytes, total
+        cdef int i
+        cdef int64_t l, r, before = self.sacked_bytes
         for i in range(s.opts.n_sack):
             l = self._soff(s.opts.sack_left[i])
             r = self._soff(s.opts.sack_right[i])
@@ -1190,73 +1156,25 @@ cdef class TcpConnection:
                 l = ack_off               # D-SACK or stale part (RFC 2883): ignored
             if r > self.snd_max or r <= l:
                 continue
-            j = 0
-            while j < self.n_sb and self.sb_r[j] < l:
-                j += 1
-            k = j
-            while k < self.n_sb and self.sb_l[k] <= r:
-                if self.sb_l[k] < l:
-                    l = self.sb_l[k]
-                if self.sb_r[k] > r:
-                    r = self.sb_r[k]
-                k += 1
-            if k == j:
-                if self.n_sb >= SB_MAX:
-                    continue
-                for k in range(self.n_sb, j, -1):
-                    self.sb_l[k] = self.sb_l[k - 1]
-                    self.sb_r[k] = self.sb_r[k - 1]
-                self.n_sb += 1
-            elif k > j + 1:
-                for i2 in range(k, self.n_sb):
-                    self.sb_l[i2 - (k - j - 1)] = self.sb_l[i2]
-                    self.sb_r[i2 - (k - j - 1)] = self.sb_r[i2]
-                self.n_sb -= k - j - 1
-            self.sb_l[j] = l
-            self.sb_r[j] = r
-        total = 0
-        for i in range(self.n_sb):
-            total += self.sb_r[i] - self.sb_l[i]
-        self.sacked_bytes = total
-        return total - before
-
-    cdef void _sb_prune(self):
-        cdef int k = 0, i
-        cdef int64_t una = self.snd_una
-        while k < self.n_sb and self.sb_r[k] <= una:
-            self.sacked_bytes -= self.sb_r[k] - self.sb_l[k]
-            k += 1
-        if k:
-            for i in range(k, self.n_sb):
-                self.sb_l[i - k] = self.sb_l[i]
-                self.sb_r[i - k] = self.sb_r[i]
-            self.n_sb -= k
-        if self.n_sb and self.sb_l[0] < una:
-            self.sacked_bytes -= una - self.sb_l[0]
-            self.sb_l[0] = una
+            ivset_add(&self.sb, l, r)     # full: the block is not kept (it is sent again)
+        self.sacked_bytes = ivset_total(&self.sb)
+        return self.sacked_bytes - before
 
     cdef int64_t _lost_edge(self):
         # RFC 6675 §4 IsLost: unSACKed bytes below this offset have DupThresh
         # SACKed segments, or more than (DupThresh-1)*SMSS SACKed bytes, above them.
         cdef int i
         cdef int64_t acc = 0
-        for i in range(self.n_sb - 1, -1, -1):
-            acc += self.sb_r[i] - self.sb_l[i]
-            if acc > (DUPTHRESH - 1) * <int64_t>self.smss or self.n_sb - i >= DUPTHRESH:
-                return self.sb_l[i]
+        for i in range(self.sb.n - 1, -1, -1):
+            acc += self.sb.r[i] - self.sb.l[i]
+            if acc > (DUPTHRESH - 1) * <int64_t>self.smss or self.sb.n - i >= DUPTHRESH:
+                return self.sb.l[i]
         return self.snd_una
 
     cdef int64_t _unsacked_in(self, int64_t a, int64_t b):
-        cdef int i
-        cdef int64_t n = b - a, l, r
-        if n <= 0:
+        if b <= a:
             return 0
-        for i in range(self.n_sb):
-            l = self.sb_l[i] if self.sb_l[i] > a else a
-            r = self.sb_r[i] if self.sb_r[i] < b else b
-            if r > l:
-                n -= r - l
-        return n
+        return b - a - ivset_covered(&self.sb, a, b)
 
     cdef int64_t _pipe(self):
         # RFC 6675 §4 SetPipe(), by ranges: every unSACKed octet counts once if not
@@ -1268,23 +1186,6 @@ cdef class TcpConnection:
             p += self._unsacked_in(self.snd_una, self.high_rxt)
         return p if p > 0 else 0
 
-    cdef int64_t _skip_sacked(self, int64_t off):
-        cdef int i
-        for i in range(self.n_sb):
-            if self.sb_l[i] <= off < self.sb_r[i]:
-                return self.sb_r[i]
-            if self.sb_l[i] > off:
-                break
-        return off
-
-    cdef int64_t _sacked_end_after(self, int64_t off):
-        # the next SACKed offset above off (end of the hole starting at off)
-        cdef int i
-        for i in range(self.n_sb):
-            if self.sb_l[i] > off:
-                return self.sb_l[i]
-        return 1 << 62
-
     # ================================================================================
     # timers
     # ================================================================================
@@ -1295,12 +1196,7 @@ cdef class TcpConnection:
     cdef uint64_t _next_deadline(self):
         if self.st == CLOSED:
             return 0
-        cdef uint64_t t = u64min_nz(self.t_rtx, self.t_persist)
-        t = u64min_nz(t, self.t_delack)
-        t = u64min_nz(t, self.t_tw)
-        t = u64min_nz(t, self.t_pace)
-        t = u64min_nz(t, self._keepalive_deadline())
-        return t
+        return u64min_nz(timers_next(&self.tm), self._keepalive_deadline())
 
     cdef uint64_t _keepalive_deadline(self):
         # RFC 9293 §3.8.4: only when enabled, established and idle (nothing outstanding)
@@ -1319,26 +1215,20 @@ cdef class TcpConnection:
         cdef uint64_t t
         if self.st == CLOSED:
             return
-        if self.t_delack and now >= self.t_delack:
-            self.t_delack = 0
+        if timer_due(&self.tm.delack, now):
             self.ack_now = 1
-        if self.t_pace and now >= self.t_pace:
-            self.t_pace = 0
-        if self.t_tw and now >= self.t_tw:
-            self.t_tw = 0
-            if self.st == TIME_WAIT:
-                self._enter_closed(CR_NORMAL)
-                return
-            if self.st == FIN_WAIT_2:
-                self._enter_closed(CR_TIMEOUT)
-                return
-        if self.t_rtx and now >= self.t_rtx:
-            self.t_rtx = 0
+        timer_due(&self.tm.pace, now)
+        if timer_due(&self.tm.time_wait, now) and self.st == TIME_WAIT:
+            self._enter_closed(CR_NORMAL)
+            return
+        if timer_due(&self.tm.fin_wait2, now) and self.st == FIN_WAIT_2:
+            self._enter_closed(CR_TIMEOUT)
+            return
+        if timer_due(&self.tm.rtx, now):
             self._on_rto(now)
             if self.st == CLOSED:
                 return
-        if self.t_persist and now >= self.t_persist:
-            self.t_persist = 0
+        if timer_due(&self.tm.persist, now):
             if self.wr_end > self.snd_nxt and self.snd_nxt == self.snd_una:
                 if self.snd_una + self.snd_wnd <= self.snd_nxt:
                     self.probe_pending = 1      # RFC 9293 §3.8.6.1 zero-window probe
@@ -1367,8 +1257,8 @@ cdef class TcpConnection:
             self.n_rexmit += 1
             self.n_timeouts += 1
             self.syn_retransmitted = 1
-            self.rtt_timing = 0
-            self.rto = self.rto * 2 if self.rto * 2 < self.cfg_max_rto else self.cfg_max_rto
+            self.rtt.timing = 0
+            rtt_backoff(&self.rtt)
             self.syn_pending = 1
             if self.snd_nxt > 0:
                 self.snd_nxt = 0      # FIN-WAIT-1 before the SYN was acked: FIN again after it
@@ -1382,10 +1272,10 @@ cdef class TcpConnection:
         self.retries += 1
         self.n_timeouts += 1
         # RFC 6298 §5.5: back off
-        self.rto = self.rto * 2 if self.rto * 2 < self.cfg_max_rto else self.cfg_max_rto
+        rtt_backoff(&self.rtt)
         if not self.loss_corruption:
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
-        elif self.sack_ok and self.n_sb and self.next_send_time:
+        elif self.sack_ok and self.sb.n and self.next_send_time:
             # Paced (rate-based) sender treating loss as corruption (CCSDS 714.0-B-2 §3.2): with
             # SACK the RTO means a retransmission was lost (RFC 6675 cannot see it
             # otherwise).  Go-back-N would resend the whole unSACKed flight, a
@@ -1397,9 +1287,7 @@ cdef class TcpConnection:
                 self.recover = self.snd_max
             self.high_rxt = self.snd_una
             self.rexmit_pending = 1
-            self.rtt_timing = 0          # Karn's rule (RFC 6298 §3)
-            self.ts_rto_floor = self._ts_now(now)
-            self.ts_rto_set = 1
+            rtt_timeout(&self.rtt, self._ts_now(now))
             return
         # RFC 6582 §3.2 step 4 / RFC 6675 §5.1: recovery ends; go back to SND.UNA
         self.recover = self.snd_max
@@ -1410,9 +1298,7 @@ cdef class TcpConnection:
         self.rexmit_pending = 0
         self.snd_nxt = self.snd_una
         self.high_rxt = self.snd_una
-        self.rtt_timing = 0          # Karn's rule (RFC 6298 §3)
-        self.ts_rto_floor = self._ts_now(now)
-        self.ts_rto_set = 1
+        rtt_timeout(&self.rtt, self._ts_now(now))
 
     def icmp_packet_too_big(self, int mtu, uint64_t now, quoted_seq=None):
         """RFC 1191 §6.1 / RFC 8201 §4: lower the path MTU, resend what no longer fits.
@@ -1441,7 +1327,7 @@ cdef class TcpConnection:
             # not a congestion signal
             self.snd_nxt = self.snd_una
             self.high_rxt = self.snd_una
-            self.rtt_timing = 0
+            self.rtt.timing = 0
             self.in_recovery = 0
             self.rexmit_pending = 0
         return True
@@ -1498,9 +1384,9 @@ cdef class TcpConnection:
         # (RFC 9293 §3.7.1: the sender reduces the payload by the options it sends)
         cdef int nb, optlen, iph
         cdef int64_t m
-        if not (self.sack_ok and self.n_ofo):
+        if not (self.sack_ok and self.ofo.n):
             return self.smss
-        nb = self.n_ofo
+        nb = self.ofo.n
         if nb > (3 if self.ts_ok else 4):
             nb = 3 if self.ts_ok else 4
         optlen = ((10 if self.ts_ok else 0) + 2 + 8 * nb + 3) & ~3
@@ -1541,10 +1427,10 @@ cdef class TcpConnection:
             if <int64_t>self.cc.cwnd - pipe < mss:
                 return self._output_probe(buf, cap, now)
             off = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
-            off = self._skip_sacked(off)
+            off = ivset_skip(&self.sb, off)
             end = self._lost_edge()
             if off < end and off < self.snd_nxt:
-                hole_end = self._sacked_end_after(off)
+                hole_end = ivset_next_start(&self.sb, off)
                 if hole_end > end:
                     hole_end = end
                 length = hole_end - off
@@ -1559,9 +1445,9 @@ cdef class TcpConnection:
             if not (self.wr_end > self.snd_nxt and self.snd_una + self.snd_wnd > self.snd_nxt):
                 # NextSeg() rule 2 (new data) cannot send.  Rule 3: the first unSACKed
                 # octet above HighRxt below the highest SACKed one, even if not lost
-                end = self.sb_r[self.n_sb - 1] if self.n_sb else self.snd_una
+                end = self.sb.r[self.sb.n - 1] if self.sb.n else self.snd_una
                 if off < end and off < self.snd_nxt:
-                    hole_end = self._sacked_end_after(off)
+                    hole_end = ivset_next_start(&self.sb, off)
                     if hole_end > end:
                         hole_end = end
                     length = hole_end - off
@@ -1577,8 +1463,8 @@ cdef class TcpConnection:
                 # is not updated
                 if self.snd_una > self.rescue_rxt:
                     end = self.snd_nxt
-                    if self.n_sb and self.sb_r[self.n_sb - 1] >= end:
-                        end = self.sb_l[self.n_sb - 1]
+                    if self.sb.n and self.sb.r[self.sb.n - 1] >= end:
+                        end = self.sb.l[self.sb.n - 1]
                     fin = may_fin and end > self.wr_end
                     if end > self.wr_end:
                         end = self.wr_end
@@ -1590,8 +1476,8 @@ cdef class TcpConnection:
                         return self._emit_data(buf, cap, off, end - off, fin, 1, now)
         # 3. new data (or go-back-N after an RTO / PMTU drop), then the FIN
         off = self.snd_nxt
-        if off < self.snd_max and self.n_sb:
-            off = self._skip_sacked(off)      # RFC 6675 §5.1: SACKed data is not resent
+        if off < self.snd_max and self.sb.n:
+            off = ivset_skip(&self.sb, off)      # RFC 6675 §5.1: SACKed data is not resent
             if off > self.snd_max:
                 off = self.snd_max
             self.snd_nxt = off
@@ -1601,7 +1487,7 @@ cdef class TcpConnection:
         if avail < 0:
             avail = 0
         rexmit = off < self.snd_max
-        if self.t_pace > now:
+        if self.tm.pace > now:
             return self._output_probe(buf, cap, now)     # pacing gate (rate-based controllers)
         win_avail = self.snd_una + self.snd_wnd - off
         if self.in_recovery and self.sack_ok:
@@ -1636,7 +1522,7 @@ cdef class TcpConnection:
         if self.dupacks and not self.in_recovery and not rexmit:
             self.lt_sent += length
         self.force_send = 0
-        self.t_persist = 0
+        self.tm.persist = 0
         n = self._emit_data(buf, cap, off, length, fin, rexmit, now)
         if self.snd_nxt < off + length + (1 if fin else 0):
             self.snd_nxt = off + length + (1 if fin else 0)
@@ -1648,18 +1534,8 @@ cdef class TcpConnection:
 
     cdef Py_ssize_t _output_blocked(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
         # RFC 9293 §3.8.6.1: with nothing outstanding, the persist timer keeps probing
-        cdef int64_t t
-        cdef int i
-        if self.snd_nxt == self.snd_una and self.t_persist == 0 and self.t_rtx == 0:
-            t = self.rto
-            for i in range(self.persist_backoff):
-                t *= 2
-                if t >= self.cfg_max_rto:
-                    t = self.cfg_max_rto
-                    break
-            if t < self.cfg_min_rto:
-                t = self.cfg_min_rto
-            self.t_persist = now + t
+        if self.snd_nxt == self.snd_una and self.tm.persist == 0 and self.tm.rtx == 0:
+            self.tm.persist = now + rtt_persist_interval(&self.rtt, self.persist_backoff)
         return self._output_probe(buf, cap, now)
 
     cdef Py_ssize_t _output_probe(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
@@ -1672,24 +1548,14 @@ cdef class TcpConnection:
         self.n_zwp += 1
         if self.snd_max < self.snd_nxt + 1:
             self.snd_max = self.snd_nxt + 1
-        cdef bint had_rtx = self.t_rtx != 0
+        cdef bint had_rtx = self.tm.rtx != 0
         cdef Py_ssize_t n = self._emit_data(buf, cap, self.snd_nxt, 1, 0, 0, now)
-        cdef int64_t t
-        cdef int i
-        self.rtt_timing = 0
+        self.rtt.timing = 0
         if not had_rtx:
             # RFC 1122 §4.2.2.17: the persist timer, not the RTO, times the next probe,
             # its interval doubling per probe (persist_backoff counts the probes sent)
-            self.t_rtx = 0
-            t = self.rto
-            for i in range(self.persist_backoff):
-                t *= 2
-                if t >= self.cfg_max_rto:
-                    t = self.cfg_max_rto
-                    break
-            if t < self.cfg_min_rto:
-                t = self.cfg_min_rto
-            self.t_persist = now + t
+            self.tm.rtx = 0
+            self.tm.persist = now + rtt_persist_interval(&self.rtt, self.persist_backoff)
         return n
 
     cdef Py_ssize_t _emit_data(self, uint8_t* buf, Py_ssize_t cap, int64_t off, int64_t length,
@@ -1703,16 +1569,15 @@ cdef class TcpConnection:
         if rexmit:
             self.n_rexmit += 1
             self.bytes_rexmit += length
-            if self.rtt_timing and self.rtt_off >= off:
-                self.rtt_timing = 0      # Karn (RFC 6298 §3)
-        elif not self.rtt_timing and length > 0:
-            self.rtt_timing = 1
-            self.rtt_off = off
-            self.rtt_time = now
+            if self.rtt.timing and self.rtt.timed_off >= off:
+                self.rtt.timing = 0      # Karn (RFC 6298 §3)
+        elif not self.rtt.timing and length > 0:
+            rtt_time(&self.rtt, off, now)
         if self.snd_una == self.snd_nxt and not rexmit:
             self.una_time = now
         n = self._emit(buf, cap, off, length, flags, rexmit, now)
         self.bytes_out += length
+        self.cc.post_transmit(now, <uint64_t>length)
         cdef uint64_t rate = self.cc.pacing_rate()
         if rate and length > 0:
             # A token bucket: retransmissions spend it too (they use the link as new
@@ -1722,9 +1587,9 @@ cdef class TcpConnection:
                 self.next_send_time = now
             self.next_send_time += <uint64_t>(length * 1000000 // rate)
             if self.next_send_time > now:
-                self.t_pace = self.next_send_time
-        if self.t_rtx == 0:
-            self.t_rtx = now + self.rto     # RFC 6298 §5.1
+                self.tm.pace = self.next_send_time
+        if self.tm.rtx == 0:
+            self.tm.rtx = now + self.rtt.rto     # RFC 6298 §5.1
         return n
 
     cdef Py_ssize_t _emit_syn(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
@@ -1763,17 +1628,15 @@ cdef class TcpConnection:
             self.last_ack_sent = self.rcv_nxt
         self.syn_pending = 0
         self.ack_now = 0
-        self.t_delack = 0
+        self.tm.delack = 0
         if self.snd_nxt < 0:
             self.snd_una = -1
             self.snd_nxt = 0
             self.snd_max = 0
-        if not self.syn_retransmitted and not self.rtt_timing:
-            self.rtt_timing = 1
-            self.rtt_off = -1
-            self.rtt_time = now
-        if self.t_rtx == 0:
-            self.t_rtx = now + self.rto
+        if not self.syn_retransmitted and not self.rtt.timing:
+            rtt_time(&self.rtt, -1, now)
+        if self.tm.rtx == 0:
+            self.tm.rtx = now + self.rtt.rto
         return self._finish(buf, cap, &seg, NULL, 0)
 
     cdef Py_ssize_t _emit_ctl(self, uint8_t* buf, Py_ssize_t cap, uint32_t seq, uint32_t ack, uint8_t flags):
@@ -1829,19 +1692,19 @@ cdef class TcpConnection:
             seg.opts.has_ts = 1
             seg.opts.ts_val = self._ts_now(now)
             seg.opts.ts_ecr = self.ts_recent
-        if self.sack_ok and self.n_ofo:
+        if self.sack_ok and self.ofo.n:
             # RFC 2018 §4: most recently changed block first, then the others by recency;
             # at most 4 blocks, 3 with timestamps
             maxblk = 3 if self.ts_ok else 4
             nblk = 0
-            while nblk < maxblk and nblk < self.n_ofo:
+            while nblk < maxblk and nblk < self.ofo.n:
                 best = -1
-                for j in range(self.n_ofo):
-                    if not (used_mask >> j) & 1 and (best < 0 or self.ofo_age[j] > self.ofo_age[best]):
+                for j in range(self.ofo.n):
+                    if not (used_mask >> j) & 1 and (best < 0 or self.ofo.age[j] > self.ofo.age[best]):
                         best = j
                 used_mask |= (<uint64_t>1) << best
-                seg.opts.sack_left[nblk] = self._rseq(self.ofo_l[best])
-                seg.opts.sack_right[nblk] = self._rseq(self.ofo_r[best])
+                seg.opts.sack_left[nblk] = self._rseq(self.ofo.l[best])
+                seg.opts.sack_right[nblk] = self._rseq(self.ofo.r[best])
                 nblk += 1
             seg.opts.n_sack = nblk
         if self.ecn_ok:
@@ -1863,7 +1726,7 @@ cdef class TcpConnection:
                 memcpy(self.pl_buf + first, self.sbuf, length - first)
                 payload = self.pl_buf
         self.ack_now = 0
-        self.t_delack = 0
+        self.tm.delack = 0
         self.rcv_unacked = 0
         self.last_ack_sent = self.rcv_nxt
         return self._finish(buf, cap, &seg, payload, length)
@@ -1905,11 +1768,11 @@ cdef class TcpConnection:
         drops = {DROP_NAMES[i]: self.drops[i] for i in range(D_COUNT) if self.drops[i]}
         return _TcpStatistics(
             state=STATES[self.st],
-            rtt_us=self.rtt_last if self.rtt_last >= 0 else None,
-            srtt_us=self.srtt if self.srtt >= 0 else None,
-            rttvar_us=self.rttvar if self.rttvar >= 0 else None,
-            min_rtt_us=self.rtt_min if self.rtt_min >= 0 else None,
-            rto_us=self.rto,
+            rtt_us=self.rtt.last if self.rtt.last >= 0 else None,
+            srtt_us=self.rtt.srtt if self.rtt.srtt >= 0 else None,
+            rttvar_us=self.rtt.rttvar if self.rtt.rttvar >= 0 else None,
+            min_rtt_us=self.rtt.min if self.rtt.min >= 0 else None,
+            rto_us=self.rtt.rto,
             congestion=self.cc.name(),
             cwnd=int(self.cc.cwnd),
             ssthresh=int(min(self.cc.ssthresh, 0x7FFFFFFF)),
@@ -1944,11 +1807,37 @@ cdef class TcpConnection:
             send_buffered=self.wr_end - self._sb_head(),
             recv_buffered=self._readable(),
             drops=drops,
+            illegal_transitions=self.n_illegal_transitions,
+            events_lost=self.n_events_lost,
         )
 
     @property
     def state(self):
+        """RFC 9293 spelling ('SYN-RECEIVED'); see tcp_state for the enum."""
         return STATES[self.st]
+
+    @property
+    def tcp_state(self):
+        """The state as a stackpep.tcp.states.TcpState (IntEnum)."""
+        return _states.TcpState(self.st)
+
+    def _try_set_state(self, new):
+        """Test hook: request a state change through _set_state; returns whether it
+        was taken (tests/test_tcp_states.py)."""
+        cdef int old = self.st
+        self._set_state(int(new))
+        return self.st != old
+
+    def may_send(self):
+        """send() takes data that will be sent (smoltcp may_send): the connection is
+        opening or open and our FIN is not queued (RFC 9293 §3.10.2)."""
+        return bool(not self.fin_requested and (self.st == ESTABLISHED or self.st == CLOSE_WAIT
+                                                or self.st == SYN_SENT or self.st == SYN_RECEIVED))
+
+    def may_recv(self):
+        """The peer may still send data (smoltcp may_recv): ESTABLISHED, FIN-WAIT-1,
+        FIN-WAIT-2, i.e. synchronized and its FIN not received (RFC 9293 §3.10.7.4)."""
+        return bool(self.st == ESTABLISHED or self.st == FIN_WAIT_1 or self.st == FIN_WAIT_2)
 
     @property
     def local_addr(self):
@@ -1979,6 +1868,14 @@ cdef class TcpConnection:
     def __repr__(self):
         return (f"<TcpConnection {STATES[self.st]} snd_una={self._sseq(self.snd_una)} "
                 f"snd_nxt={self._sseq(self.snd_nxt)} rcv_nxt={self._rseq(self.rcv_nxt)}>")
+
+    def icmp_quote_acceptable(self, uint32_t quoted_seq):
+        """RFC 5927 §4.1: does the SEQ an ICMP error quotes lie in SND.UNA..SND.NXT
+        (the highest sent), i.e. in what this connection sent and was not yet
+        acknowledged?  The check icmp_packet_too_big() makes, for every error."""
+        if self.st == CLOSED or self.st == LISTEN:
+            return False
+        return self.snd_una <= self._soff(quoted_seq) <= self.snd_max
 
 
 cdef inline int memcmp_(const uint8_t* a, const uint8_t* b, int n) noexcept nogil:

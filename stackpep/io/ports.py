@@ -6,6 +6,8 @@ code runs over real interfaces (AF_PACKET, below) or in memory (tests).
 A port yields batches of (flow_key, ip_packet, tcp_flags); flow_key is
 client address + client port + server address + server port (see
 stackpep._fast.capture.flow_key), whichever direction the packet travels.
+An ICMP error comes as (key of the flow it quotes, ip_packet, ICMP_ERROR),
+its checksum checked (stackpep.pep.icmp).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import trio
 
-from stackpep._fast.capture import PacketRing, flow_key, split_key
+from stackpep._fast.capture import ICMP_ERROR, PacketRing, flow_key, icmp_error_key, split_key
+from stackpep._fast.wire import WireError, parse_packet
 
 Batch = List[Tuple[bytes, bytes, int]]
 
@@ -121,11 +124,19 @@ class MemoryPort(PacketPort):
         self.counters = {"rx_packets": 0, "tx_packets": 0, "rx_drop_queue_full": 0, "rx_drop_malformed": 0}
 
     def inject(self, packet: bytes) -> None:
-        """A packet arriving on this interface (raw IP, TCP inside)."""
+        """A packet arriving on this interface (raw IP, TCP inside).  Checked as
+        the capture checks it (the wire layer, checksums included): a refused one
+        is counted as rx_drop_malformed and rx_drop_<reason>."""
         try:
             key, flags = self._key(packet)
-        except (ValueError, IndexError):
+        except WireError as exc:
             self.counters["rx_drop_malformed"] += 1
+            name = f"rx_drop_{exc.counter}"
+            self.counters[name] = self.counters.get(name, 0) + 1
+            return
+        except ValueError:  # an ICMP message that is not an error quoting TCP
+            self.counters["rx_drop_malformed"] += 1
+            self.counters["rx_icmp_drop_malformed"] = self.counters.get("rx_icmp_drop_malformed", 0) + 1
             return
         try:
             self._send.send_nowait((key, bytes(packet), flags))
@@ -133,17 +144,15 @@ class MemoryPort(PacketPort):
             self.counters["rx_drop_queue_full"] += 1
 
     def _key(self, p: bytes):
-        if p[0] >> 4 == 4:
-            ihl = (p[0] & 15) * 4
-            src, dst, tcp = p[12:16], p[16:20], p[ihl:]
-        elif p[0] >> 4 == 6:
-            src, dst, tcp = p[8:24], p[24:40], p[40:]
-        else:
-            raise ValueError("not IP")
-        sport, dport = int.from_bytes(tcp[0:2], "big"), int.from_bytes(tcp[2:4], "big")
+        if len(p) >= 40 and ((p[0] >> 4 == 4 and p[9] == 1) or (p[0] >> 4 == 6 and p[6] == 58)):
+            key = icmp_error_key(bytes(p), self.client_side)  # the ring's own C routine
+            if key is None:
+                raise ValueError("not an ICMP error we take")
+            return key, ICMP_ERROR
+        s = parse_packet(bytes(p), 1)
         if self.client_side:
-            return flow_key(bytes(src), sport, bytes(dst), dport), tcp[13]
-        return flow_key(bytes(dst), dport, bytes(src), sport), tcp[13]
+            return flow_key(s.src, s.sport, s.dst, s.dport), s.flags
+        return flow_key(s.dst, s.dport, s.src, s.sport), s.flags
 
     async def receive_batch(self) -> Batch:
         first = await self._recv.receive()

@@ -139,9 +139,12 @@ class NftBackend(Backend):
                     continue
                 ifset = "{ " + ", ".join(f'"{i}"' for i in ifs) + " }"
                 ports = f"tcp {port} {self._ports(spec)} " if spec.ports else ""
-                # IPv6: only TCP right after the fixed header, as the capture filter takes
-                # it; a packet with extension headers is left to the kernel, not blackholed.
-                proto = "meta l4proto tcp" if fam == "ip" else "ip6 nexthdr tcp"
+                # What the capture takes, no more: TCP found through the IPv6 extension
+                # headers (`meta l4proto` walks the chain, RFC 8200 §4), never a fragment
+                # (RFC 791 §3.2: offset != 0 or MF; RFC 8200 §4.5: a Fragment header),
+                # which the capture leaves to the kernel and the kernel then forwards.
+                proto = ("meta l4proto tcp ip frag-off & 0x3fff == 0" if fam == "ip"
+                         else "meta l4proto tcp exthdr frag missing")
                 rules.append(
                     f"        iifname {ifset} {proto} {fam} {addr} {netset} {ports}{local}"
                     f'counter drop comment "{COMMENT}: intercepted {fam} {direction}"'
@@ -221,6 +224,10 @@ class IptablesLegacyBackend(Backend):
         pre, out = self.chains(spec.instance)
         nets = spec.v4() if version == 4 else spec.v6()
         rules: List[List[str]] = []
+        if version == 6 and nets:
+            # any packet with a Fragment header (RFC 8200 §4.5) stays with the kernel
+            rules.append(["-A", pre, "-m", "frag", "-m", "comment", "--comment",
+                          f"{COMMENT}: fragments are forwarded by the kernel", "-j", "RETURN"])
         # multiport takes at most 15 ports (a range counts as two)
         port_groups: List[List[str]] = []
         cur: List[str] = []
@@ -241,12 +248,12 @@ class IptablesLegacyBackend(Backend):
             ):
                 for ifname in ifs:
                     for group in port_groups or [None]:
+                        # ip6tables -p walks the extension headers (ipv6_find_hdr), as the
+                        # capture does; IPv4 fragments (offset != 0 or MF, RFC 791 §3.2)
+                        # are not matched (IPv6 ones returned above), so the kernel forwards them.
                         r = ["-A", pre, "-i", ifname, "-p", "tcp", addr_opt, net]
-                        if version == 6:
-                            # only TCP right after the fixed header (next header byte 6 == 6),
-                            # as the capture filter takes it; with extension headers the
-                            # packet stays with the kernel instead of vanishing
-                            r += ["-m", "u32", "--u32", "3&0xFF=0x6"]
+                        if version == 4:
+                            r += ["-m", "u32", "--u32", "4&0x3FFF=0"]
                         if group is not None:
                             r += ["-m", "multiport", port_opt, ",".join(group)]
                         if spec.exclude_local:

@@ -70,6 +70,11 @@ class PepConfig:
     wan_leg: Optional[str] = None      # the leg that crosses the long link ([wan])
     wan_rate: Optional[int] = None     # its rate, bits/s on IP bytes
     wan_rtt: float = 0.6               # its round-trip time, seconds
+    reset_rate: float = 200.0          # unknown-flow RSTs per second, whole box ([resets])
+    reset_burst: int = 50
+    reset_per_source_rate: float = 10.0  # ... per source address
+    reset_per_source_burst: int = 10
+    recent_close_time: float = 10.0    # seconds a closed flow's late segments are recognised
     source: str = "<dict>"
     lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -258,7 +263,7 @@ def from_dict(data: dict, source: str = "<dict>", lines: Optional[Dict[str, int]
 def check_dict(data: dict, source: str, lines: Dict[str, int]):
     """PepConfig if data is valid, else the list of problems."""
     ck = _Checker(source, lines)
-    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp", "wan"}
+    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp", "wan", "resets"}
     for k in data:
         if k not in known:
             ck.bad(k, f"unknown table (known: {', '.join(sorted(known))})")
@@ -361,6 +366,18 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         if "rate" not in wan:
             ck.bad("wan.rate", "missing: the long link's rate in bits/s (IP bytes)")
 
+    rs = ck.table(data, "resets", {"rate": 1, "burst": 1, "per_source_rate": 1, "per_source_burst": 1,
+                                   "recent_close_time": 1})
+    rst_rate = ck.typed(rs, "resets", "rate", (int, float), 200.0, lambda v: 0 <= v <= 1e6,
+                        "RSTs per second, 0 .. 1000000 (0: never answer unknown flows)")
+    rst_burst = ck.typed(rs, "resets", "burst", int, 50, lambda v: 1 <= v <= 1_000_000, "must be 1 .. 1000000")
+    rst_src_rate = ck.typed(rs, "resets", "per_source_rate", (int, float), 10.0, lambda v: 0 <= v <= 1e6,
+                            "RSTs per second to one address, 0 .. 1000000")
+    rst_src_burst = ck.typed(rs, "resets", "per_source_burst", int, 10, lambda v: 1 <= v <= 1_000_000,
+                             "must be 1 .. 1000000")
+    recent = ck.typed(rs, "resets", "recent_close_time", (int, float), 10.0, lambda v: 0 <= v <= 600,
+                      "seconds, 0 .. 600 (0: forget a flow as soon as it ends)")
+
     tcp_client = _check_tcp_leg(ck, data, "client")
     tcp_server = _check_tcp_leg(ck, data, "server")
     if wan_leg is not None and wan_rate is not None:
@@ -388,7 +405,9 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         idle_timeout=float(idle), max_connections=maxc, relay_buffer=relay, rules_backend=backend,
         mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,
-        wan_rtt=float(wan_rtt), source=source, lines=dict(lines),
+        wan_rtt=float(wan_rtt), reset_rate=float(rst_rate), reset_burst=rst_burst,
+        reset_per_source_rate=float(rst_src_rate), reset_per_source_burst=rst_src_burst,
+        recent_close_time=float(recent), source=source, lines=dict(lines),
     )
 
 

@@ -5,7 +5,12 @@ address/port, server address/port) finds the split connection in the
 connection table.  A SYN for an intercepted destination with no entry opens
 one (if the table has room); any other segment of an unknown flow gets the
 RST a closed port would send (RFC 9293 §3.10.7.1), so a client whose
-connection this box lost (a restart) learns it at once.
+connection this box lost (a restart) learns it at once -- rate-limited per
+source and overall (RFC 5961 §7), and not for the late segments of a flow
+that just closed (stackpep.pep.reset: RecentlyClosed).
+
+ICMP errors that quote an intercepted flow go to the leg that sent the quoted
+packet (stackpep.pep.icmp: validation, rate limit, path MTU, soft errors).
 
 Every packet the dispatcher does not hand to a connection is counted by reason.
 """
@@ -20,7 +25,8 @@ from stackpep.io.ports import PacketPort, Router
 from stackpep.io.rules import InterceptSpec
 from stackpep.pep import engine as eng
 from stackpep.pep.config import PepConfig
-from stackpep.pep.reset import reset_for
+from stackpep.pep.icmp import ICMP_COUNTERS, ICMP_ERROR, IcmpGuard
+from stackpep.pep.reset import RecentlyClosed, ResetLimiter, limits_from, reset_for, source_of
 from stackpep.pep.splitter import CLIENT, SERVER, Outcome, SplitConnection, now_us
 
 log = logging.getLogger("stackpep.pep")
@@ -28,14 +34,17 @@ log = logging.getLogger("stackpep.pep")
 COUNTERS = (
     "packets_in", "packets_to_connections",
     "drop_not_intercepted",  # TCP we see but do not intercept (the kernel forwards it)
-    "drop_unknown_flow",  # non-SYN of no connection: answered with RST
+    "drop_unknown_flow",  # non-SYN of no connection: answered with RST (if the limits allow)
     "drop_unknown_flow_rst",  # ... a RST itself, not answered
+    "drop_recently_closed",  # a late segment of a flow that just closed: dropped without RST
     "drop_table_full",  # SYN refused: max_connections reached
     "drop_server_side_syn",  # a SYN arriving from the server side (we only split client-initiated flows)
     "drop_no_route",  # split connection could not find a route/neighbour
     "connections_opened",
     "rst_sent_unknown_flow",
-) + tuple(f"ended_{o.value}" for o in Outcome)
+    "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
+    "rst_suppressed_total",  # ... the box's bucket was empty
+) + tuple(f"ended_{o.value}" for o in Outcome) + ICMP_COUNTERS
 
 
 class Dispatcher:
@@ -51,12 +60,18 @@ class Dispatcher:
         self.spec = spec
         self.table: Dict[bytes, SplitConnection] = {}
         self.counters: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        self.tcp_config = (eng.tcp_config(config.tcp_client), eng.tcp_config(config.tcp_server))
+        self.shared_rates: Dict[tuple, object] = {}   # this box's rate shares (TcpConfig.rate_share)
+        self.tcp_config = (eng.tcp_config(config.tcp_client, self.shared_rates),
+                           eng.tcp_config(config.tcp_server, self.shared_rates))
         self._leg_configs: Dict[tuple, object] = {}
         self._nursery: Optional[trio.Nursery] = None
         self._match_cache: Dict[bytes, bool] = {}
         self._full_logged_at = -1e9
+        self.reset_limiter = ResetLimiter(limits_from(config))
+        self.recently_closed = RecentlyClosed(int(config.recent_close_time * 1_000_000),
+                                              max_entries=max(65536, config.max_connections))
         self.closed_event = trio.Event()
+        self.icmp = IcmpGuard(self.counters)
 
     # -- running ---------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -81,6 +96,9 @@ class Dispatcher:
             now = now_us()
             counters["packets_in"] += len(batch)
             for key, pkt, flags in batch:
+                if flags & ICMP_ERROR:
+                    self._icmp_error(port, key, pkt, now)
+                    continue
                 conn = table.get(key)
                 if conn is not None:
                     if flags & eng.TH_SYN and not flags & eng.TH_ACK and client_side and conn.reusable_by_new_syn():
@@ -124,13 +142,7 @@ class Dispatcher:
             return
         is_syn = flags & eng.TH_SYN and not flags & (eng.TH_ACK | eng.TH_RST)
         if not is_syn:
-            if flags & eng.TH_RST:
-                c["drop_unknown_flow_rst"] += 1
-                return
-            c["drop_unknown_flow"] += 1
-            rst = reset_for(pkt)
-            if rst is not None:
-                self._send_reset(port, rst, pkt)
+            self._unknown_segment(port, key, pkt, flags, now)
             return
         if not port.client_side:
             c["drop_server_side_syn"] += 1
@@ -145,16 +157,51 @@ class Dispatcher:
             return
         conn = SplitConnection(self, key, pkt, port)
         self.table[key] = conn
+        self.recently_closed.discard(key)
         c["connections_opened"] += 1
         assert self._nursery is not None
         self._nursery.start_soon(conn.run)
 
-    def _send_reset(self, port: PacketPort, rst: bytes, pkt: bytes) -> None:
+    def _icmp_error(self, port: PacketPort, key: bytes, pkt: bytes, now: int) -> None:
+        """An ICMP error filed under the flow it quotes (stackpep.pep.icmp)."""
+        c = self.counters
+        c["icmp_errors_in"] += 1
+        if not self.icmp.admit(now):
+            return
+        err = self.icmp.parse(pkt)  # (the port checked the ICMP checksum)
+        if err is None:
+            return
+        conn = self.table.get(key)
+        if conn is None:
+            c["icmp_drop_unknown_flow" if self._intercepted(key) else "icmp_drop_not_intercepted"] += 1
+            return
+        # A client-facing interface hears about what the client leg sent.
+        conn.icmp_error(CLIENT if port.client_side else SERVER, err, now)
+
+    def _unknown_segment(self, port: PacketPort, key: bytes, pkt: bytes, flags: int, now: int) -> None:
+        """A segment that cannot open a connection and has none (RFC 9293 §3.10.7.1)."""
+        c = self.counters
+        if flags & eng.TH_RST:
+            c["drop_unknown_flow_rst"] += 1
+            return
+        if self.recently_closed.silent_drop(key, pkt, flags, now):
+            c["drop_recently_closed"] += 1
+            return
+        c["drop_unknown_flow"] += 1
+        src = source_of(pkt)
+        verdict = self.reset_limiter.allow(src, now)
+        if verdict != "sent":
+            c[f"rst_suppressed_{verdict}"] += 1
+            return
+        rst = reset_for(pkt)
+        if rst is not None:
+            self._send_reset(port, rst, src)
+
+    def _send_reset(self, port: PacketPort, rst: bytes, src: bytes) -> None:
         # The reset goes back where the segment came from.
         async def send():
             try:
-                src = pkt[12:16] if pkt[0] >> 4 == 4 else pkt[8:24]
-                out_port, hop = await self.router.next_hop(bytes(src))
+                out_port, hop = await self.router.next_hop(src)
             except LookupError:
                 self.counters["drop_no_route"] += 1
                 return
@@ -180,6 +227,9 @@ class Dispatcher:
     # -- from connections ---------------------------------------------------------
     def connection_ended(self, conn: SplitConnection) -> None:
         # (the outcome was counted when it was decided: SplitConnection._finish)
+        if self.table.get(conn.key) is conn:
+            # remember it a while: its peers' late segments are not an unknown flow's
+            self.recently_closed.add(conn.key, conn.outcome is not Outcome.CLOSED, now_us())
         self._forget(conn)
 
     def _forget(self, conn: SplitConnection) -> None:
@@ -204,6 +254,7 @@ class Dispatcher:
         return {
             "connections_active": len(self.table) - lingering,
             "connections_time_wait": lingering,
+            "flows_recently_closed": len(self.recently_closed),
             **self.counters,
             "leg_states": states,
             "ports": {p.name: p.statistics() for p in self.ports},

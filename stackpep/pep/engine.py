@@ -6,7 +6,7 @@ Kept in one place so the split-connection logic reads in the field's words
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 
@@ -32,10 +32,21 @@ def close_reason(ev: Any) -> str:
     return str(getattr(r, "value", r)).lower()
 
 
-def tcp_config(settings: Dict[str, Any]):
-    """A TcpConfig from a leg's TOML table (already checked by pep.config)."""
+def tcp_config(settings: Dict[str, Any], shared_rates: Optional[Dict[Any, Any]] = None):
+    """A TcpConfig from a leg's TOML table (already checked by pep.config).  A named
+    ``rate_share`` becomes a SharedRate held in ``shared_rates`` (the caller's, by
+    (name, rate)), so the box that creates the engines owns the shares."""
     from stackpep.tcp.config import TcpConfig
 
+    name = settings.get("rate_share")
+    if isinstance(name, str) and name and settings.get("rate_bps"):
+        from stackpep._fast.tcp import SharedRate
+
+        key = (name, settings["rate_bps"])
+        rates = shared_rates if shared_rates is not None else {}
+        if key not in rates:
+            rates[key] = SharedRate(settings["rate_bps"])
+        settings = dict(settings, rate_share=rates[key])
     return TcpConfig(**settings)
 
 

@@ -21,6 +21,11 @@ memory stays bounded whatever the speed mismatch.
 Half-close: a FIN from one side becomes send_eof() on the other leg once every
 byte before it was relayed; the other direction keeps flowing (RFC 9293
 §3.6).  A RST on one leg aborts the other.
+
+ICMP errors about a leg's packets (stackpep.pep.icmp) come in by `icmp_error`:
+Packet Too Big lowers that leg's path MTU and the pump resends at the new size
+at once; other errors are soft (RFC 1122 §4.2.3.9, RFC 5461): the last one is
+kept and named when the connection ends by a timeout.
 """
 from __future__ import annotations
 
@@ -95,6 +100,8 @@ class SplitConnection:
         self.last_activity = self.created  # µs: last packet received or byte relayed
         self.backlog: list = []  # packets that arrived before the routes were known
         self.ready = False  # routes known, server leg opened
+        self.soft_errors = [0, 0]  # ICMP soft errors per leg
+        self.last_soft_error: Optional[str] = None
 
     # -- from the dispatcher ---------------------------------------------------
     def deliver(self, from_client: bool, packet: bytes, flags: int, now: int) -> None:
@@ -218,7 +225,7 @@ class SplitConnection:
                 await trio.sleep(0.02)
         if not (self.established[SERVER] and self.established[CLIENT]):
             if not self.done:
-                log.info("%s: handshake timeout", self)
+                log.info("%s: handshake timeout%s", self, self._soft_error_note())
                 # A silent server means the client's own connect timeout, as without a
                 # proxy: a client whose SYN we never answered hears nothing; a client
                 # leg we did answer gets RST.
@@ -288,9 +295,11 @@ class SplitConnection:
                     if reason in ("refused", "reset"):
                         self._refused(now)
                     else:  # SYN retries ran out: the server is silent
+                        log.info("%s: server leg SYN retries ran out%s", self, self._soft_error_note())
                         self._finish(Outcome.HANDSHAKE_TIMEOUT, abort=True)
                 elif reason in ("timeout", "keepalive"):
                     # retransmissions exhausted on one leg (RFC 9293 §3.8.3): reset the other
+                    log.info("%s: %s leg timed out%s", self, LEG_NAMES[i], self._soft_error_note())
                     self._finish(Outcome.LEG_TIMEOUT, abort=True)
                 else:
                     self._finish(Outcome.RESET_BY_CLIENT if i == CLIENT else Outcome.RESET_BY_SERVER, abort=True)
@@ -364,6 +373,37 @@ class SplitConnection:
                 if leg.state not in ("CLOSED", "TIME-WAIT", "LISTEN"):
                     leg.abort()
         self._flush(now_us())
+
+    # -- ICMP errors (stackpep.pep.icmp) -----------------------------------------------
+    def icmp_error(self, i: int, err, now: int) -> None:
+        """An ICMP error about a packet leg i sent, already rate-limited and parsed."""
+        c = self.disp.counters
+        if not self.ready or (i == CLIENT and not self.client_started):
+            c["icmp_drop_not_ready"] += 1
+            return
+        leg = self.legs[i]
+        if not self.disp.icmp.validate(err, leg):
+            return
+        name = LEG_NAMES[i]
+        if err.packet_too_big:
+            # RFC 1191 §6.1 / RFC 8201 §4: a smaller MSS, and what was lost resent at once
+            if leg.icmp_packet_too_big(err.path_mtu(), now, err.quoted_seq):
+                c[f"icmp_ptb_{name}_leg"] += 1
+                log.info("%s: %s leg path MTU lowered to %d (%s)", self, name, err.path_mtu(), err.describe())
+                self._wake.set()
+            else:
+                c["icmp_ptb_no_change"] += 1
+            return
+        # RFC 1122 §4.2.3.9 / RFC 5461 §4: soft, even the "hard" codes in synchronized
+        # states; the leg's own retransmission timeout decides.
+        self.soft_errors[i] += 1
+        self.last_soft_error = f"{name} leg: {err.describe()}"
+        c[f"icmp_soft_error_{name}_leg"] += 1
+
+    def _soft_error_note(self) -> str:
+        if self.last_soft_error is None:
+            return ""
+        return f" (last ICMP error: {self.last_soft_error}, {sum(self.soft_errors)} in all)"
 
     def __repr__(self) -> str:
         import ipaddress

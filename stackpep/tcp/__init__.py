@@ -9,12 +9,13 @@ from stackpep.tcp.events import (
     CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable, EofReceived,
     SendSpace, TcpEvent,
 )
+from stackpep.tcp.states import TRANSITIONS, TcpState
 from stackpep.tcp.statistics import DROP_REASONS, TcpStatistics
 
 __all__ = [
     "TcpConfig", "CONGESTION_CONTROLS", "LOSS_RESPONSES", "TcpEvent", "CloseReason",
     "Connected", "DataReadable", "SendSpace", "EofReceived", "ConnectionReset",
-    "ConnectionClosed", "TcpStatistics", "DROP_REASONS", "TcpConnection",
+    "ConnectionClosed", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
 ]
 
 

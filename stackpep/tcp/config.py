@@ -6,7 +6,7 @@ RFCs leave a choice (noted per field).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = ["TcpConfig", "CONGESTION_CONTROLS", "LOSS_RESPONSES"]
 
@@ -64,10 +64,13 @@ class TcpConfig:
     """For ``congestion="rate"`` (SCPS-TP rate control, CCSDS 714.0-B-2 §3.2): the
     sending rate in bits/s counted on IP bytes (headers included), as a link rate
     is; cwnd is then not the limit.  Required with "rate", ignored otherwise."""
-    rate_share: Optional[str] = None
-    """With "rate": connections whose configs give the same name (and rate) share
-    ``rate_bps``, each active one pacing at rate / active (CCSDS 714.0-B-2 §3.2; the
-    reference gateway's bucket is per route).  None = the rate is per connection."""
+    rate_share: Optional[Any] = None
+    """With "rate": connections whose configs give the same
+    ``stackpep._fast.tcp.SharedRate`` (owned by whoever creates the engines, e.g. the
+    PEP dispatcher) share its rate, each active one pacing at rate / active (CCSDS
+    714.0-B-2 §3.2; the reference gateway's bucket is per route).  A name (str) is
+    looked up in a process-wide weak registry by (name, rate_bps) instead.  None =
+    the rate is per connection."""
 
     # -- keep-alive (RFC 9293 §3.8.4; off by default as the RFC requires) -----------
     keepalive: bool = False

@@ -6,7 +6,9 @@ from typing import Dict, Optional
 
 __all__ = ["TcpStatistics", "DROP_REASONS"]
 
-#: every reason the engine discards an inbound segment (names of ``drops`` keys)
+#: every reason the engine discards an inbound segment (names of ``drops`` keys).
+#: The one list of names: the engine's counters are the D_* codes of
+#: stackpep/_fast/tcp.pxd in this order (tests/test_tcp_states.py checks it).
 DROP_REASONS = (
     "malformed",          # the wire layer rejected it (counted there too, by error)
     "bad_checksum",       # TCP or IPv4 header checksum wrong
@@ -84,3 +86,7 @@ class TcpStatistics:
     recv_buffered: int        # bytes readable by recv()
     drops: Dict[str, int] = field(default_factory=dict)
     """Discarded inbound segments by reason (names in DROP_REASONS); zeros omitted."""
+    illegal_transitions: int = 0
+    """State changes the engine refused (not in stackpep.tcp.states.TRANSITIONS): a bug if > 0."""
+    events_lost: int = 0
+    """Events not queued because the bounded event queue was full (next_event() not called)."""
