@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -58,7 +57,7 @@ def pep_toml(ports=(80, 5201, "8000-8099"), mode="after-server", handshake_timeo
 
 
 def env_with_path() -> dict:
-    """Environment for `python -m stackpep ...` in a namespace (imports stackpep from here)."""
+    """Environment for `python -m stackpep ...` in a namespace (the stackpep this process runs)."""
     from stackpep.testbed.topology import python_env
 
     return python_env()
@@ -117,11 +116,13 @@ class SplitterTopology:
         if self.stats_file.exists():
             self.stats_file.unlink()
         log = open(self.pep_log, "w")
-        argv = [sys.executable, "-m", "stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file)]
+        from stackpep.testbed.topology import python_command
+
+        argv = python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file))
         if stats_interval:
             argv += ["--stats-interval", str(stats_interval)]
         self.pep = self.box.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env_with_path(),
-                                  cwd=str(ROOT))
+                                  cwd=str(self.tmp))
         line = self.pep.stdout.readline().strip()
         if line != "READY":
             self.pep.wait(timeout=5)
