@@ -53,11 +53,24 @@ def test_compiled_module_list_matches_the_sources():
 
 def test_plain_python_m_in_the_source_tree_imports_the_sources(source_tree):
     # The hazard itself, so that the tests below can fail: without stackpep's
-    # launcher a child started here imports the bare sources.
+    # launcher a child started here imports the bare sources (whose
+    # stackpep/_fast/__init__.py then borrows the installed build's compiled
+    # modules, so a hand-typed `python -c "import stackpep..."` still works).
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
     res = _which_build([sys.executable, "-m", "stackpep._fast"], env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"stackpep {stackpep.__version__} in {source_tree / 'stackpep'}"
+    for line in lines[1:]:
+        assert Path(line.split(": ", 1)[1]).parent == INSTALLED / "_fast", line
+
+
+def test_source_tree_without_an_installed_build_says_what_is_missing(source_tree, tmp_path):
+    # Only the bare sources on the path (no site-packages): the compiled modules
+    # are reported missing, by name, and the exit status is 1.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSAFEPATH", "PYTHONPATH")}
+    res = _which_build([sys.executable, "-S", "-m", "stackpep._fast"], env=env)
     assert res.returncode == 1, res.stdout + res.stderr
-    assert f"stackpep {stackpep.__version__} in {source_tree / 'stackpep'}\n" in res.stdout
     assert "capture: MISSING (ModuleNotFoundError: No module named 'stackpep._fast.capture')" in res.stdout
 
 
