@@ -17,7 +17,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.utils import PcapNgReader
 
 from stackpep.io.pcap import (EPB_OVERHEAD, INBOUND, LINKTYPE_RAW, OUTBOUND, PcapngWriter, PcapTap, RotatingPcap,
-                              path_problem, rotated_names, tap_ports)
+                              interface_path, path_problem, rotated_names, tap_ports)
 from stackpep.io.ports import MemoryPort
 from stackpep.pep.config import check_dict
 
@@ -165,7 +165,7 @@ def test_rotation_keeps_files_each_bounded_and_complete(tmp_path):
         cap.write(i % 2, INBOUND, pkts[i:i + 5], TS + i)
     cap.close()
     # 50 packets, 7 a file: files of 7 x 7 and one of 1; 7 rotations; the last 3 files remain.
-    assert cap.counters == {"pcap_packets": 50, "pcap_bytes": 50 * len(pkts[0]), "pcap_truncated": 0,
+    assert cap.counters == {"pcap_packets": 50, "pcap_bytes": 8 * header_len + 50 * blk, "pcap_truncated": 0,
                             "pcap_rotations": 7, "pcap_write_errors": 0, "pcap_lost": 0}
     names = sorted(os.listdir(tmp_path))
     assert names == ["pep.pcapng", "pep.pcapng.1", "pep.pcapng.2"]
@@ -231,7 +231,7 @@ def test_write_error_stops_the_capture_not_the_box(tmp_path, caplog):
 # ------------------------------------------------------------------------ tap
 def test_tap_writes_both_directions_and_passes_everything_on(tmp_path):
     client, server = MemoryPort("box1", True), MemoryPort("box2", False)
-    (tc, ts), cap = tap_ports([client, server], str(tmp_path / "tap.pcapng"))
+    tc, ts = tap_ports([client, server], str(tmp_path / "tap.pcapng"))
     clock = iter([TS * 1000 + 999, (TS + 5) * 1000, (TS + 9) * 1000])
     tc._clock = ts._clock = lambda: next(clock)
 
@@ -244,24 +244,43 @@ def test_tap_writes_both_directions_and_passes_everything_on(tmp_path):
         assert tc.send([SYNACK4, DATA6], None) == 2
 
     trio.run(main)
-    cap.close()
+    tc.close()
+    ts.close()
     assert server.sent == [SYN4] and client.sent == [SYNACK4, DATA6]
     assert (tc.name, tc.client_side, ts.name, ts.client_side) == ("box1", True, "box2", False)
-    assert tc.statistics() == {**client.statistics(), "pcap_packets": 4}
+    assert sorted(os.listdir(tmp_path)) == ["tap.box1.pcapng", "tap.box2.pcapng"]
+    hlen = len(tc.pcap.writer.header())
+    assert tc.statistics() == {**client.statistics(), "pcap_packets": 4, "pcap_truncated": 0, "pcap_rotations": 0,
+                               "pcap_write_errors": 0, "pcap_lost": 0,
+                               "pcap_bytes": hlen + sum(tc.pcap.writer.block_len(len(p))
+                                                        for p in (SYN4, ICMP4, SYNACK4, DATA6))}
     assert ts.statistics()["pcap_packets"] == 1
-    with PcapNgReader(str(tmp_path / "tap.pcapng")) as r:
+    with PcapNgReader(str(tmp_path / "tap.box1.pcapng")) as r:
         got = [(p.sniffed_on, p.direction, bytes(p), int(round(p.time * 1e6))) for p in r]
     assert got == [("box1", INBOUND, SYN4, TS), ("box1", INBOUND, ICMP4, TS),
-                   ("box2", OUTBOUND, SYN4, TS + 5),
                    ("box1", OUTBOUND, SYNACK4, TS + 9), ("box1", OUTBOUND, DATA6, TS + 9)]
+    with PcapNgReader(str(tmp_path / "tap.box2.pcapng")) as r:
+        got = [(p.sniffed_on, p.direction, bytes(p), int(round(p.time * 1e6))) for p in r]
+    assert got == [("box2", OUTBOUND, SYN4, TS + 5)]
 
 
-def test_tap_delegates_port_attributes():
+def test_tap_delegates_port_attributes(tmp_path):
     port = MemoryPort("box1", True)
     port.ifindex = 7
-    [tap], cap = tap_ports([port], "/dev/null")
+    [tap] = tap_ports([port], str(tmp_path / "p.pcapng"))
     assert tap.ifindex == 7 and tap.port is port
-    cap.close()
+    tap.close()
+    assert tap.pcap.closed
+
+
+@pytest.mark.parametrize("path,ifname,expected", [
+    ("/var/tmp/pep.pcapng", "eth0", "/var/tmp/pep.eth0.pcapng"),
+    ("/var/tmp/pep", "eth0", "/var/tmp/pep.eth0"),
+    ("/var/tmp/.pep", "eth0", "/var/tmp/.pep.eth0"),
+    ("/var/tmp/a.b.pcap", "wan", "/var/tmp/a.b.wan.pcap"),
+])
+def test_interface_path(path, ifname, expected):
+    assert interface_path(path, ifname) == expected
 
 
 # ----------------------------------------------------------------- configuration

@@ -11,14 +11,17 @@ Three layers, each knowing only its own job:
 - `PcapTap` wraps a `PacketPort`: what its `receive_batch()` returns is written
   as inbound, what its `send()` is handed as outbound, one timestamp per batch.
   It exists only when capture is on (stackpep.pep.api), so a box that does not
-  capture pays nothing.
+  capture pays nothing: no branch, no attribute check.
 
-Format (draft-ietf-opsawg-pcapng, "PCAP Now Generic"): one file for all
-interfaces, one Interface Description Block (§4.2) per port with
-LINKTYPE_RAW (101: the packet starts with the IPv4 or IPv6 header, as the
-capture ring hands it over without its Ethernet header), each packet an
-Enhanced Packet Block (§4.3) whose epb_flags option (§4.3.1) says inbound or
-outbound.
+Format (draft-ietf-opsawg-pcapng, "PCAP Now Generic"): one set of files per
+interface (`interface_path`: FILE with the interface name inserted), since
+both legs of a split connection carry the same addresses and ports and a
+reader's TCP analysis would mix them up in one file; in it one Interface
+Description Block (§4.2) with LINKTYPE_RAW (101: the packet starts with the
+IPv4 or IPv6 header, as the capture ring hands it over without its Ethernet
+header), each packet an Enhanced Packet Block (§4.3) whose epb_flags option
+(§4.3.1) says inbound or outbound.  `mergecap` makes one file of them, with
+the interface and direction of each packet kept.
 """
 from __future__ import annotations
 
@@ -26,14 +29,15 @@ import logging
 import os
 import struct
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from stackpep.io.ports import Batch, PacketPort
 
 log = logging.getLogger("stackpep.pcap")
 
 __all__ = ["PcapngWriter", "RotatingPcap", "PcapTap", "LINKTYPE_RAW", "INBOUND", "OUTBOUND",
-           "DEFAULT_MAX_BYTES", "DEFAULT_FILES", "MIN_MAX_BYTES", "rotated_names", "path_problem"]
+           "DEFAULT_MAX_BYTES", "DEFAULT_FILES", "MIN_MAX_BYTES", "rotated_names", "path_problem",
+           "interface_path", "tap_ports"]
 
 # ------------------------------------------------------------------ constants
 # Block types (draft-ietf-opsawg-pcapng §4.1 SHB, §4.2 IDB, §4.3 EPB).
@@ -190,7 +194,6 @@ class RotatingPcap:
         self._header = self.writer.header()
         self.counters: Dict[str, int] = {"pcap_packets": 0, "pcap_bytes": 0, "pcap_truncated": 0,
                                          "pcap_rotations": 0, "pcap_write_errors": 0, "pcap_lost": 0}
-        self.per_interface = [0] * len(interfaces)
         self._fd: Optional[int] = None
         self._size = 0
         self._open(rotate=True)
@@ -212,6 +215,7 @@ class RotatingPcap:
             n = os.write(self._fd, view)
             view = view[n:]
         self._size += len(data)
+        self.counters["pcap_bytes"] += len(data)
 
     def _fail(self, exc: OSError, lost: int) -> None:
         self.counters["pcap_write_errors"] += 1
@@ -224,38 +228,38 @@ class RotatingPcap:
         return self._fd is None
 
     # -- packets -----------------------------------------------------------------
-    def write(self, if_id: int, direction: int, packets: Iterable[bytes], ts_us: int) -> None:
+    def write(self, if_id: int, direction: int, packets: Sequence[bytes], ts_us: int) -> None:
         """Write one batch of one interface, all at time `ts_us` (µs since the epoch)."""
         if self._fd is None:
             return
         w = self.writer
         pending: List[bytes] = []
         size = self._size
-        n = 0
-        c = self.counters
+        written = cut = 0
         try:
             for p in packets:
                 blk = w.packet(if_id, ts_us, p, direction)
                 if size + len(blk) > self.max_bytes and size > len(self._header):
                     self._write(b"".join(pending))
+                    written += len(pending)
                     pending = []
                     os.close(self._fd)
                     self._fd = None
                     self._open(rotate=True)
-                    c["pcap_rotations"] += 1
+                    self.counters["pcap_rotations"] += 1
                     size = self._size
                 pending.append(blk)
                 size += len(blk)
-                n += 1
-                c["pcap_bytes"] += len(p)
                 if len(p) > w.snaplen:
-                    c["pcap_truncated"] += 1
+                    cut += 1
             self._write(b"".join(pending))
+            written += len(pending)
         except OSError as exc:
-            self._fail(exc, len(pending))
+            self.counters["pcap_packets"] += written
+            self._fail(exc, len(packets) - written)
             return
-        c["pcap_packets"] += n
-        self.per_interface[if_id] += n
+        self.counters["pcap_packets"] += written
+        self.counters["pcap_truncated"] += cut
 
     def close(self) -> None:
         if self._fd is not None:
@@ -300,11 +304,14 @@ class PcapTap(PacketPort):
 
     def statistics(self) -> Dict[str, int]:
         st = dict(self.port.statistics())
-        st["pcap_packets"] = self.pcap.per_interface[self.if_id]
+        st.update(self.pcap.counters)
         return st
 
     def close(self) -> None:
-        self.port.close()
+        try:
+            self.port.close()
+        finally:
+            self.pcap.close()
 
     def hold_failed_sends(self) -> None:
         self.port.hold_failed_sends()
@@ -313,9 +320,30 @@ class PcapTap(PacketPort):
         return await self.port.retry_held(deadline)
 
 
+def interface_path(path: str, ifname: str) -> str:
+    """FILE with the interface name inserted before its extension:
+    /var/tmp/pep.pcapng -> /var/tmp/pep.eth0.pcapng (no extension: pep -> pep.eth0)."""
+    head, name = os.path.split(path)
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return os.path.join(head, f"{name}.{ifname}")
+    return os.path.join(head, f"{stem}.{ifname}.{ext}")
+
+
 def tap_ports(ports: Sequence[PacketPort], path: str, max_bytes: int = DEFAULT_MAX_BYTES,
-              files: int = DEFAULT_FILES) -> Tuple[List[PcapTap], RotatingPcap]:
-    """Wrap every port; one pcapng (set) with one interface per port."""
-    ifs = [(p.name, f"stackpep {'client' if p.client_side else 'server'} side") for p in ports]
-    pcap = RotatingPcap(path, ifs, max_bytes=max_bytes, files=files)
-    return [PcapTap(p, pcap, i) for i, p in enumerate(ports)], pcap
+              files: int = DEFAULT_FILES) -> List[PcapTap]:
+    """Wrap every port, each with its own set of files (`interface_path`):
+    one interface a file keeps tshark's TCP analysis right, since both legs of a
+    split connection carry the same addresses and ports."""
+    taps: List[PcapTap] = []
+    try:
+        for p in ports:
+            pcap = RotatingPcap(interface_path(path, p.name),
+                                [(p.name, f"stackpep {'client' if p.client_side else 'server'} side")],
+                                max_bytes=max_bytes, files=files)
+            taps.append(PcapTap(p, pcap, 0))
+    except BaseException:
+        for t in taps:
+            t.pcap.close()
+        raise
+    return taps

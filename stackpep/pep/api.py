@@ -204,7 +204,6 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
         control = own_ports
     if install_rules is None:
         install_rules = cfg.install_rules and own_ports
-    pcap = None  # capture.pcap: taps on the AF_PACKET ports (stackpep.io.pcap)
     if own_ports:
         problems = check_environment(cfg)
         if problems:
@@ -221,21 +220,20 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
             if cfg.pcap:
                 # Only when on: the splitter then talks to the taps (the router
                 # hands them out too), so nothing is checked per packet when off.
-                from stackpep.io.pcap import tap_ports
+                from stackpep.io.pcap import interface_path, tap_ports
 
                 try:
-                    opened, pcap = tap_ports(opened, cfg.pcap, cfg.pcap_max_bytes, cfg.pcap_files)
+                    opened = tap_ports(opened, cfg.pcap, cfg.pcap_max_bytes, cfg.pcap_files)
                 except OSError as exc:
                     raise ConfigError([Problem(cfg.source, cfg.line_of("capture.pcap"), "capture.pcap",
-                                               f"cannot write {cfg.pcap}: {exc.strerror or exc}")])
-                log.info("capturing every packet of %s to %s (pcapng, %d file(s) of at most %d bytes)",
-                         ", ".join(p.name for p in opened), cfg.pcap, cfg.pcap_files, cfg.pcap_max_bytes)
+                                               f"cannot write {exc.filename or cfg.pcap}: {exc.strerror or exc}")])
+                log.info("capturing every packet of each interface to pcapng: %s (%d file(s) of at most %d "
+                         "bytes each)", ", ".join(interface_path(cfg.pcap, p.name) for p in opened),
+                         cfg.pcap_files, cfg.pcap_max_bytes)
             router = KernelRouter(opened)
         except BaseException:
             for p in opened:
                 p.close()
-            if pcap is not None:
-                pcap.close()
             raise
         ports = opened
     assert router is not None and ports is not None
@@ -271,8 +269,6 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
             close = getattr(router, "close", None)
             if close:
                 close()
-            if pcap is not None:
-                pcap.close()
 
 
 async def _start_control(nursery: trio.Nursery, pep: Pep, cfg: PepConfig) -> None:
