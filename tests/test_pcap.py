@@ -16,10 +16,11 @@ from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import PcapNgReader
 
-from stackpep.io.pcap import (EPB_OVERHEAD, INBOUND, LINKTYPE_RAW, OUTBOUND, PcapngWriter, PcapTap, RotatingPcap,
+from stackpep.io.pcap import (EPB_OVERHEAD, INBOUND, LINKTYPE_RAW, OUTBOUND, PcapngWriter, RotatingPcap,
                               interface_path, path_problem, rotated_names, tap_ports)
 from stackpep.io.ports import MemoryPort
 from stackpep.pep.config import check_dict
+from stackpep.pep.testing import env_with_path
 
 TS = 1_785_000_000_123_456  # µs since the epoch (2026), beyond 32 bits on purpose
 
@@ -321,8 +322,6 @@ def test_path_problem_unwritable(tmp_path, monkeypatch):
 
 
 def _stackpep(*args, **kw):
-    from stackpep.pep.testing import env_with_path
-
     return subprocess.run([sys.executable, "-m", "stackpep", *args], capture_output=True, text=True, timeout=60,
                           env=env_with_path(), cwd="/", **kw)
 
@@ -337,8 +336,7 @@ def test_check_config_names_a_read_only_directory(tmp_path):
     res = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                           f"mount -t tmpfs -o ro none {ro} && exec \"$@\"", "sh",
                           sys.executable, "-m", "stackpep", "check-config", str(cfg)],
-                         capture_output=True, text=True, timeout=60, cwd="/",
-                         env=__import__("stackpep.pep.testing", fromlist=["x"]).env_with_path())
+                         capture_output=True, text=True, timeout=60, cwd="/", env=env_with_path())
     assert res.returncode == 1
     assert res.stderr.splitlines()[0] == (f"{cfg}:5: capture.pcap: directory '{ro}' is not writable "
                                           "(the files rotate by renaming in it)")

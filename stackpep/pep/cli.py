@@ -29,9 +29,10 @@ def _add_run(sub) -> None:
     p.add_argument("--duration", type=float, default=0, metavar="SECONDS",
                    help="stop by itself after SECONDS (0: run until a signal)")
     p.add_argument("--pcap", metavar="FILE",
-                   help="write every packet the box captures and emits, per interface and direction, to FILE "
-                        "(pcapng; rotated as FILE.1 ... by capture.pcap_max_bytes and capture.pcap_files; "
-                        "overrides capture.pcap)")
+                   help="write every packet the box captures and emits to pcapng, one set of files per "
+                        "interface (FILE with the interface name inserted: pep.pcapng -> pep.eth0.pcapng), "
+                        "direction marked; rotated by capture.pcap_max_bytes and capture.pcap_files; "
+                        "overrides capture.pcap (docs/operations.md)")
     p.set_defaults(handler=run_main)
 
 
