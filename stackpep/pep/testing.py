@@ -107,7 +107,8 @@ class SplitterTopology:
                 shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the splitter ----------------------------------------------------------------
-    def start_pep(self, toml: Optional[str] = None, stats_interval: float = 0.5, timeout: float = 20.0) -> subprocess.Popen:
+    def start_pep(self, toml: Optional[str] = None, stats_interval: float = 0.5, timeout: float = 20.0,
+                  args: tuple = ()) -> subprocess.Popen:
         cfg = self.tmp / "pep.toml"
         toml = toml if toml is not None else pep_toml()
         if "[control]" not in toml:  # each run its own control socket (never the shared default)
@@ -121,6 +122,7 @@ class SplitterTopology:
         argv = python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file))
         if stats_interval:
             argv += ["--stats-interval", str(stats_interval)]
+        argv += list(args)  # e.g. ("--pcap", FILE)
         self.pep = self.box.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env_with_path(),
                                   cwd=str(self.tmp))
         line = self.pep.stdout.readline().strip()
