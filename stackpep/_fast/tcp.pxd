@@ -356,6 +356,7 @@ cdef class TcpConnection:
     cdef void _scps_record_push(self)
     cdef int64_t _scps_unit(self) noexcept
     cdef Py_ssize_t _scps_output(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, uint64_t now)
+    cdef bint _scps_recent_repair(self, int64_t off, uint64_t now)
     cdef bint _scps_rxt_suppressed(self, int64_t off, uint64_t now)
     cdef int64_t _scps_record_clip(self, int64_t off, int64_t length)
     cdef bint _scps_record_end(self, int64_t end)

@@ -1465,6 +1465,8 @@ cdef class TcpConnection:
             if <int64_t>self.cc.cwnd - pipe < mss:
                 return self._output_probe(buf, cap, now)
             off = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
+            if self.n_snack_rxt and self._scps_recent_repair(off, now):
+                off = self.snack_high       # a SNACK repair sent it less than a round trip ago
             off = ivset_skip(&self.sb, off)
             end = self._lost_edge()
             if off < end and off < self.snd_nxt:
@@ -1560,7 +1562,7 @@ cdef class TcpConnection:
             # window (not cwnd) limits it and it is at least half the largest window offered
             if win_avail > length or length * 2 < self.max_snd_wnd:
                 return self._output_blocked(buf, cap, now)
-        if (length == avail and 0 < length < mss and self.cfg_nagle and not rexmit
+        if ((length == avail or rec_cut) and 0 < length < mss and self.cfg_nagle and not rexmit
                 and not self.fin_requested and self.snd_sml > self.snd_una and not self.force_send):
             # RFC 9293 §3.7.4 Nagle, in Minshall's form (as Linux): hold a small segment
             # while an earlier small segment is unacknowledged
@@ -2083,12 +2085,15 @@ cdef class TcpConnection:
             return self._emit_data(buf, cap, off, length, 0, 1, now)
         return 0
 
+    cdef bint _scps_recent_repair(self, int64_t off, uint64_t now):
+        return (self.snack_low <= off < self.snack_high
+                and now - self.snack_high_time < self._scps_rtt_window())
+
     cdef bint _scps_rxt_suppressed(self, int64_t off, uint64_t now):
         """Whether a retransmission at ``off`` is not to be sent: a SNACK repair sent it
         less than a round trip ago, or (BETS sender) the segment at SND.UNA was sent
         bets_max_retransmits times already and is given up."""
-        if (self.n_snack_rxt and self.snack_low <= off < self.snack_high
-                and now - self.snack_high_time < self._scps_rtt_window()):
+        if self.n_snack_rxt and self._scps_recent_repair(off, now):
             return 1
         if (self.scps_bets and self.cfg_bets_max_rxt and off == self.snd_una
                 and off == self.una_rxt_off and self.una_rxt >= self.cfg_bets_max_rxt):
