@@ -83,6 +83,7 @@ cdef enum:
     SCPS_BIT_SNACK1 = 0x40
     SNACKQ_MAX = 6          # holes a received segment can report (TCP_MAX_SNACK)
     SNACK_TRACK = 8         # holes whose report count the receiver tracks (snack_repeat)
+    SREP_MAX = 8            # recent SNACK repairs remembered by the sender
     RECQ_MAX = 64           # record ends kept by the sender (record_boundary)
     SCPS_FB_RST = 1
     SCPS_FB_TIMEOUT = 2
@@ -324,9 +325,10 @@ cdef class TcpConnection:
     cdef int64_t snkq_l[SNACKQ_MAX]
     cdef int64_t snkq_r[SNACKQ_MAX]
     cdef int n_snkq
-    cdef int64_t snack_low            # SNACK repairs sent from here ...
-    cdef int64_t snack_high           # ... up to here ...
-    cdef uint64_t snack_high_time     # ... this recently (one SRTT keeps a hole from going twice)
+    cdef int64_t srep_l[SREP_MAX]     # the last SNACK repairs [l, r) and when they were sent:
+    cdef int64_t srep_r[SREP_MAX]     # one SRTT keeps a hole from going twice
+    cdef uint64_t srep_t[SREP_MAX]
+    cdef int srep_i
     cdef int64_t rec_end[RECQ_MAX]    # ring of record ends (send() calls) not yet acknowledged
     cdef int rec_head, rec_n
     cdef int una_rxt                  # retransmissions of the segment at SND.UNA (BETS sender)
@@ -356,7 +358,7 @@ cdef class TcpConnection:
     cdef void _scps_record_push(self)
     cdef int64_t _scps_unit(self) noexcept
     cdef Py_ssize_t _scps_output(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, uint64_t now)
-    cdef bint _scps_recent_repair(self, int64_t off, uint64_t now)
+    cdef int64_t _scps_recent_repair(self, int64_t off, uint64_t now)
     cdef bint _scps_rxt_suppressed(self, int64_t off, uint64_t now)
     cdef int64_t _scps_record_clip(self, int64_t off, int64_t length)
     cdef bint _scps_record_end(self, int64_t end)

@@ -1465,8 +1465,8 @@ cdef class TcpConnection:
             if <int64_t>self.cc.cwnd - pipe < mss:
                 return self._output_probe(buf, cap, now)
             off = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
-            if self.n_snack_rxt and self._scps_recent_repair(off, now):
-                off = self.snack_high       # a SNACK repair sent it less than a round trip ago
+            if self.n_snack_rxt:
+                off = self._scps_recent_repair(off, now)    # not what a SNACK repair just sent
             off = ivset_skip(&self.sb, off)
             end = self._lost_edge()
             if off < end and off < self.snd_nxt:
@@ -1911,6 +1911,11 @@ cdef class TcpConnection:
                     self.snkq_l[self.n_snkq] = a
                     self.snkq_r[self.n_snkq] = b
                     self.n_snkq += 1
+                    if a == self.snd_una and not self.in_recovery and self.snd_una >= self.recover:
+                        # the hole at SND.UNA is the loss signal three duplicate ACKs would
+                        # be: recovery starts now (RFC 5681 §3.2 / RFC 6675 §5), so RECOVER
+                        # is SND.MAX of this moment and the repair below is its retransmission
+                        self._enter_recovery(now)
 
     cdef void _scps_after_input(self, uint64_t now):
         # BETS receiver: (re)arm the hole timer for the hole now at RCV.NXT
@@ -2049,9 +2054,7 @@ cdef class TcpConnection:
             end = self.snkq_r[0]
             if off < self.snd_una:
                 off = self.snd_una
-            if (self.snack_low <= off < self.snack_high
-                    and now - self.snack_high_time < self._scps_rtt_window()):
-                off = self.snack_high
+            off = self._scps_recent_repair(off, now)
             if self.sb.n:
                 off = ivset_skip(&self.sb, off)
             if end > self.snd_max:
@@ -2075,25 +2078,40 @@ cdef class TcpConnection:
                 if off + length > hole_end:
                     length = hole_end - off
             self.snkq_l[0] = off + length
-            if not (self.snack_low <= off <= self.snack_high) or now - self.snack_high_time >= self._scps_rtt_window():
-                self.snack_low = off
-            self.snack_high = off + length
-            self.snack_high_time = now
+            i = (self.srep_i + SREP_MAX - 1) % SREP_MAX
+            if self.srep_t[i] and self.srep_r[i] == off and now - self.srep_t[i] < self._scps_rtt_window():
+                self.srep_r[i] = off + length          # the next segment of the same hole
+            else:
+                i = self.srep_i
+                self.srep_i = (i + 1) % SREP_MAX
+                self.srep_l[i] = off
+                self.srep_r[i] = off + length
+            self.srep_t[i] = now
             if self.high_rxt >= off and self.high_rxt < off + length:
                 self.high_rxt = off + length
             self.n_snack_rxt += 1
             return self._emit_data(buf, cap, off, length, 0, 1, now)
         return 0
 
-    cdef bint _scps_recent_repair(self, int64_t off, uint64_t now):
-        return (self.snack_low <= off < self.snack_high
-                and now - self.snack_high_time < self._scps_rtt_window())
+    cdef int64_t _scps_recent_repair(self, int64_t off, uint64_t now):
+        """``off`` moved past every SNACK repair sent less than a round trip ago that
+        holds it (the receiver repeats its SNACK; RFC 6675 / RFC 6582 would resend)."""
+        cdef int i, k
+        cdef uint64_t w = self._scps_rtt_window()
+        for k in range(SREP_MAX):
+            for i in range(SREP_MAX):
+                if self.srep_t[i] and self.srep_l[i] <= off < self.srep_r[i] and now - self.srep_t[i] < w:
+                    off = self.srep_r[i]
+                    break
+            else:
+                return off
+        return off
 
     cdef bint _scps_rxt_suppressed(self, int64_t off, uint64_t now):
         """Whether a retransmission at ``off`` is not to be sent: a SNACK repair sent it
         less than a round trip ago, or (BETS sender) the segment at SND.UNA was sent
         bets_max_retransmits times already and is given up."""
-        if self.n_snack_rxt and self._scps_recent_repair(off, now):
+        if self.n_snack_rxt and self._scps_recent_repair(off, now) != off:
             return 1
         if (self.scps_bets and self.cfg_bets_max_rxt and off == self.snd_una
                 and off == self.una_rxt_off and self.una_rxt >= self.cfg_bets_max_rxt):
