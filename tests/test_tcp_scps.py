@@ -199,3 +199,37 @@ def test_scps_against_plain_peer_is_plain_tcp():
     sa, sb = res.stats_a, res.stats_b
     assert not sa.scps_peer and not sb.scps_peer
     assert (sa.snacks_received, sb.snacks_sent, sa.records_sent, sa.snack_retransmits) == (0, 0, 0, 0)
+
+
+class DropSeq(LinkModel):
+    """A link that loses every copy of the data segment at one stream offset."""
+
+    def __init__(self, *a, iss, offset, **kw):
+        super().__init__(*a, **kw)
+        self.iss, self.offset, self.dropped = iss, offset, 0
+
+    def send(self, packet, now):
+        s = parse_segment(packet)
+        if s.payload and (s.seq - self.iss - 1) % M32 == self.offset:
+            self.dropped += 1
+            return
+        super().send(packet, now)
+
+
+def test_bets_both_ends_move_past_an_unrepairable_hole():
+    # BETS sender gives the segment up after 2 retransmissions; the receiver delivers
+    # past the hole after 3 s; the transfer ends without a timeout or reset and the
+    # receiver says exactly which bytes it skipped
+    sc = ScpsSettings(snack=True, bets=True, bets_hole_timeout_us=3_000_000, bets_max_retransmits=2)
+    cfg = TcpConfig(scps=sc, sack=True)
+    a = TcpConnection(cfg, A_ADDR4, 40000, B_ADDR4, 80, ISS)
+    b = TcpConnection(cfg, B_ADDR4, 80, A_ADDR4, 40000, PISS)
+    data = random.Random(5).randbytes(300_000)
+    lab = DropSeq(1, 100_000, 0, 0.0, rate_bps=20_000_000, iss=ISS, offset=10 * 1448)
+    res = run_pair(a, b, data, b"", lab, LinkModel(2, 100_000, 0, 0.0, rate_bps=20_000_000))
+    sb, sa = res.stats_b, res.stats_a
+    assert res.state_a in ("TIME-WAIT", "CLOSED") and res.state_b in ("TIME-WAIT", "CLOSED")
+    assert (sb.bets_skips, sb.bytes_skipped) == (1, 1448)
+    assert res.received_by_b == data[:10 * 1448] + bytes(1448) + data[11 * 1448:]
+    assert sa.bets_abandoned > 0 and sa.timeouts < 15
+    assert lab.dropped == 3                      # the original and 2 retransmissions, no more
