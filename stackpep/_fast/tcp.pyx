@@ -388,8 +388,8 @@ cdef class TcpConnection:
                 memcpy(self.sbuf + pos, view.buf, first)
                 memcpy(self.sbuf, <uint8_t*>view.buf + first, n - first)
             self.wr_end += n
-            if self.scps_rb_cfg:
-                self._scps_record_push()
+            if self.scps_rb or (self.scps_rb_cfg and not self.have_irs):
+                self._scps_record_push()         # (before the SYN exchange: the peer may be SCPS)
             return n
         finally:
             PyBuffer_Release(&view)
@@ -2278,6 +2278,7 @@ cdef class TcpConnection:
             bets_skips=self.n_bets_skips,
             bytes_skipped=self.n_bytes_skipped,
             bets_abandoned=self.n_bets_abandoned,
+            records_merged=self.n_rec_lost,
         )
 
     @property

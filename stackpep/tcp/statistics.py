@@ -104,3 +104,4 @@ class TcpStatistics:
     bets_skips: int = 0               # BETS: holes delivered past (receiver)
     bytes_skipped: int = 0            # BETS: bytes delivered as zeros (receiver)
     bets_abandoned: int = 0           # BETS: retransmissions not sent after bets_max_retransmits (sender)
+    records_merged: int = 0           # record ends not marked: 64 unacknowledged records already kept
