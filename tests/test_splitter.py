@@ -332,7 +332,7 @@ def test_relay_memory_stays_bounded_when_server_does_not_read():
                         sent += len(chunk)
                 (conn,) = pep.connections()
                 # The client is stalled: what it got rid of sits in bounded buffers.
-                assert all(len(p) <= 16384 for p in conn.pending)
+                assert all(len(leg.pending) <= 16384 for leg in conn.legs)
                 # Bound: the client's send buffer, both legs' buffers on the box, the
                 # server's receive buffer, the relay buffer.
                 t = TcpConfig()
@@ -364,7 +364,7 @@ def test_a_failing_connection_is_reset_and_the_box_goes_on():
                 c1 = await box.connect(40000)
                 s1 = await box.accept()
                 (conn,) = pep.connections()
-                real = conn.legs[0]
+                real = conn.legs[0].engine
 
                 class Exploding:  # the client leg's engine raises on the next packet
                     def __getattr__(self, name):
@@ -373,7 +373,7 @@ def test_a_failing_connection_is_reset_and_the_box_goes_on():
                     def receive_packet(self, packet, now):
                         raise Boom("engine bug")
 
-                conn.legs[0] = Exploding()
+                conn.legs[0].engine = Exploding()
                 await c1.send_all(b"x")
                 with pytest.raises(trio.BrokenResourceError):
                     await s1.receive_some(10)  # the server leg was reset
