@@ -17,7 +17,7 @@ import pytest
 
 dpkt = pytest.importorskip("dpkt")
 
-from stackpep.pep.testing import SERVER4, SplitterTopology, pep_toml  # noqa: E402
+from stackpep.testbed.splitbox import SERVER4, SplitterTopology, pep_toml  # noqa: E402
 
 pytestmark = pytest.mark.netns
 

@@ -390,7 +390,7 @@ def test_a_failing_connection_is_reset_and_the_box_goes_on():
 
 
 def test_corrupt_segments_open_nothing_and_are_counted_by_reason():
-    # issue 8 §5: a SYN that fails a checksum or an integrity check creates no
+    # A SYN that fails a checksum or an integrity check creates no
     # state and sends nothing to the server.
     async def main():
         async with trio.open_nursery() as n:
@@ -454,7 +454,7 @@ def test_late_segments_of_a_reset_flow_are_dropped_not_answered():
     # The client resets; the server's in-flight data for that flow arrives after
     # the box dropped the connection.  Both peers already got the box's RST, so
     # for resets.recent_close_time the late segments are dropped (counted), not
-    # each answered with a RST (issue 8 §7); afterwards the flow is unknown.
+    # each answered with a RST; afterwards the flow is unknown.
     async def main():
         async with trio.open_nursery() as n:
             box = Box(n)
