@@ -18,13 +18,12 @@ import trio.testing
 from stackpep.io.ports import MemoryPort, MemoryRouter
 from stackpep.pep.api import open_pep
 from stackpep.pep.config import from_dict
+from stackpep._fast import tcp
 from stackpep._fast.checksum import internet_checksum
 from stackpep.pep.reset import reset_for
+from stackpep.tcp.config import TcpConfig
+from stackpep.tcp.stream import EngineDriver, TcpStream
 from stackpep.wire import Segment, parse_packet
-
-tcp = pytest.importorskip("stackpep._fast.tcp")
-from stackpep.tcp.config import TcpConfig  # noqa: E402
-from stackpep.tcp.stream import EngineDriver, TcpStream  # noqa: E402
 
 C4, S4 = bytes([198, 18, 0, 2]), bytes([198, 18, 1, 2])
 C6 = bytes.fromhex("fd000001" + "00" * 11 + "02")

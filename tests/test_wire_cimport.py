@@ -17,7 +17,8 @@ USER = textwrap.dedent('''
     # cython: language_level=3
     from libc.stdint cimport uint8_t, uint32_t, uint16_t, int32_t
     from stackpep._fast.wire cimport (tcp_seg_t, parse_ip_tcp, emit_ip_tcp, seg_init, tcp_opts_len,
-                                      parse_icmp_ptb, parse_eth, WIRE_OK, TH_SYN, TH_ACK, CSUM_GOOD)
+                                      parse_icmp_ptb, parse_eth, WIRE_OK, TH_SYN, TH_ACK, CSUM_GOOD,
+                                      icmp_ptb_t, parse_icmp_ptb_ex, plateau_mtu, seg_final_dst, TH_AE)
 
     def reflect(bytes pkt):
         """Parse, swap the ends, re-emit: what an engine does to answer a segment."""
@@ -81,6 +82,39 @@ USER = textwrap.dedent('''
             rc = parse_icmp_ptb(p, n, &mtu, &q, 1)
         return rc, mtu, q.sport, q.dport, q.seq
 
+    def ptb_ex(bytes pkt):
+        """What the PEP's ICMP path does: the MTU to use, and whether it was estimated."""
+        cdef tcp_seg_t q
+        cdef icmp_ptb_t info
+        cdef const uint8_t* p = pkt
+        cdef Py_ssize_t n = len(pkt)
+        cdef int rc
+        with nogil:
+            rc = parse_icmp_ptb_ex(p, n, &info, &q, 1)
+        return rc, info.mtu, info.mtu_field, info.mtu_estimated, info.quoted_total_len
+
+    def plateau(uint32_t total):
+        cdef uint32_t r
+        with nogil:
+            r = plateau_mtu(total)
+        return r
+
+    def seg_extras(bytes pkt):
+        """The fields appended in issue 8: final destination, SNACK holes, AE."""
+        cdef tcp_seg_t seg
+        cdef const uint8_t* p = pkt
+        cdef Py_ssize_t n = len(pkt)
+        cdef int rc
+        cdef const uint8_t* fd
+        with nogil:
+            rc = parse_ip_tcp(p, n, &seg, 1)
+        if rc != WIRE_OK:
+            return rc
+        fd = seg_final_dst(&seg)
+        return (fd[:16] if seg.ip_version == 6 else fd[:4], seg.has_final_dst,
+                [(seg.opts.snack_hole_offset[i], seg.opts.snack_hole_size[i]) for i in range(seg.opts.n_snack)],
+                (seg.opts.snack_offset, seg.opts.snack_size), bool(seg.flags_hi & TH_AE))
+
     def eth(bytes frame):
         cdef uint16_t et
         cdef int32_t tci
@@ -141,3 +175,21 @@ def test_ptb_and_eth(user):
     assert user.ptb(_vec("icmp/v6-ptb-mtu-below-1280").data)[0] == w.CODES["icmp_mtu"]
     assert user.eth(_vec("link/eth-vlan").data) == (18, 0x0800, 0x2064)
     assert user.eth(_vec("truncated/eth-13").data)[0] == w.CODES["eth_truncated"]
+
+
+def test_appended_contract(user):
+    """parse_icmp_ptb_ex / plateau_mtu / seg_final_dst / the SNACK arrays / TH_AE, nogil."""
+    import ipaddress
+    from stackpep._fast import wire as w
+    assert user.ptb_ex(_vec("icmp/v4-frag-needed-mtu-0").data) == (0, 1006, 0, 1, 1452)
+    assert user.ptb(_vec("icmp/v4-frag-needed-mtu-0").data)[:2] == (0, 1006)   # the old call gets the estimate
+    assert user.ptb_ex(_vec("icmp/v4-frag-needed-min-quote").data)[:4] == (0, 1400, 1400, 0)
+    assert [user.plateau(t) for t in (70000, 65535, 1500, 1492, 1493, 576, 296, 297, 68, 0)] == [
+        65535, 32000, 1492, 1006, 1492, 508, 68, 296, 68, 68]
+    assert user.plateau(1500) == w.plateau_mtu(1500)
+    fd, has, holes, first, ae = user.seg_extras(_vec("ipv6-ext/v6-routing-srh-segments-left").data)
+    assert (fd, has) == (ipaddress.ip_address("fd00:3::9").packed, 1)
+    fd, has, holes, first, ae = user.seg_extras(_vec("scps/v4-ack-two-snacks").data)
+    assert (has, holes, first, ae) == (0, [(3, 2), (9, 4)], (3, 2), False)
+    assert fd == ipaddress.ip_address("198.18.0.2").packed
+    assert user.seg_extras(_vec("tcp/v4-syn-accecn-ae").data)[4] is True

@@ -16,6 +16,7 @@ from stackpep._fast import wire as w
 from stackpep.wire import (
     EthernetRepr,
     IcmpPtbRepr,
+    IntegrityError,
     Ipv4Repr,
     Ipv6ExtHeader,
     Ipv6Repr,
@@ -51,8 +52,9 @@ def tcp_options(draw):
         timestamps=draw(st.none() | st.tuples(u32, u32)),
         sack_blocks=tuple(draw(st.lists(st.tuples(u32, u32), max_size=4))),
         scps=draw(st.none() | st.builds(ScpsCapabilities, u8, u8,
-                                        st.just(b"") | st.binary(min_size=3, max_size=12))),
-        snack=draw(st.none() | st.tuples(u16, u16)),
+                                        st.just(b"") | st.binary(min_size=3, max_size=12))
+                  | st.builds(ScpsCapabilities, st.none(), st.none(), st.binary(min_size=3, max_size=12))),
+        snack=tuple(draw(st.lists(st.tuples(u16, u16), max_size=4))),
         record_boundary=draw(st.booleans()),
         corruption_experienced=draw(st.booleans()),
         unknown=unknown,
@@ -63,11 +65,12 @@ def tcp_options(draw):
 
 
 flags = u8.filter(lambda f: (f & 0x03) != 0x03 and (f & 0x06) != 0x06)
+flags12 = st.tuples(flags, st.integers(0, 0xF)).map(lambda t: t[0] | t[1] << 8)   # + AE and reserved bits
 
 
 @st.composite
 def tcp_reprs(draw):
-    return TcpRepr(draw(st.integers(1, 0xFFFF)), draw(st.integers(1, 0xFFFF)), draw(u32), draw(u32), draw(flags),
+    return TcpRepr(draw(st.integers(1, 0xFFFF)), draw(st.integers(1, 0xFFFF)), draw(u32), draw(u32), draw(flags12),
                    draw(u16), draw(u16), draw(tcp_options()), draw(st.binary(max_size=64)))
 
 
@@ -112,9 +115,29 @@ def test_ipv4_repr_round_trip(src, dst, proto, plen, ttl, dscp, ecn, ident, df, 
     r = Ipv4Repr(src, dst, proto, plen, ttl, dscp, ecn, ident, df, mf, off, opts)
     buf = bytearray(r.buffer_len() + plen)
     assert r.emit(buf) == r.buffer_len()
+    if r.is_fragment and off * 8 + plen > 0xFFFF:      # RFC 791: no datagram holds it
+        with pytest.raises(IntegrityError) as e:
+            Ipv4Repr.parse(buf)
+        assert e.value.counter == "ip_fragment_past_max"
+        return
     assert Ipv4Repr.parse(buf) == r
     v = w.Ipv4Packet(buf)
     assert v.verify_checksum() and v.is_fragment == r.is_fragment
+
+
+@st.composite
+def routing_bodies(draw):
+    """Routing header bodies (after next-header and length) the parser reads:
+    any type with segments left 0, SRH (RFC 8754 §2) and type 2 (RFC 6275 §6.4)."""
+    kind = draw(st.sampled_from(["idle", "srh", "mip6"]))
+    if kind == "idle":
+        n = draw(st.integers(0, 3))
+        return bytes([draw(u8), 0]) + draw(st.binary(min_size=4 + 8 * n, max_size=4 + 8 * n))
+    if kind == "mip6":
+        return bytes([2, 1]) + bytes(4) + draw(addr6)
+    n = draw(st.integers(1, 3))
+    return (bytes([4, draw(st.integers(0, n)), n - 1, draw(u8)]) + draw(st.binary(min_size=2, max_size=2))
+            + b"".join(draw(addr6) for _ in range(n)))
 
 
 @st.composite
@@ -131,6 +154,8 @@ def ext_headers(draw):
             data = ((off << 3) | more).to_bytes(2, "big") + draw(u32).to_bytes(4, "big")
         elif k == 51:
             data = draw(st.binary(min_size=6, max_size=30).filter(lambda b: (len(b) + 2) % 4 == 0))
+        elif k == 43:
+            data = draw(routing_bodies())
         else:
             data = draw(st.integers(0, 3).flatmap(lambda n: st.binary(min_size=6 + 8 * n, max_size=6 + 8 * n)))
         out.append(Ipv6ExtHeader(k, data))
@@ -145,7 +170,18 @@ def test_ipv6_repr_round_trip(src, dst, nh, plen, hlim, tc, flow, exts):
     assume(r.buffer_len() - 40 + plen > 0 or nh != 0)
     buf = bytearray(r.buffer_len() + plen)
     assert r.emit(buf) == r.buffer_len()
+    frag = r.fragment
+    if r.is_fragment:
+        # RFC 8200 §4.5: per-fragment headers + offset*8 + fragment data <= 65535
+        i = next(i for i, h in enumerate(exts) if h.kind == 44)
+        unfrag = sum(h.buffer_len() for h in exts[:i])
+        if unfrag + frag[0] * 8 + plen > 0xFFFF:
+            with pytest.raises(IntegrityError) as e:
+                Ipv6Repr.parse(buf)
+            assert e.value.counter == "ip_fragment_past_max"
+            return
     assert Ipv6Repr.parse(buf) == r
+    assert w.parse_ip(buf, 0)["final_dst"] == r.final_dst      # the C walk and the Repr agree
     v = w.Ipv6Packet(buf)
     assert (v.traffic_class, v.flow_label, v.hop_limit) == (tc, flow, hlim)
 
@@ -156,6 +192,7 @@ def test_ipv6_repr_round_trip(src, dst, nh, plen, hlim, tc, flow, exts):
 def test_ethernet_repr_round_trip(dst, src, et, tci):
     r = EthernetRepr(dst, src, et, tci)
     buf = bytearray(r.buffer_len() + 4)
+    buf[r.buffer_len()] = {0x0800: 0x45, 0x86DD: 0x60}.get(et, 0)   # the IP version the ethertype names
     assert r.emit(buf) == r.buffer_len()
     assert EthernetRepr.parse(buf) == r
 
@@ -169,7 +206,7 @@ def test_icmp_ptb_repr_round_trip(v6, inner, data):
     orig = s.to_bytes(inner.payload)
     ihl = 40 if v6 else 20
     quote = orig[:data.draw(st.integers(ihl + 8, len(orig)))]
-    mtu = data.draw(st.integers(1280, 0xFFFFFFFF) if v6 else st.integers(68, 0xFFFF))
+    mtu = data.draw(st.integers(1280, 0xFFFFFFFF) if v6 else st.just(0) | st.integers(68, 0xFFFF))
     r = IcmpPtbRepr(6 if v6 else 4, data.draw(a), data.draw(a), mtu, quote, data.draw(u8), data.draw(u8),
                     0 if v6 else data.draw(u16), data.draw(st.integers(0, 0xFFFFF)) if v6 else 0)
     buf = bytearray(r.buffer_len())
@@ -177,6 +214,10 @@ def test_icmp_ptb_repr_round_trip(v6, inner, data):
     assert IcmpPtbRepr.parse(buf) == r
     q = r.quoted
     assert (q.sport, q.dport, q.seq, q.src, q.dst) == (inner.src_port, inner.dst_port, inner.seq, s.src, s.dst)
+    info = w.parse_ptb_ex(buf)
+    assert (info.mtu, info.mtu_field, info.mtu_estimated) == (r.next_hop_mtu, mtu, r.mtu_estimated)
+    if r.mtu_estimated:                 # RFC 1191 §5: the plateau below the quoted total length
+        assert r.next_hop_mtu == w.plateau_mtu(len(orig)) and r.next_hop_mtu < max(len(orig), 69)
 
 
 # ---- against scapy ---------------------------------------------------------------------

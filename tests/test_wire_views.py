@@ -127,13 +127,17 @@ def test_repr_errors_name_the_condition_and_count():
     counters.reset()
     with pytest.raises(IntegrityError, match="IP version") as e:
         Ipv4Repr.parse(SACK6.data)
+    assert e.value.counter == "ip_version_mismatch"      # as parse_frame says for it under 0x0800
+    with pytest.raises(IntegrityError, match="IP version") as e:
+        Ipv4Repr.parse(V["ip/version-5"].data)
     assert e.value.counter == "ip_version"
     with pytest.raises(SanityError, match="SYN and FIN"):
         TcpRepr.parse(V["tcp/v4-syn-fin"].data[20:], verify_checksum=False)
     with pytest.raises(IntegrityError, match="TCP checksum"):
         TcpRepr.parse(V["checksum/v4-tcp-bad"].data[20:], bytes(V["checksum/v4-tcp-bad"].data[12:16]),
                       bytes(V["checksum/v4-tcp-bad"].data[16:20]))
-    assert dict(counters.nonzero()) == {"ip_version": 1, "tcp_syn_fin": 1, "tcp_checksum": 1}
+    assert dict(counters.nonzero()) == {"ip_version_mismatch": 1, "ip_version": 1, "tcp_syn_fin": 1,
+                                        "tcp_checksum": 1}
     snap = counters.snapshot()
     assert snap["tcp_checksum"] == 1 and counters["tcp_checksum"] == 1
     with pytest.raises(TypeError):

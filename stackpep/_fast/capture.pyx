@@ -43,7 +43,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset, strlen, strncpy
 
 from stackpep._fast.checksum cimport csum_add, csum_fold, pseudo_v4, pseudo_v6
-from stackpep._fast.wire cimport (tcp_seg_t, parse_ip_tcp, wire_count, WIRE_OK, WIRE_IP_VERSION,
+from stackpep._fast.wire cimport (tcp_seg_t, parse_ip_tcp, wire_count, seg_final_dst, WIRE_OK, WIRE_IP_VERSION_MISMATCH,
                                   WIRE_NOT_TCP, WIRE_FRAGMENT, WIRE_ERR_MIN)
 from stackpep._fast.wire import ERRORS as _WIRE_ERRORS
 
@@ -260,9 +260,11 @@ cdef bint _v6_has_fragment_header(const uint8_t* ip, Py_ssize_t upper_off) noexc
     return False
 
 
-cdef int _complete_tcp_checksum(uint8_t* ip, Py_ssize_t n, int v6, Py_ssize_t l4off) noexcept nogil:
+cdef int _complete_tcp_checksum(uint8_t* ip, Py_ssize_t n, int v6, Py_ssize_t l4off,
+                                const uint8_t* dst6=NULL) noexcept nogil:
     """Compute the TCP checksum of a CHECKSUM_PARTIAL packet in place (RFC 1071,
-    pseudo-header RFC 9293 §3.1 / RFC 8200 §8.1).  Returns 0, or -1 if too short."""
+    pseudo-header RFC 9293 §3.1 / RFC 8200 §8.1: `dst6`, when given, is the
+    final destination of an IPv6 routing header).  Returns 0, or -1 if too short."""
     cdef Py_ssize_t seglen = n - l4off
     cdef uint64_t acc
     cdef uint16_t c
@@ -271,7 +273,7 @@ cdef int _complete_tcp_checksum(uint8_t* ip, Py_ssize_t n, int v6, Py_ssize_t l4
     ip[l4off + 16] = 0
     ip[l4off + 17] = 0
     if v6:
-        acc = pseudo_v6(ip + 8, ip + 24, IPPROTO_TCP, <uint32_t>seglen)
+        acc = pseudo_v6(ip + 8, dst6 if dst6 != NULL else ip + 24, IPPROTO_TCP, <uint32_t>seglen)
     else:
         acc = pseudo_v4(ip + 12, ip + 16, IPPROTO_TCP, <uint32_t>seglen)
     acc = csum_add(ip + l4off, seglen, acc)
@@ -568,7 +570,7 @@ cdef class PacketRing:
         # RFC 1122 §3.2.1.1, RFC 8200 §3: the version agrees with the ethertype
         # (the kernel's ip_rcv()/ipv6_rcv() drop a mismatch, so must we).
         if n < 1 or (ip[0] >> 4) != (6 if et == ETH_P_IPV6 else 4):
-            rc = WIRE_IP_VERSION
+            rc = WIRE_IP_VERSION_MISMATCH
             wire_count(rc)
         else:
             rc = parse_ip_tcp(ip, n, seg, verify)
@@ -576,7 +578,8 @@ cdef class PacketRing:
             rc = WIRE_FRAGMENT     # an atomic fragment (RFC 6946): left to the kernel like any fragment
         if rc == WIRE_OK:
             if status & TP_STATUS_CSUMNOTREADY:
-                _complete_tcp_checksum(ip, seg.payload_off + seg.payload_len, seg.ip_version == 6, seg.ip_hdr_len)
+                _complete_tcp_checksum(ip, seg.payload_off + seg.payload_len, seg.ip_version == 6, seg.ip_hdr_len,
+                                       seg_final_dst(seg) if seg.ip_version == 6 else NULL)
                 self.rx_csum_completed += 1
             elif status & TP_STATUS_CSUM_VALID:
                 self.rx_csum_valid += 1

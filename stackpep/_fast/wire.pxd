@@ -22,6 +22,9 @@ cdef enum:
 cdef enum:
     TCP_MAX_SACK = 4
     TCP_MAX_RAW_OPTS = 40   # bytes of unknown options kept verbatim
+    TCP_MAX_SNACK = 6       # SNACK holes kept: every one 40 option bytes can carry (6 x 6 bytes)
+    TH_AE = 0x01            # in tcp_seg_t.flags_hi: the AE bit, 0x100 of the 12-bit flags field
+                            # (RFC 3540 "NS", AccECN RFC 9768 "AE")
 
 cdef struct tcp_opts_t:
     uint16_t mss            # 0 = absent (RFC 9293 §3.7.1)
@@ -39,13 +42,17 @@ cdef struct tcp_opts_t:
     uint8_t scps_ext_len    # bytes of the extended-capabilities option after its kind/len (0 = none);
                             # a separate kind-20 option of length != 4 (CCSDS 714.0-B-2 §3.2.5)
     uint8_t scps_ext[12]
-    uint8_t has_snack       # SNACK, kind 21
-    uint16_t snack_offset
+    uint8_t has_snack       # SNACK, kind 21: 1 if at least one is present
+    uint16_t snack_offset   # the first hole (= snack_hole_offset[0])
     uint16_t snack_size
     uint8_t has_rb          # record boundary, kind 22
     uint8_t has_corruption  # corruption experienced, kind 23
     uint8_t raw_len         # unknown options, kept verbatim (kind, len, data ...)
     uint8_t raw[40]
+    # ---- appended (issue 8): every SNACK hole of the segment, in wire order
+    uint8_t n_snack         # 0..TCP_MAX_SNACK (a header cannot hold more)
+    uint16_t snack_hole_offset[6]
+    uint16_t snack_hole_size[6]
 
 cdef struct tcp_seg_t:
     uint8_t ip_version      # 4 or 6
@@ -69,6 +76,11 @@ cdef struct tcp_seg_t:
     uint32_t payload_off    # offset of payload from the start of the IP packet
     uint32_t payload_len
     tcp_opts_t opts
+    # ---- appended (issue 8)
+    uint8_t flags_hi        # low nibble of TCP byte 12: TH_AE (0x01) and 3 reserved bits, as on the wire
+    uint8_t has_final_dst   # IPv6 routing header with Segments Left > 0: final_dst holds the final
+    uint8_t final_dst[16]   # destination (RFC 8200 §8.1), used in the TCP pseudo-header; dst stays
+                            # the header's address.  0: the final destination is dst.
 
 cdef enum:
     CSUM_UNCHECKED = 0      # not verified (caller asked not to)
@@ -125,6 +137,9 @@ cdef enum:
     WIRE_ICMP_TRUNCATED = -20       # ICMP message shorter than 8 bytes
     WIRE_ICMP_CHECKSUM = -21        # ICMP checksum wrong (RFC 792, RFC 4443 §2.3)
     WIRE_ICMP_QUOTE_TRUNCATED = -22 # quoted packet shorter than its IP header + 8 bytes
+    WIRE_IP_VERSION_MISMATCH = -23  # version nibble disagrees with the ethertype (RFC 1122 §3.2.1.1, RFC 8200 §3)
+    WIRE_IPV6_ROUTING_MALFORMED = -24  # routing header's addresses do not fit its length / segments left
+    WIRE_IP_FRAGMENT_PAST_MAX = -25 # fragment would end beyond 65535 (RFC 791 §3.2, RFC 8200 §4.5)
     WIRE_ETH_NOT_IP = -40           # ethertype neither IPv4 nor IPv6
     WIRE_NOT_TCP = -41              # upper-layer protocol is not TCP
     WIRE_FRAGMENT = -42             # an IP fragment (RFC 791 §3.2, RFC 8200 §4.5): not reassembled
@@ -138,6 +153,7 @@ cdef enum:
     WIRE_ICMP_NOT_PTB = -50         # not frag-needed (type 3 code 4) / packet-too-big (type 2)
     WIRE_ICMP_MTU = -51             # reported MTU below 68 (RFC 791) / 1280 (RFC 8200 §5)
     WIRE_ICMP_QUOTE_NOT_TCP = -52   # the quoted packet is not TCP
+    WIRE_IPV6_ROUTING_TYPE = -53    # Segments Left > 0 in a routing type we cannot read (0: RFC 5095; 1, 3, ...)
     WIRE_ERR_MIN = -63
 
 cdef enum:
@@ -154,12 +170,37 @@ cdef int parse_eth(const uint8_t* buf, Py_ssize_t n, uint16_t* ethertype, int32_
 
 # An ICMPv4 destination-unreachable/fragmentation-needed (RFC 792, RFC 1191 §4)
 # or ICMPv6 packet-too-big (RFC 4443 §3.2, RFC 8201 §4) in an IP packet (no link
-# header).  On success sets *mtu and fills *quoted with what the quoted original
+# header).  On success sets *mtu (the next-hop MTU; for an IPv4 field of 0 the RFC 1191 §5
+# plateau estimate, see parse_icmp_ptb_ex) and fills *quoted with what the quoted original
 # header gives: ip_version, src, dst, tos, ttl, sport, dport, seq (the first 8
 # TCP bytes, all RFC 792 guarantees); quoted.tcp_hdr_len = quoted TCP bytes
 # present (capped at 60), and ack/flags/window too when 16+ bytes are quoted.
 # verify_csum as for parse_ip_tcp (checks the ICMP checksum, not the quote's).
 cdef int parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_seg_t* quoted, int verify_csum) noexcept nogil
+
+# ---- appended (issue 8) -----------------------------------------------------
+# What a frag-needed / packet-too-big tells, for parse_icmp_ptb_ex.
+cdef struct icmp_ptb_t:
+    uint32_t mtu            # next-hop MTU to use: the field, or the RFC 1191 §5 plateau estimate when it is 0
+    uint32_t mtu_field      # the MTU field as sent (IPv4: 16 bits, IPv6: 32 bits)
+    uint8_t mtu_estimated   # 1: the field was 0 (a pre-RFC 1191 router), mtu is plateau_mtu(quoted_total_len)
+    uint32_t quoted_total_len  # quoted IPv4 total length / IPv6 40 + payload length, as the quote says
+
+# As parse_icmp_ptb, with the whole MTU story in *info.  parse_icmp_ptb sets
+# *mtu = info.mtu (the estimate for a 0 field).
+cdef int parse_icmp_ptb_ex(const uint8_t* buf, Py_ssize_t n, icmp_ptb_t* info, tcp_seg_t* quoted, int verify_csum) noexcept nogil
+
+# RFC 1191 §5/§7: the largest plateau (65535, 32000, 17914, 8166, 4352, 2002,
+# 1492, 1006, 508, 296, 68) below the quoted datagram's total length; 68 (the
+# IPv4 minimum, RFC 791) when none is below it.  cimport it (nogil) or import it.
+cpdef uint32_t plateau_mtu(uint32_t total_length) noexcept nogil
+
+# The destination to use in the TCP pseudo-header and as the flow's far end:
+# the routing header's final destination when one is pending, else dst.
+cdef inline const uint8_t* seg_final_dst(const tcp_seg_t* seg) noexcept nogil:
+    if seg.has_final_dst:
+        return &seg.final_dst[0]
+    return &seg.dst[0]
 
 # Counter of rejections per error code (index -code); read through
 # stackpep.wire.counters.  Incremented by every parser above.

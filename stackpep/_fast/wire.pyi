@@ -1,5 +1,5 @@
 """Stub for stackpep._fast.wire (Cython)."""
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -35,6 +35,7 @@ class Segment:
     seq: int
     ack: int
     flags: int
+    flags_hi: int          # low nibble of TCP byte 12: AE (0x01) + 3 reserved bits
     window: int
     urg_ptr: int
     mss: Optional[int]
@@ -42,11 +43,18 @@ class Segment:
     sack_perm: bool
     ts: Optional[Tuple[int, int]]
     sack: Tuple[Tuple[int, int], ...]
-    scps: Optional[Tuple[int, int, bytes]]
-    snack: Optional[Tuple[int, int]]
+    scps: Optional[Tuple[Optional[int], Optional[int], bytes]]   # bitmap/id None: extended option only
+    snack: Optional[Tuple[int, int]]                 # the first hole
+    snack_holes: Tuple[Tuple[int, int], ...]         # every hole, in wire order
     record_boundary: bool
     corruption_experienced: bool
     unknown_options: Tuple[Tuple[int, bytes], ...]
+    @property
+    def ae(self) -> bool: ...
+    @property
+    def final_dst(self) -> bytes: ...      # RFC 8200 §8.1: routing header's final destination, else dst
+    @property
+    def has_final_dst(self) -> bool: ...
     @property
     def dscp(self) -> int: ...
     @property
@@ -72,6 +80,16 @@ def check_packet(packet: Buffer, verify_csum: int = ...) -> int: ...
 def parse_many(data: Buffer, stride: int, count: int, verify_csum: int = ..., length: int = ...) -> int: ...
 def parse_frame(frame: Buffer, verify_csum: int = ...) -> Tuple[Optional[int], Segment]: ...
 def parse_ptb(packet: Buffer, verify_csum: int = ...) -> Tuple[int, Segment]: ...
+
+class PtbInfo(NamedTuple):
+    mtu: int                # next-hop MTU to use (RFC 1191 §5 plateau estimate when the field is 0)
+    mtu_field: int
+    mtu_estimated: bool
+    quoted_total_len: int
+    quoted: Segment
+
+def parse_ptb_ex(packet: Buffer, verify_csum: int = ...) -> PtbInfo: ...
+def plateau_mtu(total_length: int) -> int: ...
 def parse_tcp(segment: Buffer, src: Optional[bytes] = ..., dst: Optional[bytes] = ..., verify_csum: int = ...) -> Segment: ...
 def parse_ip(packet: Buffer, verify_csum: int = ...) -> dict: ...
 def emit_ip_header(buf: Union[bytearray, memoryview], version: int, src: bytes, dst: bytes, proto: int,

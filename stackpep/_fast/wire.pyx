@@ -17,6 +17,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, int8_t, uint16_t, int16_t, uint32_t, int32_t, uint64_t
 from libc.string cimport memcpy, memset, memmove
+from collections import namedtuple as _namedtuple
 
 from stackpep._fast.checksum cimport csum_add, csum_fold, pseudo_v4, pseudo_v6
 
@@ -177,6 +178,36 @@ cdef struct ip_info_t:
     uint16_t ext_len[8]
     const uint8_t* src
     const uint8_t* dst
+    const uint8_t* final_dst   # RFC 8200 §8.1: the routing header's final destination, else dst
+
+
+# RFC 8200 §4.4 routing header: Next Header, Hdr Ext Len, Routing Type, Segments Left, data
+cdef enum:
+    RH_TYPE_MIP6 = 2           # RFC 6275 §6.4: 4 reserved bytes, then the Home Address (one)
+    RH_TYPE_SRH = 4            # RFC 8754 §2: Last Entry, Flags, Tag, Segment List[0..Last Entry]
+    RH_ADDRS = 8               # offset of the first address in both
+
+
+cdef inline int _routing_final_dst(const uint8_t* p, uint32_t hlen, ip_info_t* ip) noexcept nogil:
+    """A routing header with Segments Left > 0: where the packet finally goes."""
+    cdef uint8_t left = p[3]
+    if p[2] == RH_TYPE_MIP6:
+        # RFC 6275 §6.4: Hdr Ext Len 2, Segments Left 1, the home address
+        if hlen != 24 or left != 1:
+            return WIRE_IPV6_ROUTING_MALFORMED
+        ip.final_dst = p + RH_ADDRS
+        return WIRE_OK
+    if p[2] == RH_TYPE_SRH:
+        # RFC 8754 §2: the list is in reverse order, Segment List[0] is the last
+        # segment; §4.3.1.1: Segments Left > Last Entry + 1 is an error.
+        if RH_ADDRS + 16 * (<uint32_t>p[4] + 1) > hlen or left > <uint32_t>p[4] + 1:
+            return WIRE_IPV6_ROUTING_MALFORMED
+        ip.final_dst = p + RH_ADDRS
+        return WIRE_OK
+    # Type 0 is deprecated (RFC 5095 §3: processed as an unrecognised type), types 1
+    # and 3 (RPL, RFC 6554) are not read: RFC 8200 §4.4 discards an unrecognised
+    # type with Segments Left > 0 -- and the pseudo-header could not be built.
+    return WIRE_IPV6_ROUTING_TYPE
 
 
 cdef int _parse_ip(const uint8_t* buf, Py_ssize_t n, ip_info_t* ip, int verify_csum) noexcept nogil:
@@ -185,6 +216,8 @@ cdef int _parse_ip(const uint8_t* buf, Py_ssize_t n, ip_info_t* ip, int verify_c
     cdef uint32_t off, end, hlen
     cdef uint8_t nh
     cdef const uint8_t* p
+    cdef int rc
+    cdef bint rh_unreadable = 0
     if n < 1:
         return WIRE_IP_TRUNCATED
     ip.version = buf[0] >> 4
@@ -224,6 +257,11 @@ cdef int _parse_ip(const uint8_t* buf, Py_ssize_t n, ip_info_t* ip, int verify_c
         ip.end = total
         ip.src = buf + IP4_SRC
         ip.dst = buf + IP4_DST
+        ip.final_dst = ip.dst
+        # RFC 791 §3.2: the fragment's data ends at offset*8 + its length; past
+        # 65535 no datagram can hold it (the "ping of death").
+        if ip.is_fragment and (<uint32_t>ip.frag_offset) * 8 + (total - ihl) > 0xffff:
+            return WIRE_IP_FRAGMENT_PAST_MAX
         return WIRE_OK
     if ip.version != 6:
         return WIRE_IP_VERSION
@@ -244,6 +282,7 @@ cdef int _parse_ip(const uint8_t* buf, Py_ssize_t n, ip_info_t* ip, int verify_c
     ip.hdr_len = IP6_HDR_LEN
     ip.src = buf + IP6_SRC
     ip.dst = buf + IP6_DST
+    ip.final_dst = ip.dst
     end = IP6_HDR_LEN + plen
     ip.end = end
     off = IP6_HDR_LEN
@@ -270,6 +309,15 @@ cdef int _parse_ip(const uint8_t* buf, Py_ssize_t n, ip_info_t* ip, int verify_c
         ip.ext_len[ip.n_ext] = <uint16_t>hlen
         ip.n_ext += 1
         off += hlen
+        if nh == NH_ROUTING and p[3] != 0 and ip.final_dst == ip.dst:
+            # RFC 8200 §8.1: the first routing header with segments left names the
+            # final destination; an unreadable type is reported after the walk, so
+            # integrity errors further on come first.
+            rc = _routing_final_dst(p, hlen, ip)
+            if rc == WIRE_IPV6_ROUTING_MALFORMED:
+                return rc
+            if rc:
+                rh_unreadable = 1
         if nh == NH_FRAGMENT:
             frag = wr_be16(p + 2)
             ip.frag_offset = frag >> 3
@@ -282,11 +330,15 @@ cdef int _parse_ip(const uint8_t* buf, Py_ssize_t n, ip_info_t* ip, int verify_c
                 ip.is_fragment = 1
                 ip.proto = p[0]
                 ip.upper_off = off
-                return WIRE_OK
+                # RFC 8200 §4.5: the reassembled payload (per-fragment headers,
+                # offset*8, this fragment's data) must not exceed 65535.
+                if (off - 8 - IP6_HDR_LEN) + (<uint32_t>ip.frag_offset) * 8 + (end - off) > 0xffff:
+                    return WIRE_IP_FRAGMENT_PAST_MAX
+                return WIRE_IPV6_ROUTING_TYPE if rh_unreadable else WIRE_OK
         nh = p[0]
     ip.proto = nh
     ip.upper_off = off
-    return WIRE_OK
+    return WIRE_IPV6_ROUTING_TYPE if rh_unreadable else WIRE_OK
 
 
 cdef inline bint _is_multicast(const ip_info_t* ip, const uint8_t* a) noexcept nogil:
@@ -362,9 +414,17 @@ cdef int _parse_tcp_opts(const uint8_t* o, Py_ssize_t olen, tcp_opts_t* t) noexc
         elif kind == OPT_SNACK:                # CCSDS 714.0-B-2: hole offset, hole size
             if l != 6:
                 return WIRE_TCP_OPT_BAD_LEN
-            t.has_snack = 1
-            t.snack_offset = wr_be16(o + i + 2)
-            t.snack_size = wr_be16(o + i + 4)
+            # one hole an option, several options a segment: keep them all, in
+            # order (40 option bytes hold at most TCP_MAX_SNACK of them)
+            if t.n_snack >= TCP_MAX_SNACK:     # cannot happen in 40 bytes; bounds kept anyway
+                return WIRE_TCP_OPT_BAD_LEN
+            t.snack_hole_offset[t.n_snack] = wr_be16(o + i + 2)
+            t.snack_hole_size[t.n_snack] = wr_be16(o + i + 4)
+            t.n_snack += 1
+            if not t.has_snack:
+                t.has_snack = 1
+                t.snack_offset = t.snack_hole_offset[0]
+                t.snack_size = t.snack_hole_size[0]
         elif kind == OPT_RB:                   # record boundary
             if l != 2:
                 return WIRE_TCP_OPT_BAD_LEN
@@ -397,6 +457,7 @@ cdef int _parse_tcp(const uint8_t* p, Py_ssize_t seglen, tcp_seg_t* out) noexcep
     out.seq = wr_be32(p + TCP_SEQ)
     out.ack = wr_be32(p + TCP_ACK)
     out.flags = p[TCP_FLAGS_B]
+    out.flags_hi = p[TCP_DOFF_B] & 0x0f        # AE + reserved bits: kept, so a rebuild is exact
     out.window = wr_be16(p + TCP_WIN)
     out.urg_ptr = wr_be16(p + TCP_URG)
     out.tcp_hdr_len = doff
@@ -421,7 +482,7 @@ cdef inline int _tcp_sanity(const tcp_seg_t* s) noexcept nogil:
 cdef inline uint64_t _pseudo(const ip_info_t* ip, uint8_t proto, uint32_t length) noexcept nogil:
     if ip.version == 4:
         return pseudo_v4(ip.src, ip.dst, proto, length)
-    return pseudo_v6(ip.src, ip.dst, proto, length)
+    return pseudo_v6(ip.src, ip.final_dst, proto, length)      # RFC 8200 §8.1
 
 
 cdef int _parse_ip_tcp(const uint8_t* buf, Py_ssize_t n, tcp_seg_t* out, int verify_csum) noexcept nogil:
@@ -462,6 +523,9 @@ cdef int _parse_ip_tcp(const uint8_t* buf, Py_ssize_t n, tcp_seg_t* out, int ver
         memcpy(out.dst, ip.dst, 16)
     out.ip_hdr_len = <uint16_t>ip.upper_off
     out.payload_off = ip.upper_off + out.tcp_hdr_len
+    out.has_final_dst = ip.final_dst != ip.dst
+    if out.has_final_dst:
+        memcpy(out.final_dst, ip.final_dst, 16)
     # sanity: legal bytes, illegal meaning
     if _is_multicast(&ip, ip.src) or _is_multicast(&ip, ip.dst):
         return WIRE_TCP_MULTICAST
@@ -493,8 +557,10 @@ cdef int tcp_opts_len(const tcp_opts_t* o) noexcept nogil:
         n += 4
     if o.scps_ext_len:
         n += (2 + o.scps_ext_len + 3) & ~3     # extended capabilities, NOP-padded
-    if o.has_snack:
-        n += 8                                 # NOP NOP SNACK(6)
+    if o.n_snack:
+        n += 8 * (o.n_snack if o.n_snack <= TCP_MAX_SNACK else TCP_MAX_SNACK)   # NOP NOP SNACK(6) each
+    elif o.has_snack:
+        n += 8                                 # set through the first-hole fields only
     if o.has_rb:
         n += 4                                 # NOP NOP RB(2)
     if o.has_corruption:
@@ -535,7 +601,12 @@ cdef int _write_tcp_opts(uint8_t* w, const tcp_opts_t* o) noexcept nogil:
         pad = (4 - (2 + o.scps_ext_len) % 4) % 4
         for j in range(pad):
             w[0] = OPT_NOP; w += 1
-    if o.has_snack:
+    if o.n_snack:
+        k = o.n_snack if o.n_snack <= TCP_MAX_SNACK else TCP_MAX_SNACK
+        for j in range(k):
+            w[0] = OPT_NOP; w[1] = OPT_NOP; w[2] = OPT_SNACK; w[3] = 6
+            wr_put16(w + 4, o.snack_hole_offset[j]); wr_put16(w + 6, o.snack_hole_size[j]); w += 8
+    elif o.has_snack:
         w[0] = OPT_NOP; w[1] = OPT_NOP; w[2] = OPT_SNACK; w[3] = 6
         wr_put16(w + 4, o.snack_offset); wr_put16(w + 6, o.snack_size); w += 8
     if o.has_rb:
@@ -558,7 +629,7 @@ cdef Py_ssize_t _emit_tcp(uint8_t* w, const tcp_seg_t* seg, int olen,
     wr_put16(w + TCP_DPORT, seg.dport)
     wr_put32(w + TCP_SEQ, seg.seq)
     wr_put32(w + TCP_ACK, seg.ack)
-    w[TCP_DOFF_B] = <uint8_t>((hl // 4) << 4)
+    w[TCP_DOFF_B] = <uint8_t>(((hl // 4) << 4) | (seg.flags_hi & 0x0f))
     w[TCP_FLAGS_B] = seg.flags
     wr_put16(w + TCP_WIN, seg.window)
     w[TCP_CSUM] = 0
@@ -646,7 +717,18 @@ cdef int _parse_eth(const uint8_t* buf, Py_ssize_t n, uint16_t* ethertype, int32
         hl = ETH_HDR_LEN
     if ethertype[0] != ETH_P_IP and ethertype[0] != ETH_P_IPV6:
         return WIRE_ETH_NOT_IP
+    if n > hl and _version_mismatch(ethertype[0], buf[hl]):
+        return WIRE_IP_VERSION_MISMATCH
     return hl
+
+
+cdef inline bint _version_mismatch(uint16_t ethertype, uint8_t first) noexcept nogil:
+    # RFC 1122 §3.2.1.1 (IPv4) and RFC 8200 §3 (IPv6): the version nibble must be
+    # the one the ethertype announces.  Only the other IP version is a mismatch;
+    # any other nibble is left to the IP parser (ip_version).
+    if ethertype == ETH_P_IP:
+        return (first >> 4) == 6
+    return (first >> 4) == 4
 
 
 cdef int parse_eth(const uint8_t* buf, Py_ssize_t n, uint16_t* ethertype, int32_t* vlan_tci) noexcept nogil:
@@ -657,7 +739,24 @@ cdef int parse_eth(const uint8_t* buf, Py_ssize_t n, uint16_t* ethertype, int32_
 
 
 # ---- ICMP packet too big -------------------------------------------------------------
-cdef int _parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_seg_t* q, int verify_csum) noexcept nogil:
+cpdef uint32_t plateau_mtu(uint32_t total_length) noexcept nogil:
+    """RFC 1191 §5: the largest plateau of the §7 table below `total_length` (the
+    quoted datagram's total length); 68 (RFC 791's minimum) when none is below it."""
+    # RFC 1191 §7, largest first: 65535 32000 17914 8166 4352 2002 1492 1006 508 296 68
+    if total_length > 65535: return 65535
+    if total_length > 32000: return 32000
+    if total_length > 17914: return 17914
+    if total_length > 8166: return 8166
+    if total_length > 4352: return 4352
+    if total_length > 2002: return 2002
+    if total_length > 1492: return 1492
+    if total_length > 1006: return 1006
+    if total_length > 508: return 508
+    if total_length > 296: return 296
+    return 68
+
+
+cdef int _parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, icmp_ptb_t* info, tcp_seg_t* q, int verify_csum) noexcept nogil:
     cdef ip_info_t ip, qip
     cdef int rc = _parse_ip(buf, n, &ip, verify_csum == 1 or verify_csum == 2)
     cdef const uint8_t* icmp
@@ -665,6 +764,7 @@ cdef int _parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_se
     cdef const uint8_t* th
     cdef uint32_t ilen, qlen, avail
     cdef uint64_t acc
+    cdef uint32_t* mtu = &info.mtu_field
     if rc:
         return rc
     if (ip.version == 4 and ip.proto != NH_ICMP) or (ip.version == 6 and ip.proto != NH_ICMPV6):
@@ -677,7 +777,7 @@ cdef int _parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_se
         return WIRE_ICMP_TRUNCATED
     if verify_csum == 1:
         # RFC 792: over the ICMP message; RFC 4443 §2.3: plus the IPv6 pseudo-header
-        acc = 0 if ip.version == 4 else pseudo_v6(ip.src, ip.dst, NH_ICMPV6, ilen)
+        acc = 0 if ip.version == 4 else _pseudo(&ip, NH_ICMPV6, ilen)
         if csum_fold(csum_add(icmp, ilen, acc)) != 0:
             return WIRE_ICMP_CHECKSUM
     if ip.version == 4:
@@ -710,6 +810,7 @@ cdef int _parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_se
         q.ttl = quote[IP4_TTL]
         q.ip_ident = wr_be16(quote + IP4_IDENT)
         q.ip_df = 1 if wr_be16(quote + IP4_FRAG) & IP4_DF else 0
+        info.quoted_total_len = wr_be16(quote + IP4_TOTAL_LEN)
     else:
         # reuse the chain walk with a fake payload length = bytes present
         if qlen < IP6_HDR_LEN + 8:
@@ -720,6 +821,10 @@ cdef int _parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_se
         q.tos = qip.tos
         q.ttl = qip.ttl
         q.flow_label = qip.flow_label
+        info.quoted_total_len = IP6_HDR_LEN + wr_be16(quote + IP6_PLEN)
+        if qip.final_dst != qip.dst:
+            q.has_final_dst = 1
+            memcpy(q.final_dst, qip.final_dst, 16)
     if qip.proto != NH_TCP:
         return WIRE_ICMP_QUOTE_NOT_TCP
     avail = qlen - qip.upper_off
@@ -739,9 +844,15 @@ cdef int _parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_se
     q.ip_hdr_len = <uint16_t>qip.upper_off
     q.tcp_hdr_len = <uint16_t>(avail if avail < TCP_MAX_HDR else TCP_MAX_HDR)
     q.csum_status = CSUM_UNCHECKED
-    # RFC 1191 §4 / RFC 791: no IPv4 link has an MTU below 68 (an old router's 0
-    # included: the plateau search is not done).  RFC 8201 §4: never below 1280.
-    if (ip.version == 4 and mtu[0] < 68) or (ip.version == 6 and mtu[0] < 1280):
+    info.mtu = info.mtu_field
+    if ip.version == 4 and info.mtu_field == 0:
+        # RFC 1191 §5: a router older than RFC 1191 leaves the field 0; estimate
+        # from the quoted datagram's total length with the plateau table.
+        info.mtu = plateau_mtu(info.quoted_total_len)
+        info.mtu_estimated = 1
+    # RFC 1191 §4 / RFC 791: no IPv4 link has an MTU below 68.  RFC 8201 §4: an
+    # IPv6 one is never below 1280.
+    if (ip.version == 4 and info.mtu < 68) or (ip.version == 6 and info.mtu < 1280):
         return WIRE_ICMP_MTU
     return WIRE_OK
 
@@ -757,8 +868,12 @@ cdef int _parse_ip_quoted6(const uint8_t* quote, uint32_t qlen, ip_info_t* qip) 
     rc = _parse_ip(scratch, take, qip, 0)
     if rc == WIRE_IPV6_JUMBO:
         rc = WIRE_IPV6_EXT_TRUNCATED
+    if rc == WIRE_IPV6_ROUTING_TYPE or rc == WIRE_IP_FRAGMENT_PAST_MAX:
+        rc = WIRE_OK                            # the walk is complete; the quote still names the flow
     if rc:
         return WIRE_ICMP_QUOTE_TRUNCATED
+    if qip.final_dst != qip.dst:
+        qip.final_dst = quote + (qip.final_dst - scratch)     # point into the quote, not the scratch
     qip.src = quote + IP6_SRC
     qip.dst = quote + IP6_DST
     if qip.is_fragment and qip.frag_offset:
@@ -766,12 +881,19 @@ cdef int _parse_ip_quoted6(const uint8_t* quote, uint32_t qlen, ip_info_t* qip) 
     return WIRE_OK
 
 
-cdef int parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_seg_t* quoted, int verify_csum) noexcept nogil:
+cdef int parse_icmp_ptb_ex(const uint8_t* buf, Py_ssize_t n, icmp_ptb_t* info, tcp_seg_t* quoted, int verify_csum) noexcept nogil:
     seg_init(quoted)
-    mtu[0] = 0
-    cdef int rc = _parse_icmp_ptb(buf, n, mtu, quoted, verify_csum)
+    memset(info, 0, sizeof(icmp_ptb_t))
+    cdef int rc = _parse_icmp_ptb(buf, n, info, quoted, verify_csum)
     if rc:
         _counters[-rc] += 1
+    return rc
+
+
+cdef int parse_icmp_ptb(const uint8_t* buf, Py_ssize_t n, uint32_t* mtu, tcp_seg_t* quoted, int verify_csum) noexcept nogil:
+    cdef icmp_ptb_t info
+    cdef int rc = parse_icmp_ptb_ex(buf, n, &info, quoted, verify_csum)
+    mtu[0] = info.mtu if info.mtu else info.mtu_field
     return rc
 
 
@@ -820,6 +942,13 @@ ERRORS = {
     WIRE_ICMP_TRUNCATED: ("icmp_truncated", "ICMP message shorter than 8 bytes"),
     WIRE_ICMP_CHECKSUM: ("icmp_checksum", "ICMP checksum wrong (RFC 792 / RFC 4443 §2.3)"),
     WIRE_ICMP_QUOTE_TRUNCATED: ("icmp_quote_truncated", "ICMP quoted packet shorter than its IP header + 8 bytes"),
+    WIRE_IP_VERSION_MISMATCH: ("ip_version_mismatch",
+                               "IP version disagrees with the ethertype (RFC 1122 §3.2.1.1, RFC 8200 §3)"),
+    WIRE_IPV6_ROUTING_MALFORMED: ("ipv6_routing_malformed",
+                                  "IPv6 routing header's addresses do not fit its length / segments left "
+                                  "(RFC 6275 §6.4, RFC 8754 §4.3.1.1)"),
+    WIRE_IP_FRAGMENT_PAST_MAX: ("ip_fragment_past_max",
+                                "IP fragment ends beyond 65535 (RFC 791 §3.2, RFC 8200 §4.5)"),
     WIRE_ETH_NOT_IP: ("eth_not_ip", "ethertype is neither IPv4 nor IPv6"),
     WIRE_NOT_TCP: ("not_tcp", "upper-layer protocol is not TCP"),
     WIRE_FRAGMENT: ("ip_fragment", "IP fragment: not reassembled (RFC 791 §3.2 / RFC 8200 §4.5)"),
@@ -833,6 +962,9 @@ ERRORS = {
     WIRE_ICMP_NOT_PTB: ("icmp_not_ptb", "ICMP is not frag-needed (3/4) / packet-too-big (2/0)"),
     WIRE_ICMP_MTU: ("icmp_mtu", "ICMP reported MTU below 68 (IPv4) / 1280 (IPv6, RFC 8201 §4)"),
     WIRE_ICMP_QUOTE_NOT_TCP: ("icmp_quote_not_tcp", "ICMP quoted packet is not TCP"),
+    WIRE_IPV6_ROUTING_TYPE: ("ipv6_routing_type",
+                             "IPv6 routing header with segments left of a type not read (0: RFC 5095; "
+                             "RFC 8200 §4.4): final destination unknown"),
 }
 
 COUNTER_NAMES = tuple(name for _, (name, _) in sorted(ERRORS.items(), reverse=True))
@@ -975,6 +1107,24 @@ cdef class Segment:
     @flags.setter
     def flags(self, v): self.seg.flags = v
     @property
+    def flags_hi(self):
+        """Low nibble of TCP byte 12: TH_AE (0x01, flag 0x100) and 3 reserved bits."""
+        return self.seg.flags_hi
+    @flags_hi.setter
+    def flags_hi(self, int v):
+        if not 0 <= v <= 0x0f:
+            raise ValueError("flags_hi is 4 bits (AE + 3 reserved)")
+        self.seg.flags_hi = v
+    @property
+    def ae(self): return bool(self.seg.flags_hi & TH_AE)
+    @property
+    def final_dst(self):
+        """The destination of the TCP pseudo-header (RFC 8200 §8.1): an IPv6 routing
+        header's final destination when Segments Left > 0, else dst."""
+        return _addr(seg_final_dst(&self.seg), self.seg.ip_version)
+    @property
+    def has_final_dst(self): return bool(self.seg.has_final_dst)
+    @property
     def window(self): return self.seg.window
     @window.setter
     def window(self, v): self.seg.window = v
@@ -1043,12 +1193,16 @@ cdef class Segment:
     def scps(self):
         """(bitmap, connection id, extended-capabilities bytes) or None.
 
-        The extended bytes are those of a second kind-20 option (length != 4),
-        from its third byte: (binding space, length << 4, data) groups."""
+        bitmap and connection id are None when only the extended option is
+        present (no 4-byte capabilities option).  The extended bytes are those
+        of a second kind-20 option (length != 4), from its third byte:
+        (binding space, length << 4, data) groups."""
         if not self.seg.opts.has_scps and not self.seg.opts.scps_ext_len:
             return None
-        return (self.seg.opts.scps_bits, self.seg.opts.scps_conn_id,
-                PyBytes_FromStringAndSize(<const char*>self.seg.opts.scps_ext, self.seg.opts.scps_ext_len))
+        ext = PyBytes_FromStringAndSize(<const char*>self.seg.opts.scps_ext, self.seg.opts.scps_ext_len)
+        if not self.seg.opts.has_scps:
+            return (None, None, ext)
+        return (self.seg.opts.scps_bits, self.seg.opts.scps_conn_id, ext)
     @scps.setter
     def scps(self, v):
         cdef const uint8_t[::1] ext
@@ -1063,25 +1217,45 @@ cdef class Segment:
             # option length 4 means the plain capabilities option, so an extended
             # one has length 5..14 here (3..12 bytes after kind and length)
             raise ValueError("SCPS extended capabilities must be 3..12 bytes (or none)")
-        self.seg.opts.has_scps = 1
-        self.seg.opts.scps_bits = bits
-        self.seg.opts.scps_conn_id = conn_id
+        if (bits is None) != (conn_id is None):
+            raise ValueError("SCPS bitmap and connection id are both present or both None")
+        if bits is None and not ext.shape[0]:
+            raise ValueError("SCPS with neither capabilities nor extended capabilities: use None")
+        self.seg.opts.has_scps = 0 if bits is None else 1
+        self.seg.opts.scps_bits = 0 if bits is None else bits
+        self.seg.opts.scps_conn_id = 0 if conn_id is None else conn_id
         self.seg.opts.scps_ext_len = ext.shape[0]
         memset(self.seg.opts.scps_ext, 0, 12)
         if ext.shape[0]:
             memcpy(self.seg.opts.scps_ext, &ext[0], ext.shape[0])
     @property
     def snack(self):
-        """(hole offset, hole size) in segments, or None."""
+        """The first (hole offset, hole size) in segments, or None (see snack_holes)."""
         return (self.seg.opts.snack_offset, self.seg.opts.snack_size) if self.seg.opts.has_snack else None
     @snack.setter
     def snack(self, v):
-        if v is None:
-            self.seg.opts.has_snack = 0
-            self.seg.opts.snack_offset = self.seg.opts.snack_size = 0
-        else:
-            self.seg.opts.has_snack = 1
-            self.seg.opts.snack_offset, self.seg.opts.snack_size = v
+        self.snack_holes = () if v is None else (v,)
+    @property
+    def snack_holes(self):
+        """Every SNACK hole of the segment, in wire order: ((offset, size), ...)."""
+        if self.seg.opts.n_snack == 0 and self.seg.opts.has_snack:
+            return ((self.seg.opts.snack_offset, self.seg.opts.snack_size),)
+        return tuple((self.seg.opts.snack_hole_offset[i], self.seg.opts.snack_hole_size[i])
+                     for i in range(self.seg.opts.n_snack))
+    @snack_holes.setter
+    def snack_holes(self, holes):
+        holes = tuple(holes)
+        if len(holes) > TCP_MAX_SNACK:
+            raise ValueError(f"at most {TCP_MAX_SNACK} SNACK options fit in 40 option bytes")
+        for i, (off, size) in enumerate(holes):
+            self.seg.opts.snack_hole_offset[i] = off
+            self.seg.opts.snack_hole_size[i] = size
+        for i in range(len(holes), TCP_MAX_SNACK):
+            self.seg.opts.snack_hole_offset[i] = self.seg.opts.snack_hole_size[i] = 0
+        self.seg.opts.n_snack = len(holes)
+        self.seg.opts.has_snack = 1 if holes else 0
+        self.seg.opts.snack_offset = holes[0][0] if holes else 0
+        self.seg.opts.snack_size = holes[0][1] if holes else 0
     @property
     def record_boundary(self): return bool(self.seg.opts.has_rb)
     @record_boundary.setter
@@ -1238,8 +1412,29 @@ def parse_frame(object frame, int verify_csum=1):
     return (None if tci < 0 else tci), s
 
 
+PtbInfo = _namedtuple("PtbInfo", "mtu mtu_field mtu_estimated quoted_total_len quoted")
+PtbInfo.__doc__ = """parse_icmp_ptb_ex as Python sees it: `mtu` the next-hop MTU to use (the
+plateau estimate when the field is 0, RFC 1191 §5), `mtu_field` as sent,
+`mtu_estimated`, `quoted_total_len`, and the `quoted` Segment."""
+
+
+def parse_ptb_ex(object packet, int verify_csum=1):
+    """parse_icmp_ptb_ex over an IP packet -> PtbInfo."""
+    cdef Py_buffer view
+    cdef icmp_ptb_t info
+    cdef int rc
+    cdef Segment s = Segment.__new__(Segment)
+    PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE)
+    rc = parse_icmp_ptb_ex(<const uint8_t*>view.buf, view.len, &info, &s.seg, verify_csum)
+    PyBuffer_Release(&view)
+    if rc:
+        _raise(rc)
+    return PtbInfo(info.mtu, info.mtu_field, bool(info.mtu_estimated), info.quoted_total_len, s)
+
+
 def parse_ptb(object packet, int verify_csum=1):
-    """parse_icmp_ptb over an IP packet -> (mtu, quoted Segment)."""
+    """parse_icmp_ptb over an IP packet -> (mtu, quoted Segment); mtu is the
+    plateau estimate when the field is 0 (see parse_ptb_ex)."""
     cdef Py_buffer view
     cdef uint32_t mtu
     cdef int rc
@@ -1320,6 +1515,7 @@ def parse_ip(object packet, int verify_csum=1):
                 is_fragment=bool(ip.is_fragment), flow_label=ip.flow_label, proto=ip.proto,
                 upper_off=ip.upper_off, end=ip.end, hdr_len=ip.hdr_len,
                 src=_addr(ip.src, ip.version), dst=_addr(ip.dst, ip.version),
+                final_dst=_addr(ip.final_dst, ip.version),
                 ext=tuple((ip.ext_kind[i], ip.ext_off[i], ip.ext_len[i]) for i in range(ip.n_ext)),
             )
     finally:
@@ -1442,6 +1638,10 @@ cdef class EthernetFrame(_View):
             self.tci = wr_be16(self.p + 14)
             self.et = wr_be16(self.p + 16)
             self.hl += VLAN_TAG_LEN
+        if ((self.et == ETH_P_IP or self.et == ETH_P_IPV6) and self.n > self.hl
+                and _version_mismatch(self.et, self.p[self.hl])):
+            wire_count(WIRE_IP_VERSION_MISMATCH)
+            _raise(WIRE_IP_VERSION_MISMATCH)
 
     @property
     def dst(self): return PyBytes_FromStringAndSize(<const char*>self.p, 6)

@@ -47,6 +47,16 @@ class PacketPort(abc.ABC):
     def close(self) -> None:
         pass
 
+    # -- the last packets (a PEP stopping: its resets must reach every peer) ----------
+    def hold_failed_sends(self) -> None:
+        """From now on keep every packet the device refuses (a full queue) for
+        `retry_held`, in order, instead of dropping it as TCP's own loss."""
+
+    async def retry_held(self, deadline: float) -> int:
+        """Send what `hold_failed_sends` kept, retrying until `deadline` (trio
+        time); returns the number still unsent."""
+        return 0
+
 
 class Router(abc.ABC):
     """Where packets for an address leave: a port and a link-level next hop."""
@@ -65,6 +75,7 @@ class AfPacketPort(PacketPort):
         self.ring = PacketRing(ifname, client_side=client_side, block_size=block_size, block_nr=block_count,
                                retire_ms=retire_ms, mark=mark, gso=gso)
         self.ifindex = self.ring.ifindex
+        self._held: Optional[List[Tuple[bytes, object]]] = None
 
     async def receive_batch(self) -> Batch:
         while True:
@@ -75,7 +86,32 @@ class AfPacketPort(PacketPort):
                 await trio.lowlevel.wait_readable(self.ring.fileno())
 
     def send(self, packets: List[bytes], hop) -> int:
-        return self.ring.send_batch(packets, hop.macs)
+        held = self._held
+        if held is None:
+            return self.ring.send_batch(packets, hop.macs)
+        # One at a time, so a refused packet is known; once one is held the rest
+        # queue behind it (a RST must not overtake the data before it).
+        sent = 0
+        for p in packets:
+            if held or not self.ring.send_batch([p], hop.macs):
+                held.append((p, hop.macs))
+            else:
+                sent += 1
+        return sent
+
+    def hold_failed_sends(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    async def retry_held(self, deadline: float) -> int:
+        held = self._held or []
+        while held and trio.current_time() < deadline:
+            p, macs = held[0]
+            if self.ring.send_batch([p], macs):
+                held.pop(0)
+            else:  # ENOBUFS / EAGAIN: the queue drains in a moment
+                await trio.sleep(0.002)
+        return len(held)
 
     def statistics(self) -> Dict[str, int]:
         return self.ring.statistics()

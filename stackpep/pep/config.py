@@ -21,6 +21,8 @@ ROLES = ("splitter",)
 BACKENDS = ("auto", "nft", "iptables-legacy")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 WAN_LEGS = ("client", "server")
+LOG_FORMATS = ("text", "json")
+CONTROL_DIR = "/run/stackpep"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class PepConfig:
     block_count: int = 64
     retire_ms: int = 1
     gso: bool = True
+    pcap: Optional[str] = None         # pcapng of every packet captured and emitted (None = off)
+    pcap_max_bytes: int = 64 << 20     # ... each file at most this long
+    pcap_files: int = 4                # ... FILE, FILE.1 .. FILE.<n-1>
     tcp_client: Dict[str, Any] = field(default_factory=dict)  # TcpConfig fields, client leg
     tcp_server: Dict[str, Any] = field(default_factory=dict)  # TcpConfig fields, server leg
     wan_leg: Optional[str] = None      # the leg that crosses the long link ([wan])
@@ -75,6 +80,11 @@ class PepConfig:
     reset_per_source_rate: float = 10.0  # ... per source address
     reset_per_source_burst: int = 10
     recent_close_time: float = 10.0    # seconds a closed flow's late segments are recognised
+    drain_timeout: float = 10.0        # SIGTERM: active connections get this long to finish
+    control_socket: str = ""           # `stackpep stats` talks here ("" = no control socket)
+    metrics_listen: Optional[str] = None  # "host:port" of the Prometheus endpoint (None = off)
+    log_connections: bool = True       # one log line per connection end
+    log_format: str = "text"           # "text" or "json" (JSON lines)
     source: str = "<dict>"
     lines: Dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
@@ -165,6 +175,31 @@ class _Checker:
         return v
 
 
+def default_control_socket(instance: str) -> str:
+    return f"{CONTROL_DIR}/{instance or 'stackpep'}.sock"
+
+
+def split_listen(v: str) -> Tuple[str, int]:
+    """"host:port" or "[v6]:port" -> (host, port); ValueError if it is neither."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not host:port: {v!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    ipaddress.ip_address(host)
+    return host, int(port)
+
+
+def _listen_ok(v: str) -> bool:
+    if v == "":
+        return True
+    try:
+        split_listen(v)
+    except ValueError:
+        return False
+    return True
+
+
 def _ifname_ok(v: str) -> bool:
     return 0 < len(v) < 16 and not re.search(r"[\s/:]", v)
 
@@ -231,6 +266,40 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan") -> Dict[st
     }
 
 
+def pcap_problems(path: Optional[str], max_bytes: int, files: int) -> List[Tuple[str, str]]:
+    """[(key, message)] for capture.pcap* values the box could not honour (also
+    for `stackpep run --pcap`): the directory must exist and be writable, since
+    the files rotate by renaming in it."""
+    from stackpep.io.pcap import MIN_MAX_BYTES, path_problem
+
+    out = []
+    if path is not None:
+        why = path_problem(path)
+        if why:
+            out.append(("capture.pcap", why))
+    if not MIN_MAX_BYTES <= max_bytes <= 1 << 40:
+        out.append(("capture.pcap_max_bytes", f"bytes per file, {MIN_MAX_BYTES} .. 2**40 (got {max_bytes!r})"))
+    if not 1 <= files <= 1000:
+        out.append(("capture.pcap_files", f"number of files kept, 1 .. 1000 (got {files!r})"))
+    return out
+
+
+def _check_pcap(ck: "_Checker", cap: dict) -> Tuple[Optional[str], int, int]:
+    from stackpep.io.pcap import DEFAULT_FILES, DEFAULT_MAX_BYTES
+
+    path = ck.typed(cap, "capture", "pcap", str, None)
+    if path == "":
+        path = None  # "" = off, like metrics.listen
+    max_bytes = ck.typed(cap, "capture", "pcap_max_bytes", int, DEFAULT_MAX_BYTES)
+    files = ck.typed(cap, "capture", "pcap_files", int, DEFAULT_FILES)
+    bad = pcap_problems(path, max_bytes, files)
+    for key, msg in bad:
+        ck.bad(key, msg)
+    if bad:
+        return None, DEFAULT_MAX_BYTES, DEFAULT_FILES
+    return path, max_bytes, files
+
+
 def _parse_ports(ck: _Checker, ports: Any) -> Tuple[Tuple[int, int], ...]:
     if not isinstance(ports, list):
         ck.bad("intercept.ports", f"must be a list of ports or \"lo-hi\" ranges, got {ports!r}")
@@ -263,7 +332,8 @@ def from_dict(data: dict, source: str = "<dict>", lines: Optional[Dict[str, int]
 def check_dict(data: dict, source: str, lines: Dict[str, int]):
     """PepConfig if data is valid, else the list of problems."""
     ck = _Checker(source, lines)
-    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp", "wan", "resets"}
+    known = {"pep", "interfaces", "intercept", "handshake", "limits", "rules", "capture", "tcp", "wan", "resets",
+             "control", "metrics", "log"}
     for k in data:
         if k not in known:
             ck.bad(k, f"unknown table (known: {', '.join(sorted(known))})")
@@ -322,26 +392,45 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     htimeout = ck.typed(hs, "handshake", "timeout", (int, float), 10.0, lambda v: 0 < v <= 600,
                         "must be > 0 and <= 600 seconds")
 
-    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1})
+    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1, "drain_timeout": 1})
     maxc = ck.typed(lim, "limits", "max_connections", int, 4096, lambda v: 1 <= v <= 1_000_000,
                     "must be between 1 and 1000000")
     idle = ck.typed(lim, "limits", "idle_timeout", (int, float), 600.0, lambda v: 0 < v <= 86400,
                     "must be > 0 and <= 86400 seconds")
     relay = ck.typed(lim, "limits", "relay_buffer", int, 256 * 1024, lambda v: 1024 <= v <= 1 << 30,
                      "must be between 1024 and 2**30 bytes")
+    drain = ck.typed(lim, "limits", "drain_timeout", (int, float), 10.0, lambda v: 0 <= v <= 86400,
+                     "must be >= 0 and <= 86400 seconds (0: reset at once)")
+
+    ctl = ck.table(data, "control", {"socket": 1})
+    default_sock = default_control_socket(instance)
+    csock = ck.typed(ctl, "control", "socket", str, default_sock,
+                     lambda v: v == "" or (v.startswith("/") and len(v.encode()) < 108),
+                     "an absolute path shorter than 108 bytes, or \"\" for none")
+    met = ck.table(data, "metrics", {"listen": 1})
+    mlisten = ck.typed(met, "metrics", "listen", str, None, _listen_ok,
+                       "\"host:port\" (IPv6 as \"[addr]:port\", port 0-65535), or \"\" for off")
+    if mlisten == "":
+        mlisten = None
+    lg = ck.table(data, "log", {"connections": 1, "format": 1})
+    log_conns = ck.typed(lg, "log", "connections", bool, True)
+    log_format = ck.typed(lg, "log", "format", str, "text", lambda v: v in LOG_FORMATS,
+                          f"one of {', '.join(LOG_FORMATS)}")
 
     ru = ck.table(data, "rules", {"backend": 1, "mark": 1, "install": 1})
     backend = ck.typed(ru, "rules", "backend", str, "auto", lambda v: v in BACKENDS, f"one of {', '.join(BACKENDS)}")
     mark = ck.typed(ru, "rules", "mark", int, 0x5350, lambda v: 0 < v < 2 ** 32, "must be 1 .. 2**32-1")
     install = ck.typed(ru, "rules", "install", bool, True)
 
-    cap = ck.table(data, "capture", {"block_size": 1, "block_count": 1, "retire_ms": 1, "gso": 1})
+    cap = ck.table(data, "capture", {"block_size": 1, "block_count": 1, "retire_ms": 1, "gso": 1, "pcap": 1,
+                                     "pcap_max_bytes": 1, "pcap_files": 1})
     bsize = ck.typed(cap, "capture", "block_size", int, 1 << 18,
                      lambda v: (1 << 17) <= v <= (1 << 24) and v % 4096 == 0,
                      "must be a multiple of 4096 between 128 KiB and 16 MiB")
     bcount = ck.typed(cap, "capture", "block_count", int, 64, lambda v: 2 <= v <= 4096, "must be 2 .. 4096")
     retire = ck.typed(cap, "capture", "retire_ms", int, 1, lambda v: 1 <= v <= 1000, "must be 1 .. 1000")
     gso = ck.typed(cap, "capture", "gso", bool, True)
+    pcap, pcap_max, pcap_files = _check_pcap(ck, cap)
 
     wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1})
     wan_leg = ck.typed(wan, "wan", "leg", str, None, lambda v: v in WAN_LEGS, f"one of {', '.join(WAN_LEGS)}")
@@ -404,10 +493,12 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         role=role, log_level=log_level, handshake_mode=hmode, handshake_timeout=float(htimeout),
         idle_timeout=float(idle), max_connections=maxc, relay_buffer=relay, rules_backend=backend,
         mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
+        pcap=pcap, pcap_max_bytes=pcap_max, pcap_files=pcap_files,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,
         wan_rtt=float(wan_rtt), reset_rate=float(rst_rate), reset_burst=rst_burst,
         reset_per_source_rate=float(rst_src_rate), reset_per_source_burst=rst_src_burst,
-        recent_close_time=float(recent), source=source, lines=dict(lines),
+        recent_close_time=float(recent), drain_timeout=float(drain), control_socket=csock, metrics_listen=mlisten,
+        log_connections=log_conns, log_format=log_format, source=source, lines=dict(lines),
     )
 
 

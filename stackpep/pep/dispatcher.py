@@ -46,6 +46,7 @@ COUNTERS = (
     "drop_table_full",  # SYN refused: max_connections reached
     "drop_server_side_syn",  # a SYN arriving from the server side (we only split client-initiated flows)
     "drop_no_route",  # split connection could not find a route/neighbour
+    "drop_draining",  # SYN while the box drains (SIGTERM) or stops: answered with RST
     "connections_opened",
     "rst_sent_unknown_flow",
     "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
@@ -84,6 +85,8 @@ class Dispatcher:
         self.split_context = SplitContext(config=config, next_hop=router.next_hop, leg_config=self.leg_config,
                                           icmp_validate=self.icmp.validate, counters=self.counters,
                                           report=self._count_outcome)
+        self.draining = False  # new SYNs get RST (stackpep.pep.api: drain and stop)
+        self.on_connection_end: Optional[Callable[[SplitConnection], None]] = None  # connection log
 
     # -- running ---------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -157,6 +160,13 @@ class Dispatcher:
             return
         if not port.client_side:
             c["drop_server_side_syn"] += 1
+            return
+        if self.draining:
+            # RST rather than silence: the client tries again elsewhere (or later) at once.
+            c["drop_draining"] += 1
+            rst = reset_for(pkt)
+            if rst is not None:
+                self._send_reset(port, rst, source_of(pkt))
             return
         if self.active_connections() >= self.config.max_connections:
             c["drop_table_full"] += 1
@@ -253,6 +263,21 @@ class Dispatcher:
             # remember it a while: its peers' late segments are not an unknown flow's
             self.recently_closed.add(conn.key, conn.outcome is not Outcome.CLOSED, now_us())
         self._forget(conn)
+        if self.on_connection_end is not None:
+            try:
+                self.on_connection_end(conn)
+            except Exception:
+                log.exception("%s: connection-end hook failed", conn)
+
+    def reconfigure(self, config: PepConfig) -> None:
+        """A reloaded configuration (stackpep.pep.reload checked that only what
+        may change live differs): used by connections opened from now on."""
+        self.config = config
+        self.tcp_config = (eng.tcp_config(config.tcp_client, self.shared_rates),
+                           eng.tcp_config(config.tcp_server, self.shared_rates))
+        self._leg_configs.clear()
+        self.reset_limiter.reconfigure(limits_from(config))
+        self.recently_closed.hold_us = int(config.recent_close_time * 1_000_000)
 
     def _forget(self, conn: SplitConnection) -> None:
         if self.table.get(conn.key) is conn:

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 from stackpep._fast.capture import ICMP_ERROR  # noqa: F401  (the flags value of an ICMP error in a batch)
+from stackpep._fast.wire import plateau_mtu  # RFC 1191 §5 / §7 Table 7-1
+from stackpep.pep.reset import TokenBucket
 
 ICMP4_UNREACH = 3
 ICMP4_FRAG_NEEDED = 4
@@ -68,9 +70,6 @@ ICMP_COUNTERS = (
     "icmp_drop_not_ready",  # the leg does not exist yet
 )
 
-# RFC 1191 §7, Table 7-1: the MTU plateaus
-PLATEAUS = (65535, 32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
-
 _UNREACH4 = {0: "network unreachable", 1: "host unreachable", 2: "protocol unreachable",
              3: "port unreachable", 4: "fragmentation needed", 5: "source route failed",
              6: "destination network unknown", 7: "destination host unknown", 9: "network prohibited",
@@ -80,16 +79,6 @@ _TYPES6 = {1: "destination unreachable", 2: "packet too big", 3: "time exceeded"
 _UNREACH6 = {0: "no route to destination", 1: "administratively prohibited", 2: "beyond scope of source address",
              3: "address unreachable", 4: "port unreachable", 5: "source address failed ingress/egress policy",
              6: "reject route to destination"}
-
-
-def plateau_mtu(total_length: int) -> int:
-    """RFC 1191 §5: with a next-hop MTU of 0, the largest plateau below the quoted
-    datagram's Total Length (68 at least).  (The wire layer is to get one too:
-    dedupe when it lands.)"""
-    for p in PLATEAUS:
-        if p < total_length:
-            return p
-    return PLATEAUS[-1]
 
 
 class IcmpReject(ValueError):
@@ -218,26 +207,6 @@ def emit_icmp_error(version: int, src: bytes, dst: bytes, type_: int, code: int,
     ck = internet_checksum(bytes(body), pseudo_header_sum(src, dst, 58, len(body)))
     struct.pack_into("!H", body, 2, ck)
     return struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, ttl, src, dst) + bytes(body)
-
-
-class TokenBucket:
-    """`rate` tokens a second up to `burst`, on the caller's clock (int µs)."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.last: Optional[int] = None
-
-    def allow(self, now: int) -> bool:
-        if self.last is not None and now > self.last:
-            self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.rate / 1e6)
-        if self.last is None or now > self.last:
-            self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class IcmpGuard:

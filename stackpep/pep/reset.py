@@ -72,21 +72,31 @@ def source_of(packet: bytes) -> bytes:
 
 # ------------------------------------------------------------------ rate limit
 class TokenBucket:
-    """`rate` tokens per second up to `burst`; `now` in µs (sans-IO)."""
+    """`rate` tokens per second up to `burst`; `now` in µs (sans-IO).  Starts
+    full at the first `now` it is given."""
 
     __slots__ = ("rate", "burst", "tokens", "stamp")
 
-    def __init__(self, rate: float, burst: int, now: int) -> None:
+    def __init__(self, rate: float, burst: int, now: Optional[int] = None) -> None:
         self.rate = rate
         self.burst = burst
         self.tokens = float(burst)
         self.stamp = now
 
     def refill(self, now: int) -> float:
-        if now > self.stamp:
+        if self.stamp is None:
+            self.stamp = now
+        elif now > self.stamp:
             self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate / 1e6)
             self.stamp = now
         return self.tokens
+
+    def allow(self, now: int) -> bool:
+        """Take one token if there is one."""
+        if self.refill(now) >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,12 @@ class ResetLimiter:
         self.limits = limits
         self.total: Optional[TokenBucket] = None
         self.sources: "OrderedDict[bytes, TokenBucket]" = OrderedDict()
+
+    def reconfigure(self, limits: ResetLimits) -> None:
+        """New limits (a reload): the buckets start again from them."""
+        self.limits = limits
+        self.total = None
+        self.sources.clear()
 
     def allow(self, src: bytes, now: int) -> str:
         lim = self.limits

@@ -153,6 +153,10 @@ class Leg:
     def state(self) -> str:
         return self.engine.state if self.engine is not None else "NEW"
 
+    def statistics(self) -> Any:
+        """The engine's statistics snapshot (the leg must have its engine: SplitConnection.ready)."""
+        return self.engine.statistics()
+
     def __repr__(self) -> str:
         return f"<{self.name} leg {self.state}>"
 
@@ -226,6 +230,11 @@ class SplitConnection:
     def lingering(self) -> bool:
         """Both legs are done but one still holds TIME-WAIT (RFC 9293 §3.6.1)."""
         return self.legs[CLIENT].opened and all(leg.engine.tcp_state in _LINGER_STATES for leg in self.legs)
+
+    @property
+    def bytes_relayed(self) -> Tuple[int, int]:
+        """(client -> server, server -> client) bytes handed from one leg to the other."""
+        return (self.legs[CLIENT].bytes_relayed, self.legs[SERVER].bytes_relayed)
 
     def leg_states(self) -> List[str]:
         return [leg.engine.state for leg in self.legs] if self.ready else ["NEW", "NEW"]

@@ -135,6 +135,26 @@ def table(cells, scenarios) -> str:
     return "\n".join(lines + [""] + legend)
 
 
+# -- failures ----------------------------------------------------------------------
+def failure_report(cells, command: str) -> str:
+    """Each failed cell (Cell.failed), its cause and the last lines of the logs of
+    the processes it started; "" if none failed.  The commands print it and exit 1."""
+    failed = [c for c in cells if c.failed]
+    if not failed:
+        return ""
+    lines = [f"{command}: {len(failed)} of {len(cells)} cell(s) failed"]
+    for c in failed:
+        if not c.available:
+            why = f"not available: {c.reason}"
+        else:
+            why = c.error or "; ".join(f"{r['workload']}: {r['error']}" for r in c.results if r.get("error"))
+        lines.append(f"FAILED {c.scenario} / {c.configuration}: {why}")
+        for path, tail in c.log_tails.items():
+            lines.append(f"  last {len(tail)} lines of {path}:")
+            lines += [f"    {line}" for line in tail]
+    return "\n".join(lines)
+
+
 # -- JSON --------------------------------------------------------------------------
 def write_json(path: Path, cells, scenarios, command: Sequence[str], extra: Optional[Dict] = None) -> None:
     doc = {

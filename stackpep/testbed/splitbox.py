@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -46,18 +45,21 @@ timeout = {handshake_timeout}
 [limits]
 idle_timeout = {idle_timeout}
 max_connections = {max_connections}
+drain_timeout = {drain_timeout}
 """
 
 
 def pep_toml(ports=(80, 5201, "8000-8099"), mode="after-server", handshake_timeout=3.0, idle_timeout=600.0,
-             max_connections=4096, extra: str = "") -> str:
+             max_connections=4096, extra: str = "", drain_timeout: float = 0.0) -> str:
+    # drain_timeout 0: SIGTERM resets at once (tests of the stop itself); see docs/operations.md
     ports_s = "[" + ", ".join(f'"{p}"' if isinstance(p, str) else str(p) for p in ports) + "]"
     return DEFAULT_TOML.format(ports=ports_s, mode=mode, handshake_timeout=handshake_timeout,
-                               idle_timeout=idle_timeout, max_connections=max_connections) + extra
+                               idle_timeout=idle_timeout, max_connections=max_connections,
+                               drain_timeout=drain_timeout) + extra
 
 
 def env_with_path() -> dict:
-    """Environment for `python -m stackpep ...` in a namespace (imports stackpep from here)."""
+    """Environment for `python -m stackpep ...` in a namespace (the stackpep this process runs)."""
     from stackpep.testbed.topology import python_env
 
     return python_env()
@@ -70,6 +72,7 @@ class SplitterTopology:
         self.pep: Optional[subprocess.Popen] = None
         self.pep_log = self.tmp / "pep.log"
         self.stats_file = self.tmp / "stats.json"
+        self.control_socket = self.tmp / "control.sock"
         self.mtu = mtu
 
     def __enter__(self) -> "SplitterTopology":
@@ -106,17 +109,24 @@ class SplitterTopology:
                 shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the splitter ----------------------------------------------------------------
-    def start_pep(self, toml: Optional[str] = None, stats_interval: float = 0.5, timeout: float = 20.0) -> subprocess.Popen:
+    def start_pep(self, toml: Optional[str] = None, stats_interval: float = 0.5, timeout: float = 20.0,
+                  args: tuple = ()) -> subprocess.Popen:
         cfg = self.tmp / "pep.toml"
-        cfg.write_text(toml if toml is not None else pep_toml())
+        toml = toml if toml is not None else pep_toml()
+        if "[control]" not in toml:  # each run its own control socket (never the shared default)
+            toml += f'[control]\nsocket = "{self.control_socket}"\n'
+        cfg.write_text(toml)
         if self.stats_file.exists():
             self.stats_file.unlink()
         log = open(self.pep_log, "w")
-        argv = [sys.executable, "-m", "stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file)]
+        from stackpep.testbed.topology import python_command
+
+        argv = python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file))
         if stats_interval:
             argv += ["--stats-interval", str(stats_interval)]
+        argv += list(args)  # e.g. ("--pcap", FILE)
         self.pep = self.box.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env_with_path(),
-                                  cwd=str(ROOT))
+                                  cwd=str(self.tmp))
         line = self.pep.stdout.readline().strip()
         if line != "READY":
             self.pep.wait(timeout=5)

@@ -15,6 +15,8 @@ from stackpep._fast.wire import (  # noqa: F401
     parse_many,
     parse_packet,
     parse_ptb,
+    parse_ptb_ex,
+    plateau_mtu,
 )
 from stackpep.wire.counters import counters  # noqa: F401
 from stackpep.wire.errors import IntegrityError, SanityError, WireError  # noqa: F401
@@ -32,5 +34,6 @@ from stackpep.wire.reprs import (  # noqa: F401
     TcpFlags,
     TcpOptions,
     TcpRepr,
+    parse_frame_repr,
     parse_ip_tcp_repr,
 )

@@ -8,7 +8,7 @@ for every Repr (tests/test_wire_props.py).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Tuple, Union
 
 from stackpep._fast import checksum as _cs
@@ -19,6 +19,18 @@ CSUM_UNCHECKED, CSUM_GOOD, CSUM_PARTIAL, CSUM_BAD = 0, 1, 2, 3
 
 # WIRE_* codes used by the checks done at this level (wire.pxd)
 _IP_VERSION = -4
+_IP_VERSION_MISMATCH = -23
+
+plateau_mtu = _w.plateau_mtu      # RFC 1191 §5/§7 (re-exported for the PEP)
+
+
+def _version_error(first: int, want: int):
+    """The other IP version is a mismatch with what the caller (ethertype) said
+    (RFC 1122 §3.2.1.1, RFC 8200 §3), as parse_frame reports it; any other nibble
+    is not IP."""
+    got = first >> 4
+    code = _IP_VERSION_MISMATCH if got in (4, 6) else _IP_VERSION
+    return _reject(code, f"version {got}, expected {want}")
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q = 0x0800, 0x86DD, 0x8100
 
@@ -39,6 +51,7 @@ class TcpFlags(enum.IntFlag):
     URG = 0x20
     ECE = 0x40
     CWR = 0x80
+    AE = 0x100      # RFC 3540 "NS", AccECN "AE": bit 0 of byte 12 (TcpRepr.flags is 12 bits)
 
 
 # ---- Ethernet -----------------------------------------------------------------------
@@ -100,7 +113,7 @@ class Ipv4Repr:
     def parse(cls, buf, verify_checksum: bool = True) -> "Ipv4Repr":
         mv = memoryview(buf)
         if len(mv) and mv[0] >> 4 != 4:
-            raise _reject(_IP_VERSION, f"version {mv[0] >> 4}, expected 4")
+            raise _version_error(mv[0], 4)
         ip = _w.parse_ip(mv, 1 if verify_checksum else 0)
         return cls(
             src=ip["src"], dst=ip["dst"], protocol=ip["proto"], payload_len=ip["end"] - ip["hdr_len"],
@@ -193,11 +206,22 @@ class Ipv6Repr:
         f = self.fragment
         return f is not None and (f[0] != 0 or f[1])
 
+    @property
+    def final_dst(self) -> bytes:
+        """The destination of the upper-layer pseudo-header (RFC 8200 §8.1): the
+        first routing header with Segments Left > 0 names it -- type 2 its home
+        address (RFC 6275 §6.4), type 4 Segment List[0] (RFC 8754 §2) -- else dst.
+        (Other types with segments left are refused by the parser.)"""
+        for h in self.ext_headers:
+            if h.kind == 43 and len(h.data) >= 22 and h.data[1] != 0 and h.data[0] in (2, 4):
+                return bytes(h.data[6:22])
+        return self.dst
+
     @classmethod
     def parse(cls, buf) -> "Ipv6Repr":
         mv = memoryview(buf)
         if len(mv) and mv[0] >> 4 != 6:
-            raise _reject(_IP_VERSION, f"version {mv[0] >> 4}, expected 6")
+            raise _version_error(mv[0], 6)
         ip = _w.parse_ip(mv, 0)
         exts = []
         for kind, off, length in ip["ext"]:
@@ -231,8 +255,8 @@ class Ipv6Repr:
 class ScpsCapabilities:
     """SCPS capabilities option, kind 20 (CCSDS 714.0-B-2; facts in docs/scps-tp-notes)."""
 
-    bitmap: int = 0
-    connection_id: int = 0
+    bitmap: Optional[int] = 0            # None: the 4-byte capabilities option is absent
+    connection_id: Optional[int] = 0
     # extended-capabilities option (a second kind-20 option, CCSDS 714.0-B-2
     # §3.2.5): its bytes after kind and length -- (binding space id,
     # length-in-16-bit-words << 4, data) groups; empty or 3..12 bytes.
@@ -241,30 +265,42 @@ class ScpsCapabilities:
     BETS, SNACK1, SNACK2, COMPRESS, NL_TIMESTAMPS = 0x80, 0x40, 0x20, 0x10, 0x08
 
     @property
+    def has_capabilities(self) -> bool:
+        """The 4-byte capabilities option is present (else only the extended one)."""
+        return self.bitmap is not None
+
+    @property
     def bets(self) -> bool:
-        return bool(self.bitmap & self.BETS)
+        return bool((self.bitmap or 0) & self.BETS)
 
     @property
     def snack1(self) -> bool:
-        return bool(self.bitmap & self.SNACK1)
+        return bool((self.bitmap or 0) & self.SNACK1)
 
     @property
     def snack2(self) -> bool:
-        return bool(self.bitmap & self.SNACK2)
+        return bool((self.bitmap or 0) & self.SNACK2)
 
     @property
     def compress(self) -> bool:
-        return bool(self.bitmap & self.COMPRESS)
+        return bool((self.bitmap or 0) & self.COMPRESS)
 
     @property
     def nl_timestamps(self) -> bool:
-        return bool(self.bitmap & self.NL_TIMESTAMPS)
+        return bool((self.bitmap or 0) & self.NL_TIMESTAMPS)
 
 
 @dataclass(frozen=True)
 class TcpOptions:
     """Every TCP option a PEP meets.  Unknown kinds are kept verbatim as
-    ((kind, data), ...) and re-emitted.  MSS 0 cannot be told from "absent"."""
+    ((kind, data), ...) and re-emitted.  MSS 0 cannot be told from "absent".
+
+    `layout` is None when the options sit in the canonical (Linux) layout that
+    emit writes; otherwise it holds the option bytes as parsed (order, NOP and EOL
+    placement, bytes after EOL, repeated options), and emit writes them verbatim
+    as long as they still encode exactly these fields -- change a field and the
+    canonical layout is written instead.  So parse then emit gives the same bytes.
+    """
 
     mss: Optional[int] = None                          # RFC 9293 §3.7.1, RFC 6691
     window_scale: Optional[int] = None                 # RFC 7323 §2
@@ -272,20 +308,60 @@ class TcpOptions:
     timestamps: Optional[Tuple[int, int]] = None       # RFC 7323 §3 (TSval, TSecr)
     sack_blocks: Tuple[Tuple[int, int], ...] = ()      # RFC 2018 §3, up to 4
     scps: Optional[ScpsCapabilities] = None            # kind 20
-    snack: Optional[Tuple[int, int]] = None            # kind 21 (hole offset, hole size)
+    snack: Tuple[Tuple[int, int], ...] = ()            # kind 21: every (hole offset, hole size), in order
     record_boundary: bool = False                      # kind 22
     corruption_experienced: bool = False               # kind 23
     unknown: Tuple[Tuple[int, bytes], ...] = ()
+    layout: Optional[bytes] = None
 
     @classmethod
-    def _from_segment(cls, s) -> "TcpOptions":
+    def _from_segment(cls, s, wire: Optional[bytes] = None) -> "TcpOptions":
+        """The fields of a parsed Segment; `wire` (its option bytes) is kept as the
+        layout when it is not the canonical one."""
         scps = s.scps
-        return cls(
+        o = cls(
             mss=s.mss, window_scale=s.wscale, sack_permitted=s.sack_perm, timestamps=s.ts, sack_blocks=s.sack,
-            scps=None if scps is None else ScpsCapabilities(*scps), snack=s.snack,
+            scps=None if scps is None else ScpsCapabilities(*scps), snack=s.snack_holes,
             record_boundary=s.record_boundary, corruption_experienced=s.corruption_experienced,
             unknown=s.unknown_options,
         )
+        if wire is not None and o._canonical() != wire:
+            o = replace(o, layout=bytes(wire))
+        return o
+
+    def _canonical(self) -> Optional[bytes]:
+        """The canonical (Linux layout) option bytes, None if they exceed 40."""
+        s = _w.Segment()
+        self._to_segment(s)
+        n = s.options_len()
+        if n > 40:
+            return None
+        buf = bytearray(20 + n)
+        s.emit_tcp(buf, b"\0" * 4, b"\0" * 4)
+        return bytes(buf[20:])
+
+    def wire_bytes(self) -> bytes:
+        """The option bytes emit writes: the layout while it still encodes exactly
+        these fields, else the canonical layout."""
+        if self.layout is not None and self._layout_holds():
+            return self.layout
+        c = self._canonical()
+        if c is None:
+            raise ValueError("options longer than 40 bytes in the canonical layout")
+        return c
+
+    def _layout_holds(self) -> bool:
+        lay = self.layout
+        if len(lay) % 4 or len(lay) > 40:
+            return False
+        hdr = bytearray(20) + lay
+        hdr[0:4] = b"\0\1\0\1"                      # ports 1 -> 1 (sanity needs non-zero)
+        hdr[12] = (len(hdr) // 4) << 4
+        try:
+            s = _w.parse_tcp(bytes(hdr), None, None, 0)
+        except _w.WireError:
+            return False
+        return TcpOptions._from_segment(s) == replace(self, layout=None)
 
     def _to_segment(self, s) -> None:
         s.mss = self.mss
@@ -294,12 +370,14 @@ class TcpOptions:
         s.ts = self.timestamps
         s.sack = self.sack_blocks
         s.scps = None if self.scps is None else (self.scps.bitmap, self.scps.connection_id, self.scps.binding_space)
-        s.snack = self.snack
+        s.snack_holes = self.snack
         s.record_boundary = self.record_boundary
         s.corruption_experienced = self.corruption_experienced
         s.unknown_options = self.unknown
 
     def buffer_len(self) -> int:
+        if self.layout is not None and self._layout_holds():
+            return len(self.layout)
         s = _w.Segment()
         self._to_segment(s)
         return s.options_len()
@@ -307,7 +385,9 @@ class TcpOptions:
 
 @dataclass(frozen=True)
 class TcpRepr:
-    """A TCP segment (RFC 9293 §3.1): header fields, options, payload."""
+    """A TCP segment (RFC 9293 §3.1): header fields, options, payload.  `flags`
+    is the 12-bit field: TcpFlags, AE (0x100) and the 3 reserved bits above it,
+    kept as received so that emit reproduces the bytes."""
 
     src_port: int
     dst_port: int
@@ -324,17 +404,22 @@ class TcpRepr:
               verify_checksum: bool = True) -> "TcpRepr":
         """Integrity, checksum (over the src/dst pseudo-header), then sanity."""
         s = _w.parse_tcp(buf, src, dst, 1 if verify_checksum else 0)
-        return cls._from_segment(s)
+        return cls._from_segment(s, memoryview(buf))
 
     @classmethod
-    def _from_segment(cls, s) -> "TcpRepr":
-        return cls(s.sport, s.dport, s.seq, s.ack, s.flags, s.window, s.urg_ptr,
-                   TcpOptions._from_segment(s), s.payload)
+    def _from_segment(cls, s, tcp_bytes=None) -> "TcpRepr":
+        """tcp_bytes: the segment's bytes (from its TCP header), for the option layout."""
+        wire = None if tcp_bytes is None else bytes(tcp_bytes[20:s.tcp_hdr_len])
+        return cls(s.sport, s.dport, s.seq, s.ack, s.flags | (s.flags_hi << 8), s.window, s.urg_ptr,
+                   TcpOptions._from_segment(s, wire), s.payload)
 
     def _segment(self):
         s = _w.Segment()
         s.sport, s.dport, s.seq, s.ack = self.src_port, self.dst_port, self.seq, self.ack
-        s.flags, s.window, s.urg_ptr = int(self.flags), self.window, self.urgent
+        f = int(self.flags)
+        if not 0 <= f <= 0xFFF:
+            raise ValueError("TCP flags are 12 bits")
+        s.flags, s.flags_hi, s.window, s.urg_ptr = f & 0xFF, f >> 8, self.window, self.urgent
         self.options._to_segment(s)
         return s
 
@@ -345,8 +430,22 @@ class TcpRepr:
         return self.header_len() + len(self.payload)
 
     def emit(self, buf, src: bytes, dst: bytes) -> int:
-        """Write header, options and payload into buf; checksum over src/dst."""
-        return self._segment().emit_tcp(buf, src, dst, self.payload)
+        """Write header, options and payload into buf; checksum over src/dst (for
+        IPv6 with a routing header: Ipv6Repr.final_dst, RFC 8200 §8.1)."""
+        opts = self.options.wire_bytes()
+        if self.options.layout is None or opts is not self.options.layout:
+            return self._segment().emit_tcp(buf, src, dst, self.payload)
+        bare = replace(self, options=TcpOptions())._segment()
+        n = 20 + len(opts) + len(self.payload)
+        mv = memoryview(buf)
+        if len(mv) < n:
+            raise ValueError(f"buffer of {len(mv)} bytes, need {n}")
+        bare.emit_tcp(mv[:20], src, dst)
+        mv[12] = ((20 + len(opts)) // 4) << 4 | (mv[12] & 0x0F)
+        mv[20:20 + len(opts)] = opts
+        mv[20 + len(opts):n] = self.payload
+        _w.TcpSegment(mv[:n]).fill_checksum(src, dst)
+        return n
 
 
 def parse_ip_tcp_repr(packet, verify_checksum: bool = True) -> Tuple[Union[Ipv4Repr, Ipv6Repr], TcpRepr]:
@@ -354,14 +453,26 @@ def parse_ip_tcp_repr(packet, verify_checksum: bool = True) -> Tuple[Union[Ipv4R
     s = _w.parse_packet(packet, 1 if verify_checksum else 0)
     mv = memoryview(packet)
     ip = Ipv4Repr.parse(mv, verify_checksum) if s.ip_version == 4 else Ipv6Repr.parse(mv)
-    return ip, TcpRepr._from_segment(s)
+    return ip, TcpRepr._from_segment(s, mv[s.ip_hdr_len:])
+
+
+def parse_frame_repr(frame, verify_checksum: bool = True
+                     ) -> Tuple[EthernetRepr, Union[Ipv4Repr, Ipv6Repr], TcpRepr]:
+    """An Ethernet II frame carrying IP/TCP -> (EthernetRepr, ip Repr, TcpRepr),
+    through parse_frame: the same checks (version vs ethertype included)."""
+    _tci, _s = _w.parse_frame(frame, 1 if verify_checksum else 0)
+    eth = EthernetRepr.parse(frame)
+    ip, tcp = parse_ip_tcp_repr(memoryview(frame)[eth.buffer_len():], verify_checksum)
+    return eth, ip, tcp
 
 
 # ---- ICMP packet too big ------------------------------------------------------------
 @dataclass(frozen=True)
 class IcmpPtbRepr:
     """ICMPv4 frag-needed (RFC 792, RFC 1191 §4) or ICMPv6 packet-too-big
-    (RFC 4443 §3.2) in an IP packet; `quote` is the quoted original packet."""
+    (RFC 4443 §3.2) in an IP packet; `quote` is the quoted original packet.
+    `mtu` is the field as sent; `next_hop_mtu` the MTU to use (RFC 1191 §5:
+    the plateau estimate when an old router sent 0, then `mtu_estimated`)."""
 
     version: int
     src: bytes
@@ -377,10 +488,26 @@ class IcmpPtbRepr:
     def parse(cls, buf, verify_checksum: bool = True) -> "IcmpPtbRepr":
         """A frag-needed / packet-too-big without IPv4 options or IPv6 extension headers."""
         mv = memoryview(buf)
-        mtu, _quoted = _w.parse_ptb(mv, 1 if verify_checksum else 0)
+        mtu = _w.parse_ptb_ex(mv, 1 if verify_checksum else 0).mtu_field
         ip = _w.parse_ip(mv, 0)
         return cls(ip["version"], ip["src"], ip["dst"], mtu, bytes(mv[ip["upper_off"] + 8:ip["end"]]), ip["ttl"],
                    ip["tos"], ip["ident"], ip["flow_label"])
+
+    @property
+    def mtu_estimated(self) -> bool:
+        """An IPv4 frag-needed with MTU 0 (RFC 1191 §5): next_hop_mtu is estimated."""
+        return self.version == 4 and self.mtu == 0
+
+    @property
+    def quoted_total_len(self) -> int:
+        """The quoted datagram's IPv4 total length / IPv6 40 + payload length."""
+        q = self.quote
+        return int.from_bytes(q[2:4], "big") if self.version == 4 else 40 + int.from_bytes(q[4:6], "big")
+
+    @property
+    def next_hop_mtu(self) -> int:
+        """The MTU to use: the field, or plateau_mtu(quoted total length) when it is 0."""
+        return plateau_mtu(self.quoted_total_len) if self.mtu_estimated else self.mtu
 
     @property
     def quoted(self):

@@ -170,8 +170,13 @@ def segment_fields(s) -> Dict[str, Any]:
         f["flow_label"] = s.flow_label
     if s.scps is not None:
         f["scps"] = dict(bitmap=s.scps[0], connection_id=s.scps[1], binding_space=s.scps[2].hex())
+        if s.scps[0] is None:                      # extended option without the 4-byte base form
+            f["scps"] = dict(binding_space=s.scps[2].hex())
     if s.snack is not None:
         f["snack"] = list(s.snack)
+    f["snack_holes"] = [list(h) for h in s.snack_holes]
+    f["flags_hi"] = s.flags_hi
+    f["final_dst"] = _addr(s.final_dst)
     return f
 
 
@@ -190,9 +195,11 @@ def run(v: Vector) -> Outcome:
                 out.fields["vlan_tci"] = -1 if tci is None else tci
             return out
         if v.parser == "icmp_ptb":
-            mtu, q = _w.parse_ptb(v.data, v.verify_csum)
-            f = dict(mtu=mtu, ip_version=q.ip_version, src=_addr(q.src), dst=_addr(q.dst),
-                     sport=q.sport, dport=q.dport, seq=q.seq, tcp_hdr_len=q.tcp_hdr_len)
+            info = _w.parse_ptb_ex(v.data, v.verify_csum)
+            q = info.quoted
+            f = dict(mtu=info.mtu, mtu_field=info.mtu_field, mtu_estimated=info.mtu_estimated,
+                     quoted_total_len=info.quoted_total_len, ip_version=q.ip_version, src=_addr(q.src),
+                     dst=_addr(q.dst), sport=q.sport, dport=q.dport, seq=q.seq, tcp_hdr_len=q.tcp_hdr_len)
             return Outcome(fields=f, segment=q)
         raise ValueError(f"unknown parser {v.parser!r}")
     except _w.WireError as e:

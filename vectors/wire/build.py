@@ -103,6 +103,24 @@ def routing(nh):
     return bytes([nh, 2, 0, 0]) + bytes(4) + addr("fd00:2::1")
 
 
+def srh(nh, segments, left, last_entry=None):
+    """RFC 8754 §2 Segment Routing Header; `segments` is Segment List[0..n] (the
+    final destination first: the list is in reverse order)."""
+    le = len(segments) - 1 if last_entry is None else last_entry
+    body = b"".join(addr(a) for a in segments)
+    return bytes([nh, 2 * len(segments), 4, left, le, 0, 0, 0]) + body
+
+
+def rh2(nh, home, left=1):
+    """RFC 6275 §6.4 type 2 routing header: one address, the home address."""
+    return bytes([nh, 2, 2, left]) + bytes(4) + addr(home)
+
+
+def rh0(nh, addrs, left):
+    """RFC 2460 §4.4 type 0 (deprecated by RFC 5095)."""
+    return bytes([nh, 2 * len(addrs), 0, left]) + bytes(4) + b"".join(addr(a) for a in addrs)
+
+
 def frag6(nh, offset=0, more=False, ident=0xABCD):
     return struct.pack("!BBHI", nh, 0, (offset << 3) | (1 if more else 0), ident)
 
@@ -110,6 +128,16 @@ def frag6(nh, offset=0, more=False, ident=0xABCD):
 def ah(nh):
     # RFC 4302 §2: payload len = 4 (6 words total -> (4+2)*4 = 24 bytes), SPI, seq, 12-byte ICV
     return struct.pack("!BBHII", nh, 4, 0, 0x100, 1) + bytes(12)
+
+
+def tcp_ae(**kw):
+    """A TCP segment with the AE bit (0x100, byte 12 bit 0) set, checksum refilled."""
+    seg = bytearray(tcp(flags=0xC2, **kw))
+    seg[12] |= 0x01
+    seg[16:18] = b"\0\0"
+    src, dst = kw.get("src", A4), kw.get("dst", B4)
+    seg[16:18] = struct.pack("!H", csum(bytes(seg), pseudo(addr(src), addr(dst), 6, len(seg))))
+    return bytes(seg)
 
 
 def tcp6(src=A6, dst=B6, **kw):
@@ -221,6 +249,26 @@ def main():
     good("scps/v6-ack-snack.toml",
          ip6(tcp6(flags=0x10, seq=2000, ack=90000, opts=bytes([1, 1, 21, 6, 0x01, 0x00, 0x00, 0x10]))),
          "IPv6 ACK with a SNACK (offset 256, size 16)")
+    good("scps/v4-ack-two-snacks.toml",
+         ip4(tcp(flags=0x10, seq=2000, ack=90000,
+                 opts=TS_OPTS + bytes([1, 1, 21, 6, 0, 3, 0, 2]) + bytes([1, 1, 21, 6, 0, 9, 0, 4]))),
+         "ACK with two SNACK options: holes (3, 2) and (9, 4), both kept in order",
+         extra={"snack_holes": [[3, 2], [9, 4]]})
+    good("scps/v4-syn-scps-extended-only.toml",
+         ip4(tcp(opts=bytes.fromhex("020405b4") + bytes([20, 6, 0x01, 0x10, 0xAA, 0xBB, 1, 1]))),
+         "SYN with an SCPS extended-capabilities option and no 4-byte capabilities option",
+         extra={"scps": {"binding_space": "0110aabb"}},
+         comment="The base form is absent: no bitmap, no connection id (none is invented on emit).")
+    good("tcp/v4-syn-accecn-ae.toml",
+         ip4(tcp_ae(opts=SYN_OPTS)),
+         "AccECN SYN: AE, CWR and ECE set (flag bits 0x1c2)", extra={"flags_hi": 1})
+    good("options/v4-nonlinux-order.toml",
+         ip4(tcp(flags=0x10, seq=3000, ack=5000,
+                 opts=bytes([1]) + bytes([8, 10]) + struct.pack("!II", 7, 8) + bytes([99, 3, 0x42])
+                 + bytes([2, 4, 5, 0xB4]) + bytes([1, 1, 1, 0, 0, 0]))),
+         "options in an order Linux does not use: NOP, TS, unknown 99, MSS, NOPs, EOL padding", rebuild=False,
+         extra={"unknown": [[99, "42"]]},
+         comment="A Repr keeps this layout (tests/test_wire_exact.py); emit_ip_tcp writes Linux's.")
     good("scps/v4-data-record-boundary.toml",
          ip4(tcp(flags=0x18, seq=3000, ack=1, opts=TS_OPTS + bytes([1, 1, 22, 2]), payload=b"record-1")),
          "data segment ending a record: NOP NOP RB(22,2)")
@@ -298,6 +346,41 @@ def main():
         "hop-by-hop after destination options (RFC 8200 §4.3)", "S", "ipv6_hbh_not_first")
     bad("ipv6-ext/v6-jumbo.toml", ip6(hbh(6) + t6, nh=0, plen=0),
         "payload length 0 with hop-by-hop: a jumbogram (RFC 2675)", "S", "ipv6_jumbo")
+    # RFC 8200 §8.1: with segments left, the pseudo-header uses the final destination
+    # (tshark's checksum check, which also does, must say GOOD)
+    final, hop = "fd00:3::9", "fd00:2::1"
+    t6f = tcp6(dst=final, flags=0x18, seq=70, ack=90, opts=TS_OPTS, payload=b"routed")
+    rh = srh(6, [final, hop], left=1)
+    good("ipv6-ext/v6-routing-srh-segments-left.toml", ip6(rh + t6f, nh=43, dst=hop),
+         "SRH (type 4) with segments left 1: TCP checksum over the final destination, Segment List[0]",
+         rebuild=False, extra={"ip_hdr_len": 40 + len(rh), "final_dst": final},
+         comment="RFC 8200 §8.1, RFC 8754 §2: the header's destination is the next segment,\n"
+                 "the pseudo-header's the last one (Segment List[0]).")
+    rh = rh2(6, final)
+    good("ipv6-ext/v6-routing-type2-home-address.toml", ip6(rh + t6f, nh=43, dst=hop),
+         "Mobile IPv6 type 2 routing header: TCP checksum over the home address (RFC 6275 §6.4)",
+         rebuild=False, extra={"ip_hdr_len": 40 + len(rh), "final_dst": final})
+    rh = srh(6, [final, hop], left=0)
+    good("ipv6-ext/v6-routing-srh-segments-left-0.toml", ip6(rh + tcp6(dst=hop, flags=0x10, seq=1, ack=2), nh=43,
+                                                             dst=hop),
+         "SRH with segments left 0: the header's destination is the final one", rebuild=False,
+         extra={"final_dst": hop})
+    bad("checksum/v6-routing-checksum-over-header-dst.toml",
+        ip6(srh(6, [final, hop], left=1) + tcp6(dst=hop, flags=0x10, seq=1, ack=2), nh=43, dst=hop),
+        "SRH with segments left 1 but the TCP checksum computed over the header's destination", "I",
+        "tcp_checksum")
+    bad("ipv6-ext/v6-routing-type0-segments-left.toml",
+        ip6(rh0(6, [final], 1) + tcp6(dst=final, flags=0x10, seq=1, ack=2), nh=43, dst=hop),
+        "deprecated type 0 routing header (RFC 5095) with segments left 1", "S", "ipv6_routing_type")
+    bad("ipv6-ext/v6-routing-srh-last-entry-past-header.toml",
+        ip6(srh(6, [final, hop], left=1, last_entry=2) + tcp6(dst=final, flags=0x10, seq=1, ack=2), nh=43, dst=hop),
+        "SRH Last Entry 2 (three addresses) in a header holding two", "I", "ipv6_routing_malformed")
+    bad("ipv6-ext/v6-routing-srh-left-past-last-entry.toml",
+        ip6(srh(6, [final, hop], left=3) + tcp6(dst=final, flags=0x10, seq=1, ack=2), nh=43, dst=hop),
+        "SRH segments left 3 > Last Entry + 1 (RFC 8754 §4.3.1.1)", "I", "ipv6_routing_malformed")
+    # RFC 8200 §4.5: offset*8 + data beyond 65535
+    bad("ipv6-ext/v6-fragment-past-max.toml", ip6(frag6(6, 8189, True) + bytes(48), nh=44),
+        "fragment at offset 65512 with 48 bytes: would end at 65560 > 65535", "I", "ip_fragment_past_max")
     bad("ipv6-ext/v6-esp.toml", ip6(bytes(32), nh=50), "ESP: the upper layer is not visible", "S", "not_tcp")
     bad("ipv6-ext/v6-no-next-header.toml", ip6(b"", nh=59), "next header 59 (no next header)", "S", "not_tcp")
     del p
@@ -320,6 +403,14 @@ def main():
     bad("truncated/eth-14.toml", frame[:14], "Ethernet header and nothing after it", "I", "ip_truncated", layer="eth")
     bad("truncated/eth-vlan-16.toml", eth(syn4, vlan=5)[:16], "802.1Q tag cut short", "I", "vlan_truncated",
         layer="eth")
+    # RFC 1122 §3.2.1.1, RFC 8200 §3: the version nibble must match the ethertype
+    bad("link/eth-ipv4-ethertype-ipv6-packet.toml", eth(ip6(tcp6(flags=0x10, seq=1, ack=2)), ethertype=0x0800),
+        "ethertype IPv4 carrying an IPv6 packet", "I", "ip_version_mismatch", layer="eth")
+    bad("link/eth-ipv6-ethertype-ipv4-packet.toml", eth(ip4(tcp(flags=0x10, seq=1, ack=2)), ethertype=0x86DD),
+        "ethertype IPv6 carrying an IPv4 packet", "I", "ip_version_mismatch", layer="eth")
+    bad("link/eth-vlan-ipv6-ethertype-ipv4-packet.toml",
+        eth(ip4(tcp(flags=0x10, seq=1, ack=2)), ethertype=0x86DD, vlan=7),
+        "802.1Q tag, inner ethertype IPv6, carrying an IPv4 packet", "I", "ip_version_mismatch", layer="eth")
     bad("link/eth-arp.toml", eth(bytes(28), ethertype=0x0806), "ARP frame", "S", "eth_not_ip", layer="eth")
 
     # ---- option lengths ----------------------------------------------------------------
@@ -369,6 +460,11 @@ def main():
     bad("ip/version-5.toml", ip4(t, version=5), "IP version 5", "I", "ip_version")
     bad("ip/v4-mf.toml", ip4(t, flags_frag=0x2000), "IPv4 first fragment (MF)", "S", "ip_fragment")
     bad("ip/v4-frag-offset.toml", ip4(t, flags_frag=0x00B9), "IPv4 later fragment (offset 185)", "S", "ip_fragment")
+    bad("ip/v4-fragment-past-max.toml", ip4(bytes(40), flags_frag=8189, proto=6),
+        "fragment at offset 65512 with 40 bytes of data: ends at 65552 > 65535 (RFC 791)", "I",
+        "ip_fragment_past_max")
+    bad("ip/v4-fragment-ends-at-max.toml", ip4(bytes(23), flags_frag=8189, proto=6),
+        "fragment at offset 65512 with 23 bytes: ends at 65535, a legal (refused) fragment", "S", "ip_fragment")
     bad("ip/v4-udp.toml", ip4(bytes(8), proto=17), "UDP, not TCP", "S", "not_tcp")
     bad("tcp/v4-doff-4.toml", ip4(tcp(doff=4)), "TCP data offset 4", "I", "tcp_doff")
     bad("tcp/v4-sport-0.toml", ip4(tcp(sport=0)), "TCP source port 0", "S", "tcp_port_zero")
@@ -421,7 +517,18 @@ def main():
     ptb("icmp/v6-ptb-mtu-below-1280.toml", d, "ICMPv6 PTB reporting MTU 1000 < 1280 (RFC 8201 §4)",
         {"error": "SanityError", "counter": "icmp_mtu"})
     d = icmp4(3, 4, struct.pack("!HH", 0, 0), orig4[:28])
+    check_mtu(d, "icmp.mtu", 0)
     ptb("icmp/v4-frag-needed-mtu-0.toml", d, "ICMPv4 frag needed from an old router: MTU 0 (RFC 1191 §5)",
+        {"mtu": 1006, "mtu_field": 0, "mtu_estimated": True, "quoted_total_len": 1452, "sport": 40000,
+         "dport": 443, "seq": 123456789},
+        comment="RFC 1191 §5: estimate by the §7 plateau table below the quoted total length\n"
+                "(1452 -> 1006).")
+    orig4s = ip4(tcp(sport=40000, dport=443, seq=5, flags=0x18, payload=b"z" * 1460))
+    d = icmp4(3, 4, struct.pack("!HH", 0, 0), orig4s[:28])
+    ptb("icmp/v4-frag-needed-mtu-0-1500.toml", d, "MTU 0 quoting a 1500-byte datagram: plateau 1492",
+        {"mtu": 1492, "mtu_field": 0, "mtu_estimated": True, "quoted_total_len": 1500})
+    d = icmp4(3, 4, struct.pack("!HH", 0, 40), orig4[:28])
+    ptb("icmp/v4-frag-needed-mtu-40.toml", d, "ICMPv4 frag needed reporting MTU 40 < 68 (RFC 791)",
         {"error": "SanityError", "counter": "icmp_mtu"})
     d = icmp4(8, 0, struct.pack("!HH", 1, 1), b"ping")
     ptb("icmp/v4-echo.toml", d, "ICMPv4 echo request", {"error": "SanityError", "counter": "icmp_not_ptb"})

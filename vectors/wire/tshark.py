@@ -69,8 +69,14 @@ def expect_from(row: Dict[str, str]) -> Dict[str, Any]:
         # extended option's binding space "tcp.options.scps.binding.id"
         e["scps_conn_id"] = int(row["tcp.options.scps.binding"] or 0)
         e["scps_binding_ids"] = row["tcp.options.scps.binding.id"]
+    if _int(row["tcp.flags"]) >> 8:
+        e["flags_hi"] = _int(row["tcp.flags"]) >> 8      # AE (0x100) and the reserved bits
     if row["tcp.options.snack.offset"]:
-        e["snack"] = [int(row["tcp.options.snack.offset"]), int(row["tcp.options.snack.size"])]
+        offs = [int(x) for x in row["tcp.options.snack.offset"].split(",")]
+        sizes = [int(x) for x in row["tcp.options.snack.size"].split(",")]
+        e["snack"] = [offs[0], sizes[0]]
+        if len(offs) > 1:
+            e["snack_holes"] = [list(h) for h in zip(offs, sizes)]
     kinds = [int(k) for k in row["tcp.option_kind"].split(",") if k]
     e["record_boundary"] = 22 in kinds           # tcp.options.scpsrec is FT_NONE: no value printed
     e["corruption_experienced"] = 23 in kinds
