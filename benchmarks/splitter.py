@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stackpep.pep.testing import SERVER4, SERVER6, SplitterTopology, pep_toml  # noqa: E402
+from stackpep.testbed.splitbox import SERVER4, SERVER6, SplitterTopology, pep_toml  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
 
