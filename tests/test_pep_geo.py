@@ -27,7 +27,10 @@ def test_geo_examples_put_the_rate_on_the_link_side():
     assert a.wan_leg == "server" and a.wan_rate == 20_000_000 and a.wan_rtt == 0.6
     # 4 x BDP = 4 x 20e6/8 x 0.6 = 6 MB, both ways
     assert a.tcp_server == {"congestion": "rate", "rate_bps": 20_000_000, "rate_share": "wan",
-                            "loss_response": "corruption", "snd_buf": 6_000_000, "rcv_buf": 6_000_000}
+                            "loss_response": "corruption", "snd_buf": 6_000_000, "rcv_buf": 6_000_000,
+                            # [wan] keepalive = 15 s: a far box that restarted answers the probe with RST
+                            "keepalive": True, "keepalive_idle_us": 15_000_000,
+                            "keepalive_interval_us": 3_750_000, "keepalive_count": 4}
     assert a.tcp_client == {}            # the short leg keeps the engine defaults
     b, problems = check_file(ROOT / "examples" / "geo-pep-b.toml")
     assert problems == []
@@ -56,6 +59,7 @@ def test_interface_names_the_leg_and_explicit_settings_win(tmp_path):
         interface = "wan0"
         rate = 50000000
         rtt = 0.5
+        keepalive = 0
         [tcp.client]
         rcv_buf = 16777216
         loss_response = "congestion"
@@ -63,7 +67,7 @@ def test_interface_names_the_leg_and_explicit_settings_win(tmp_path):
     cfg, problems = check_file(p)
     assert problems == []
     assert cfg.wan_leg == "client"
-    # 4 x 50e6/8 x 0.5 = 12.5 MB; rcv_buf and loss_response as written
+    # 4 x 50e6/8 x 0.5 = 12.5 MB; rcv_buf and loss_response as written; keepalive off
     assert cfg.tcp_client == {"congestion": "rate", "rate_bps": 50_000_000, "rate_share": "wanx1",
                               "loss_response": "congestion", "snd_buf": 12_500_000, "rcv_buf": 16_777_216}
 
@@ -80,6 +84,9 @@ def test_small_links_keep_the_engine_minimum_buffers():
     ('leg = "server"\nrate = 100', "wan.rate", 6),
     ('leg = "server"\nrate = 20000000\nrtt = 0', "wan.rtt", 7),
     ('leg = "server"\nrate = 20000000\nburst = 3', "wan.burst", 7),
+    ('leg = "server"\nrate = 20000000\nscps = "yes"', "wan.scps", 7),
+    ('leg = "server"\nrate = 20000000\nscps_refusal_ttl = 0', "wan.scps_refusal_ttl", 7),
+    ('leg = "server"\nrate = 20000000\nkeepalive = 0.5', "wan.keepalive", 7),
 ])
 def test_problems_name_the_key_and_line(tmp_path, wan, key, line):
     text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\n" + wan + "\n"
@@ -105,3 +112,19 @@ def test_wan_leg_settings_rejected_by_the_engine_are_reported(tmp_path):
     """)
     cfg, problems = check_file(p)
     assert cfg is None and any(x.key.startswith("tcp.server") for x in problems)
+
+
+def test_scps_on_by_default_with_wan_and_server_initiated_follows_wan(tmp_path):
+    base = "[interfaces]\nclient = \"c0\"\nserver = \"s0\"\n"
+    cfg, problems = check_file(write(tmp_path, base + "[wan]\nleg = \"server\"\nrate = 20000000\n"))
+    assert problems == []
+    assert cfg.wan_scps == {"snack": True, "bets": False, "compression": False, "record_boundary": False}
+    assert cfg.wan_scps_refusal_ttl == 600.0 and cfg.server_initiated is True
+    cfg, _ = check_file(write(tmp_path, base + "[intercept]\nserver_initiated = false\n[wan]\nleg = \"server\"\n"
+                                               "rate = 20000000\nscps = false\nscps_refusal_ttl = 30\n"))
+    assert cfg.wan_scps is None and cfg.server_initiated is False and cfg.wan_scps_refusal_ttl == 30.0
+    cfg, _ = check_file(write(tmp_path, base))
+    assert cfg.wan_scps is None and cfg.server_initiated is False
+    cfg, _ = check_file(write(tmp_path, base + "[wan]\nleg = \"client\"\nrate = 20000000\nscps_bets = true\n"
+                                               "scps_snack = false\n"))
+    assert cfg.wan_scps == {"snack": False, "bets": True, "compression": False, "record_boundary": False}

@@ -75,6 +75,9 @@ class PepConfig:
     wan_leg: Optional[str] = None      # the leg that crosses the long link ([wan])
     wan_rate: Optional[int] = None     # its rate, bits/s on IP bytes
     wan_rtt: float = 0.6               # its round-trip time, seconds
+    wan_scps: Optional[Dict[str, Any]] = None  # ScpsSettings fields of the long leg (None: no SCPS-TP)
+    wan_scps_refusal_ttl: float = 600.0  # seconds a destination that refused option 20 is remembered
+    server_initiated: bool = False     # SYNs arriving on server-facing interfaces open split connections too
     reset_rate: float = 200.0          # unknown-flow RSTs per second, whole box ([resets])
     reset_burst: int = 50
     reset_per_source_rate: float = 10.0  # ... per source address
@@ -245,18 +248,23 @@ def _check_tcp_leg(ck: _Checker, data: dict, leg: str) -> Dict[str, Any]:
     return out
 
 
-def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan") -> Dict[str, Any]:
+def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", keepalive_s: float = 0.0) -> Dict[str, Any]:
     """Engine settings of the leg that crosses a long, lossy link of known rate
     (docs/configuration.md "The long leg"): SCPS-TP rate control (CCSDS 714.0-B-2
     §3.2, the reference gateway's mode 0) with loss treated as corruption, and
     buffers of 4 × the bandwidth-delay product (at least the engine's 4 MiB): a
     lost retransmission holds the left edge of the window for an RTO and more
     while the rate keeps sending.  All the box's connections on that leg share the
-    rate (``rate_share``), as the link does."""
+    rate (``rate_share``), as the link does.
+
+    ``keepalive_s`` > 0: keep-alive probes (RFC 1122 §4.2.3.6) after that long
+    without a segment, 4 more at a quarter of it, then the leg is given up: a far
+    box that restarted answers the first probe with RST, so a client that only
+    receives learns of it in ``keepalive_s`` rather than at the idle timeout."""
     bdp = int(rate_bps / 8 * rtt_s)
     buf = max(4 << 20, 4 * bdp)
     buf = min(buf, 1 << 30)
-    return {
+    out = {
         "congestion": "rate",
         "rate_bps": int(rate_bps),
         "rate_share": share,
@@ -264,6 +272,34 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan") -> Dict[st
         "snd_buf": buf,
         "rcv_buf": buf,
     }
+    if keepalive_s > 0:
+        idle_us = int(keepalive_s * 1_000_000)
+        out.update(keepalive=True, keepalive_idle_us=idle_us, keepalive_interval_us=max(1, idle_us // 4),
+                   keepalive_count=4)
+    return out
+
+
+#: [wan] keys of SCPS-TP on the long leg (docs/scps.md, "The PEP").
+WAN_SCPS_KEYS = {"keepalive": 1, "scps": 1, "scps_snack": 1, "scps_bets": 1, "scps_compression": 1, "scps_record_boundary": 1,
+                 "scps_refusal_ttl": 1}
+
+
+def _check_wan_scps(ck: "_Checker", wan: dict) -> Tuple[Optional[Dict[str, Any]], float]:
+    """(ScpsSettings fields of the long leg or None, refusal ttl in seconds) from [wan].
+
+    SCPS-TP (CCSDS 714.0-B-2) is on by default on a [wan] leg: its SYN offers
+    option 20, and only a far end that answers it (another box, any SCPS gateway)
+    gets the SCPS features; anything else gets the tuned TCP of one-sided mode."""
+    on = ck.typed(wan, "wan", "scps", bool, True)
+    snack = ck.typed(wan, "wan", "scps_snack", bool, True)
+    bets = ck.typed(wan, "wan", "scps_bets", bool, False)
+    compression = ck.typed(wan, "wan", "scps_compression", bool, False)
+    rb = ck.typed(wan, "wan", "scps_record_boundary", bool, False)
+    ttl = ck.typed(wan, "wan", "scps_refusal_ttl", (int, float), 600.0, lambda v: 0 < v <= 7 * 86400,
+                   "seconds, > 0 and <= 604800")
+    if not wan or not on:
+        return None, ttl
+    return {"snack": snack, "bets": bets, "compression": compression, "record_boundary": rb}, ttl
 
 
 def pcap_problems(path: Optional[str], max_bytes: int, files: int) -> List[Tuple[str, str]]:
@@ -370,7 +406,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     if both:
         ck.bad("interfaces", f"an interface cannot face both clients and servers: {', '.join(sorted(both))}")
 
-    ic = ck.table(data, "intercept", {"prefixes": 1, "ports": 1, "exclude_local": 1})
+    ic = ck.table(data, "intercept", {"prefixes": 1, "ports": 1, "exclude_local": 1, "server_initiated": 1})
     prefixes: List[str] = []
     raw_prefixes = ic.get("prefixes", ["0.0.0.0/0", "::/0"])
     if not isinstance(raw_prefixes, list) or not raw_prefixes:
@@ -385,6 +421,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
                 ck.bad(f"intercept.prefixes[{i}]", f"not a valid prefix {p!r}: {exc}")
     ports = _parse_ports(ck, ic.get("ports", []))
     exclude_local = ck.typed(ic, "intercept", "exclude_local", bool, True)
+    server_initiated = ck.typed(ic, "intercept", "server_initiated", bool, None)
 
     hs = ck.table(data, "handshake", {"mode": 1, "timeout": 1})
     hmode = ck.typed(hs, "handshake", "mode", str, "after-server", lambda v: v in HANDSHAKE_MODES,
@@ -432,7 +469,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     gso = ck.typed(cap, "capture", "gso", bool, True)
     pcap, pcap_max, pcap_files = _check_pcap(ck, cap)
 
-    wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1})
+    wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1, **WAN_SCPS_KEYS})
     wan_leg = ck.typed(wan, "wan", "leg", str, None, lambda v: v in WAN_LEGS, f"one of {', '.join(WAN_LEGS)}")
     wan_if = ck.typed(wan, "wan", "interface", str, None)
     if wan_if is not None:
@@ -454,6 +491,12 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
                               "(or wan.interface)")
         if "rate" not in wan:
             ck.bad("wan.rate", "missing: the long link's rate in bits/s (IP bytes)")
+    wan_scps, scps_ttl = _check_wan_scps(ck, wan)
+    wan_keepalive = ck.typed(wan, "wan", "keepalive", (int, float), 15.0, lambda v: v == 0 or 1 <= v <= 7200,
+                             "seconds, 0 (off) or 1 .. 7200")
+    if server_initiated is None:
+        # a link with a box at each end carries connections opened from either side
+        server_initiated = bool(wan)
 
     rs = ck.table(data, "resets", {"rate": 1, "burst": 1, "per_source_rate": 1, "per_source_burst": 1,
                                    "recent_close_time": 1})
@@ -472,7 +515,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     if wan_leg is not None and wan_rate is not None:
         # the long leg's defaults, under whatever [tcp.<leg>] sets explicitly
         explicit = tcp_client if wan_leg == "client" else tcp_server
-        merged = {**wan_leg_settings(wan_rate, float(wan_rtt), f"wan{instance}"), **explicit}
+        merged = {**wan_leg_settings(wan_rate, float(wan_rtt), f"wan{instance}", float(wan_keepalive)), **explicit}
         try:
             from stackpep.tcp.config import TcpConfig  # type: ignore
             TcpConfig(**merged)
@@ -495,7 +538,8 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
         pcap=pcap, pcap_max_bytes=pcap_max, pcap_files=pcap_files,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,
-        wan_rtt=float(wan_rtt), reset_rate=float(rst_rate), reset_burst=rst_burst,
+        wan_rtt=float(wan_rtt), wan_scps=wan_scps if wan_leg is not None else None,
+        wan_scps_refusal_ttl=float(scps_ttl), server_initiated=server_initiated, reset_rate=float(rst_rate), reset_burst=rst_burst,
         reset_per_source_rate=float(rst_src_rate), reset_per_source_burst=rst_src_burst,
         recent_close_time=float(recent), drain_timeout=float(drain), control_socket=csock, metrics_listen=mlisten,
         log_connections=log_conns, log_format=log_format, source=source, lines=dict(lines),

@@ -33,6 +33,7 @@ from stackpep.pep import engine as eng
 from stackpep.pep.config import PepConfig
 from stackpep.pep.icmp import ICMP_COUNTERS, ICMP_ERROR, IcmpGuard
 from stackpep.pep.reset import RecentlyClosed, ResetLimiter, limits_from, reset_for, source_of
+from stackpep.pep.scps import SCPS_COUNTERS, scps_link_from
 from stackpep.pep.splitter import CLIENT, SERVER, SPLIT_COUNTERS, Outcome, SplitConnection, SplitContext, now_us
 
 log = logging.getLogger("stackpep.pep")
@@ -44,16 +45,17 @@ COUNTERS = (
     "drop_unknown_flow_rst",  # ... a RST itself, not answered
     "drop_recently_closed",  # a late segment of a flow that just closed: dropped without RST
     "drop_table_full",  # SYN refused: max_connections reached
-    "drop_server_side_syn",  # a SYN arriving from the server side (we only split client-initiated flows)
+    "drop_server_side_syn",  # a SYN from the server side while intercept.server_initiated is off
     "drop_no_route",  # split connection could not find a route/neighbour
     "drop_draining",  # SYN while the box drains (SIGTERM) or stops: answered with RST
     "connections_opened",
     "rst_sent_unknown_flow",
     "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
     "rst_suppressed_total",  # ... the box's bucket was empty
-) + SPLIT_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) + ICMP_COUNTERS
+) + SPLIT_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) + ICMP_COUNTERS + SCPS_COUNTERS
 
 _ENDED = {o: f"ended_{o.value}" for o in Outcome}
+_WAN_SIDE = {"client": CLIENT, "server": SERVER}
 
 
 class Dispatcher:
@@ -81,10 +83,12 @@ class Dispatcher:
                                               max_entries=max(65536, config.max_connections))
         self.closed_event = trio.Event()
         self.icmp = IcmpGuard(self.counters)
+        self.scps = scps_link_from(config, self.counters)  # SCPS-TP on the long leg (stackpep.pep.scps)
         # All a split connection sees of the box.
         self.split_context = SplitContext(config=config, next_hop=router.next_hop, leg_config=self.leg_config,
                                           icmp_validate=self.icmp.validate, counters=self.counters,
-                                          report=self._count_outcome)
+                                          report=self._count_outcome, scps=self.scps,
+                                          wan_side=_WAN_SIDE.get(config.wan_leg))
         self.draining = False  # new SYNs get RST (stackpep.pep.api: drain and stop)
         self.on_connection_end: Optional[Callable[[SplitConnection], None]] = None  # connection log
 
@@ -116,7 +120,8 @@ class Dispatcher:
                     continue
                 conn = table.get(key)
                 if conn is not None:
-                    if flags & eng.TH_SYN and not flags & eng.TH_ACK and client_side and conn.reusable_by_new_syn():
+                    if (flags & eng.TH_SYN and not flags & eng.TH_ACK and conn.passive == (CLIENT if client_side else SERVER)
+                            and conn.reusable_by_new_syn()):
                         conn.shutdown(Outcome.SUPERSEDED)
                         self._forget(conn)
                         self._new_flow(port, key, pkt, flags, now)
@@ -158,7 +163,7 @@ class Dispatcher:
         if not is_syn:
             self._unknown_segment(port, key, pkt, flags, now)
             return
-        if not port.client_side:
+        if not port.client_side and not self.config.server_initiated:
             c["drop_server_side_syn"] += 1
             return
         if self.draining:
@@ -176,7 +181,8 @@ class Dispatcher:
                 log.warning("connection table full (%d): dropping new SYNs (counter drop_table_full=%d)",
                             self.config.max_connections, c["drop_table_full"])
             return
-        conn = SplitConnection(self.split_context, key, pkt, port)
+        # The side the SYN arrives from is the connection's client side (SplitConnection.passive).
+        conn = SplitConnection(self.split_context, key, pkt, port, from_client=port.client_side)
         self.table[key] = conn
         self.recently_closed.discard(key)
         c["connections_opened"] += 1
@@ -278,6 +284,20 @@ class Dispatcher:
         self._leg_configs.clear()
         self.reset_limiter.reconfigure(limits_from(config))
         self.recently_closed.hold_us = int(config.recent_close_time * 1_000_000)
+        self._reconfigure_scps(config)
+
+    def _reconfigure_scps(self, config: PepConfig) -> None:
+        """SCPS settings of the long leg for connections opened from now on (the
+        refusal cache and the live connection ids stay)."""
+        import dataclasses
+
+        if not config.wan_scps:
+            self.scps = None
+        elif self.scps is None:
+            self.scps = scps_link_from(config, self.counters)
+        else:
+            self.scps.configure(config.wan_scps)
+        self.split_context = dataclasses.replace(self.split_context, config=config, scps=self.scps)
 
     def _forget(self, conn: SplitConnection) -> None:
         if self.table.get(conn.key) is conn:
@@ -303,6 +323,7 @@ class Dispatcher:
             "connections_time_wait": lingering,
             "flows_recently_closed": len(self.recently_closed),
             **self.counters,
+            **(self.scps.statistics() if self.scps is not None else {}),
             "leg_states": states,
             "ports": {p.name: p.statistics() for p in self.ports},
         }

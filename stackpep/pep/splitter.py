@@ -52,7 +52,7 @@ from stackpep.pep import engine as eng
 from stackpep.pep.reset import reset_for
 from stackpep.tcp.driver import ConnectionDriver
 from stackpep.tcp.events import (CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable,
-                                 EofReceived, SendSpace, TcpEvent)
+                                 EofReceived, ScpsFallback, ScpsNegotiated, SendSpace, TcpEvent)
 from stackpep.tcp.states import TcpState
 
 log = logging.getLogger("stackpep.pep")
@@ -109,6 +109,8 @@ class SplitContext:
     icmp_validate: Callable[[Any, Any], bool]  # IcmpGuard.validate(err, engine)
     counters: Dict[str, int]  # the box's counters (SPLIT_COUNTERS, icmp_*)
     report: Callable[["SplitConnection", Outcome], None]  # called once, when the outcome is decided
+    scps: Any = None  # stackpep.pep.scps.ScpsLink of the long leg, or None (no SCPS-TP)
+    wan_side: Optional[int] = None  # CLIENT or SERVER: the leg that crosses the long link ([wan]), or None
 
 
 def now_us() -> int:
@@ -162,18 +164,29 @@ class Leg:
 
 
 class SplitConnection:
-    def __init__(self, ctx: SplitContext, key: bytes, syn: bytes, client_port_obj: Any) -> None:
+    """Legs are indexed by the side of the box they face (CLIENT: the interfaces
+    of `interfaces.client`, SERVER: `interfaces.server`), as are the flow key's
+    addresses.  Which leg takes the SYN is the connection's own matter: the
+    *passive* leg faces the side the SYN arrived from (the connection's client),
+    the *active* leg opens towards the other (its server).  A connection opened
+    from the server side (`intercept.server_initiated`) has passive = SERVER."""
+
+    def __init__(self, ctx: SplitContext, key: bytes, syn: bytes, arrival_port: Any, from_client: bool = True) -> None:
         self.ctx = ctx
         self.key = key
         self.client_addr, self.client_port, self.server_addr, self.server_port = split_key(key)
         cfg = ctx.config
         self.immediate = cfg.handshake_mode == "immediate"
         self.relay_buffer = cfg.relay_buffer
-        self.legs = [Leg(CLIENT, client_port_obj), Leg(SERVER)]
+        self.passive = CLIENT if from_client else SERVER  # the leg that takes the SYN
+        self.active = SERVER if from_client else CLIENT  # the leg that connects
+        self.legs = [Leg(CLIENT, arrival_port if from_client else None),
+                     Leg(SERVER, None if from_client else arrival_port)]
+        self.scps_conn_id: Optional[int] = None  # option 20's connection id of the long leg (ScpsLink)
         self.phase = Phase.RESOLVING
         self.outcome: Optional[Outcome] = None
-        self.held_syn: Optional[bytes] = syn  # the client's SYN, until the client leg takes it
-        self.backlog: List[bytes] = []  # server-side packets that arrived while RESOLVING
+        self.held_syn: Optional[bytes] = syn  # the client's SYN, until the passive leg takes it
+        self.backlog: List[bytes] = []  # the active side's packets that arrived while RESOLVING
         self._wake = trio.Event()
         self._now = 0  # the time of the current _service turn (for event handlers)
         self.created = now_us()
@@ -185,7 +198,7 @@ class SplitConnection:
         self.last_activity = now
         leg = self.legs[CLIENT if from_client else SERVER]
         if not leg.opened:
-            if from_client:
+            if leg.side == self.passive:
                 if flags & eng.TH_SYN and not flags & eng.TH_ACK:
                     self.held_syn = packet  # keep the newest retransmission
                 else:  # before our SYN-ACK it means nothing to a LISTEN leg
@@ -229,7 +242,7 @@ class SplitConnection:
     @property
     def lingering(self) -> bool:
         """Both legs are done but one still holds TIME-WAIT (RFC 9293 §3.6.1)."""
-        return self.legs[CLIENT].opened and all(leg.engine.tcp_state in _LINGER_STATES for leg in self.legs)
+        return self.legs[self.passive].opened and all(leg.engine.tcp_state in _LINGER_STATES for leg in self.legs)
 
     @property
     def bytes_relayed(self) -> Tuple[int, int]:
@@ -261,47 +274,98 @@ class SplitConnection:
         finally:
             if self.outcome is None:
                 self._finish(Outcome.SHUTDOWN, abort=True)
+            if self.scps_conn_id is not None:
+                self.ctx.scps.release_conn_id(self.scps_conn_id)
+                self.scps_conn_id = None
         assert self.outcome is not None
         return self.outcome
 
     async def _start(self) -> None:
         client, server = self.legs
+        passive, active = self.legs[self.passive], self.legs[self.active]
         try:
-            server.port, server.hop = await self.ctx.next_hop(self.server_addr)
-            cport, client.hop = await self.ctx.next_hop(self.client_addr)
-            if client.port is None:
-                client.port = cport
+            # the active leg leaves by the route to its peer; the passive one answers
+            # by the interface the SYN came in on, or by the route back if none
+            active.port, active.hop = await self.ctx.next_hop(self._peer_addr(active))
+            pport, passive.hop = await self.ctx.next_hop(self._peer_addr(passive))
+            if passive.port is None:
+                passive.port = pport
         except LookupError as exc:
             log.info("no route for %s: %s", self, exc)
             self._finish(Outcome.NO_ROUTE, abort=False)
             return
-        leg_config = self.ctx.leg_config
         # The client leg's engine speaks as the server and the server leg's as the client.
-        client.engine = eng.new_connection(leg_config(CLIENT, getattr(client.hop, "mtu", None)), self.server_addr,
+        client.engine = eng.new_connection(self._engine_config(client), self.server_addr,
                                            self.server_port, self.client_addr, self.client_port, _iss())
-        server.engine = eng.new_connection(leg_config(SERVER, getattr(server.hop, "mtu", None)), self.client_addr,
+        server.engine = eng.new_connection(self._engine_config(server), self.client_addr,
                                            self.client_port, self.server_addr, self.server_port, _iss())
         for leg in self.legs:
             leg.driver = ConnectionDriver(leg.engine, self._event_handler(leg), leg.transmit)
-        client.engine.listen()
+        passive.engine.listen()
         now = now_us()
         for pkt in self.backlog:
-            server.engine.receive_packet(pkt, now)
+            active.engine.receive_packet(pkt, now)
         self.backlog = []
-        server.opened = True
-        server.engine.connect(now)
+        active.opened = True
+        active.engine.connect(now, scps_offer=self._scps_offer(active, now))
         self.phase = Phase.OPENING
         if self.immediate:
-            self._start_client_leg(now)
+            self._start_passive_leg(now)
 
-    def _start_client_leg(self, now: int) -> None:
-        client = self.legs[CLIENT]
-        client.opened = True
+    def _peer_addr(self, leg: Leg) -> bytes:
+        return self.client_addr if leg.side == CLIENT else self.server_addr
+
+    def _engine_config(self, leg: Leg) -> Any:
+        """The leg's TcpConfig for its egress MTU; the long leg's with SCPS-TP and a
+        connection id of its own when the box has SCPS on (stackpep.pep.scps)."""
+        cfg = self.ctx.leg_config(leg.side, getattr(leg.hop, "mtu", None))
+        scps = self.ctx.scps
+        if scps is not None and leg.side == self.ctx.wan_side:
+            self.scps_conn_id = scps.allocate_conn_id()
+            cfg = scps.leg_config(cfg, self.scps_conn_id)
+        return cfg
+
+    def _start_passive_leg(self, now: int) -> None:
+        passive = self.legs[self.passive]
+        passive.opened = True
         if self.phase is Phase.OPENING:
             self.phase = Phase.RELAYING
         if self.held_syn is not None:
-            client.engine.receive_packet(self.held_syn, now)
+            passive.engine.receive_packet(self.held_syn, now)
             self.held_syn = None
+
+    # -- SCPS-TP on the long leg (stackpep.pep.scps) ---------------------------------
+    def _scps_offer(self, leg: Leg, now: int) -> bool:
+        """Whether the SYN of (active) leg carries option 20: only on the long leg, and
+        not towards a destination that refused it lately (ScpsRefusals)."""
+        scps = self.ctx.scps
+        if scps is None or leg.side != self.ctx.wan_side:
+            return True  # (an engine without ScpsSettings offers nothing anyway)
+        if not scps.offer_to(self._peer_addr(leg), now):
+            return False
+        self.ctx.counters["scps_offered"] += 1
+        return True
+
+    def _on_scps_event(self, leg: Leg, ev: TcpEvent) -> None:
+        """ScpsNegotiated / ScpsFallback of the long leg (CCSDS 714.0-B-2 §3.2)."""
+        scps = self.ctx.scps
+        if scps is None:
+            return
+        c = self.ctx.counters
+        if isinstance(ev, ScpsNegotiated):
+            if leg.side == self.passive:
+                c["scps_offered"] += 1  # the far end's SYN offered it; our SYN-ACK answers
+            c["scps_peers"] += 1
+            log.debug("%s: %s leg: SCPS peer, features 0x%02x, its conn id %d", self, leg.name, ev.features,
+                      ev.peer_conn_id)
+        elif isinstance(ev, ScpsFallback):
+            scps.fell_back(self._peer_addr(leg), self._now)
+            log.info("%s: %s leg: SYN with option 20 met %s; retrying without it", self, leg.name,
+                     "a reset" if ev.reason == "rst" else "silence")
+
+    def _scps_connected(self, leg: Leg) -> None:
+        if self.ctx.scps is not None and leg.side == self.ctx.wan_side and not leg.engine.scps_peer:
+            self.ctx.counters["scps_one_sided"] += 1
 
     async def _pump(self, scope: trio.CancelScope) -> None:
         drivers = [leg.driver for leg in self.legs]
@@ -384,24 +448,25 @@ class SplitConnection:
             return False  # the relay looks at both buffers every turn
         if isinstance(ev, Connected):
             leg.established = True
-            if leg.side == SERVER and not self.legs[CLIENT].opened:
-                self._start_client_leg(self._now)
+            self._scps_connected(leg)
+            if leg.side == self.active and not self.legs[self.passive].opened:
+                self._start_passive_leg(self._now)
             return False
         if isinstance(ev, EofReceived):
             leg.eof_seen = True
             return False
         if isinstance(ev, ConnectionReset):
-            if leg.side == SERVER and not leg.established:
+            if leg.side == self.active and not leg.established:
                 self._refused(self._now)
             else:
-                self._finish(Outcome.RESET_BY_CLIENT if leg.side == CLIENT else Outcome.RESET_BY_SERVER, abort=True)
+                self._finish(self._reset_by(leg), abort=True)
             return True
         if isinstance(ev, ConnectionClosed):
             leg.closed = True
             reason = ev.reason
             if self.done or reason is CloseReason.NORMAL:
                 return False
-            if leg.side == SERVER and not leg.established:
+            if leg.side == self.active and not leg.established:
                 if reason is CloseReason.REFUSED or reason is CloseReason.RESET:
                     self._refused(self._now)
                 else:  # SYN retries ran out: the server is silent
@@ -412,14 +477,20 @@ class SplitConnection:
                 log.info("%s: %s leg timed out%s", self, leg.name, self._soft_error_note())
                 self._finish(Outcome.LEG_TIMEOUT, abort=True)
             else:
-                self._finish(Outcome.RESET_BY_CLIENT if leg.side == CLIENT else Outcome.RESET_BY_SERVER, abort=True)
+                self._finish(self._reset_by(leg), abort=True)
             return True
+        if isinstance(ev, (ScpsNegotiated, ScpsFallback)):
+            self._on_scps_event(leg, ev)
         return False
+
+    def _reset_by(self, leg: Leg) -> Outcome:
+        # "client" is the end that opened the connection, whichever side it is on
+        return Outcome.RESET_BY_CLIENT if leg.side == self.passive else Outcome.RESET_BY_SERVER
 
     def _refused(self, now: int) -> None:
         """The server answered our SYN with RST: the client gets RST too (RFC 9293
         §3.10.7.1), from the client leg if it already answered, else crafted for its SYN."""
-        client = self.legs[CLIENT]
+        client = self.legs[self.passive]
         if client.opened:
             client.engine.abort()
         elif self.held_syn is not None:

@@ -1,0 +1,380 @@
+"""SCPS-TP on the long leg, two boxes that find each other, connections from either
+side -- over in-memory ports and a delayed in-memory link, in virtual time.
+
+    client host --c-[ box A ]-s--- link (20 ms each way) ---c-[ box B ]-s-- server host
+
+Box A has `[wan] leg = "server"`, box B `[wan] leg = "client"` (examples/geo-pep-*.toml).
+What is checked: the long leg's SYN and SYN-ACK carry option 20 (bits, a connection
+id per box), both boxes count the peer, bytes arrive intact both ways; a connection
+opened from the server side goes through both boxes the same way; one box alone
+talks plain TCP to the server (one-sided, counted); a server that drops SYNs with
+option 20 is reached by the retry without it and remembered; the far box lost
+mid-transfer -> the client gets a reset.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from stackpep._fast import tcp
+from stackpep.io.ports import MemoryPort, MemoryRouter
+from stackpep.pep.api import open_pep
+from stackpep.pep.config import from_dict
+from stackpep.pep.scps import CONN_IDS, ScpsLink
+from stackpep.tcp.config import TcpConfig
+from stackpep.tcp.stream import EngineDriver, TcpStream
+from stackpep.wire import parse_packet
+
+C4, S4 = bytes([198, 18, 0, 2]), bytes([198, 18, 1, 2])
+C6 = bytes.fromhex("fd000001" + "00" * 11 + "02")
+S6 = bytes.fromhex("fd000002" + "00" * 11 + "02")
+CLIENT_NETS = ("198.18.0.0/24", "fd00:1::/64")
+SERVER_NETS = ("198.18.1.0/24", "fd00:2::/64")
+ONE_WAY = 0.02  # s, each direction of the link
+
+SNACK_BITS = 0x40
+
+
+def box_config(wan_leg, **over):
+    d = {"interfaces": {"client": ["c"], "server": ["s"]},
+         "intercept": {"prefixes": ["198.18.0.0/15", "fd00::/14"]},
+         "handshake": {"timeout": 5.0},
+         "wan": {"leg": wan_leg, "rate": 20_000_000, "rtt": 2 * ONE_WAY},
+         "control": {"socket": ""}}
+    for k, v in over.items():
+        if v is None:
+            d.pop(k, None)
+        else:
+            d.setdefault(k, {}).update(v)
+    return from_dict(d)
+
+
+def tcp_of(pkt):
+    return parse_packet(bytes(pkt), 1)
+
+
+class EndHost:
+    """A host with stackpep's engine as its TCP (no SCPS), listening on port 80."""
+
+    def __init__(self, nursery, addr, inject, drop_scps_syn=False):
+        self.nursery, self.addr, self.inject = nursery, addr, inject
+        self.drop_scps_syn = drop_scps_syn  # like `nft ... tcp option 20 exists drop`
+        self.dropped_scps_syns = 0
+        self.drivers = {}
+        self.accepted = trio.open_memory_channel(100)
+
+    def receive(self, pkt):
+        s = tcp_of(pkt)
+        key = (s.dport, s.sport)
+        d = self.drivers.get(key)
+        if d is None and s.flags & 0x02 and not s.flags & 0x10 and s.dport == 80:
+            if self.drop_scps_syn and s.scps is not None:
+                self.dropped_scps_syns += 1
+                return
+            conn = tcp.TcpConnection(TcpConfig(), self.addr, 80, s.src, s.sport, int.from_bytes(os.urandom(4), "big"))
+            d = self.drivers[key] = EngineDriver(conn, self.inject)
+            d.listen()
+            self.nursery.start_soon(d.run)
+            self.accepted[0].send_nowait(TcpStream(d))
+        if d is not None:
+            d.deliver(pkt)
+
+    async def connect(self, remote, port, lport=40000):
+        conn = tcp.TcpConnection(TcpConfig(), self.addr, lport, remote, port, int.from_bytes(os.urandom(4), "big"))
+        d = self.drivers[(lport, port)] = EngineDriver(conn, self.inject)
+        self.nursery.start_soon(d.run)
+        d.connect()
+        s = TcpStream(d)
+        await s.wait_connected()
+        return s
+
+    async def accept(self):
+        return await self.accepted[1].receive()
+
+
+class Link:
+    """Two memory ports joined with a fixed delay each way; every packet recorded."""
+
+    def __init__(self, nursery, a, b):
+        self.nursery = nursery
+        self.wire = []  # (direction "a->b" / "b->a", packet)
+        self.ends = {"a->b": b, "b->a": a}
+        self.cut = False
+
+    def send(self, direction, pkt):
+        self.wire.append((direction, pkt))
+        if not self.cut:
+            self.nursery.start_soon(self._later, self.ends[direction], pkt)
+
+    async def _later(self, port, pkt):
+        await trio.sleep(ONE_WAY)
+        if port is not None:
+            port.inject(pkt)
+
+    def syns(self):
+        """(direction, is SYN-ACK, scps option or None, payload length) of each SYN on the link."""
+        out = []
+        for d, p in self.wire:
+            s = tcp_of(p)
+            if s.flags & 0x02:
+                out.append((d, bool(s.flags & 0x10), s.scps, s.payload_len))
+        return out
+
+
+def router_for(cport, sport):
+    return MemoryRouter([(n, cport) for n in CLIENT_NETS] + [(n, sport) for n in SERVER_NETS])
+
+
+class TwoBoxLink:
+    """client -- A -- link -- B -- server; `boxes=1` leaves B out (the link ends at the server)."""
+
+    def __init__(self, nursery, fam="v4", boxes=2, drop_scps_syn=False):
+        self.ca, self.sa = (C4, S4) if fam == "v4" else (C6, S6)
+        self.nursery = nursery
+        self.a_c, self.a_s = MemoryPort("c", client_side=True), MemoryPort("s", client_side=False)
+        self.b_c, self.b_s = MemoryPort("c", client_side=True), MemoryPort("s", client_side=False)
+        self.boxes = boxes
+        self.client = EndHost(nursery, self.ca, self.a_c.inject)
+        if boxes == 2:
+            self.server = EndHost(nursery, self.sa, self.b_s.inject, drop_scps_syn)
+            self.link = Link(nursery, self.a_s, self.b_c)
+            self.b_c.on_send = lambda p: self.link.send("b->a", p)
+            self.b_s.on_send = self.server.receive
+        else:
+            # the server sits at the far end of the link itself
+            self.link = Link(nursery, self.a_s, None)
+            self.server = EndHost(nursery, self.sa, lambda p: self.link.send("b->a", p), drop_scps_syn)
+            self.link.ends["a->b"] = None
+            self._to_server_direct = True
+        self.a_c.on_send = self.client.receive
+        self.a_s.on_send = self._a_to_link
+
+    def _a_to_link(self, pkt):
+        self.link.send("a->b", pkt)
+        if self.boxes == 1:
+            self.nursery.start_soon(self._server_later, pkt)
+
+    async def _server_later(self, pkt):
+        await trio.sleep(ONE_WAY)
+        self.server.receive(pkt)
+
+    def pep_a(self, **over):
+        return open_pep(box_config("server", **over), ports=[self.a_c, self.a_s], router=router_for(self.a_c, self.a_s))
+
+    def pep_b(self, **over):
+        return open_pep(box_config("client", **over), ports=[self.b_c, self.b_s], router=router_for(self.b_c, self.b_s))
+
+
+async def recv_all(stream, n=None):
+    buf = bytearray()
+    while n is None or len(buf) < n:
+        d = await stream.receive_some(1 << 16)
+        if not d:
+            break
+        buf += d
+    return bytes(buf)
+
+
+async def exchange(opener, acceptor, up, down):
+    """opener sends `up` and half-closes, acceptor answers `down`; returns what each got."""
+    got = {}
+    async with trio.open_nursery() as n:
+        async def side_a():
+            await opener.send_all(up)
+            await opener.send_eof()
+            got["down"] = await recv_all(opener)
+
+        async def side_b():
+            got["up"] = await recv_all(acceptor)
+            await acceptor.send_all(down)
+            await acceptor.send_eof()
+
+        n.start_soon(side_a)
+        n.start_soon(side_b)
+    return got["up"], got["down"]
+
+
+def run_virtual(fn):
+    trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def until(pred, step=0.01, limit=60.0):
+    waited = 0.0
+    while not pred():
+        await trio.sleep(step)
+        waited += step
+        assert waited < limit, "condition not reached in virtual time"
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+def test_two_boxes_find_each_other_and_relay_both_ways(fam):
+    up, down = os.urandom(200_000), os.urandom(500_000)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n, fam)
+            async with tb.pep_a() as a, tb.pep_b() as b:
+                c = await tb.client.connect(tb.sa, 80)
+                s = await tb.server.accept()
+                got_up, got_down = await exchange(c, s, up, down)
+                assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
+                assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
+                sa, sb = a.statistics(), b.statistics()
+                # A opened the long leg and offered option 20; B answered it
+                assert (sa["scps_offered"], sa["scps_peers"], sa["scps_one_sided"]) == (1, 1, 0)
+                assert (sb["scps_offered"], sb["scps_peers"], sb["scps_one_sided"]) == (1, 1, 0)
+                assert sa["scps_fallbacks"] == sb["scps_fallbacks"] == 0
+            n.cancel_scope.cancel()
+        syns = tb.link.syns()
+        # exactly one SYN each way on the link, both with option 20: SNACK offered, a connection id
+        assert [(d, ack) for d, ack, _, _ in syns] == [("a->b", False), ("b->a", True)]
+        for _, _, opt, _ in syns:
+            assert opt is not None and opt[0] == SNACK_BITS
+        assert syns[0][2][1] == 0  # the first connection id each box hands out
+        assert syns[1][2][1] == 0
+        # only the end hosts' addresses on the link (transparent both boxes)
+        assert {(tcp_of(p).src, tcp_of(p).dst) for _, p in tb.link.wire} == {(tb.ca, tb.sa), (tb.sa, tb.ca)}
+
+    run_virtual(main)
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+def test_connection_opened_from_the_server_side_crosses_both_boxes(fam):
+    up, down = os.urandom(100_000), os.urandom(150_000)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n, fam)
+            async with tb.pep_a() as a, tb.pep_b() as b:
+                s = await tb.server.connect(tb.ca, 80, lport=41000)
+                c = await tb.client.accept()
+                got_up, got_down = await exchange(s, c, up, down)
+                assert got_up == up and got_down == down
+                sa, sb = a.statistics(), b.statistics()
+                assert sa["connections_opened"] == sb["connections_opened"] == 1
+                assert sa["drop_server_side_syn"] == sb["drop_server_side_syn"] == 0
+                # B opened the long leg this time (its client leg), A's server leg answered
+                assert (sb["scps_offered"], sb["scps_peers"]) == (1, 1)
+                assert (sa["scps_offered"], sa["scps_peers"]) == (1, 1)
+                await until(lambda: a.statistics()["ended_closed"] == 1 and b.statistics()["ended_closed"] == 1, step=1, limit=600)
+            n.cancel_scope.cancel()
+        syns = tb.link.syns()
+        assert [(d, ack, opt is not None) for d, ack, opt, _ in syns] == [("b->a", False, True), ("a->b", True, True)]
+
+    run_virtual(main)
+
+
+def test_server_side_syn_still_dropped_without_wan():
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n)
+            async with tb.pep_a(wan=None) as a:
+                assert a.config.server_initiated is False
+                tb.a_s.inject(_syn(tb.sa, 41000, tb.ca, 80))
+                await until(lambda: a.statistics()["drop_server_side_syn"] == 1)
+                assert a.statistics()["connections_opened"] == 0
+            n.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def _syn(src, sport, dst, dport):
+    from stackpep.wire import Segment
+
+    s = Segment()
+    s.ip_version = 4 if len(src) == 4 else 6
+    s.src, s.dst, s.sport, s.dport, s.seq, s.flags, s.window, s.ttl = src, dst, sport, dport, 1000, 0x02, 65535, 64
+    return s.to_bytes(b"")
+
+
+def test_one_box_alone_talks_plain_tcp_to_the_server():
+    up = os.urandom(50_000)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n, boxes=1)
+            async with tb.pep_a() as a:
+                c = await tb.client.connect(tb.sa, 80)
+                s = await tb.server.accept()
+                got_up, got_down = await exchange(c, s, up, b"ok")
+                assert got_up == up and got_down == b"ok"
+                st = a.statistics()
+                assert (st["scps_offered"], st["scps_peers"], st["scps_one_sided"], st["scps_fallbacks"]) == (1, 0, 1, 0)
+            n.cancel_scope.cancel()
+        syns = tb.link.syns()
+        assert [(d, ack, opt is not None) for d, ack, opt, _ in syns] == [("a->b", False, True), ("b->a", True, False)]
+
+    run_virtual(main)
+
+
+def test_server_dropping_option_20_is_reached_without_it_and_remembered():
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n, boxes=1, drop_scps_syn=True)
+            # the retry without the option comes after 1 + 2 + 4 s (RFC 6298 backoff)
+            async with tb.pep_a(handshake={"timeout": 10.0}) as a:
+                c = await tb.client.connect(tb.sa, 80, lport=40001)
+                s = await tb.server.accept()
+                up, down = await exchange(c, s, b"first", b"one")
+                assert (up, down) == (b"first", b"one")
+                st = a.statistics()
+                # the first SYN and `syn_retries_with_option` (2) retransmissions carried it
+                assert tb.server.dropped_scps_syns == 3
+                assert (st["scps_fallbacks"], st["scps_refusals_cached"], st["scps_one_sided"]) == (1, 1, 1)
+                # the next connection to that server goes without option 20 at once
+                c = await tb.client.connect(tb.sa, 80, lport=40002)
+                s = await tb.server.accept()
+                up, down = await exchange(c, s, b"second", b"two")
+                assert (up, down) == (b"second", b"two")
+                st = a.statistics()
+                assert tb.server.dropped_scps_syns == 3
+                assert (st["scps_offered"], st["scps_not_offered_refused"], st["scps_fallbacks"]) == (1, 1, 1)
+            n.cancel_scope.cancel()
+        first_syns = [opt is not None for d, ack, opt, _ in tb.link.syns() if d == "a->b"]
+        assert first_syns == [True, True, True, False, False]
+
+    run_virtual(main)
+
+
+def test_far_box_lost_mid_transfer_resets_the_client():
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n)
+            async with tb.pep_a() as a:
+                async with tb.pep_b() as b:
+                    c = await tb.client.connect(tb.sa, 80)
+                    s = await tb.server.accept()
+                    await s.send_all(os.urandom(100_000))
+                    got = await c.receive_some(1 << 16)
+                    assert got
+                    # B dies without a word on the link (its own RSTs never cross)
+                    tb.link.cut = True
+                await trio.sleep(0.5)
+                tb.link.cut = False
+                # ... and comes back with an empty table
+                async with tb.pep_b() as b2:
+                    with pytest.raises(trio.BrokenResourceError):
+                        await recv_all(c)
+                    st = a.statistics()
+                    assert st["ended_reset_by_server"] == 1, {k: v for k, v in st.items() if k.startswith("ended") and v}
+                    assert b2.statistics()["rst_sent_unknown_flow"] >= 1
+            n.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_conn_ids_unique_among_live_connections():
+    counters = {"scps_conn_ids_shared": 0}
+    link = ScpsLink({"snack": True}, 1_000_000, counters)
+    ids = [link.allocate_conn_id() for _ in range(CONN_IDS)]
+    assert sorted(ids) == list(range(CONN_IDS)) and counters["scps_conn_ids_shared"] == 0
+    link.release_conn_id(7)
+    assert link.allocate_conn_id() == 7  # the only free one
+    assert link.allocate_conn_id() in range(CONN_IDS) and counters["scps_conn_ids_shared"] == 1
+    cfg = link.leg_config(TcpConfig(), 9)
+    assert cfg.scps.conn_id == 9 and cfg.scps.snack and link.leg_config(TcpConfig(), 9) is not None
