@@ -3,7 +3,10 @@ compress then expand gives back the exact packet (IPv4 and IPv6, every flag
 and option the compressed header carries); fields are absolute, so losing one
 compressed packet never spoils the next; a corrupted compressed packet, one for
 an unknown context and a malformed one are dropped and counted."""
+import json
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -275,3 +278,81 @@ def test_prop_corruption_is_detected(pkt, data):
     assert t.expand(bytes(bad)) is None
     s = t.statistics()
     assert s["hc_drop_checksum"] == 1 and s["hc_expanded"] == 0
+
+
+# ---- the capture path: a real AF_PACKET ring in a namespace -----------------------
+
+HC_RECV = r"""
+import sys, json, time
+sys.path.insert(0, ROOT)
+from stackpep._fast.capture import PacketRing, HC_EXPANDED
+from stackpep._fast.scpshc import HcTable
+t = HcTable()
+for src, dst, sport, dport, cid in json.loads(sys.argv[1]):
+    t.add(bytes.fromhex(src), bytes.fromhex(dst), sport, dport, cid)
+ring = PacketRing(IFNAME, client_side=True, hc_table=t)
+plain = PacketRing(IFNAME, client_side=True)          # no table: protocol 105 never reaches it
+print("READY", flush=True)
+got, other = [], []
+end = time.time() + 10
+while time.time() < end and (len(got) < WANT or ring.statistics()["rx_packets"] < FRAMES):
+    got += ring.read_batch(); other += plain.read_batch(); time.sleep(0.01)
+time.sleep(0.2)
+got += ring.read_batch(); other += plain.read_batch()
+print(json.dumps({"stats": ring.statistics(), "table": t.statistics(), "plain": plain.statistics(),
+                  "got": [(k.hex(), p.hex(), f) for k, p, f in got], "other": len(other),
+                  "HC_EXPANDED": HC_EXPANDED}))
+"""
+
+HC_SEND = r"""
+import sys, json
+sys.path.insert(0, ROOT)
+from stackpep._fast.capture import PacketRing
+ring = PacketRing(IFNAME, client_side=True)
+print(ring.send_batch([bytes.fromhex(h) for h in json.loads(sys.stdin.read())], bytes(12)))
+"""
+
+
+@pytest.mark.netns
+def test_capture_expands_compressed_frames_and_counts_the_rest():
+    from stackpep.testbed.netns import Network
+    from stackpep._fast.capture import split_key
+
+    root = str(__import__("pathlib").Path(__import__("stackpep").__file__).resolve().parents[1])
+    a4, b4 = bytes([198, 18, 0, 2]), bytes([198, 18, 1, 2])
+    a6, b6 = bytes.fromhex("fd000001" + "00" * 11 + "02"), bytes.fromhex("fd000002" + "00" * 11 + "02")
+    p4 = tcp_packet(a4, b4, sport=40000, dport=80, flags=0x18, options=TS(7, 8) + RB, payload=b"over the link")
+    p6 = tcp_packet(a6, b6, sport=40001, dport=443, flags=0x11, options=TS(9, 10) + SNACK(1, 2), payload=b"v6")
+    c4, c6 = compress(p4, 3), compress(p6, 4)
+    corrupt = bytearray(c4)
+    corrupt[-1] ^= 0x40                                               # a data byte: checksum fails
+    unknown = compress(tcp_packet(a4, b4, sport=40000, dport=80), 99)  # no context for id 99
+    plain_tcp = tcp_packet(a4, b4, sport=40002, dport=80, flags=0x10)
+    frames = [c4, c6, bytes(corrupt), unknown, plain_tcp]
+    contexts = [(a4.hex(), b4.hex(), 40000, 80, 3), (a6.hex(), b6.hex(), 40001, 443, 4)]
+    with Network() as net:
+        c = net.add_host("client")
+        b = net.add_host("box")
+        ci, bi = net.link(c, b, ["198.18.0.2/24", "fd00:1::2/64"], ["198.18.0.1/24", "fd00:1::1/64"])
+        prog = HC_RECV.replace("ROOT", repr(root)).replace("IFNAME", repr(bi)) \
+            .replace("WANT", "3").replace("FRAMES", str(len(frames)))
+        rcv = b.popen([sys.executable, "-c", prog, json.dumps(contexts)],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert rcv.stdout.readline().strip() == "READY", rcv.stderr.read()
+        sent = c.run([sys.executable, "-c", HC_SEND.replace("ROOT", repr(root)).replace("IFNAME", repr(ci))],
+                     input=json.dumps([f.hex() for f in frames]))
+        assert sent.stdout.strip() == str(len(frames))
+        out_s, err = rcv.communicate(timeout=30)
+    out = json.loads(out_s)
+    got = [(bytes.fromhex(k), bytes.fromhex(p), f) for k, p, f in out["got"]]
+    hc = out["HC_EXPANDED"]
+    # the two compressed frames come out as the exact original segments, flagged; plain TCP as before
+    assert [p for k, p, f in got] == [p4, p6, plain_tcp]
+    assert [f for k, p, f in got] == [0x18 | hc, 0x11 | hc, 0x10]
+    assert split_key(got[0][0]) == (a4, 40000, b4, 80) and split_key(got[1][0]) == (a6, 40001, b6, 443)
+    st_ = out["stats"]
+    assert (st_["rx_packets"], st_["rx_hc_expanded"], st_["rx_hc_dropped"], st_["rx_drop_malformed"]) == (5, 2, 2, 0)
+    assert out["table"] == {"hc_expanded": 2, "hc_drop_no_context": 1, "hc_drop_checksum": 1,
+                            "hc_drop_malformed": 0, "hc_contexts": 2}
+    # a ring without a table keeps its old filter: only the plain TCP frame reaches it
+    assert out["other"] == 1 and out["plain"]["rx_packets"] == 1
