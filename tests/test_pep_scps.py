@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 from stackpep._fast import tcp
+from stackpep._fast.scpshc import HcTable
 from stackpep.io.ports import MemoryPort, MemoryRouter
 from stackpep.pep.api import open_pep
 from stackpep.pep.config import from_dict
@@ -56,6 +57,10 @@ def box_config(wan_leg, **over):
 
 def tcp_of(pkt):
     return parse_packet(bytes(pkt), 1)
+
+
+def is_compressed(pkt):
+    return (pkt[0] >> 4 == 4 and pkt[9] == 105) or (pkt[0] >> 4 == 6 and pkt[6] == 105)
 
 
 class EndHost:
@@ -120,6 +125,8 @@ class Link:
         """(direction, is SYN-ACK, scps option or None, payload length) of each SYN on the link."""
         out = []
         for d, p in self.wire:
+            if is_compressed(p):
+                continue  # never a SYN
             s = tcp_of(p)
             if s.flags & 0x02:
                 out.append((d, bool(s.flags & 0x10), s.scps, s.payload_len))
@@ -133,11 +140,14 @@ def router_for(cport, sport):
 class TwoBoxLink:
     """client -- A -- link -- B -- server; `boxes=1` leaves B out (the link ends at the server)."""
 
-    def __init__(self, nursery, fam="v4", boxes=2, drop_scps_syn=False):
+    def __init__(self, nursery, fam="v4", boxes=2, drop_scps_syn=False, compression=False):
         self.ca, self.sa = (C4, S4) if fam == "v4" else (C6, S6)
         self.nursery = nursery
-        self.a_c, self.a_s = MemoryPort("c", client_side=True), MemoryPort("s", client_side=False)
-        self.b_c, self.b_s = MemoryPort("c", client_side=True), MemoryPort("s", client_side=False)
+        self.compression = compression
+        # the link-side ports expand compressed headers (what api.open_pep gives AF_PACKET ports)
+        hc = (lambda: HcTable(64)) if compression else (lambda: None)
+        self.a_c, self.a_s = MemoryPort("c", client_side=True), MemoryPort("s", client_side=False, hc_table=hc())
+        self.b_c, self.b_s = MemoryPort("c", client_side=True, hc_table=hc()), MemoryPort("s", client_side=False)
         self.boxes = boxes
         self.client = EndHost(nursery, self.ca, self.a_c.inject)
         if boxes == 2:
@@ -164,9 +174,13 @@ class TwoBoxLink:
         self.server.receive(pkt)
 
     def pep_a(self, **over):
+        if self.compression:
+            over.setdefault("wan", {"scps_compression": True})
         return open_pep(box_config("server", **over), ports=[self.a_c, self.a_s], router=router_for(self.a_c, self.a_s))
 
     def pep_b(self, **over):
+        if self.compression:
+            over.setdefault("wan", {"scps_compression": True})
         return open_pep(box_config("client", **over), ports=[self.b_c, self.b_s], router=router_for(self.b_c, self.b_s))
 
 
@@ -378,3 +392,33 @@ def test_conn_ids_unique_among_live_connections():
     assert link.allocate_conn_id() in range(CONN_IDS) and counters["scps_conn_ids_shared"] == 1
     cfg = link.leg_config(TcpConfig(), 9)
     assert cfg.scps.conn_id == 9 and cfg.scps.snack and link.leg_config(TcpConfig(), 9) is not None
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+def test_header_compression_when_both_boxes_offer_it(fam):
+    up, down = os.urandom(100_000), os.urandom(300_000)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n, fam, compression=True)
+            async with tb.pep_a() as a, tb.pep_b() as b:
+                c = await tb.client.connect(tb.sa, 80)
+                s = await tb.server.accept()
+                got_up, got_down = await exchange(c, s, up, down)
+                assert got_up == up and got_down == down
+                for box in (a, b):
+                    st = box.statistics()
+                    assert st["scps_compressed_legs"] == 1 and st["hc_drop_checksum"] == 0
+                    assert st["hc_drop_no_context"] == 0 and st["hc_expanded"] > 100
+            n.cancel_scope.cancel()
+        syns = tb.link.syns()
+        assert [(d, ack, opt[0]) for d, ack, opt, _ in syns] == [("a->b", False, 0x50), ("b->a", True, 0x50)]
+        after = tb.link.wire[2:]  # everything after the SYN and SYN-ACK
+        both = {d for d, p in after if is_compressed(p)}
+        assert both == {"a->b", "b->a"}
+        # what could not be compressed went as plain TCP (the SYNs); nothing else on the link
+        plain = [tcp_of(p) for d, p in after if not is_compressed(p)]
+        assert all(p.flags & 0x02 == 0 for p in plain)
+        assert len(plain) < len(after) / 10, (len(plain), len(after))
+
+    run_virtual(main)

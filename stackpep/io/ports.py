@@ -69,11 +69,12 @@ class Router(abc.ABC):
 # ------------------------------------------------------------------ AF_PACKET
 class AfPacketPort(PacketPort):
     def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
-                 retire_ms: int = 1, mark: int = 0, gso: bool = True) -> None:
+                 retire_ms: int = 1, mark: int = 0, gso: bool = True, hc_table=None) -> None:
         self.name = ifname
         self.client_side = client_side
+        self.hc_table = hc_table  # SCPS compressed headers (IP protocol 105) are expanded through it
         self.ring = PacketRing(ifname, client_side=client_side, block_size=block_size, block_nr=block_count,
-                               retire_ms=retire_ms, mark=mark, gso=gso)
+                               retire_ms=retire_ms, mark=mark, gso=gso, hc_table=hc_table)
         self.ifindex = self.ring.ifindex
         self._held: Optional[List[Tuple[bytes, object]]] = None
 
@@ -151,9 +152,10 @@ class MemoryPort(PacketPort):
     """An in-memory port: `inject()` plays the wire towards us, `sent` (or the
     `on_send` callback) receives what we emit."""
 
-    def __init__(self, name: str, client_side: bool, max_queue: int = 10000) -> None:
+    def __init__(self, name: str, client_side: bool, max_queue: int = 10000, hc_table=None) -> None:
         self.name = name
         self.client_side = client_side
+        self.hc_table = hc_table  # as AfPacketPort: protocol 105 is expanded through it, else refused
         self._send, self._recv = trio.open_memory_channel(max_queue)
         self.sent: List[bytes] = []
         self.on_send = None
@@ -163,6 +165,14 @@ class MemoryPort(PacketPort):
         """A packet arriving on this interface (raw IP, TCP inside).  Checked as
         the capture checks it (the wire layer, checksums included): a refused one
         is counted as rx_drop_malformed and rx_drop_<reason>."""
+        if self.hc_table is not None and len(packet) >= 20 and (
+                (packet[0] >> 4 == 4 and packet[9] == 105) or (packet[0] >> 4 == 6 and packet[6] == 105)):
+            expanded = self.hc_table.expand(bytes(packet))
+            if expanded is None:
+                self.counters["rx_hc_dropped"] = self.counters.get("rx_hc_dropped", 0) + 1
+                return
+            self.counters["rx_hc_expanded"] = self.counters.get("rx_hc_expanded", 0) + 1
+            packet = expanded
         try:
             key, flags = self._key(packet)
         except WireError as exc:

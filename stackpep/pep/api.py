@@ -145,7 +145,18 @@ def intercept_spec(config: PepConfig) -> InterceptSpec:
         client_interfaces=config.client_interfaces, server_interfaces=config.server_interfaces,
         prefixes=config.prefixes, ports=config.ports, exclude_local=config.exclude_local,
         mark=config.mark, instance=config.instance,
+        scps_compressed=bool(config.wan_scps and config.wan_scps.get("compression")),
     )
+
+
+def new_hc_table(config: PepConfig):
+    """The receive contexts of SCPS header compression (stackpep._fast.scpshc), when the
+    long leg offers it; None otherwise."""
+    if not (config.wan_scps and config.wan_scps.get("compression")):
+        return None
+    from stackpep._fast.scpshc import HcTable
+
+    return HcTable(capacity=max(256, 2 * config.max_connections))
 
 
 def _as_config(config: Union[PepConfig, str, Path, dict]) -> PepConfig:
@@ -210,13 +221,17 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
             raise ConfigError(problems)
         from stackpep.io.ports import AfPacketPort, KernelRouter
 
+        # SCPS header compression on the long leg: its ports expand protocol 105 through one table
+        hc_table = new_hc_table(cfg)
+        wan_client_side = cfg.wan_leg == "client"
         opened = []
         try:
             for side, names in ((True, cfg.client_interfaces), (False, cfg.server_interfaces)):
                 for name in names:
                     opened.append(AfPacketPort(name, client_side=side, block_size=cfg.block_size,
                                                block_count=cfg.block_count, retire_ms=cfg.retire_ms,
-                                               mark=cfg.mark, gso=cfg.gso))
+                                               mark=cfg.mark, gso=cfg.gso,
+                                               hc_table=hc_table if side == wan_client_side else None))
             if cfg.pcap:
                 # Only when on: the splitter then talks to the taps (the router
                 # hands them out too), so nothing is checked per packet when off.
@@ -239,7 +254,10 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
     assert router is not None and ports is not None
     spec = intercept_spec(cfg)
     rules = InstalledRules(spec, cfg.rules_backend) if install_rules else None
-    dispatcher = Dispatcher(cfg, ports, router, spec, local_addresses=_local_addresses if own_ports else None)
+    if not own_ports:
+        hc_table = next((p.hc_table for p in ports if getattr(p, "hc_table", None) is not None), None)
+    dispatcher = Dispatcher(cfg, ports, router, spec, local_addresses=_local_addresses if own_ports else None,
+                            hc_table=hc_table)
     try:
         if rules is not None:
             rules.__enter__()

@@ -60,7 +60,7 @@ _WAN_SIDE = {"client": CLIENT, "server": SERVER}
 
 class Dispatcher:
     def __init__(self, config: PepConfig, ports: Sequence[PacketPort], router: Router, spec: InterceptSpec,
-                 local_addresses: Optional[Callable[[], Set[bytes]]] = None) -> None:
+                 local_addresses: Optional[Callable[[], Set[bytes]]] = None, hc_table=None) -> None:
         self.config = config
         # The box's own addresses are never intercepted (the rules' `fib daddr type
         # local` / `addrtype LOCAL`): refreshed every few seconds when given.
@@ -83,7 +83,8 @@ class Dispatcher:
                                               max_entries=max(65536, config.max_connections))
         self.closed_event = trio.Event()
         self.icmp = IcmpGuard(self.counters)
-        self.scps = scps_link_from(config, self.counters)  # SCPS-TP on the long leg (stackpep.pep.scps)
+        self._hc_table = hc_table
+        self.scps = scps_link_from(config, self.counters, hc_table)  # SCPS-TP on the long leg (stackpep.pep.scps)
         # All a split connection sees of the box.
         self.split_context = SplitContext(config=config, next_hop=router.next_hop, leg_config=self.leg_config,
                                           icmp_validate=self.icmp.validate, counters=self.counters,
@@ -294,7 +295,7 @@ class Dispatcher:
         if not config.wan_scps:
             self.scps = None
         elif self.scps is None:
-            self.scps = scps_link_from(config, self.counters)
+            self.scps = scps_link_from(config, self.counters, self._hc_table)
         else:
             self.scps.configure(config.wan_scps)
         self.split_context = dataclasses.replace(self.split_context, config=config, scps=self.scps)

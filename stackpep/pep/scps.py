@@ -29,6 +29,7 @@ SCPS_COUNTERS = (
     "scps_one_sided",  # long legs established without an SCPS peer (plain TCP far end)
     "scps_fallbacks",  # our SYN was sent again without option 20 (RST or silence: ScpsFallback)
     "scps_not_offered_refused",  # long legs opened without option 20: the destination is in the refusal cache
+    "scps_compressed_legs",  # long legs whose packets go with compressed headers (both ends offered 0x10)
     "scps_conn_ids_shared",  # all 256 connection ids were in use: one was given to a second live connection
 )
 
@@ -37,7 +38,7 @@ class ScpsLink:
     """One per box with a `[wan]` leg that has SCPS on (`PepConfig.wan_scps`)."""
 
     def __init__(self, settings: Dict[str, Any], refusal_ttl_us: int, counters: Dict[str, int],
-                 max_refusals: int = 4096) -> None:
+                 max_refusals: int = 4096, hc_table: Any = None) -> None:
         from stackpep.tcp.config import ScpsSettings
 
         self.settings = ScpsSettings(**settings)
@@ -46,6 +47,9 @@ class ScpsLink:
         self._live = [0] * CONN_IDS  # live connections per connection id
         self._next = 0
         self._configs: Dict[tuple, Any] = {}
+        # receive contexts of header compression, shared with the long leg's ports
+        # (None: compression not offered, or the ports cannot expand it)
+        self.hc_table = hc_table if self.settings.compression else None
 
     def configure(self, settings: Dict[str, Any]) -> None:
         """New settings for long legs opened from now on (a reload)."""
@@ -102,13 +106,26 @@ class ScpsLink:
         self.counters["scps_fallbacks"] += 1
         self.refusals.remember(dest, now)
 
+    def compressor(self, src: bytes, dst: bytes, sport: int, dport: int, local_cid: int, peer_cid: int) -> Any:
+        """A HeaderCompressor for a long leg whose ends both offered bit 0x10
+        (src/dst/ports: what the leg sends), or None when this box does not expand."""
+        if self.hc_table is None:
+            return None
+        from stackpep._fast.scpshc import HeaderCompressor
+
+        self.counters["scps_compressed_legs"] += 1
+        return HeaderCompressor(src, dst, sport, dport, local_cid, peer_cid, self.hc_table)
+
     def statistics(self) -> Dict[str, int]:
-        return {"scps_refusals_cached": len(self.refusals), "scps_refusals_evicted": self.refusals.evicted,
+        out = {"scps_refusals_cached": len(self.refusals), "scps_refusals_evicted": self.refusals.evicted,
                 "scps_conn_ids_live": self.live_conn_ids()}
+        if self.hc_table is not None:
+            out.update(self.hc_table.statistics())
+        return out
 
 
-def scps_link_from(config: Any, counters: Dict[str, int]) -> Optional[ScpsLink]:
+def scps_link_from(config: Any, counters: Dict[str, int], hc_table: Any = None) -> Optional[ScpsLink]:
     """The box's ScpsLink for a PepConfig, or None when the long leg speaks no SCPS-TP."""
     if config.wan_leg is None or not config.wan_scps:
         return None
-    return ScpsLink(config.wan_scps, int(config.wan_scps_refusal_ttl * 1_000_000), counters)
+    return ScpsLink(config.wan_scps, int(config.wan_scps_refusal_ttl * 1_000_000), counters, hc_table=hc_table)

@@ -50,6 +50,7 @@ import trio
 from stackpep._fast.capture import split_key
 from stackpep.pep import engine as eng
 from stackpep.pep.reset import reset_for
+from stackpep.tcp.config import SCPS_COMPRESS
 from stackpep.tcp.driver import ConnectionDriver
 from stackpep.tcp.events import (CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable,
                                  EofReceived, ScpsFallback, ScpsNegotiated, SendSpace, TcpEvent)
@@ -128,7 +129,7 @@ class Leg:
     relay knows about it."""
 
     __slots__ = ("side", "name", "engine", "driver", "port", "hop", "opened", "established", "closed",
-                 "pending", "eof_seen", "eof_sent", "bytes_relayed", "soft_errors")
+                 "pending", "eof_seen", "eof_sent", "bytes_relayed", "soft_errors", "compressor")
 
     def __init__(self, side: int, port: Any = None) -> None:
         self.side = side
@@ -145,11 +146,19 @@ class Leg:
         self.eof_sent = False  # send_eof() called on this leg
         self.bytes_relayed = 0  # bytes read from this leg and handed to the other
         self.soft_errors = 0  # ICMP soft errors about this leg's packets
+        self.compressor: Any = None  # SCPS header compression of the long leg (stackpep._fast.scpshc)
 
     def transmit(self, pkts: List[bytes]) -> None:
         # A LISTEN leg has nothing to say until it is opened.
         if self.opened and self.port is not None:
+            if self.compressor is not None:
+                pkts = self._compressed(pkts)
             self.port.send(pkts, self.hop)
+
+    def _compressed(self, pkts: List[bytes]) -> List[bytes]:
+        # what the codec cannot compress (a SYN, ECN bits, ...) goes as plain TCP
+        compress = self.compressor.compress
+        return [compress(p) or p for p in pkts]
 
     @property
     def state(self) -> str:
@@ -277,6 +286,10 @@ class SplitConnection:
             if self.scps_conn_id is not None:
                 self.ctx.scps.release_conn_id(self.scps_conn_id)
                 self.scps_conn_id = None
+            for leg in self.legs:
+                if leg.compressor is not None:
+                    leg.compressor.close()  # drops the receive context
+                    leg.compressor = None
         assert self.outcome is not None
         return self.outcome
 
@@ -356,6 +369,10 @@ class SplitConnection:
             if leg.side == self.passive:
                 c["scps_offered"] += 1  # the far end's SYN offered it; our SYN-ACK answers
             c["scps_peers"] += 1
+            if ev.features & SCPS_COMPRESS and self.scps_conn_id is not None:
+                local, remote = leg.engine.local_addr, leg.engine.remote_addr
+                leg.compressor = scps.compressor(local, remote, leg.engine.local_port, leg.engine.remote_port,
+                                                 self.scps_conn_id, ev.peer_conn_id)
             log.debug("%s: %s leg: SCPS peer, features 0x%02x, its conn id %d", self, leg.name, ev.features,
                       ev.peer_conn_id)
         elif isinstance(ev, ScpsFallback):
