@@ -78,6 +78,8 @@ class PepConfig:
     wan_scps: Optional[Dict[str, Any]] = None  # ScpsSettings fields of the long leg (None: no SCPS-TP)
     wan_scps_refusal_ttl: float = 600.0  # seconds a destination that refused option 20 is remembered
     server_initiated: bool = False     # SYNs arriving on server-facing interfaces open split connections too
+    wan_zero_rtt: bool = False         # the near box answers the client's SYN and sends its first bytes in the long leg's SYN
+    wan_zero_rtt_wait: float = 0.01    # seconds the near box waits for the client's first bytes before opening the long leg
     reset_rate: float = 200.0          # unknown-flow RSTs per second, whole box ([resets])
     reset_burst: int = 50
     reset_per_source_rate: float = 10.0  # ... per source address
@@ -280,7 +282,7 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", keepalive_
 
 
 #: [wan] keys of SCPS-TP on the long leg (docs/scps.md, "The PEP").
-WAN_SCPS_KEYS = {"keepalive": 1, "scps": 1, "scps_snack": 1, "scps_bets": 1, "scps_compression": 1, "scps_record_boundary": 1,
+WAN_SCPS_KEYS = {"keepalive": 1, "zero_rtt": 1, "tfo_key": 1, "zero_rtt_wait": 1, "scps": 1, "scps_snack": 1, "scps_bets": 1, "scps_compression": 1, "scps_record_boundary": 1,
                  "scps_refusal_ttl": 1}
 
 
@@ -300,6 +302,20 @@ def _check_wan_scps(ck: "_Checker", wan: dict) -> Tuple[Optional[Dict[str, Any]]
     if not wan or not on:
         return None, ttl
     return {"snack": snack, "bets": bets, "compression": compression, "record_boundary": rb}, ttl
+
+
+def _check_wan_zero_rtt(ck: "_Checker", wan: dict) -> Tuple[bool, Optional[bytes], float]:
+    """(zero_rtt, the 16-byte TCP Fast Open key, wait in seconds) from [wan]
+    (docs/scps.md, "Zero-RTT")."""
+    on = ck.typed(wan, "wan", "zero_rtt", bool, False)
+    key_hex = ck.typed(wan, "wan", "tfo_key", str, None, lambda v: re.fullmatch(r"[0-9A-Fa-f]{32}", v) is not None,
+                       "32 hex digits (16 bytes), the same on both boxes")
+    wait = ck.typed(wan, "wan", "zero_rtt_wait", (int, float), 0.01, lambda v: 0 <= v <= 1,
+                    "seconds, 0 .. 1")
+    if on and key_hex is None and "tfo_key" not in wan:
+        ck.bad("wan.zero_rtt", "needs wan.tfo_key: the Fast Open cookie both boxes derive from it")
+    key = bytes.fromhex(key_hex) if on and isinstance(key_hex, str) and len(key_hex) == 32 else None
+    return bool(on and key is not None), key, float(wait)
 
 
 def pcap_problems(path: Optional[str], max_bytes: int, files: int) -> List[Tuple[str, str]]:
@@ -492,6 +508,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         if "rate" not in wan:
             ck.bad("wan.rate", "missing: the long link's rate in bits/s (IP bytes)")
     wan_scps, scps_ttl = _check_wan_scps(ck, wan)
+    zero_rtt, tfo_key, zero_rtt_wait = _check_wan_zero_rtt(ck, wan)
     wan_keepalive = ck.typed(wan, "wan", "keepalive", (int, float), 15.0, lambda v: v == 0 or 1 <= v <= 7200,
                              "seconds, 0 (off) or 1 .. 7200")
     if server_initiated is None:
@@ -516,6 +533,10 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         # the long leg's defaults, under whatever [tcp.<leg>] sets explicitly
         explicit = tcp_client if wan_leg == "client" else tcp_server
         merged = {**wan_leg_settings(wan_rate, float(wan_rtt), f"wan{instance}", float(wan_keepalive)), **explicit}
+        if zero_rtt:
+            # RFC 7413 with a shared key: the near box's SYN carries the cookie and the
+            # client's first bytes, the far box accepts them (one config for both roles)
+            merged.update(tfo_key=tfo_key, tfo_client=True, tfo_server=True)
         try:
             from stackpep.tcp.config import TcpConfig  # type: ignore
             TcpConfig(**merged)
@@ -539,7 +560,8 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         pcap=pcap, pcap_max_bytes=pcap_max, pcap_files=pcap_files,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,
         wan_rtt=float(wan_rtt), wan_scps=wan_scps if wan_leg is not None else None,
-        wan_scps_refusal_ttl=float(scps_ttl), server_initiated=server_initiated, reset_rate=float(rst_rate), reset_burst=rst_burst,
+        wan_scps_refusal_ttl=float(scps_ttl), server_initiated=server_initiated,
+        wan_zero_rtt=zero_rtt and wan_leg is not None, wan_zero_rtt_wait=zero_rtt_wait, reset_rate=float(rst_rate), reset_burst=rst_burst,
         reset_per_source_rate=float(rst_src_rate), reset_per_source_burst=rst_src_burst,
         recent_close_time=float(recent), drain_timeout=float(drain), control_socket=csock, metrics_listen=mlisten,
         log_connections=log_conns, log_format=log_format, source=source, lines=dict(lines),

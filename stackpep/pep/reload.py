@@ -53,6 +53,8 @@ KEYS: Dict[str, Tuple[str, bool, str]] = {
     "wan_scps": ("wan.scps", True, ""),
     "wan_scps_refusal_ttl": ("wan.scps_refusal_ttl", False, "the refusal cache is made with it"),
     "server_initiated": ("intercept.server_initiated", True, ""),
+    "wan_zero_rtt": ("wan.zero_rtt", True, ""),
+    "wan_zero_rtt_wait": ("wan.zero_rtt_wait", True, ""),
     "reset_rate": ("resets.rate", True, ""),
     "reset_burst": ("resets.burst", True, ""),
     "reset_per_source_rate": ("resets.per_source_rate", True, ""),

@@ -56,6 +56,11 @@ from stackpep.tcp.events import (CloseReason, Connected, ConnectionClosed, Conne
                                  EofReceived, ScpsFallback, ScpsNegotiated, SendSpace, TcpEvent)
 from stackpep.tcp.states import TcpState
 
+try:  # TCP Fast Open in the engine (RFC 7413): zero-RTT
+    from stackpep.tcp.events import FastOpenAccepted, FastOpenResult
+except ImportError:  # an engine without it: [wan] zero_rtt is refused by the config check
+    FastOpenAccepted = FastOpenResult = None  # type: ignore
+
 log = logging.getLogger("stackpep.pep")
 
 CLIENT, SERVER = 0, 1
@@ -69,6 +74,11 @@ BACKLOG_LIMIT = 64
 SPLIT_COUNTERS = (
     "drop_before_client_leg",  # a non-SYN segment from the client before its leg opened (nothing can take it)
     "drop_backlog_full",  # a server-side packet beyond BACKLOG_LIMIT while the routes were looked up
+    "zero_rtt_syn_data",  # near box: long legs opened with the client's first bytes in the SYN
+    "zero_rtt_no_data",  # near box: ... opened without (the client sent nothing for zero_rtt_wait)
+    "zero_rtt_syn_data_acked",  # near box: the far end acknowledged the SYN's data (a peer with our key)
+    "zero_rtt_syn_data_not_acked",  # near box: it did not (no peer or another key): the bytes went again
+    "zero_rtt_accepted",  # far box: a SYN from the link brought data with a cookie that verified
 )
 
 _LINGER_STATES = (TcpState.TIME_WAIT, TcpState.CLOSED)
@@ -192,6 +202,13 @@ class SplitConnection:
         self.legs = [Leg(CLIENT, arrival_port if from_client else None),
                      Leg(SERVER, None if from_client else arrival_port)]
         self.scps_conn_id: Optional[int] = None  # option 20's connection id of the long leg (ScpsLink)
+        # Zero-RTT (near box: the connection heads into the link): the client's SYN is
+        # answered at once and the long leg waits for the client's first bytes, which
+        # ride in its SYN (TCP Fast Open, RFC 7413) -- docs/scps.md "Zero-RTT".
+        self.zero_rtt = bool(getattr(cfg, "wan_zero_rtt", False)) and self.active == ctx.wan_side
+        if self.zero_rtt:
+            self.immediate = True
+        self.zero_rtt_at: Optional[int] = None  # µs: open the long leg by then without data
         self.phase = Phase.RESOLVING
         self.outcome: Optional[Outcome] = None
         self.held_syn: Optional[bytes] = syn  # the client's SYN, until the passive leg takes it
@@ -316,14 +333,24 @@ class SplitConnection:
             leg.driver = ConnectionDriver(leg.engine, self._event_handler(leg), leg.transmit)
         passive.engine.listen()
         now = now_us()
+        self.phase = Phase.OPENING
+        if self.zero_rtt:
+            self._start_passive_leg(now)  # the long leg opens with the client's first bytes
+            return
+        self._open_active_leg(now)
+        if self.immediate:
+            self._start_passive_leg(now)
+
+    def _open_active_leg(self, now: int, fast_open: bool = False) -> None:
+        active = self.legs[self.active]
+        active.opened = True
         for pkt in self.backlog:
             active.engine.receive_packet(pkt, now)
         self.backlog = []
-        active.opened = True
-        active.engine.connect(now, scps_offer=self._scps_offer(active, now))
-        self.phase = Phase.OPENING
-        if self.immediate:
-            self._start_passive_leg(now)
+        if fast_open:
+            active.engine.connect(now, scps_offer=self._scps_offer(active, now), fast_open=True)
+        else:
+            active.engine.connect(now, scps_offer=self._scps_offer(active, now))
 
     def _peer_addr(self, leg: Leg) -> bytes:
         return self.client_addr if leg.side == CLIENT else self.server_addr
@@ -346,6 +373,49 @@ class SplitConnection:
         if self.held_syn is not None:
             passive.engine.receive_packet(self.held_syn, now)
             self.held_syn = None
+
+    # -- zero-RTT on the near box (TCP Fast Open, RFC 7413) ------------------------------
+    def _zero_rtt_due(self, now: int) -> bool:
+        """The long leg is still to be opened and now is the time: the client's first
+        bytes (or its FIN) are here, or it sent nothing for `zero_rtt_wait` after its
+        handshake (a protocol where the server speaks first)."""
+        if not self.zero_rtt or self.legs[self.active].opened or self.done:
+            return False
+        client = self.legs[self.passive].engine
+        if client.recv_available() or client.at_eof():
+            return True
+        return self.zero_rtt_at is not None and now >= self.zero_rtt_at
+
+    def _zero_rtt_open(self, now: int) -> None:
+        """Open the long leg: the client's first bytes go into its send buffer before
+        connect(), so the SYN carries them (as many as tfo_max_syn_data allows; the
+        rest follow the handshake).  The far box's cookie check decides whether it
+        takes them; if not, the engine sends them again as ordinary data."""
+        passive, active = self.legs[self.passive], self.legs[self.active]
+        c = self.ctx.counters
+        src = passive.engine
+        data = src.recv(min(active.engine.send_space(), self.relay_buffer))
+        if data:
+            n = active.engine.send(data)
+            passive.pending = data[n:]
+            passive.bytes_relayed += n
+            c["zero_rtt_syn_data"] += 1
+        else:
+            c["zero_rtt_no_data"] += 1
+        self._open_active_leg(now, fast_open=bool(data))
+
+    def _on_fast_open(self, leg: Leg, ev: TcpEvent) -> None:
+        c = self.ctx.counters
+        if isinstance(ev, FastOpenAccepted):  # far box: the near box's SYN brought n bytes
+            c["zero_rtt_accepted"] += 1
+        elif isinstance(ev, FastOpenResult) and ev.sent:
+            c["zero_rtt_syn_data_acked" if ev.acked >= ev.sent else "zero_rtt_syn_data_not_acked"] += 1
+
+    def extra_deadline(self) -> Optional[int]:
+        """A deadline of the split connection itself (µs), beside its engines'."""
+        if self.zero_rtt and not self.legs[self.active].opened:
+            return self.zero_rtt_at
+        return None
 
     # -- SCPS-TP on the long leg (stackpep.pep.scps) ---------------------------------
     def _scps_offer(self, leg: Leg, now: int) -> bool:
@@ -392,8 +462,7 @@ class SplitConnection:
                 scope.cancel()
                 return
             deadline = None
-            for d in drivers:
-                t = d.deadline()
+            for t in [d.deadline() for d in drivers] + [self.extra_deadline()]:
                 if t is not None and (deadline is None or t < deadline):
                     deadline = t
             with trio.move_on_at(deadline / 1_000_000 if deadline is not None else float("inf")):
@@ -444,6 +513,8 @@ class SplitConnection:
         if self.done:
             self._flush(now)
             return
+        if self._zero_rtt_due(now):
+            self._zero_rtt_open(now)
         self._relay(client, server)
         self._relay(server, client)
         self._flush(now)
@@ -466,6 +537,8 @@ class SplitConnection:
         if isinstance(ev, Connected):
             leg.established = True
             self._scps_connected(leg)
+            if self.zero_rtt and leg.side == self.passive:
+                self.zero_rtt_at = self._now + int(self.ctx.config.wan_zero_rtt_wait * 1_000_000)
             if leg.side == self.active and not self.legs[self.passive].opened:
                 self._start_passive_leg(self._now)
             return False
@@ -498,6 +571,8 @@ class SplitConnection:
             return True
         if isinstance(ev, (ScpsNegotiated, ScpsFallback)):
             self._on_scps_event(leg, ev)
+        elif FastOpenAccepted is not None and isinstance(ev, (FastOpenAccepted, FastOpenResult)):
+            self._on_fast_open(leg, ev)
         return False
 
     def _reset_by(self, leg: Leg) -> Outcome:
