@@ -57,7 +57,7 @@ def tcp_options(draw):
         snack=tuple(draw(st.lists(st.tuples(u16, u16), max_size=4))),
         record_boundary=draw(st.booleans()),
         corruption_experienced=draw(st.booleans()),
-        fast_open=draw(st.none() | st.just(b"") | st.binary(min_size=4, max_size=16)),
+        fast_open=draw(st.none() | st.just(b"") | st.binary(min_size=4, max_size=8)),
         unknown=unknown,
     )
     assume(sum(len(d) + 2 for _, d in unknown) <= 40)
