@@ -662,7 +662,7 @@ cdef class TcpConnection:
         self.syn_pending = 1
         self.rcv_adv = self.rcv_nxt + min(self.rb_cap, 65535)
         if self.tfo_server:
-            # RFC 7413 §4.3: data only with a cookie that verifies; delivered at once
+            # RFC 7413 §4.2.2: data only with a cookie that verifies; delivered at once
             if self._tfo_syn_received(s):
                 self._rcv_data(0, pkt + s.payload_off, s.payload_len, now)
                 self.syn_data = 1
@@ -2239,12 +2239,12 @@ cdef class TcpConnection:
 
     cdef int64_t _tfo_syn_data(self, tcp_seg_t* seg):
         """Our first SYN: the Fast Open option with the cookie and up to cfg_tfo_max bytes of
-        the send buffer (RFC 7413 §4.2.1); bytes put in.  A retransmitted SYN carries
-        neither (RFC 7413 §4.2.1 / Linux: a SYN with data may be what was dropped); data the
+        the send buffer (RFC 7413 §4.2.2); bytes put in.  A retransmitted SYN carries
+        neither (RFC 7413 §4.1.3.1 / Linux: a SYN with data may be what was dropped); data the
         SYN-ACK does not acknowledge is sent again after the handshake (§4.2.2)."""
         cdef int64_t n = self.wr_end, room
         if self.syn_retransmitted or n <= 0:
-            return 0                     # no data queued: a plain SYN (RFC 7413 §4.2.1)
+            return 0                     # no data queued: a plain SYN (RFC 7413 §4.2.2)
         seg.opts.has_fo = 1
         seg.opts.fo_len = TFO_COOKIE_LEN
         self._tfo_cookie_of(1, seg.opts.fo_cookie)
@@ -2269,7 +2269,7 @@ cdef class TcpConnection:
         self._tfo_cookie_of(0, seg.opts.fo_cookie)
 
     cdef bint _tfo_syn_received(self, tcp_seg_t* s):
-        """The peer's SYN in LISTEN (RFC 7413 §4.3): accept its data only if its cookie is
+        """The peer's SYN in LISTEN (RFC 7413 §4.2.2): accept its data only if its cookie is
         ours for these addresses; a cookie request or a cookie we do not accept gets our
         cookie in the SYN-ACK.  Data without a cookie that verifies is ignored (the
         SYN-ACK acknowledges the SYN only, the client sends it again) and counted."""
@@ -2286,7 +2286,7 @@ cdef class TcpConnection:
         return ok and s.payload_len > 0
 
     cdef void _tfo_accepted(self, int64_t n):
-        # RFC 7413 §4.3: the data goes to the application now, in SYN-RECEIVED
+        # RFC 7413 §4.2.2: the data goes to the application now, in SYN-RECEIVED
         self.tfo_accepted = 1
         self.n_tfo_accepted += n
         self._push_event_ab(EV_TFO_ACCEPTED, n, 0)

@@ -176,7 +176,7 @@ class TcpConfig:
     sent before or right after ``connect()`` (RFC 7413 §4.2)."""
     tfo_server: bool = False
     """Passive open: data in a SYN whose cookie verifies is acknowledged by the SYN-ACK and
-    readable at once, in SYN-RECEIVED (RFC 7413 §4.3); SYN data without such a cookie
+    readable at once, in SYN-RECEIVED (RFC 7413 §4.2.2); SYN data without such a cookie
     is ignored (``tfo_cookie_rejected``).  A cookie request gets our cookie."""
     tfo_max_syn_data: Optional[int] = None
     """Most data bytes in a SYN; None = one MSS (the MSS we advertise).  Always capped

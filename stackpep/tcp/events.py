@@ -98,7 +98,7 @@ class BytesSkipped(TcpEvent):
 @dataclass(frozen=True, slots=True)
 class FastOpenAccepted(TcpEvent):
     """Passive open: the peer's SYN carried ``n`` bytes with a Fast Open cookie that
-    verifies (RFC 7413 §4.3); they are readable now, before the handshake completes
+    verifies (RFC 7413 §4.2.2); they are readable now, before the handshake completes
     (a DataReadable follows), and our SYN-ACK acknowledges them."""
     n: int
 
