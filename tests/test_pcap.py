@@ -20,7 +20,7 @@ from stackpep.io.pcap import (EPB_OVERHEAD, INBOUND, LINKTYPE_RAW, OUTBOUND, Pca
                               interface_path, path_problem, rotated_names, tap_ports)
 from stackpep.io.ports import MemoryPort
 from stackpep.pep.config import check_dict
-from stackpep.pep.testing import env_with_path
+from stackpep.testbed.splitbox import env_with_path
 
 TS = 1_785_000_000_123_456  # µs since the epoch (2026), beyond 32 bits on purpose
 

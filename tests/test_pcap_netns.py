@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from stackpep.pep.testing import CLIENT4, CLIENT6, SERVER4, SERVER6, SplitterTopology, pep_toml
+from stackpep.testbed.splitbox import CLIENT4, CLIENT6, SERVER4, SERVER6, SplitterTopology, pep_toml
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("tshark") is None or shutil.which("curl") is None,

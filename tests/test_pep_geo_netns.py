@@ -17,7 +17,7 @@ import pytest
 
 import dpkt  # the [test] extra
 
-from stackpep.pep.testing import SERVER4, SplitterTopology, pep_toml
+from stackpep.testbed.splitbox import SERVER4, SplitterTopology, pep_toml
 
 pytestmark = pytest.mark.netns
 

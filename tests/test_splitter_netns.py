@@ -17,7 +17,7 @@ import time
 import dpkt
 import pytest
 
-from stackpep.pep.testing import (CLIENT4, CLIENT6, ROOT, SERVER4, SERVER6, SplitterTopology, env_with_path,
+from stackpep.testbed.splitbox import (CLIENT4, CLIENT6, ROOT, SERVER4, SERVER6, SplitterTopology, env_with_path,
                                   pep_toml)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]

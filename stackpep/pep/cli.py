@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-from stackpep.cli import command
+from stackpep.commands import command
 
 log = logging.getLogger("stackpep.pep")
 

@@ -111,8 +111,8 @@ class TcpConfig:
 
     # -- acknowledgements (RFC 9293 §3.8.6.3, RFC 5681 §4.2) ----------------
     delayed_ack_us: int = 40_000
-    """Delayed-ACK timeout; must be <= 200 ms (RFC 9293 / RFC 5681 allow 500 ms,
-    the brief caps it at 200 ms).  0 disables delayed ACKs."""
+    """Delayed-ACK timeout; must be <= 200 ms (RFC 9293 §3.8.6.3 / RFC 5681 §4.2
+    allow 500 ms; 200 ms is Linux's TCP_DELACK_MAX).  0 disables delayed ACKs."""
     delayed_ack_segments: int = 2
     """ACK at least every this many full-sized segments (RFC 5681 §4.2)."""
 

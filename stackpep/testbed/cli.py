@@ -5,7 +5,7 @@ import argparse
 import re
 import sys
 
-from stackpep.cli import command
+from stackpep.commands import command
 
 ROLES = ("client", "pep-a", "link", "pep-b", "server")
 

@@ -360,7 +360,7 @@ def run_matrix(scenarios: Sequence[Scenario], configs: Sequence[Configuration], 
                topo: Optional[Topology] = None, workdir: Optional[str] = None,
                link_backend: str = "builtin") -> List[Cell]:
     """Every workload of every scenario under every configuration; returns the cells."""
-    from stackpep.testbed.report import Progress
+    from stackpep.testbed.progress import Progress
 
     progress = progress or Progress(total=sum(len(s.workloads) for s in scenarios) * len(configs))
     cells: List[Cell] = []

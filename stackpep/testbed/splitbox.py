@@ -1,5 +1,7 @@
-"""A client -- box -- server topology with the splitter running in the box, for
-the end-to-end tests and benchmarks/splitter.py.
+"""A client -- box -- server topology with the splitter running in the box
+(``stackpep run`` in the middle namespace), for the one-box end-to-end tests
+(tests/test_*_netns.py) and benchmarks/splitter.py.  The five-host testbed with
+a link emulator is stackpep.testbed.topology.
 
 Addresses (198.18.0.0/15 and fd00::/8 only):
   client  box1 side 198.18.0.2  fd00:1::2      box1  198.18.0.1  fd00:1::1
