@@ -8,6 +8,7 @@ from stackpep.tcp.config import CONGESTION_CONTROLS, LOSS_RESPONSES, ScpsSetting
 from stackpep.tcp.events import (
     CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable, EofReceived,
     SendSpace, TcpEvent, ScpsNegotiated, ScpsFallback, RecordBoundary, BytesSkipped,
+    FastOpenAccepted, FastOpenResult,
 )
 from stackpep.tcp.scps import ScpsRefusals
 from stackpep.tcp.states import TRANSITIONS, TcpState
@@ -18,6 +19,7 @@ __all__ = [
     "RecordBoundary", "BytesSkipped", "CONGESTION_CONTROLS", "LOSS_RESPONSES", "TcpEvent", "CloseReason",
     "Connected", "DataReadable", "SendSpace", "EofReceived", "ConnectionReset",
     "ConnectionClosed", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
+    "FastOpenAccepted", "FastOpenResult",
 ]
 
 

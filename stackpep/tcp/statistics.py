@@ -105,3 +105,9 @@ class TcpStatistics:
     bytes_skipped: int = 0            # BETS: bytes delivered as zeros (receiver)
     bets_abandoned: int = 0           # BETS: retransmissions not sent after bets_max_retransmits (sender)
     records_merged: int = 0           # record ends not marked: 64 unacknowledged records already kept
+    # -- TCP Fast Open (RFC 7413), docs/tcp-engine.md ---------------------------------------------
+    tfo_syn_data_sent: int = 0        # bytes our SYN carried (active)
+    tfo_syn_data_acked: int = 0       # of them, bytes the SYN-ACK acknowledged (active)
+    tfo_syn_data_accepted: int = 0    # bytes accepted from a SYN whose cookie verified (passive)
+    tfo_cookie_rejected: int = 0      # SYNs with data or a cookie whose cookie did not verify (passive)
+    tfo_data_retransmitted_after_handshake: int = 0   # SYN bytes not acknowledged, sent again (active)
