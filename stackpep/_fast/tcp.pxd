@@ -343,6 +343,7 @@ cdef class TcpConnection:
     cdef bint tfo_server               # passive: accept SYN data whose cookie verifies (TcpConfig.tfo_server)
     cdef uint64_t tfo_k0, tfo_k1       # SipHash-2-4 key halves (TcpConfig.tfo_key)
     cdef int64_t cfg_tfo_max           # most data bytes a SYN carries
+    cdef int64_t cfg_tfo_synrcvd       # passive, Fast Open accepted: bytes we may send in SYN-RECEIVED (0: none)
     cdef bint tfo_syn_opt              # active: the next (first) SYN carries the option and data
     cdef int64_t tfo_syn_len           # active: data bytes our SYN carried (0 = none)
     cdef bint tfo_accepted             # passive: the SYN's data was accepted (readable in SYN-RECEIVED)

@@ -742,7 +742,8 @@ cdef class TcpConnection:
     cdef void _established(self, uint64_t now):
         self._set_state(ESTABLISHED)
         self.retries = 0
-        self.tm.rtx = 0
+        # data sent in SYN-RECEIVED (Fast Open, tfo_synrcvd_send) may still be outstanding
+        self.tm.rtx = 0 if self.snd_una >= self.snd_max else now + self.rtt.rto
         self.syn_pending = 0
         if self.snd_una < 0:
             self.snd_una = 0
@@ -1408,6 +1409,12 @@ cdef class TcpConnection:
         if self.syn_pending:
             return self._emit_syn(buf, cap, now)
         if st == SYN_SENT or st == SYN_RECEIVED:
+            if st == SYN_RECEIVED and self.tfo_accepted and self.cfg_tfo_synrcvd and self.snd_nxt >= 0:
+                # RFC 7413 §4.2.2: after accepting Fast Open data the server may answer
+                # before the handshake's ACK (within cfg_tfo_synrcvd, _output_data)
+                n = self._output_data(buf, cap, now)
+                if n:
+                    return n
             if st == SYN_RECEIVED and self.ack_now:
                 return self._emit(buf, cap, self.snd_nxt, 0, TH_ACK, 0, now)
             return 0
@@ -1550,6 +1557,8 @@ cdef class TcpConnection:
         if self.tm.pace > now:
             return self._output_probe(buf, cap, now)     # pacing gate (rate-based controllers)
         win_avail = self.snd_una + self.snd_wnd - off
+        if st == SYN_RECEIVED and self.cfg_tfo_synrcvd > self.snd_wnd:
+            win_avail = self.snd_una + self.cfg_tfo_synrcvd - off   # the key holder's window (TcpConfig.tfo_synrcvd_send)
         if self.in_recovery and self.sack_ok:
             cw_avail = <int64_t>self.cc.cwnd - self._pipe()
         else:
@@ -2228,6 +2237,7 @@ cdef class TcpConnection:
         self.tfo_client = bool(config.tfo_client)
         self.tfo_server = bool(config.tfo_server)
         self.cfg_tfo_max = config.tfo_max_syn_data if config.tfo_max_syn_data is not None else self.adv_mss
+        self.cfg_tfo_synrcvd = getattr(config, "tfo_synrcvd_send", None) or 0
 
     cdef void _tfo_cookie_of(self, bint active, uint8_t* out) noexcept:
         # the client is the active opener: our address in our SYN, the peer's in theirs

@@ -179,6 +179,12 @@ class TcpConfig:
     readable at once, in SYN-RECEIVED (RFC 7413 §4.2.2); SYN data without such a cookie
     is ignored (``tfo_cookie_rejected``).  A cookie request gets our cookie."""
     tfo_max_syn_data: Optional[int] = None
+    tfo_synrcvd_send: Optional[int] = None
+    """Passive open, Fast Open data accepted (so the peer holds our key: another box
+    configured with it): send up to this many bytes of our answer in SYN-RECEIVED,
+    before the handshake's final ACK (RFC 7413 §4.2.2 lets a server send then).  The
+    peer's SYN window is unscaled (RFC 7323 §2.2, at most 64 KiB), so this stands for
+    the receive window the key holder is configured with.  None = nothing before the ACK."""
     """Most data bytes in a SYN; None = one MSS (the MSS we advertise).  Always capped
     so that the SYN fits the MTU."""
 
@@ -217,5 +223,7 @@ class TcpConfig:
             raise ValueError("tfo_key must be 16 bytes (or None)")
         if (self.tfo_client or self.tfo_server) and self.tfo_key is None:
             raise ValueError("tfo_client / tfo_server need tfo_key (the cookie is derived from it)")
+        if self.tfo_synrcvd_send is not None and not 1 <= self.tfo_synrcvd_send <= 1 << 30:
+            raise ValueError("tfo_synrcvd_send must be 1..2**30 bytes or None")
         if self.tfo_max_syn_data is not None and not 1 <= self.tfo_max_syn_data <= 65535:
             raise ValueError("tfo_max_syn_data must be 1..65535 bytes or None (one MSS)")
