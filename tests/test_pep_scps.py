@@ -26,6 +26,7 @@ from stackpep._fast.scpshc import HcTable
 from stackpep.io.ports import MemoryPort, MemoryRouter
 from stackpep.pep.api import open_pep
 from stackpep.pep.config import from_dict
+from stackpep.pep.reset import reset_for
 from stackpep.pep.scps import CONN_IDS, ScpsLink
 from stackpep.tcp.config import TcpConfig
 from stackpep.tcp.stream import EngineDriver, TcpStream
@@ -340,6 +341,7 @@ def test_server_dropping_option_20_is_reached_without_it_and_remembered():
                 # the first SYN and `syn_retries_with_option` (2) retransmissions carried it
                 assert tb.server.dropped_scps_syns == 3
                 assert (st["scps_fallbacks"], st["scps_refusals_cached"], st["scps_one_sided"]) == (1, 1, 1)
+                assert st["scps_refusals_remembered"] == 1
                 # the next connection to that server goes without option 20 at once
                 c = await tb.client.connect(tb.sa, 80, lport=40002)
                 s = await tb.server.accept()
@@ -420,5 +422,162 @@ def test_header_compression_when_both_boxes_offer_it(fam):
         plain = [tcp_of(p) for d, p in after if not is_compressed(p)]
         assert all(p.flags & 0x02 == 0 for p in plain)
         assert len(plain) < len(after) / 10, (len(plain), len(after))
+
+    run_virtual(main)
+
+
+KEY_A = "00112233445566778899aabbccddeeff"
+KEY_OTHER = "ffeeddccbbaa99887766554433221100"
+
+
+def zero_rtt(key=KEY_A):
+    return {"wan": {"zero_rtt": True, "tfo_key": key}}
+
+
+async def timed_fetch(tb, request, size):
+    """Open, send `request`, read `size` bytes: (virtual seconds from connect() to the
+    last byte, bytes the server got, bytes the client got)."""
+    t0 = trio.current_time()
+    c = await tb.client.connect(tb.sa, 80, lport=42000 + len(request))
+    await c.send_all(request)
+    s = await tb.server.accept()
+    got = await s.receive_some(1 << 16)
+    await s.send_all(b"r" * size)
+    await s.send_eof()
+    body = await recv_all(c, size)
+    return trio.current_time() - t0, got, body
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+def test_zero_rtt_fetch_saves_a_link_round_trip(fam):
+    request = b"GET /100k HTTP/1.0\r\n\r\n"
+    out = {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n, fam)
+            async with tb.pep_a() as a, tb.pep_b() as b:
+                out["plain"] = await timed_fetch(tb, request, 100_000)
+            tb = TwoBoxLink(n, fam)
+            async with tb.pep_a(**zero_rtt()) as a, tb.pep_b(**zero_rtt()) as b:
+                out["0rtt"] = await timed_fetch(tb, request, 100_000)
+                sa, sb = a.statistics(), b.statistics()
+                assert (sa["zero_rtt_syn_data"], sa["zero_rtt_syn_data_acked"], sa["zero_rtt_no_data"]) == (1, 1, 0)
+                assert (sb["zero_rtt_accepted"], sb["zero_rtt_syn_data"]) == (1, 0)
+                assert sa["scps_peers"] == sb["scps_peers"] == 1
+            n.cancel_scope.cancel()
+        # the long leg's SYN carried the request (and option 20), its SYN-ACK nothing
+        syns = tb.link.syns()
+        assert [(d, ack, opt is not None, plen) for d, ack, opt, plen in syns] == [
+            ("a->b", False, True, len(request)), ("b->a", True, True, 0)]
+
+    run_virtual(main)
+    for name in out:
+        assert out[name][1:] == (request, b"r" * 100_000), name
+    # a link round trip is 40 ms: zero-RTT saves it (the client's SYN-ACK no longer
+    # waits for the far end, and the request no longer waits for the boxes' handshake)
+    saved = out["plain"][0] - out["0rtt"][0]
+    assert 2 * ONE_WAY * 0.9 <= saved <= 2 * ONE_WAY * 1.1, out
+
+
+def test_zero_rtt_server_refuses_client_gets_reset():
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n)
+            # no listener on the server: its stack answers every SYN with RST
+            tb.b_s.on_send = lambda pkt: tb.b_s.inject(reset_for(pkt)) if reset_for(pkt) else None
+            async with tb.pep_a(**zero_rtt()) as a, tb.pep_b(**zero_rtt()) as b:
+                c = await tb.client.connect(tb.sa, 80)  # answered by box A at once
+                await c.send_all(b"hello")
+                with pytest.raises(trio.BrokenResourceError):
+                    await recv_all(c)
+                await until(lambda: a.statistics()["ended_refused"] == 1)
+                sa, sb = a.statistics(), b.statistics()
+                # the far box relays the refusal as a RST to the SYN with option 20; the near
+                # box's engine tries once more without the option, which is refused too, so
+                # the far box is not taken for a stack that refuses option 20
+                assert sb["ended_refused"] == 2 and sa["scps_fallbacks"] == 1
+                assert (sa["scps_refusals_remembered"], sa["scps_refusals_cached"]) == (0, 0)
+            n.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+def test_zero_rtt_far_end_without_our_key_gets_the_bytes_once():
+    request = os.urandom(500)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            for other in ("box with another key", "plain server"):
+                tb = TwoBoxLink(n, boxes=2 if other.startswith("box") else 1)
+                async with tb.pep_a(**zero_rtt()) as a:
+                    far = tb.pep_b(**zero_rtt(KEY_OTHER)) if tb.boxes == 2 else None
+                    async with (far if far is not None else _nothing()) as b:
+                        c = await tb.client.connect(tb.sa, 80)
+                        await c.send_all(request)
+                        await c.send_eof()
+                        s = await tb.server.accept()
+                        assert await recv_all(s) == request, other  # once, whole
+                        await s.send_eof()
+                        assert await recv_all(c) == b""
+                        sa = a.statistics()
+                        # a box with another key ignores the SYN's data (the bytes go again after
+                        # the handshake); the plain server's stack (stackpep's engine) keeps SYN data
+                        # as RFC 9293 §3.10.7.2 allows and acknowledges it in its SYN-ACK
+                        want = (1, 1, 0) if tb.boxes == 2 else (1, 0, 1)
+                        assert (sa["zero_rtt_syn_data"], sa["zero_rtt_syn_data_not_acked"],
+                                sa["zero_rtt_syn_data_acked"]) == want, other
+                        if b is not None:
+                            assert b.statistics()["zero_rtt_accepted"] == 0
+                syns = [(d, ack, plen) for d, ack, _, plen in tb.link.syns()]
+                assert syns == [("a->b", False, 500), ("b->a", True, 0)], (other, syns)
+            n.cancel_scope.cancel()
+
+    run_virtual(main)
+
+
+class _nothing:
+    async def __aenter__(self):
+        return None
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+def test_zero_rtt_server_speaks_first():
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n)
+            async with tb.pep_a(**zero_rtt()) as a, tb.pep_b(**zero_rtt()) as b:
+                c = await tb.client.connect(tb.sa, 80)  # and waits for a greeting
+                s = await tb.server.accept()
+                await s.send_all(b"220 hello\r\n")
+                assert await c.receive_some(100) == b"220 hello\r\n"
+                assert a.statistics()["zero_rtt_no_data"] == 1
+            n.cancel_scope.cancel()
+        assert [plen for _, _, _, plen in tb.link.syns()] == [0, 0]
+
+    run_virtual(main)
+
+
+def test_refusal_through_two_boxes_is_a_refusal_and_scps_stays():
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n)
+            real = tb.b_s.on_send
+            tb.b_s.on_send = lambda pkt: tb.b_s.inject(reset_for(pkt)) if reset_for(pkt) else None
+            async with tb.pep_a() as a, tb.pep_b() as b:
+                with pytest.raises(trio.BrokenResourceError):
+                    await tb.client.connect(tb.sa, 80, lport=40100)  # RST for its SYN
+                sa = a.statistics()
+                assert sa["ended_refused"] == 1 and sa["scps_refusals_cached"] == 0
+                # the next connection still offers option 20 and finds the far box
+                tb.b_s.on_send = real
+                c = await tb.client.connect(tb.sa, 80, lport=40101)
+                s = await tb.server.accept()
+                assert await exchange(c, s, b"q", b"a") == (b"q", b"a")
+                sa = a.statistics()
+                assert (sa["scps_peers"], sa["scps_not_offered_refused"]) == (1, 0)
+            n.cancel_scope.cancel()
 
     run_virtual(main)

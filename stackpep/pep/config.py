@@ -537,6 +537,9 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
             # RFC 7413 with a shared key: the near box's SYN carries the cookie and the
             # client's first bytes, the far box accepts them (one config for both roles)
             merged.update(tfo_key=tfo_key, tfo_client=True, tfo_server=True)
+            # the far box answers before the handshake's ACK, up to the window a box on
+            # this link is configured with (its receive buffer; docs/scps.md "Zero-RTT")
+            merged.setdefault("tfo_synrcvd_send", merged["rcv_buf"])
         try:
             from stackpep.tcp.config import TcpConfig  # type: ignore
             TcpConfig(**merged)

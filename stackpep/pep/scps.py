@@ -28,6 +28,7 @@ SCPS_COUNTERS = (
     "scps_peers",  # ... whose far end answered it: an SCPS peer, the features both offered apply
     "scps_one_sided",  # long legs established without an SCPS peer (plain TCP far end)
     "scps_fallbacks",  # our SYN was sent again without option 20 (RST or silence: ScpsFallback)
+    "scps_refusals_remembered",  # ... and that SYN was answered: the destination goes to the refusal cache
     "scps_not_offered_refused",  # long legs opened without option 20: the destination is in the refusal cache
     "scps_compressed_legs",  # long legs whose packets go with compressed headers (both ends offered 0x10)
     "scps_conn_ids_shared",  # all 256 connection ids were in use: one was given to a second live connection
@@ -101,10 +102,10 @@ class ScpsLink:
             return False
         return True
 
-    def fell_back(self, dest: Hashable, now: int) -> None:
-        """``dest`` reset or ignored a SYN with option 20 (the engine retried without)."""
-        self.counters["scps_fallbacks"] += 1
+    def remember_refusal(self, dest: Hashable, now: int) -> None:
+        """``dest`` reset or ignored a SYN with option 20 and answered the one without."""
         self.refusals.remember(dest, now)
+        self.counters["scps_refusals_remembered"] += 1
 
     def compressor(self, src: bytes, dst: bytes, sport: int, dport: int, local_cid: int, peer_cid: int) -> Any:
         """A HeaderCompressor for a long leg whose ends both offered bit 0x10

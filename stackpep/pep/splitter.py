@@ -202,6 +202,7 @@ class SplitConnection:
         self.legs = [Leg(CLIENT, arrival_port if from_client else None),
                      Leg(SERVER, None if from_client else arrival_port)]
         self.scps_conn_id: Optional[int] = None  # option 20's connection id of the long leg (ScpsLink)
+        self.scps_fell_back = False  # the long leg's SYN went again without option 20 (ScpsFallback)
         # Zero-RTT (near box: the connection heads into the link): the client's SYN is
         # answered at once and the long leg waits for the client's first bytes, which
         # ride in its SYN (TCP Fast Open, RFC 7413) -- docs/scps.md "Zero-RTT".
@@ -446,13 +447,18 @@ class SplitConnection:
             log.debug("%s: %s leg: SCPS peer, features 0x%02x, its conn id %d", self, leg.name, ev.features,
                       ev.peer_conn_id)
         elif isinstance(ev, ScpsFallback):
-            scps.fell_back(self._peer_addr(leg), self._now)
+            # Remembered only once the SYN without the option gets through (_scps_connected):
+            # a RST may just be a refusal (a far box relays the server's), not about option 20.
+            self.scps_fell_back = True
+            self.ctx.counters["scps_fallbacks"] += 1
             log.info("%s: %s leg: SYN with option 20 met %s; retrying without it", self, leg.name,
                      "a reset" if ev.reason == "rst" else "silence")
 
     def _scps_connected(self, leg: Leg) -> None:
         if self.ctx.scps is not None and leg.side == self.ctx.wan_side and not leg.engine.scps_peer:
             self.ctx.counters["scps_one_sided"] += 1
+            if self.scps_fell_back:
+                self.ctx.scps.remember_refusal(self._peer_addr(leg), self._now)
 
     async def _pump(self, scope: trio.CancelScope) -> None:
         drivers = [leg.driver for leg in self.legs]
@@ -622,8 +628,10 @@ class SplitConnection:
         if moved:
             src.bytes_relayed += moved
             self.last_activity = now_us()
-        if not pend and s.at_eof():
-            # Every byte before the FIN went on: pass the FIN on (half-close, RFC 9293 §3.6).
+        if not pend and s.at_eof() and dst.established:
+            # Every byte before the FIN went on: pass the FIN on (half-close, RFC 9293 §3.6);
+            # not before the leg is ESTABLISHED (send_eof() in SYN-SENT closes it unsent,
+            # RFC 9293 §3.10.4: the client's FIN waits, e.g. behind zero-RTT data in the SYN).
             d.send_eof()
             dst.eof_sent = True
 
