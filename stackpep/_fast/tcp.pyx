@@ -203,6 +203,11 @@ cdef class TcpConnection:
         self.cfg_chal_limit = config.challenge_ack_limit
         self.cc = make_cc(config.congestion, config, self.ipver)
         self.loss_corruption = config.loss_response == "corruption"
+        # link outage (CCSDS 714.0-B-2 §3.2): off unless outage_rtos / outage_silence_us
+        self.cfg_outage_rtos = config.outage_rtos or 0
+        self.cfg_outage_probe = config.outage_probe_us
+        self.cfg_outage_silence = config.outage_silence_us or 0
+        self.cfg_outage_max = config.outage_max_us or 0
         # sequence state
         self.snd_una = -1
         self.snd_nxt = -1
@@ -1019,6 +1024,8 @@ cdef class TcpConnection:
         cdef int64_t win, acked, data_acked, prior_flight, newly_sacked = 0, a, b
         cdef bint window_changed = 0
         cdef uint8_t f = s.flags
+        if self.outage:
+            self._exit_outage(now)      # the link answered
         # window update: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)
         if self.snd_wl1 < seg_off or (self.snd_wl1 == seg_off and self.snd_wl2 <= ack_off):
             win = (<int64_t>s.window) << self.snd_wscale
@@ -1081,11 +1088,22 @@ cdef class TcpConnection:
                     self.lt_sent = 0
                     if not self.loss_corruption:
                         self.cc.on_recovery_exit(now, <uint64_t>self._flight())
+                    elif not self.sack_ok:
+                        # corruption: undo RFC 6582's inflation, back to the window
+                        # held when the loss was seen (no reduction)
+                        self.cc.on_corruption_recovery_exit(now)
                 elif not self.sack_ok:
                     # RFC 6582 §3.2 step 5: partial ACK
                     self.rexmit_pending = 1
                     self.cc.on_partial_ack(<uint64_t>acked)
                     self.tm.rtx = now + self.rtt.rto
+                elif self.loss_corruption and 2 * prior_flight >= <int64_t>self.cc.cwnd:
+                    # loss taken as corruption (CCSDS 714.0-B-2 §3.2): SACK recovery only
+                    # repairs, the path is not congested, so the window keeps growing
+                    # (at 1 % loss on a GEO window recovery never ends: frozen there,
+                    # a window-based controller would stay where the first loss was)
+                    self.cc.on_ack(now, <uint32_t>(acked if acked < 0xFFFFFFFF else 0xFFFFFFFF),
+                                   self.rtt.srtt, <uint64_t>self._flight())
             else:
                 self.dupacks = 0
                 self.lt_sent = 0
@@ -1138,11 +1156,15 @@ cdef class TcpConnection:
             if self.snd_una >= self.ecn_recover:
                 self.cc.on_loss(now, <uint64_t>flight, CC_CAUSE_LOSS)
             self.ecn_recover = self.snd_max
+        else:
+            self.cc.on_corruption_loss(now)
         # RFC 5681 §3.2 step 3 / RFC 6675 §5 (4.3): the first lost segment is resent
         # at once, whatever cwnd allows
         self.rexmit_pending = 1
-        if not self.sack_ok and not self.loss_corruption:
-            self.cc.on_recovery_dupack(DUPTHRESH * self.smss)    # RFC 6582 §3.2 step 3 inflation
+        if not self.sack_ok:
+            # RFC 6582 §3.2 step 3 inflation (a loss taken as corruption too: the
+            # window accounting is the same; on_corruption_recovery_exit undoes it)
+            self.cc.on_recovery_dupack(DUPTHRESH * self.smss)
         self.tm.rtx = now + self.rtt.rto
 
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off):
@@ -1265,20 +1287,28 @@ cdef class TcpConnection:
             return
         if self.snd_nxt <= self.snd_una and self.snd_max <= self.snd_una:
             return
+        if self.outage:
+            self._outage_rto(now)               # a probe, not a retransmission timeout
+            return
+        if (self.cfg_outage_rtos or self.cfg_outage_silence) and self._outage_due(now):
+            self._enter_outage(now)
+            return
         if self.retries >= self.cfg_max_retrans or (
                 self.cfg_user_timeout and now - self.una_time >= <uint64_t>self.cfg_user_timeout):
             self._enter_closed(CR_TIMEOUT)      # RFC 9293 §3.8.3 R2 / USER TIMEOUT
             return
+        if self.retries == 0:
+            self.cc.hold()                      # what an outage would resume at
         self.retries += 1
         self.n_timeouts += 1
-        # RFC 6298 §5.5: back off
-        rtt_backoff(&self.rtt)
         if not self.loss_corruption:
+            # RFC 6298 §5.5: back off
+            rtt_backoff(&self.rtt)
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
-        elif self.sack_ok and self.sb.n and self.next_send_time:
-            # Paced (rate-based) sender treating loss as corruption (CCSDS 714.0-B-2 §3.2): with
-            # SACK the RTO means a retransmission was lost (RFC 6675 cannot see it
-            # otherwise).  Go-back-N would resend the whole unSACKed flight, a
+        elif self.sack_ok and self.sb.n:
+            # Loss taken as corruption (CCSDS 714.0-B-2 §3.2): the RTO is not backed
+            # off and the window is kept.  With SACK the RTO means a retransmission was
+            # lost (RFC 6675 cannot see it otherwise).  Go-back-N would resend the whole unSACKed flight, a
             # bandwidth-delay product still on its way; restart RFC 6675 recovery from
             # SND.UNA instead, keeping the scoreboard (§5.1), so only holes go again
             # (the outcome RFC 8985 RACK reaches without the timeout).
@@ -1290,6 +1320,8 @@ cdef class TcpConnection:
             rtt_timeout(&self.rtt, self._ts_now(now))
             return
         # RFC 6582 §3.2 step 4 / RFC 6675 §5.1: recovery ends; go back to SND.UNA
+        if self.loss_corruption and self.in_recovery and not self.sack_ok:
+            self.cc.on_corruption_recovery_exit(now)
         self.recover = self.snd_max
         self.ecn_recover = self.snd_max
         self.in_recovery = 0
@@ -1299,6 +1331,81 @@ cdef class TcpConnection:
         self.snd_nxt = self.snd_una
         self.high_rxt = self.snd_una
         rtt_timeout(&self.rtt, self._ts_now(now))
+
+    # ================================================================================
+    # link outage (CCSDS 714.0-B-2 §3.2): persist through it, resume where it began
+    # ================================================================================
+    cdef bint _outage_due(self, uint64_t now) noexcept:
+        # this expiry is the outage_rtos-th in a row, or nothing came for outage_silence_us
+        if self.cfg_outage_rtos and self.retries + 1 >= self.cfg_outage_rtos:
+            return 1
+        return self.cfg_outage_silence != 0 and now - self.last_rcv_time >= self.cfg_outage_silence
+
+    cdef void _enter_outage(self, uint64_t now):
+        """Stop sending new data; probe SND.UNA every outage_probe_us, with no backoff
+        and without counting towards max_retransmits / the user timeout."""
+        if self.retries == 0:
+            self.cc.hold()
+        self.outage = 1
+        self.outage_start = now
+        self.n_outage_entered += 1
+        self._push_event(EV_OUTAGE_ENTERED)
+        # as an RTO: recovery ends, SND.NXT back to SND.UNA (the scoreboard is kept,
+        # RFC 6675 §5.1), Karn's rule for what is in flight
+        if self.loss_corruption and self.in_recovery and not self.sack_ok:
+            self.cc.on_corruption_recovery_exit(now)
+        self.recover = self.snd_max
+        self.ecn_recover = self.snd_max
+        self.in_recovery = 0
+        self.dupacks = 0
+        self.lt_sent = 0
+        self.snd_nxt = self.snd_una
+        self.high_rxt = self.snd_una
+        rtt_timeout(&self.rtt, self._ts_now(now))
+        self._outage_rto(now)
+
+    cdef void _outage_rto(self, uint64_t now):
+        if self.cfg_outage_max and now - self.outage_start >= self.cfg_outage_max:
+            self._enter_closed(CR_TIMEOUT)      # outage_max_us: given up
+            return
+        self.n_outage_probes += 1
+        self.rexmit_pending = 1
+        self.tm.rtx = now + self.cfg_outage_probe
+
+    cdef void _exit_outage(self, uint64_t now):
+        """An acceptable ACK: the link is back.  Resume at the window / rate held
+        before the outage (no slow start), the RTO from SRTT again."""
+        self.outage = 0
+        self.n_outage_exited += 1
+        self._push_event(EV_OUTAGE_EXITED)
+        self.retries = 0
+        self.rexmit_pending = 0
+        self.cc.resume(now)
+        if self.rtt.srtt >= 0:
+            rtt_end_backoff(&self.rtt)
+        if self.snd_max > self.snd_una:
+            self.tm.rtx = now + self.rtt.rto
+
+    cdef Py_ssize_t _output_outage(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
+        # the probe: the first unacknowledged segment (it repairs as it probes)
+        cdef int64_t off = self.snd_una, length
+        cdef bint fin
+        cdef int st = self.st
+        if not self.rexmit_pending:
+            return 0
+        self.rexmit_pending = 0
+        length = self.wr_end - off
+        if length > self._cur_mss():
+            length = self._cur_mss()
+        if length < 0:
+            length = 0
+        fin = (self.fin_requested and (st == FIN_WAIT_1 or st == CLOSING or st == LAST_ACK)
+               and off + length == self.wr_end and self.snd_max > self.wr_end)
+        if length == 0 and not fin:
+            return 0
+        if self.snd_nxt < off + length + fin:
+            self.snd_nxt = off + length + fin
+        return self._emit_data(buf, cap, off, length, fin, 1, now)
 
     def icmp_packet_too_big(self, int mtu, uint64_t now, quoted_seq=None):
         """RFC 1191 §6.1 / RFC 8201 §4: lower the path MTU, resend what no longer fits.
@@ -1403,6 +1510,8 @@ cdef class TcpConnection:
         cdef bint fin = 0, rexmit, may_fin
         cdef int st = self.st
         cdef Py_ssize_t n
+        if self.outage:
+            return self._output_outage(buf, cap, now)
         may_fin = self.fin_requested and (st == FIN_WAIT_1 or st == CLOSING or st == LAST_ACK)
         # 1. NewReno: retransmit the first unacknowledged segment (RFC 6582 §3.2)
         if self.rexmit_pending:
@@ -1761,6 +1870,10 @@ cdef class TcpConnection:
             return _ev.EofReceived()
         if code == EV_RESET:
             return _ev.ConnectionReset()
+        if code == EV_OUTAGE_ENTERED:
+            return _ev.OutageEntered()
+        if code == EV_OUTAGE_EXITED:
+            return _ev.OutageExited()
         return _ev.ConnectionClosed(_CLOSE_REASONS[self.close_reason])
 
     def statistics(self):
@@ -1809,6 +1922,10 @@ cdef class TcpConnection:
             drops=drops,
             illegal_transitions=self.n_illegal_transitions,
             events_lost=self.n_events_lost,
+            outage=bool(self.outage),
+            outage_entered=self.n_outage_entered,
+            outage_probes=self.n_outage_probes,
+            outage_exited=self.n_outage_exited,
         )
 
     @property

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 __all__ = [
     "CloseReason", "TcpEvent", "Connected", "DataReadable", "SendSpace",
     "EofReceived", "ConnectionReset", "ConnectionClosed", "ConnectionProgress",
+    "OutageEntered", "OutageExited",
 ]
 
 
@@ -58,6 +59,18 @@ class ConnectionReset(TcpEvent):
 class ConnectionClosed(TcpEvent):
     """The connection reached CLOSED; the engine sends nothing more."""
     reason: CloseReason
+
+
+@dataclass(frozen=True, slots=True)
+class OutageEntered(TcpEvent):
+    """Link outage (CCSDS 714.0-B-2 §3.2; TcpConfig.outage_rtos): no new data is
+    sent, SND.UNA is probed every outage_probe_us until the link answers."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutageExited(TcpEvent):
+    """An acceptable ACK ended the outage: sending resumes at the window / rate
+    held before it."""
 
 
 class ConnectionProgress:

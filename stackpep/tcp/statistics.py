@@ -90,3 +90,9 @@ class TcpStatistics:
     """State changes the engine refused (not in stackpep.tcp.states.TRANSITIONS): a bug if > 0."""
     events_lost: int = 0
     """Events not queued because the bounded event queue was full (next_event() not called)."""
+    # link outage (CCSDS 714.0-B-2 §3.2; TcpConfig.outage_rtos / outage_silence_us)
+    outage: bool = False
+    """In a link outage now: no new data, SND.UNA probed every outage_probe_us."""
+    outage_entered: int = 0
+    outage_probes: int = 0    # probes sent during outages (not counted as RTOs)
+    outage_exited: int = 0    # outages ended by an acceptable ACK
