@@ -261,26 +261,36 @@ cdef class Vegas(CongestionControl):
     control option (CCSDS 714.0-B-2 §3.2).
 
     Once per round trip, with BaseRTT the smallest RTT seen and RTT the smallest
-    of the last round (§3.2), Diff = (Expected - Actual) * BaseRTT
+    of the round (§3.2), Diff = (Expected - Actual) * BaseRTT
     = cwnd * (RTT - BaseRTT) / RTT, in segments: the data this connection keeps
     queued in the path.  Congestion avoidance adds one segment when Diff < alpha,
-    takes one away when Diff > beta, holds otherwise; slow start ends when Diff >
-    gamma (§3.3), cwnd then set to what the path holds without a queue.  So the
-    queue stays at alpha..beta segments, whatever the loss rate: with
-    loss_response="corruption" a loss changes nothing here (the engine does not
-    call on_loss), which is what keeps Vegas fast on a lossy long link."""
-    cdef double alpha, beta, gamma         # segments
+    takes one away when Diff > beta, holds otherwise; slow start doubles cwnd
+    every other round and ends when Diff > gamma (§3.3), cwnd then set to what the
+    path holds without a queue.  So the queue stays at alpha..beta segments,
+    whatever the loss rate: with loss_response="corruption" a loss changes nothing
+    here (the engine does not call on_loss), which is what keeps Vegas fast on a
+    lossy long link where the reference gateway's fell to ~3 Mbit/s."""
+    cdef public double alpha, beta, gamma  # segments
     cdef uint64_t base_rtt                 # µs, smallest sample seen (0 = none)
     cdef uint64_t round_min                # µs, smallest sample of this round (0 = none)
     cdef uint64_t round_end                # µs, when this round's decision is due
     cdef uint32_t round_samples
+    cdef double round_cwnd                 # cwnd when this round began
+    # slow start: rounds alternate between growth and a held window (§3.3)
+    cdef bint ss_hold                      # this round keeps cwnd fixed
+    cdef uint64_t hold_from, hold_to       # µs, the last held round (hold_to 0: running)
+    cdef uint64_t hold_min                 # µs, smallest RTT of a segment sent in it
+    cdef double hold_cwnd
+    cdef uint32_t hold_samples
 
     def __cinit__(self):
+        self.delay_based = 1
         self.alpha = VEGAS_ALPHA
         self.beta = VEGAS_BETA
         self.gamma = VEGAS_GAMMA
 
     cdef void on_rtt_sample(self, uint64_t now, uint64_t rtt_us):
+        cdef uint64_t sent
         if rtt_us == 0:
             rtt_us = 1
         if self.base_rtt == 0 or rtt_us < self.base_rtt:
@@ -288,41 +298,94 @@ cdef class Vegas(CongestionControl):
         if self.round_min == 0 or rtt_us < self.round_min:
             self.round_min = rtt_us
         self.round_samples += 1
+        if self.hold_from and now > rtt_us:
+            # a segment sent while slow start held the window: its RTT is the path's
+            # at that window (a growth round sends two segments per one acknowledged,
+            # and the bursts queue for a moment whatever the path holds)
+            sent = now - rtt_us
+            if sent >= self.hold_from and (self.hold_to == 0 or sent < self.hold_to):
+                if self.hold_min == 0 or rtt_us < self.hold_min:
+                    self.hold_min = rtt_us
+                self.hold_samples += 1
+
+    cdef uint64_t pacing_rate(self):
+        # Paced at 2 cwnd / BaseRTT in slow start, 1.25 cwnd / BaseRTT after (Linux's
+        # pacing ratios): an ACK-clocked slow start sends its doubling as trains at
+        # twice the bottleneck rate, whose brief queues Vegas would read as the
+        # path's (on a GEO path an early exit leaves cwnd far below the BDP, and
+        # congestion avoidance adds one segment per round trip).  BaseRTT, not
+        # SRTT: never slower than cwnd per round trip, whatever the queue.
+        if self.base_rtt == 0:
+            return 0
+        return <uint64_t>(self.cwnd * (2.0 if self.cwnd < self.ssthresh else 1.25) * 1e6 / self.base_rtt)
+
+    cdef void _leave_slow_start(self):
+        # §3.3: Diff for the window held last round, from the RTTs of what it sent;
+        # above gamma: the window the path holds without a queue, plus one segment
+        cdef double segs = self.hold_cwnd / self.mss
+        cdef double target
+        if segs * (<double>self.hold_min - self.base_rtt) / self.hold_min <= self.gamma:
+            return
+        target = (segs * self.base_rtt / self.hold_min + 1) * self.mss
+        if target < self.cwnd:
+            self.cwnd = target
+        if self.cwnd < 2 * self.mss:
+            self.cwnd = 2 * self.mss
+        self.ssthresh = self.cwnd - self.mss
+        if self.ssthresh < 2 * self.mss:
+            self.ssthresh = 2 * self.mss
+        self.hold_from = 0
 
     cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight):
-        cdef double diff, segs, target
+        cdef double diff, segs
         if self.round_end == 0:
             self.round_end = now + (<uint64_t>srtt_us if srtt_us > 0 else 1)
+            self.round_cwnd = self.cwnd
         elif now >= self.round_end and self.round_samples > 0:
             # one decision per round trip (Brakmo & Peterson §3.2)
-            segs = self.cwnd / self.mss
-            diff = segs * (<double>self.round_min - self.base_rtt) / self.round_min
             if self.cwnd < self.ssthresh:
-                if diff > self.gamma:
-                    # §3.3: leave slow start; the window the path holds without queue,
-                    # plus one segment
-                    target = segs * self.base_rtt / self.round_min + 1
-                    if target < segs:
-                        self.cwnd = target * self.mss
-                    self.ssthresh = self.cwnd - self.mss
-                    if self.ssthresh < 2 * self.mss:
-                        self.ssthresh = 2 * self.mss
+                if self.ss_hold:
+                    self.hold_to = now          # the held round ends; growth again
+                    self.ss_hold = 0
+                else:
+                    if self.hold_samples:
+                        self._leave_slow_start()
+                    if self.cwnd < self.ssthresh:
+                        self.ss_hold = 1        # hold this window for a round
+                        self.hold_from = now
+                        self.hold_to = 0
+                        self.hold_min = 0
+                        self.hold_samples = 0
+                        self.hold_cwnd = self.cwnd
+            else:
+                segs = self.round_cwnd / self.mss
+                diff = segs * (<double>self.round_min - self.base_rtt) / self.round_min
+                if diff > self.beta:
+                    self.cwnd -= self.mss
                     if self.cwnd < 2 * self.mss:
                         self.cwnd = 2 * self.mss
-            elif diff > self.beta:
-                self.cwnd -= self.mss
-                if self.cwnd < 2 * self.mss:
-                    self.cwnd = 2 * self.mss
-                if self.ssthresh > self.cwnd:
-                    self.ssthresh = self.cwnd
-            elif diff < self.alpha:
-                self.cwnd += self.mss
+                    if self.ssthresh > self.cwnd:
+                        self.ssthresh = self.cwnd
+                elif diff < self.alpha:
+                    self.cwnd += self.mss
             self.round_end = now + self.round_min
             self.round_min = 0
             self.round_samples = 0
+            self.round_cwnd = self.cwnd
             return
-        if self.cwnd < self.ssthresh:
-            self._ss(acked)       # growth within a round: RFC 5681 §3.1 slow start
+        if self.cwnd < self.ssthresh and not self.ss_hold:
+            if self.hold_samples >= 3:
+                # the held window's RTTs arrive during the growth round: judged as
+                # soon as there are a few (Linux tcp_vegas: more than 2), not a round
+                # later, when cwnd would have doubled into the queue once more
+                self._leave_slow_start()
+                if self.cwnd >= self.ssthresh:
+                    return
+            # a growth round: cwnd doubles (the bytes acknowledged, up to 2 SMSS per
+            # ACK: RFC 3465 §2.2 L = 2*SMSS, as delayed ACKs cover two segments)
+            self.cwnd += acked if acked < 2 * self.mss else 2 * self.mss
+            if self.cwnd > self.ssthresh:
+                self.cwnd = self.ssthresh
 
     cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause):
         # a congestion loss (loss_response="congestion") or ECE: halve as RFC 5681
@@ -330,21 +393,26 @@ cdef class Vegas(CongestionControl):
         cdef double half = in_flight / 2.0
         self.ssthresh = half if half > 2 * self.mss else 2 * self.mss
         self.cwnd = self.ssthresh
-        self.round_end = 0
-        self.round_min = 0
-        self.round_samples = 0
+        self._new_rounds()
 
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first):
         if first:
             self.on_loss(now, in_flight, CC_CAUSE_LOSS)
         self.cwnd = self.mss        # RFC 5681 §3.1: loss window
-        self.round_end = 0
+        self._new_rounds()
 
-    cdef void resume(self, uint64_t now):
-        CongestionControl.resume(self, now)
+    cdef void _new_rounds(self):
+        self.ss_hold = 0
+        self.hold_from = 0
+        self.hold_min = 0
+        self.hold_samples = 0
         self.round_end = 0
         self.round_min = 0
         self.round_samples = 0
+
+    cdef void resume(self, uint64_t now):
+        CongestionControl.resume(self, now)
+        self._new_rounds()
 
     cdef str name(self):
         return "vegas"

@@ -123,6 +123,7 @@ cdef class CongestionControl:
     cdef double bytes_acked     # RFC 5681 §3.1 byte counting in congestion avoidance
     cdef double held_cwnd, held_ssthresh    # at the first RTO of a series (hold/resume)
     cdef double rec_cwnd        # window when a loss taken as corruption was seen
+    cdef bint delay_based       # wants an RTT sample from every ACK (Vegas)
     cdef void init(self, uint32_t mss, uint32_t iw_segments)
     cdef void set_mss(self, uint32_t mss)
     cdef double _ss(self, uint32_t acked)
@@ -325,6 +326,7 @@ cdef class TcpConnection:
     cdef void _rcv_fin(self, int64_t fin_off, uint64_t now)
     cdef void _rcv_data(self, int64_t off, const uint8_t* p, int64_t n, uint64_t now)
     cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now)
+    cdef void _corruption_growth(self, uint64_t now, int64_t delivered, int64_t prior_flight)
     cdef void _ecn_response(self, uint64_t now, int64_t flight)
     cdef void _enter_recovery(self, uint64_t now)
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off)

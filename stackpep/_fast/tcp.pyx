@@ -321,7 +321,10 @@ cdef class TcpConnection:
             self.tm.time_wait = 1
 
     cdef void _rtt_sample(self, int64_t r, uint64_t now):
-        if rtt_sample(&self.rtt, r):
+        if rtt_sample(&self.rtt, r) and not (self.cc.delay_based and self.ts_ok):
+            # (with timestamps a delay-based controller takes the RFC 7323 samples of
+            # every ACK instead, _process_ack: a timed segment held behind a repaired
+            # hole would count the repair as queueing delay)
             self.cc.on_rtt_sample(now, <uint64_t>r)
 
     cdef int64_t _rcv_data_end(self) noexcept:
@@ -997,10 +1000,12 @@ cdef class TcpConnection:
             self.rcv_nxt = end
             self.bytes_in += n
             if self.ofo.n:
+                # filled all or part of a gap: ACK at once (RFC 5681 §4.2), also when
+                # the gap is not closed (its sender times the repair from this ACK)
+                self.ack_now = 1
                 before = self.rcv_nxt
                 if ivset_merge_front(&self.ofo, &self.rcv_nxt):
                     self.bytes_in += self.rcv_nxt - before
-                    self.ack_now = 1       # filled (part of) a gap: ACK at once (RFC 5681 §4.2)
             if self.rcv_fin_off >= 0 and self.rcv_fin_off == self.rcv_nxt:
                 self._rcv_fin(self.rcv_fin_off, now)
             if not self.readable_notified and self.st != SYN_RECEIVED:
@@ -1021,7 +1026,7 @@ cdef class TcpConnection:
     # ---------------------------------------------------------------------------------
     cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now):
         """ACK processing in the synchronized states (RFC 9293 §3.10.7.4 fifth check)."""
-        cdef int64_t win, acked, data_acked, prior_flight, newly_sacked = 0, a, b
+        cdef int64_t win, acked, data_acked, prior_flight, newly_sacked = 0, a, b, trimmed = 0
         cdef bint window_changed = 0
         cdef uint8_t f = s.flags
         if self.outage:
@@ -1062,7 +1067,8 @@ cdef class TcpConnection:
             self.una_time = now
             self.retries = 0
             if self.sb.n:
-                self.sacked_bytes -= ivset_trim_below(&self.sb, self.snd_una)
+                trimmed = ivset_trim_below(&self.sb, self.snd_una)
+                self.sacked_bytes -= trimmed
             # RTT (RFC 6298 §3 Karn: timed segment not retransmitted; RFC 7323 §4 RTTM otherwise)
             if self.rtt.timing and ack_off > self.rtt.timed_off:
                 self.rtt.timing = 0
@@ -1078,6 +1084,13 @@ cdef class TcpConnection:
                                  if seq_le(s.opts.ts_ecr, self._ts_now(now)) else -1, now)
             elif self.rtt.srtt >= 0:
                 rtt_end_backoff(&self.rtt)      # a new ACK ends any backoff (RFC 6298 §5.7 note)
+            if (self.cc.delay_based and self.ts_ok and s.opts.has_ts
+                    and (not self.rtt.ts_floor_set or seq_ge(s.opts.ts_ecr, self.rtt.ts_floor))
+                    and seq_le(s.opts.ts_ecr, self._ts_now(now))):
+                # a delay-based controller (Vegas) sees the RTT of every ACK that
+                # advances the left edge (RFC 7323 §4 RTTM), not one timed segment per
+                # RTT: its per-round minimum needs them (Brakmo & Peterson §3.2)
+                self.cc.on_rtt_sample(now, <uint64_t>(<uint32_t>(self._ts_now(now) - s.opts.ts_ecr)) * 1000)
             # congestion control
             if self.ecn_ok and (f & TH_ECE) and self.snd_una > self.ecn_recover:
                 self._ecn_response(now, prior_flight)
@@ -1097,13 +1110,9 @@ cdef class TcpConnection:
                     self.rexmit_pending = 1
                     self.cc.on_partial_ack(<uint64_t>acked)
                     self.tm.rtx = now + self.rtt.rto
-                elif self.loss_corruption and 2 * prior_flight >= <int64_t>self.cc.cwnd:
-                    # loss taken as corruption (CCSDS 714.0-B-2 §3.2): SACK recovery only
-                    # repairs, the path is not congested, so the window keeps growing
-                    # (at 1 % loss on a GEO window recovery never ends: frozen there,
-                    # a window-based controller would stay where the first loss was)
-                    self.cc.on_ack(now, <uint32_t>(acked if acked < 0xFFFFFFFF else 0xFFFFFFFF),
-                                   self.rtt.srtt, <uint64_t>self._flight())
+                elif self.loss_corruption:
+                    # what reached the receiver now (SACKed bytes counted once)
+                    self._corruption_growth(now, acked - trimmed + newly_sacked, prior_flight)
             else:
                 self.dupacks = 0
                 self.lt_sent = 0
@@ -1132,9 +1141,20 @@ cdef class TcpConnection:
                     if self.in_recovery:
                         if not self.sack_ok:
                             self.cc.on_recovery_dupack(self.smss)   # RFC 6582 §3.2 step 4: inflate
+                        elif self.loss_corruption and newly_sacked > 0:
+                            self._corruption_growth(now, newly_sacked, prior_flight)
                     elif self.snd_una >= self.recover and (
                             self.dupacks >= DUPTHRESH or (self.sack_ok and self._lost_edge() > self.snd_una)):
                         self._enter_recovery(now)
+
+    cdef void _corruption_growth(self, uint64_t now, int64_t delivered, int64_t prior_flight):
+        # SACK recovery from a loss taken as corruption (CCSDS 714.0-B-2 §3.2) only
+        # repairs: the path is not congested, so the controller keeps growing on what
+        # was delivered (at 1 % loss on a GEO window recovery hardly ever ends, and a
+        # window frozen in it stays where the first loss happened)
+        if delivered > 0 and 2 * prior_flight >= <int64_t>self.cc.cwnd:
+            self.cc.on_ack(now, <uint32_t>(delivered if delivered < 0xFFFFFFFF else 0xFFFFFFFF),
+                           self.rtt.srtt, <uint64_t>self._flight())
 
     cdef void _ecn_response(self, uint64_t now, int64_t flight):
         # RFC 3168 §6.1.2: react to ECE as to a loss, at most once per window; CWR on the next data
