@@ -1325,23 +1325,25 @@ cdef class TcpConnection:
             # RFC 6298 §5.5: back off
             rtt_backoff(&self.rtt)
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
-        elif self.sack_ok and self.sb.n:
+        else:
             # Loss taken as corruption (CCSDS 714.0-B-2 §3.2): the RTO is not backed
-            # off and the window is kept.  With SACK the RTO means a retransmission was
-            # lost (RFC 6675 cannot see it otherwise).  Go-back-N would resend the whole unSACKed flight, a
-            # bandwidth-delay product still on its way; restart RFC 6675 recovery from
-            # SND.UNA instead, keeping the scoreboard (§5.1), so only holes go again
-            # (the outcome RFC 8985 RACK reaches without the timeout).
+            # off and the window is kept, so go-back-N would resend the whole flight
+            # at once, a bandwidth-delay product still on its way.  Resend the first
+            # segment (RFC 6298 §5.4) as a loss recovery: with SACK the RTO means a
+            # retransmission was lost (RFC 6675 cannot see it otherwise), and
+            # recovery restarts from SND.UNA keeping the scoreboard (§5.1), so only
+            # holes go again (the outcome RFC 8985 RACK reaches without the
+            # timeout); without SACK, RFC 6582 partial ACKs resend the rest.
             if not self.in_recovery:
                 self.in_recovery = 1
                 self.recover = self.snd_max
+                self.dupacks = 0
+                self.cc.on_corruption_loss(now)
             self.high_rxt = self.snd_una
             self.rexmit_pending = 1
             rtt_timeout(&self.rtt, self._ts_now(now))
             return
         # RFC 6582 §3.2 step 4 / RFC 6675 §5.1: recovery ends; go back to SND.UNA
-        if self.loss_corruption and self.in_recovery and not self.sack_ok:
-            self.cc.on_corruption_recovery_exit(now)
         self.recover = self.snd_max
         self.ecn_recover = self.snd_max
         self.in_recovery = 0
