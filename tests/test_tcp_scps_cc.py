@@ -269,3 +269,17 @@ def test_outage_config_checks():
         TcpConfig(outage_probe_us=10)
     with pytest.raises(ValueError):
         TcpConfig(outage_silence_us=0)
+
+
+def test_outage_after_silence():
+    # outage_silence_us instead of a count: the first RTO after 2 s without
+    # anything received enters the outage (the loss type corruption keeps the RTO
+    # at ~SRTT, so a few RTOs come first)
+    cfg = TcpConfig(congestion="rate", rate_bps=RATE, loss_response="corruption", snd_buf=BUF, rcv_buf=BUF,
+                    outage_silence_us=2_000_000)
+    r, link, data = outage_transfer(cfg)
+    assert r.received_by_a == data
+    st = r.stats_b
+    assert (st.outage_entered, st.outage_exited) == (1, 1)
+    assert 2 <= st.timeouts <= 4, st.timeouts
+    assert 25 <= st.outage_probes <= 30, st.outage_probes

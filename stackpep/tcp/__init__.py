@@ -7,7 +7,7 @@ plain Python here.
 from stackpep.tcp.config import CONGESTION_CONTROLS, LOSS_RESPONSES, TcpConfig
 from stackpep.tcp.events import (
     CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable, EofReceived,
-    SendSpace, TcpEvent,
+    OutageEntered, OutageExited, SendSpace, TcpEvent,
 )
 from stackpep.tcp.states import TRANSITIONS, TcpState
 from stackpep.tcp.statistics import DROP_REASONS, TcpStatistics
@@ -15,7 +15,7 @@ from stackpep.tcp.statistics import DROP_REASONS, TcpStatistics
 __all__ = [
     "TcpConfig", "CONGESTION_CONTROLS", "LOSS_RESPONSES", "TcpEvent", "CloseReason",
     "Connected", "DataReadable", "SendSpace", "EofReceived", "ConnectionReset",
-    "ConnectionClosed", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
+    "ConnectionClosed", "OutageEntered", "OutageExited", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
 ]
 
 
