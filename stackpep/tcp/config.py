@@ -10,10 +10,11 @@ from typing import Any, Optional
 
 __all__ = ["TcpConfig", "CONGESTION_CONTROLS", "LOSS_RESPONSES"]
 
-#: congestion-control algorithms the engine implements (stackpep/_fast/cc_*.pxi)
+#: congestion-control algorithms the engine implements (stackpep/_fast/cc.pxi)
 CONGESTION_CONTROLS = ("newreno", "cubic", "rate", "vegas")
-#: how a detected loss is answered: "congestion" (RFC 5681 §3.2: reduce cwnd) or
-#: "corruption" (retransmit without reducing cwnd; for SCPS-TP, CCSDS 714.0-B-2 §3.2)
+#: how a detected loss is answered (the SCPS-TP "loss type"): "congestion" (RFC 5681
+#: §3.2: reduce cwnd; RFC 6298 §5.5 RTO backoff) or "corruption" (retransmit keeping
+#: cwnd / the rate and the RTO; CCSDS 714.0-B-2 §3.2).  ECE is congestion either way.
 LOSS_RESPONSES = ("congestion", "corruption")
 
 
