@@ -1401,6 +1401,7 @@ cdef class TcpConnection:
         self.n_outage_exited += 1
         self._push_event(EV_OUTAGE_EXITED)
         self.retries = 0
+        self.una_time = now             # the user timeout counts from here, not from before the outage
         self.rexmit_pending = 0
         self.cc.resume(now)
         if self.rtt.srtt >= 0:
