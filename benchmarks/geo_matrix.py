@@ -82,13 +82,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     path = Path(args.from_json) if args.from_json else Path(args.out) / "results.json"
     if not args.from_json:
-        cmd = [sys.executable, "-m", "stackpep", "testbed", "run", "geo-matrix", "--configs", args.configs,
-               "--bulk-seconds", args.bulk_seconds, "--fetches", args.fetches, "--out", args.out]
-        res = subprocess.run(cmd)
-        if res.returncode != 0:
-            return res.returncode
+        from stackpep.testbed.topology import python_command, python_env
+
+        cmd = python_command("stackpep", "testbed", "run", "geo-matrix", "--configs", args.configs,
+                             "--bulk-seconds", args.bulk_seconds, "--fetches", args.fetches, "--out", args.out)
+        rc = subprocess.run(cmd, env=python_env()).returncode
+        if not path.exists():
+            return rc or 1
+    else:
+        rc = 0
     print(render(json.loads(path.read_text())))
-    return 0
+    return rc  # 1 if a cell failed (`stackpep testbed run` printed why)
 
 
 if __name__ == "__main__":

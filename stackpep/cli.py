@@ -1,26 +1,17 @@
 """The `stackpep` command.
 
-Each sub-command registers itself in COMMANDS with a function that adds its
-arguments to an argparse sub-parser and returns the handler.  Handlers return the
-process exit code.
+Each layer registers its sub-commands in stackpep.commands.COMMANDS (a function
+that adds its arguments to an argparse sub-parser and sets the handler); this
+module imports the layers' cli modules and builds the parser.  Handlers return
+the process exit code.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Dict
 
 from stackpep import __version__
-
-Handler = Callable[[argparse.Namespace], int]
-COMMANDS: Dict[str, Callable[[argparse._SubParsersAction], None]] = {}
-
-
-def command(name: str):
-    def register(fn):
-        COMMANDS[name] = fn
-        return fn
-    return register
+from stackpep.commands import COMMANDS, Handler, command  # noqa: F401  (re-exported)
 
 
 def _load_plugins() -> None:

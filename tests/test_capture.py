@@ -370,7 +370,7 @@ print(json.dumps({"stats": ring.statistics(), "n": len(got), "lens": [len(p) for
 @pytest.mark.netns
 def test_malformed_frames_are_counted_by_reason_not_passed_on(net3):
     # Frames from AF_PACKET arrive without TP_STATUS_CSUM_VALID: every checksum
-    # is verified in C (issue 8 §5), each refusal counted by its reason.
+    # is verified in C, each refusal counted by its reason.
     c, b = net3.hosts["client"], net3.hosts["box"]
     ci, bi, bo, si = net3.ifs
     rcv = b.popen([sys.executable, "-c", MALFORMED_RECV.replace("ROOT", repr(str(ROOT))).replace("IFNAME", repr(bi))],

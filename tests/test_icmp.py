@@ -300,7 +300,7 @@ def test_soft_error_is_recorded_and_the_connection_goes_on_and_forgeries_are_cou
                 # errors quoting the server leg's last packet
                 last = sent_to_server[-1]
                 conn = next(iter(pep.dispatcher.table.values()))
-                leg = conn.legs[1]
+                leg = conn.legs[1].engine
                 una = leg.statistics().snd_nxt  # = SND.UNA too once the last ACK is in
                 q = bytearray(quote_of(last, False))
                 struct.pack_into("!I", q, 24, una)

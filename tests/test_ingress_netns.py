@@ -1,4 +1,4 @@
-"""What enters the one-box splitter (issue 8 §5, §6), with real kernels around it:
+"""What enters the one-box splitter (docs/configuration.md, "What enters the splitter"), with real kernels around it:
 
 - corrupt segments (bad TCP checksum, bad IPv4 header checksum, TCP header cut
   short, data offset < 5; IPv4 and IPv6) never open a connection to the server
@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from stackpep.pep.testing import CLIENT4, CLIENT6, SERVER4, SERVER6, SplitterTopology, pep_toml
+from stackpep.testbed.splitbox import CLIENT4, CLIENT6, SERVER4, SERVER6, SplitterTopology, pep_toml
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -215,7 +215,7 @@ def test_a_good_syn_does_reach_the_server(topo, server_syn_counter):
 @pytest.mark.parametrize("family", ["v4", "v6"])
 def test_fragmented_syns_cross_the_box_and_are_reassembled(topo, family):
     # The capture leaves fragments to the kernel (rx_pass_fragment) and the rules
-    # do not drop them (issue 8 §6), so the kernel forwards them and the server
+    # do not drop them, so the kernel forwards them and the server
     # reassembles each SYN (RFC 791 §3.2 / RFC 8200 §4.5).
     if family == "v4":
         get = lambda: snmp(topo.server, "Ip", "ReasmOKs")  # noqa: E731
@@ -279,7 +279,7 @@ print(hashlib.sha256(up).hexdigest(), flush=True)
 
 
 def test_ipv6_client_with_hop_by_hop_and_destination_options_is_split(topo):
-    # issue 8 §6: the rules (meta l4proto / ip6tables -p walk the chain), the
+    # the rules (meta l4proto / ip6tables -p walk the chain), the
     # capture filter and the flow key all see through the extension headers.
     before = topo.stats()
     tcpdump = topo.box.popen(["tcpdump", "-i", "box1", "-nn", "-U", "-c", "1", "-w", str(topo.tmp / "ext.pcap"),

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from stackpep.pep.testing import BOX_C4, ROOT, SERVER4, SplitterTopology, env_with_path, pep_toml
+from stackpep.testbed.splitbox import BOX_C4, ROOT, SERVER4, SplitterTopology, env_with_path, pep_toml
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 import stackpep
+from stackpep.testbed.topology import python_command, python_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _stackpep(*args):
-    return subprocess.run([sys.executable, "-m", "stackpep", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(python_command("stackpep", *args), capture_output=True, text=True, timeout=60,
+                          env=python_env())
 
 
 def test_version_matches_package():

@@ -15,9 +15,9 @@ import textwrap
 
 import pytest
 
-dpkt = pytest.importorskip("dpkt")
+import dpkt  # the [test] extra
 
-from stackpep.pep.testing import SERVER4, SplitterTopology, pep_toml  # noqa: E402
+from stackpep.testbed.splitbox import SERVER4, SplitterTopology, pep_toml
 
 pytestmark = pytest.mark.netns
 

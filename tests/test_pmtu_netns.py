@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from stackpep.pep.testing import CLIENT4, CLIENT6, SERVER4, SERVER6, SplitterTopology, env_with_path, pep_toml
+from stackpep.testbed.splitbox import CLIENT4, CLIENT6, SERVER4, SERVER6, SplitterTopology, env_with_path, pep_toml
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]

@@ -1,4 +1,4 @@
-"""Unknown-flow resets (issue 8 §7): the RST itself (RFC 9293 §3.10.7.1, built by
+"""Unknown-flow resets: the RST itself (RFC 9293 §3.10.7.1, built by
 the wire layer), the token buckets that limit them (RFC 5961 §7) and the record
 of recently closed flows -- all sans-IO, on a virtual clock (µs integers)."""
 import pytest

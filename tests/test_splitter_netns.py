@@ -17,7 +17,7 @@ import time
 import dpkt
 import pytest
 
-from stackpep.pep.testing import (CLIENT4, CLIENT6, ROOT, SERVER4, SERVER6, SplitterTopology, env_with_path,
+from stackpep.testbed.splitbox import (CLIENT4, CLIENT6, ROOT, SERVER4, SERVER6, SplitterTopology, env_with_path,
                                   pep_toml)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
@@ -258,16 +258,14 @@ def test_half_close_each_way(topo):
 def test_refused_port_gives_client_rst(topo, family):
     before = topo.stats()["ended_refused"]
     out = py(topo.client, f"""
-        import socket, time
-        t = time.monotonic()
+        import socket
         try:
             socket.create_connection(({ADDRS[family][1]!r}, 8050), timeout=10)
             print("connected")
-        except ConnectionRefusedError:
-            print("refused", round(time.monotonic() - t, 1))
+        except ConnectionRefusedError:  # the box's RST (a lost one would be a timeout)
+            print("refused")
     """)
-    verdict, took = out.split()
-    assert verdict == "refused" and float(took) < 2.0
+    assert out.split() == ["refused"]
     st = topo.wait_stats(lambda s: s["ended_refused"] > before)
     assert st["ended_refused"] == before + 1
 
@@ -413,18 +411,17 @@ def test_stopping_the_box_resets_open_connections(bare):
         import socket, time
         s = socket.create_connection(({SERVER4!r}, 8002), timeout=10)
         s.recv(100); print("LISTENING", flush=True)
-        t = time.monotonic()
         try:
             while s.recv(65536):
                 pass
             print("eof", flush=True)
-        except OSError as exc:
-            print(type(exc).__name__, round(time.monotonic() - t, 1), flush=True)
+        except OSError as exc:  # a hang would end as a timeout after 10 s
+            print(type(exc).__name__, flush=True)
     """)
     time.sleep(0.3)
     assert bare.stop_pep(signal.SIGTERM) == 0
     verdict = cli.communicate(timeout=10)[0].split()
-    assert verdict[0] == "ConnectionResetError" and float(verdict[1]) < 2.0
+    assert verdict == ["ConnectionResetError"]
     assert srv.communicate(timeout=10)[0].strip() in ("ConnectionResetError", "BrokenPipeError")
     st = json.loads(bare.stats_file.read_text())
     assert st["ended_shutdown"] == 1

@@ -10,11 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-pytest.importorskip("stackpep._fast.tcp")
-
-from stackpep.tcp.config import TcpConfig  # noqa: E402
-from stackpep.tcp.script import parse_segment  # noqa: E402
-from stackpep.tcp.stream import EngineDriver, MemoryPacketPipe, TcpStream, memory_stream_pair  # noqa: E402
+from stackpep.tcp.config import TcpConfig
+from stackpep.tcp.script import parse_segment
+from stackpep.tcp.stream import MemoryPacketPipe, TcpStream, memory_stream_pair
 
 SMALL = TcpConfig(snd_buf=4096, rcv_buf=4096, mss=1000)
 
@@ -147,6 +145,34 @@ def test_aclose_with_unread_data_resets_peer():
     trio.run(main)
 
 
-def test_driver_and_stream_types():
+def test_stream_is_a_trio_half_closeable_stream():
     assert issubclass(TcpStream, trio.abc.HalfCloseableStream)
-    assert callable(EngineDriver.run) and MemoryPacketPipe().delivered == [0, 0]
+    assert TcpStream.send_eof is not trio.abc.HalfCloseableStream.send_eof
+
+
+def test_memory_pipe_delivers_in_order_counts_drops_and_never_nests():
+    events = []
+
+    class End:
+        def __init__(self, name, answer=None):
+            self.name, self.answer = name, answer
+
+        def deliver(self, pkt):
+            events.append(f"{self.name}<{pkt.decode()}")
+            if self.answer:
+                self.answer(b"ack-" + pkt)  # sending from inside a delivery
+            events.append(f"{self.name} done")
+
+    pipe = MemoryPacketPipe()
+    to_b, to_a = pipe.transmitter(0), pipe.transmitter(1)
+    pipe.ends[0], pipe.ends[1] = End("a"), End("b", answer=to_a)
+    to_b(b"1")
+    # b's answer is queued and delivered after b's delivery returned, not inside it
+    assert events == ["b<1", "b done", "a<ack-1", "a done"]
+    assert pipe.delivered == [1, 1]
+    events.clear()
+    pipe.drop = lambda direction, pkt: direction == 0 and pkt == b"2"  # a -> b only
+    to_b(b"2")
+    to_b(b"3")
+    assert events == ["b<3", "b done", "a<ack-3", "a done"]
+    assert pipe.delivered == [2, 2]

@@ -1,43 +1,51 @@
-"""`stackpep demo` end to end (slow: about 80 s with the two kernel baselines)."""
+"""`stackpep demo` end to end, as the README runs it: the console script, from the
+repository's root (a source tree whose `stackpep/` has no compiled modules in CI),
+without the suite's PYTHONSAFEPATH.  About 80 s with the two kernel baselines."""
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
-from stackpep.testbed.topology import python_env
 
 from stackpep.testbed.netns import list_namespaces
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ("e2e-cubic", "e2e-bbr", "stackpep-one-box", "stackpep-two-boxes")
+# The product's claim on the lossy GEO link, as ratios measured side by side in one
+# run.  Real runs give about x25 for the bulk goodput and x2.4 for the 100 KB fetch
+# (README, docs/BENCHMARKS-geo.md); the floors leave room for a busy machine.
+TWO_BOX_FLOOR = {"bulk-download": 5.0, "fetch-100KB": 1.5}
+
 
 def test_demo_compares_with_and_without_stackpep_and_cleans_up(tmp_path):
-    before = set(list_namespaces())
-    env = python_env()  # imports stackpep from where this test does
-    res = subprocess.run([sys.executable, "-m", "stackpep", "demo", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=400, env=env)
-    assert res.returncode == 0, res.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    res = subprocess.run([str(Path(sys.executable).parent / "stackpep"), "demo", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     out = res.stdout
+    assert res.returncode == 0, out + res.stderr
+    assert "FAILED" not in res.stderr, res.stderr
     assert "600 ms RTT, 20/20 Mbit/s, 1 % loss" in out
-    for name in ("e2e-cubic", "e2e-bbr", "stackpep-one-box", "stackpep-two-boxes"):
-        assert name in out
-    # stackpep is either compared (xN against the baselines) or plainly not available / failed
+    header = next(line for line in out.splitlines() if line.startswith("scenario "))
+    assert header.split()[2:] == list(CONFIGS)
+    # every stackpep configuration ran and is compared with both baselines
     for name in ("stackpep-one-box", "stackpep-two-boxes"):
-        line = next(l for l in out.splitlines() if l.startswith(f"with stackpep ({name})") or
-                    l.startswith(f"{name} "))
-        assert "not available" in line or "failed" in line or "x" in line
-    # The product's claim, as ratios measured side by side in this one run: two
-    # stackpep boxes beat end-to-end cubic on the lossy GEO link for both workloads.
-    import re
-    for workload, floor in (("fetch-100KB", 1.5), ("bulk-download", 3.0)):
+        for workload in ("fetch-100KB", "bulk-download"):
+            assert re.search(rf"^{name} {workload}: e2e-cubic x[0-9.]+, e2e-bbr x[0-9.]+$", out, re.M), \
+                (name, workload, out)
+    assert "failed" not in out and "not available" not in out and "error" not in out, out
+    for workload, floor in TWO_BOX_FLOOR.items():
         m = re.search(rf"^stackpep-two-boxes {workload}: e2e-cubic x([0-9.]+)", out, re.M)
-        assert m, f"no two-box comparison for {workload}"
-        assert float(m.group(1)) >= floor, (workload, m.group(1))
+        assert float(m.group(1)) >= floor, (workload, m.group(1), out)
     assert (tmp_path / "results.json").exists()
     assert f"plot:    {tmp_path}/goodput-demo-geo-20M-loss1%.png" in out
     assert (tmp_path / "goodput-demo-geo-20M-loss1%.png").stat().st_size > 10_000
     assert (tmp_path / "fetch-demo-geo-20M-loss1%.png").stat().st_size > 10_000
-    roles = ("-client", "-pep-a", "-link", "-pep-b", "-server")
-    assert [n for n in set(list_namespaces()) - before if n.endswith(roles)] == []
+    # the demo's own hosts are gone (other runs on the machine may have theirs)
+    m = re.search(r"^  testbed (sp[0-9a-z]+): namespaces \1-\{client,pep-a,link,pep-b,server\}", out, re.M)
+    assert m, out
+    assert [n for n in list_namespaces() if n.startswith(m.group(1) + "-")] == []

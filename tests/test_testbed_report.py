@@ -4,7 +4,7 @@ import json
 import pytest
 
 from stackpep.testbed.emulator import DirectionParams
-from stackpep.testbed.report import add_ratios, table, write_json
+from stackpep.testbed.report import add_ratios, failure_report, table, write_json
 from stackpep.testbed.scenarios import PAYLOAD_SHARE, Cell, Scenario, resolve_scenarios
 from stackpep.testbed.topology import LinkSpec
 from stackpep.testbed.workloads import Workload
@@ -88,3 +88,25 @@ def test_named_scenarios():
     demo = resolve_scenarios(["demo"])[0]
     assert demo.link.forward.rate_bps == 20e6 and demo.link.forward.loss == 0.01
     assert [w.name for w in demo.workloads] == ["fetch-100KB", "bulk-download"]
+
+
+def test_a_cell_fails_on_an_error_or_when_stackpep_is_not_available():
+    ok = Cell("geo-x", "e2e-cubic", True, results=[{"workload": "fetch-100KB", "median_s": 3.0}], baseline=True)
+    no_bbr = Cell("geo-x", "e2e-bbr", False, reason="kernel has no bbr congestion control", baseline=True)
+    iperf = Cell("geo-x", "e2e-cubic", True, results=[{"workload": "bulk-download", "error": "unable to connect"}],
+                 baseline=True)
+    no_pep = Cell("geo-x", "stackpep-two-boxes", False, reason="stackpep.pep is not importable")
+    died = Cell("geo-x", "stackpep-one-box", True, error="RuntimeError: `stackpep run` in pep-a exited with 1",
+                log_tails={"/w/stackpep-one-box-pep-a.log": ["Traceback (most recent call last):",
+                                                             "ModuleNotFoundError: No module named 'x'"]})
+    assert [c.failed for c in (ok, no_bbr, iperf, no_pep, died)] == [False, False, True, True, True]
+    assert failure_report([ok, no_bbr], "stackpep demo") == ""
+    assert failure_report([ok, no_bbr, iperf, no_pep, died], "stackpep demo").splitlines() == [
+        "stackpep demo: 3 of 5 cell(s) failed",
+        "FAILED geo-x / e2e-cubic: bulk-download: unable to connect",
+        "FAILED geo-x / stackpep-two-boxes: not available: stackpep.pep is not importable",
+        "FAILED geo-x / stackpep-one-box: RuntimeError: `stackpep run` in pep-a exited with 1",
+        "  last 2 lines of /w/stackpep-one-box-pep-a.log:",
+        "    Traceback (most recent call last):",
+        "    ModuleNotFoundError: No module named 'x'",
+    ]

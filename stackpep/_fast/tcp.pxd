@@ -27,8 +27,12 @@ cdef enum:
     EV_EOF = 4
     EV_RESET = 5
     EV_CLOSED = 6
-    EV_OUTAGE_ENTERED = 7     # link outage (CCSDS 714.0-B-2 §3.2): stackpep.tcp.events.OutageEntered
-    EV_OUTAGE_EXITED = 8
+    EV_SCPS_NEGOTIATED = 7  # SCPS-TP events (arguments in evq_a / evq_b)
+    EV_SCPS_FALLBACK = 8
+    EV_RECORD = 9
+    EV_SKIPPED = 10
+    EV_OUTAGE_ENTERED = 11    # link outage (CCSDS 714.0-B-2 §3.2): stackpep.tcp.events.OutageEntered
+    EV_OUTAGE_EXITED = 12
     EVQ_SIZE = 16
 
 cdef enum:
@@ -74,6 +78,17 @@ cdef enum:
     RSTQ_MAX = 4
     DUPTHRESH = 3           # RFC 5681 §3.2, RFC 6675 §2
     TS_OPT_LEN = 12         # NOP NOP TS (RFC 7323 Appendix A layout)
+
+# SCPS-TP (CCSDS 714.0-B-2 §3.2): capability bits of option 20, engine limits
+cdef enum:
+    SCPS_BIT_BETS = 0x80
+    SCPS_BIT_SNACK1 = 0x40
+    SNACKQ_MAX = 6          # holes a received segment can report (TCP_MAX_SNACK)
+    SNACK_TRACK = 8         # holes whose report count the receiver tracks (snack_repeat)
+    SREP_MAX = 8            # recent SNACK repairs remembered by the sender
+    RECQ_MAX = 64           # record ends kept by the sender (record_boundary)
+    SCPS_FB_RST = 1
+    SCPS_FB_TIMEOUT = 2
 
 cdef enum:
     ECN_NOT_ECT = 0
@@ -281,6 +296,8 @@ cdef class TcpConnection:
     cdef uint64_t n_ce, n_cwr
     cdef uint64_t n_illegal_transitions   # _set_state refused a change (an engine bug)
     cdef uint64_t n_events_lost           # event queue full (EVQ_SIZE)
+    cdef int64_t evq_a[EVQ_SIZE]          # event arguments (SCPS events)
+    cdef int64_t evq_b[EVQ_SIZE]
     # -- config copies (hot) ----------------------------------------------------------------------------
     cdef bint cfg_nagle
     cdef uint64_t cfg_delack_us
@@ -293,6 +310,48 @@ cdef class TcpConnection:
     cdef int cfg_ka_count
     cdef uint64_t cfg_tw, cfg_fw2
     cdef uint32_t cfg_chal_limit
+    # -- SCPS-TP (CCSDS 714.0-B-2), the SCPS section of tcp.pyx; all zero when TcpConfig.scps is None ------------
+    cdef bint scps_cfg                # TcpConfig.scps set
+    cdef uint8_t scps_offer           # capability bits we offer
+    cdef uint8_t scps_cid             # our connection id
+    cdef bint scps_syn_opt            # our (next) SYN carries option 20
+    cdef bint scps_on                 # option 20 both ways (an SCPS peer)
+    cdef uint8_t scps_feat            # negotiated bits (AND)
+    cdef uint8_t scps_peer_cid
+    cdef bint scps_snack              # SNACK negotiated
+    cdef bint scps_bets               # BETS negotiated
+    cdef bint scps_rb_cfg             # record_boundary configured: keep record ends
+    cdef bint scps_rb                 # ... and the peer is SCPS: mark them
+    cdef bint scps_rb_mark            # the segment being emitted ends a record
+    cdef bint scps_ce_cfg             # report_corruption() allowed
+    cdef bint scps_ce_pending         # next ACK carries option 23
+    cdef bint scps_retry_rst
+    cdef int scps_syn_tries           # syn_retries_with_option
+    cdef int scps_fb_reason           # SCPS_FB_* of the last fallback
+    cdef int cfg_snack_repeat
+    cdef uint64_t cfg_bets_timeout
+    cdef int cfg_bets_max_rxt
+    # receiver: SNACK report counts per hole (start offset) and the BETS hole timer
+    cdef int64_t snk_hole[SNACK_TRACK]
+    cdef int snk_count[SNACK_TRACK]
+    cdef int n_snk_track
+    cdef uint64_t bets_deadline       # 0 = not armed
+    cdef int64_t bets_hole_off        # RCV.NXT the deadline refers to
+    # sender: holes to repair at once, the repair high-water mark, record ends
+    cdef int64_t snkq_l[SNACKQ_MAX]
+    cdef int64_t snkq_r[SNACKQ_MAX]
+    cdef int n_snkq
+    cdef int64_t srep_l[SREP_MAX]     # the last SNACK repairs [l, r) and when they were sent:
+    cdef int64_t srep_r[SREP_MAX]     # one SRTT keeps a hole from going twice
+    cdef uint64_t srep_t[SREP_MAX]
+    cdef int srep_i
+    cdef int64_t rec_end[RECQ_MAX]    # ring of record ends (send() calls) not yet acknowledged
+    cdef int rec_head, rec_n
+    cdef int una_rxt                  # retransmissions of the segment at SND.UNA (BETS sender)
+    cdef int64_t una_rxt_off
+    cdef int64_t una_rxt_len
+    cdef uint64_t n_scps_fallback, n_snack_out, n_snack_in, n_snack_rxt, n_rec_out, n_rec_in
+    cdef uint64_t n_ce_out, n_ce_in, n_bets_skips, n_bytes_skipped, n_bets_abandoned, n_rec_lost
     # -- methods --------------------------------------------------------------------------
     cdef uint32_t _sseq(self, int64_t off) noexcept
     cdef int64_t _soff(self, uint32_t seq) noexcept
@@ -302,6 +361,27 @@ cdef class TcpConnection:
     cdef void _update_smss(self)
     cdef void _drop(self, int reason) noexcept
     cdef void _push_event(self, int code)
+    cdef void _push_event_ab(self, int code, int64_t a, int64_t b)
+    # SCPS-TP (the SCPS section of tcp.pyx)
+    cdef void _scps_init(self, object sc)
+    cdef void _scps_syn_opts(self, tcp_seg_t* seg)
+    cdef void _scps_syn_received(self, tcp_seg_t* s)
+    cdef bint _scps_syn_rst(self, uint64_t now)
+    cdef void _scps_input(self, tcp_seg_t* s, int64_t seg_off, int64_t ack_off, uint64_t now)
+    cdef void _scps_after_input(self, uint64_t now)
+    cdef void _scps_ack_opts(self, tcp_seg_t* seg, int64_t length, int* maxblk)
+    cdef int _scps_snack_opts(self, tcp_seg_t* seg, int room)
+    cdef void _scps_record_push(self)
+    cdef int64_t _scps_unit(self) noexcept
+    cdef Py_ssize_t _scps_output(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, uint64_t now)
+    cdef int64_t _scps_recent_repair(self, int64_t off, uint64_t now)
+    cdef bint _scps_rxt_suppressed(self, int64_t off, uint64_t now)
+    cdef int64_t _scps_record_clip(self, int64_t off, int64_t length)
+    cdef bint _scps_record_end(self, int64_t end)
+    cdef void _scps_note_rexmit(self, int64_t off, int64_t length)
+    cdef uint64_t _scps_rtt_window(self) noexcept
+    cdef void _scps_timer(self, uint64_t now)
+    cdef void _scps_bets_skip(self, uint64_t now)
     cdef int _set_state(self, int new) except -1
     cdef void _queue_rst(self, uint32_t seq, uint32_t ack, uint8_t flags)
     cdef void _challenge_ack(self, uint64_t now)

@@ -86,7 +86,7 @@ class TcpConnection:
         the initial send sequence number; ``ts_offset`` is added to our RFC 7323
         timestamp clock (1 ms ticks of ``now``)."""
     # -- opening / closing ---------------------------------------------------
-    def connect(self, now: int) -> None:
+    def connect(self, now: int, scps_offer: bool = True) -> None:
         """Active open: CLOSED -> SYN-SENT (the SYN leaves on packets_to_send)."""
     def listen(self) -> None:
         """Passive open: CLOSED -> LISTEN; then feed the peer's SYN."""
@@ -94,6 +94,17 @@ class TcpConnection:
         """Half-close: FIN after all queued data (RFC 9293 §3.10.4)."""
     def abort(self) -> None:
         """RST now (in synchronized states) and go to CLOSED (RFC 9293 §3.10.5)."""
+    # -- SCPS-TP (CCSDS 714.0-B-2 §3.2, docs/scps.md) ----------------------------
+    def report_corruption(self) -> bool:
+        """Next ACK carries corruption-experienced (kind 23) if negotiated and configured."""
+    @property
+    def scps_peer(self) -> bool:
+        """The peer answered option 20."""
+    @property
+    def scps_features(self) -> int:
+        """Capability bits both ends offered (0 without an SCPS peer)."""
+    @property
+    def scps_peer_conn_id(self) -> Optional[int]: ...
     # -- inputs ----------------------------------------------------------------
     def receive_packet(self, packet: Buffer, now: int) -> None:
         """An IP packet (v4/v6, checksums verified here) carrying TCP for this connection."""

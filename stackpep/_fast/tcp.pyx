@@ -217,6 +217,7 @@ cdef class TcpConnection:
         rtt_init(&self.rtt, config.initial_rto_us, config.min_rto_us, config.max_rto_us)
         self._update_smss()
         self.cc.init(self.smss, self.cfg_iw)
+        self._scps_init(getattr(config, "scps", None))
 
     # ================================================================================
     # helpers
@@ -272,6 +273,18 @@ cdef class TcpConnection:
         # bounded queue: an event that does not fit is counted, not silently lost
         if self.ev_n < EVQ_SIZE:
             self.evq[(self.ev_head + self.ev_n) % EVQ_SIZE] = code
+            self.ev_n += 1
+        else:
+            self.n_events_lost += 1
+
+    cdef void _push_event_ab(self, int code, int64_t a, int64_t b):
+        # an event with arguments (the SCPS events)
+        cdef int i
+        if self.ev_n < EVQ_SIZE:
+            i = (self.ev_head + self.ev_n) % EVQ_SIZE
+            self.evq[i] = code
+            self.evq_a[i] = a
+            self.evq_b[i] = b
             self.ev_n += 1
         else:
             self.n_events_lost += 1
@@ -336,8 +349,10 @@ cdef class TcpConnection:
     # ================================================================================
     # application interface
     # ================================================================================
-    def connect(self, uint64_t now):
-        """Active open (RFC 9293 §3.10.1): CLOSED -> SYN-SENT."""
+    def connect(self, uint64_t now, bint scps_offer=True):
+        """Active open (RFC 9293 §3.10.1): CLOSED -> SYN-SENT.  ``scps_offer=False``: no
+        SCPS option 20 in the SYN although TcpConfig.scps is set (a destination known
+        to refuse it, stackpep.tcp.scps.ScpsRefusals)."""
         if self.st != CLOSED or self.opened:
             raise RuntimeError(f"connect() in state {STATES[self.st]}")
         self.opened = 1
@@ -346,6 +361,7 @@ cdef class TcpConnection:
         self.syn_pending = 1
         self.syn_ecn = bool(self.config.ecn)   # RFC 3168 §6.1.1: ECN-setup SYN (ECE|CWR)
         self.last_rcv_time = now
+        self.scps_syn_opt = self.scps_cfg and scps_offer
 
     def listen(self):
         """Passive open (RFC 9293 §3.10.1): CLOSED -> LISTEN."""
@@ -380,6 +396,8 @@ cdef class TcpConnection:
                 memcpy(self.sbuf + pos, view.buf, first)
                 memcpy(self.sbuf, <uint8_t*>view.buf + first, n - first)
             self.wr_end += n
+            if self.scps_rb or (self.scps_rb_cfg and not self.have_irs):
+                self._scps_record_push()         # (before the SYN exchange: the peer may be SCPS)
             return n
         finally:
             PyBuffer_Release(&view)
@@ -575,6 +593,8 @@ cdef class TcpConnection:
             self._input_syn_sent(s, pkt, now)
             return 0
         self._input_sync(s, pkt, now)
+        if self.scps_bets and self.cfg_bets_timeout:
+            self._scps_after_input(now)
         return 0
 
     cdef void _input_closed(self, tcp_seg_t* s):
@@ -612,6 +632,8 @@ cdef class TcpConnection:
         self._update_smss()
         self.cc.set_mss(self.smss)
         self.cc.init(self.smss, self.cfg_iw)
+        if self.scps_cfg:
+            self._scps_syn_received(s)
 
     cdef void _input_listen(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now):
         # RFC 9293 §3.10.7.2
@@ -664,6 +686,8 @@ cdef class TcpConnection:
         if f & TH_RST:
             # second check: only with an acceptable ACK (RFC 5961 §3.2 keeps this for SYN-SENT)
             if f & TH_ACK:
+                if self.scps_syn_opt and self._scps_syn_rst(now):
+                    return
                 self._enter_closed(CR_REFUSED)
             else:
                 self._drop(D_SYN_SENT_RST)
@@ -892,6 +916,8 @@ cdef class TcpConnection:
                     self._enter_closed(CR_NORMAL)
                     return
             st = self.st
+        if self.scps_on:
+            self._scps_input(s, seg_off, ack_off, now)
         # sixth: URG is tolerated, its data is delivered inline (RFC 6093 §6)
         # seventh: segment text
         if plen:
@@ -931,6 +957,8 @@ cdef class TcpConnection:
         self.rtt.timing = 0
         self.rtt.rto = self.rtt.init_rto
         self.ws_ok = self.sack_ok = self.ts_ok = self.ecn_ok = 0
+        self.scps_on = self.scps_snack = self.scps_bets = self.scps_rb = 0
+        self.scps_feat = 0
 
     # ---------------------------------------------------------------------------------
     cdef void _rcv_fin(self, int64_t fin_off, uint64_t now):
@@ -1238,7 +1266,7 @@ cdef class TcpConnection:
     cdef uint64_t _next_deadline(self):
         if self.st == CLOSED:
             return 0
-        return u64min_nz(timers_next(&self.tm), self._keepalive_deadline())
+        return u64min_nz(u64min_nz(timers_next(&self.tm), self._keepalive_deadline()), self.bets_deadline)
 
     cdef uint64_t _keepalive_deadline(self):
         # RFC 9293 §3.8.4: only when enabled, established and idle (nothing outstanding)
@@ -1260,6 +1288,8 @@ cdef class TcpConnection:
         if timer_due(&self.tm.delack, now):
             self.ack_now = 1
         timer_due(&self.tm.pace, now)
+        if self.bets_deadline and now >= self.bets_deadline:
+            self._scps_timer(now)
         if timer_due(&self.tm.time_wait, now) and self.st == TIME_WAIT:
             self._enter_closed(CR_NORMAL)
             return
@@ -1515,7 +1545,7 @@ cdef class TcpConnection:
         cdef int nb, optlen, iph
         cdef int64_t m
         if not (self.sack_ok and self.ofo.n):
-            return self.smss
+            return self.smss - (4 if self.scps_rb else 0)   # SCPS record boundary: NOP NOP 22 2
         nb = self.ofo.n
         if nb > (3 if self.ts_ok else 4):
             nb = 3 if self.ts_ok else 4
@@ -1524,18 +1554,26 @@ cdef class TcpConnection:
         m = self.peer_mss + 20
         if self.pmtu - iph < m:
             m = self.pmtu - iph
-        m -= 20 + optlen
+        m -= 20 + optlen + (4 if self.scps_rb else 0)
         return m if m > 8 else 8
 
     cdef Py_ssize_t _output_data(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
         cdef int64_t off, avail, length, win_avail, cw_avail, pipe, end, hole_end
         cdef int64_t mss = self._cur_mss()
-        cdef bint fin = 0, rexmit, may_fin
+        cdef bint fin = 0, rexmit, may_fin, rec_cut
+        cdef int64_t rec_len
         cdef int st = self.st
         cdef Py_ssize_t n
         if self.outage:
             return self._output_outage(buf, cap, now)
         may_fin = self.fin_requested and (st == FIN_WAIT_1 or st == CLOSING or st == LAST_ACK)
+        # 0. SCPS-TP: holes a SNACK reported, at once; no second copy of a recent repair
+        if self.n_snkq:
+            n = self._scps_output(buf, cap, mss, now)
+            if n:
+                return n
+        if self.rexmit_pending and self.scps_on and self._scps_rxt_suppressed(self.snd_una, now):
+            self.rexmit_pending = 0
         # 1. NewReno: retransmit the first unacknowledged segment (RFC 6582 §3.2)
         if self.rexmit_pending:
             self.rexmit_pending = 0
@@ -1559,6 +1597,8 @@ cdef class TcpConnection:
             if <int64_t>self.cc.cwnd - pipe < mss:
                 return self._output_probe(buf, cap, now)
             off = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
+            if self.n_snack_rxt:
+                off = self._scps_recent_repair(off, now)    # not what a SNACK repair just sent
             off = ivset_skip(&self.sb, off)
             end = self._lost_edge()
             if off < end and off < self.snd_nxt:
@@ -1613,6 +1653,11 @@ cdef class TcpConnection:
             if off > self.snd_max:
                 off = self.snd_max
             self.snd_nxt = off
+        if (self.scps_bets and self.cfg_bets_max_rxt and off == self.snd_una and off < self.snd_max
+                and self._scps_rxt_suppressed(off, now)):
+            # BETS sender: the segment at SND.UNA is given up; go on after it
+            off = i64min(off + (self.una_rxt_len if self.una_rxt_len > 0 else mss), self.snd_max)
+            self.snd_nxt = off
         avail = self.wr_end - off
         if not (avail > 0 or (may_fin and off == self.wr_end)):
             return self._output_probe(buf, cap, now)
@@ -1638,12 +1683,18 @@ cdef class TcpConnection:
             length = cw_avail if cw_avail > 0 else 0
         if avail > 0 and length == 0:
             return self._output_blocked(buf, cap, now)
-        if length < avail and length < mss and not self.force_send and not rexmit:
+        rec_cut = 0
+        if self.scps_rb and length > 0:
+            # record boundary: a segment ends where a send() call ended
+            rec_len = self._scps_record_clip(off, length)
+            rec_cut = rec_len < length
+            length = rec_len
+        if length < avail and length < mss and not self.force_send and not rexmit and not rec_cut:
             # RFC 9293 §3.8.6.2.1 sender SWS avoidance: a partial segment only when the
             # window (not cwnd) limits it and it is at least half the largest window offered
             if win_avail > length or length * 2 < self.max_snd_wnd:
                 return self._output_blocked(buf, cap, now)
-        if (length == avail and 0 < length < mss and self.cfg_nagle and not rexmit
+        if ((length == avail or rec_cut) and 0 < length < mss and self.cfg_nagle and not rexmit
                 and not self.fin_requested and self.snd_sml > self.snd_una and not self.force_send):
             # RFC 9293 §3.7.4 Nagle, in Minshall's form (as Linux): hold a small segment
             # while an earlier small segment is unacknowledged
@@ -1698,6 +1749,11 @@ cdef class TcpConnection:
             flags |= TH_FIN
         if length > 0 and off + length == self.wr_end:
             flags |= TH_PSH              # the end of what the application gave us (Linux)
+        if self.scps_on:
+            if rexmit and self.scps_bets:
+                self._scps_note_rexmit(off, length)
+            if self.scps_rb and length > 0 and self._scps_record_end(off + length):
+                self.scps_rb_mark = 1
         if rexmit:
             self.n_rexmit += 1
             self.bytes_rexmit += length
@@ -1758,6 +1814,8 @@ cdef class TcpConnection:
             if self.rcv_adv < self.rcv_nxt + w:
                 self.rcv_adv = self.rcv_nxt + w
             self.last_ack_sent = self.rcv_nxt
+        if self.scps_cfg:
+            self._scps_syn_opts(&seg)
         self.syn_pending = 0
         self.ack_now = 0
         self.tm.delack = 0
@@ -1824,10 +1882,12 @@ cdef class TcpConnection:
             seg.opts.has_ts = 1
             seg.opts.ts_val = self._ts_now(now)
             seg.opts.ts_ecr = self.ts_recent
+        # RFC 2018 §4: at most 4 SACK blocks, 3 with timestamps (fewer beside SCPS options)
+        maxblk = 3 if self.ts_ok else 4
+        if self.scps_on:
+            self._scps_ack_opts(&seg, length, &maxblk)
         if self.sack_ok and self.ofo.n:
-            # RFC 2018 §4: most recently changed block first, then the others by recency;
-            # at most 4 blocks, 3 with timestamps
-            maxblk = 3 if self.ts_ok else 4
+            # RFC 2018 §4: most recently changed block first, then the others by recency
             nblk = 0
             while nblk < maxblk and nblk < self.ofo.n:
                 best = -1
@@ -1874,15 +1934,415 @@ cdef class TcpConnection:
         return n
 
     # ================================================================================
+    # SCPS-TP (CCSDS 714.0-B-2 §3.2): capabilities (option 20), SNACK (21), record
+    # boundary (22), corruption experienced (23), BETS.  Everything here is off (and
+    # costs one flag test on the paths that call it) unless TcpConfig.scps is set and,
+    # for all but option 20 itself, the peer answered option 20.  docs/scps.md says
+    # what is implemented, where the spec leaves a choice and what was chosen.
+    # ================================================================================
+    cdef void _scps_init(self, object sc):
+        if sc is None:
+            return
+        self.scps_cfg = 1
+        self.scps_offer = <uint8_t>sc.offered_bits
+        self.scps_cid = <uint8_t>sc.conn_id
+        self.scps_rb_cfg = bool(sc.record_boundary)
+        self.scps_ce_cfg = bool(sc.corruption_experienced)
+        self.scps_retry_rst = bool(sc.retry_on_rst)
+        self.scps_syn_tries = sc.syn_retries_with_option
+        self.cfg_snack_repeat = sc.snack_repeat
+        self.cfg_bets_timeout = sc.bets_hole_timeout_us or 0
+        self.cfg_bets_max_rxt = sc.bets_max_retransmits or 0
+        self.una_rxt_off = -1
+
+    cdef void _scps_syn_opts(self, tcp_seg_t* seg):
+        """Option 20 on our SYN (active) or SYN-ACK (only answering a SYN that had it).
+        CCSDS 714.0-B-2 §3.2: capabilities are exchanged in the SYN segments only."""
+        if self.st == SYN_SENT:
+            if self.scps_syn_opt and self.retries > self.scps_syn_tries:
+                # the SYNs with option 20 went unanswered: some stacks and middleboxes
+                # drop them; this and the following SYNs go without it
+                self.scps_syn_opt = 0
+                self.n_scps_fallback += 1
+                self.scps_fb_reason = SCPS_FB_TIMEOUT
+                self._push_event_ab(EV_SCPS_FALLBACK, SCPS_FB_TIMEOUT, 0)
+            if not self.scps_syn_opt:
+                return
+        elif not self.scps_on:
+            return
+        seg.opts.has_scps = 1
+        seg.opts.scps_bits = self.scps_offer
+        seg.opts.scps_conn_id = self.scps_cid
+
+    cdef void _scps_syn_received(self, tcp_seg_t* s):
+        """The peer's SYN / SYN-ACK: an SCPS peer if it carries option 20 (and, when we
+        opened, our SYN did).  The features used are the bits both ends offered."""
+        if not s.opts.has_scps or (self.st == SYN_SENT and not self.scps_syn_opt):
+            self.scps_on = 0
+            self.scps_feat = 0
+            self.scps_snack = self.scps_bets = self.scps_rb = 0
+            return
+        self.scps_on = 1
+        self.scps_feat = self.scps_offer & s.opts.scps_bits
+        self.scps_peer_cid = s.opts.scps_conn_id
+        self.scps_snack = (self.scps_feat & SCPS_BIT_SNACK1) != 0
+        self.scps_bets = (self.scps_feat & SCPS_BIT_BETS) != 0
+        # no capability bit names record boundaries: marked towards any SCPS peer
+        self.scps_rb = self.scps_rb_cfg
+        self._push_event_ab(EV_SCPS_NEGOTIATED, self.scps_feat, self.scps_peer_cid)
+
+    cdef bint _scps_syn_rst(self, uint64_t now):
+        """An acceptable RST answered our SYN: if that SYN carried option 20, send the
+        SYN again at once without it (true) instead of reporting the connection refused."""
+        if not (self.scps_syn_opt and self.scps_retry_rst):
+            return 0
+        self.scps_syn_opt = 0
+        self.n_scps_fallback += 1
+        self.scps_fb_reason = SCPS_FB_RST
+        self._push_event_ab(EV_SCPS_FALLBACK, SCPS_FB_RST, 0)
+        # a fresh attempt with the same ISS (the RST left nothing behind at the peer)
+        self.syn_pending = 1
+        self.syn_retransmitted = 0
+        self.retries = 0
+        self.rtt.timing = 0
+        self.tm.rtx = 0
+        return 1
+
+    cdef int64_t _scps_unit(self) noexcept:
+        # SNACK offsets and sizes count segments of the peer's full-size payload: the MSS
+        # we advertised less the timestamp option (CCSDS 714.0-B-2 §3.2, SNACK option)
+        return self.adv_mss - (TS_OPT_LEN if self.ts_ok else 0)
+
+    cdef void _scps_input(self, tcp_seg_t* s, int64_t seg_off, int64_t ack_off, uint64_t now):
+        """SCPS options of an acceptable segment from an SCPS peer."""
+        cdef int i
+        cdef int64_t a, b, unit, end, start
+        if s.opts.has_corruption:
+            self.n_ce_in += 1
+        if s.opts.has_rb and s.payload_len:
+            # a record ends with this segment's data: reported once, when the data is new
+            end = seg_off + s.payload_len
+            start = seg_off if seg_off > self.rcv_nxt else self.rcv_nxt
+            if end > start and ivset_covered(&self.ofo, start, end) < end - start:
+                self.n_rec_in += 1
+                self._push_event_ab(EV_RECORD, end, 0)
+        if s.opts.n_snack and self.scps_snack:
+            # holes to repair at once, counted in our full-size segments from SEG.ACK
+            unit = self.smss
+            for i in range(s.opts.n_snack):
+                self.n_snack_in += 1
+                a = ack_off + <int64_t>s.opts.snack_hole_offset[i] * unit
+                b = a + <int64_t>(s.opts.snack_hole_size[i] if s.opts.snack_hole_size[i] else 1) * unit
+                if a < self.snd_una:
+                    a = self.snd_una
+                if b > self.snd_max:
+                    b = self.snd_max
+                if b > self.wr_end:
+                    b = self.wr_end
+                if a < b and self.n_snkq < SNACKQ_MAX:
+                    self.snkq_l[self.n_snkq] = a
+                    self.snkq_r[self.n_snkq] = b
+                    self.n_snkq += 1
+                    if a == self.snd_una and not self.in_recovery and self.snd_una >= self.recover:
+                        # the hole at SND.UNA is the loss signal three duplicate ACKs would
+                        # be: recovery starts now (RFC 5681 §3.2 / RFC 6675 §5), so RECOVER
+                        # is SND.MAX of this moment and the repair below is its retransmission
+                        self._enter_recovery(now)
+
+    cdef void _scps_after_input(self, uint64_t now):
+        # BETS receiver: (re)arm the hole timer for the hole now at RCV.NXT
+        if self.ofo.n == 0 or self.fin_rcvd:
+            self.bets_deadline = 0
+            return
+        if self.bets_deadline == 0 or self.bets_hole_off != self.rcv_nxt:
+            self.bets_hole_off = self.rcv_nxt
+            self.bets_deadline = now + self.cfg_bets_timeout
+
+    cdef void _scps_timer(self, uint64_t now):
+        self.bets_deadline = 0
+        if self.ofo.n and not self.fin_rcvd and self.bets_hole_off == self.rcv_nxt and (
+                self.st == ESTABLISHED or self.st == FIN_WAIT_1 or self.st == FIN_WAIT_2):
+            self._scps_bets_skip(now)
+        self._scps_after_input(now)
+
+    cdef void _scps_bets_skip(self, uint64_t now):
+        """BETS (CCSDS 714.0-B-2 §3.2, best-effort transport service): deliver past the
+        hole at RCV.NXT; its bytes read as zeros and BytesSkipped says where."""
+        cdef int64_t off = self.rcv_nxt
+        cdef int64_t n = self.ofo.l[0] - off
+        cdef int64_t pos, first, before
+        if n <= 0:
+            return
+        pos = off % self.rb_cap
+        first = self.rb_cap - pos
+        if first >= n:
+            memset(self.rbuf + pos, 0, n)
+        else:
+            memset(self.rbuf + pos, 0, first)
+            memset(self.rbuf, 0, n - first)
+        self.rcv_nxt = off + n
+        before = self.rcv_nxt
+        ivset_merge_front(&self.ofo, &self.rcv_nxt)
+        self.bytes_in += self.rcv_nxt - before
+        self.n_bets_skips += 1
+        self.n_bytes_skipped += n
+        self._push_event_ab(EV_SKIPPED, n, off)
+        self.ack_now = 1
+        if self.rcv_fin_off >= 0 and self.rcv_fin_off == self.rcv_nxt:
+            self._rcv_fin(self.rcv_fin_off, now)
+        if not self.readable_notified:
+            self.readable_notified = 1
+            self._push_event(EV_READABLE)
+
+    cdef void _scps_ack_opts(self, tcp_seg_t* seg, int64_t length, int* maxblk):
+        """SCPS options of a segment in a synchronized state; what they take from the
+        40 option bytes is taken from the SACK blocks (*maxblk)."""
+        cdef int budget = 40 - (TS_OPT_LEN if self.ts_ok else 0)
+        cdef int room
+        if self.scps_rb_mark:
+            self.scps_rb_mark = 0
+            seg.opts.has_rb = 1                 # NOP NOP 22 2
+            self.n_rec_out += 1
+            budget -= 4
+        if length == 0:
+            if self.scps_ce_pending:
+                self.scps_ce_pending = 0
+                seg.opts.has_corruption = 1     # NOP NOP 23 2
+                self.n_ce_out += 1
+                budget -= 4
+            if self.scps_snack and self.ofo.n and self.cfg_snack_repeat > 0:
+                # SNACK first (it names the hole at RCV.NXT), SACK gets what is left, at
+                # least one block when negotiated
+                room = budget - (12 if self.sack_ok else 0)
+                budget -= self._scps_snack_opts(seg, room)
+        if budget < 4 + 8 * maxblk[0]:
+            maxblk[0] = (budget - 4) // 8 if budget >= 12 else 0
+
+    cdef int _scps_snack_opts(self, tcp_seg_t* seg, int room):
+        """SNACK options for the holes of the out-of-order queue, lowest first, each
+        reported in at most snack_repeat ACKs (the reference repeats the hole 3 times).
+        Returns the option bytes used (8 a hole: NOP NOP 21 6 offset size)."""
+        cdef int64_t hs[SNACK_TRACK]
+        cdef int64_t he[SNACK_TRACK]
+        cdef int hc[SNACK_TRACK]
+        cdef int nh = 0, i, j, used = 0, k = 0
+        cdef int64_t unit = self._scps_unit()
+        cdef int64_t start, end, o, sz
+        if unit < 1:
+            unit = 1
+        # the holes now, with the counts carried over from the last ACK
+        for i in range(self.ofo.n):
+            if nh >= SNACK_TRACK:
+                break
+            start = self.rcv_nxt if i == 0 else self.ofo.r[i - 1]
+            if start >= self.ofo.l[i]:
+                continue
+            hs[nh] = start
+            he[nh] = self.ofo.l[i]
+            hc[nh] = 0
+            for j in range(self.n_snk_track):
+                if self.snk_hole[j] == start:
+                    hc[nh] = self.snk_count[j]
+                    break
+            nh += 1
+        for i in range(nh):
+            if used + 8 > room or k >= SNACKQ_MAX:
+                break
+            if hc[i] >= self.cfg_snack_repeat:
+                continue
+            start = hs[i]
+            end = he[i]
+            o = (start - self.rcv_nxt) // unit
+            sz = (end - (self.rcv_nxt + o * unit) + unit - 1) // unit
+            seg.opts.snack_hole_offset[k] = <uint16_t>(o if o < 65535 else 65535)
+            seg.opts.snack_hole_size[k] = <uint16_t>(sz if sz < 65535 else 65535)
+            k += 1
+            hc[i] += 1
+            used += 8
+            self.n_snack_out += 1
+        if k:
+            seg.opts.n_snack = k
+            seg.opts.has_snack = 1
+            seg.opts.snack_offset = seg.opts.snack_hole_offset[0]
+            seg.opts.snack_size = seg.opts.snack_hole_size[0]
+        for i in range(nh):
+            self.snk_hole[i] = hs[i]
+            self.snk_count[i] = hc[i]
+        self.n_snk_track = nh
+        return used
+
+    cdef uint64_t _scps_rtt_window(self) noexcept:
+        return <uint64_t>(self.rtt.srtt if self.rtt.srtt > 0 else self.rtt.rto)
+
+    cdef Py_ssize_t _scps_output(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, uint64_t now):
+        """Repair the holes a SNACK reported, at once: no duplicate ACKs, RTO, cwnd or
+        pacing gate is waited for (CCSDS 714.0-B-2 §3.2, SNACK).  SACKed data and what a
+        SNACK repair sent less than a round trip ago (the receiver repeats its SNACK)
+        are not sent again; RFC 6675 HighRxt moves past a repair at its edge."""
+        cdef int64_t off, end, length, hole_end
+        cdef int i
+        while self.n_snkq:
+            off = self.snkq_l[0]
+            end = self.snkq_r[0]
+            if off < self.snd_una:
+                off = self.snd_una
+            off = self._scps_recent_repair(off, now)
+            if self.sb.n:
+                off = ivset_skip(&self.sb, off)
+            if end > self.snd_max:
+                end = self.snd_max
+            if end > self.wr_end:
+                end = self.wr_end
+            if off >= end:
+                for i in range(1, self.n_snkq):
+                    self.snkq_l[i - 1] = self.snkq_l[i]
+                    self.snkq_r[i - 1] = self.snkq_r[i]
+                self.n_snkq -= 1
+                continue
+            if self.cfg_bets_max_rxt and self._scps_rxt_suppressed(off, now):
+                self.snkq_l[0] = off + (self.una_rxt_len if self.una_rxt_len > 0 else mss)
+                continue
+            length = end - off
+            if length > mss:
+                length = mss
+            if self.sb.n:
+                hole_end = ivset_next_start(&self.sb, off)
+                if off + length > hole_end:
+                    length = hole_end - off
+            self.snkq_l[0] = off + length
+            i = (self.srep_i + SREP_MAX - 1) % SREP_MAX
+            if self.srep_t[i] and self.srep_r[i] == off and now - self.srep_t[i] < self._scps_rtt_window():
+                self.srep_r[i] = off + length          # the next segment of the same hole
+            else:
+                i = self.srep_i
+                self.srep_i = (i + 1) % SREP_MAX
+                self.srep_l[i] = off
+                self.srep_r[i] = off + length
+            self.srep_t[i] = now
+            if self.high_rxt >= off and self.high_rxt < off + length:
+                self.high_rxt = off + length
+            self.n_snack_rxt += 1
+            return self._emit_data(buf, cap, off, length, 0, 1, now)
+        return 0
+
+    cdef int64_t _scps_recent_repair(self, int64_t off, uint64_t now):
+        """``off`` moved past every SNACK repair sent less than a round trip ago that
+        holds it (the receiver repeats its SNACK; RFC 6675 / RFC 6582 would resend)."""
+        cdef int i, k
+        cdef uint64_t w = self._scps_rtt_window()
+        for k in range(SREP_MAX):
+            for i in range(SREP_MAX):
+                if self.srep_t[i] and self.srep_l[i] <= off < self.srep_r[i] and now - self.srep_t[i] < w:
+                    off = self.srep_r[i]
+                    break
+            else:
+                return off
+        return off
+
+    cdef bint _scps_rxt_suppressed(self, int64_t off, uint64_t now):
+        """Whether a retransmission at ``off`` is not to be sent: a SNACK repair sent it
+        less than a round trip ago, or (BETS sender) the segment at SND.UNA was sent
+        bets_max_retransmits times already and is given up."""
+        if self.n_snack_rxt and self._scps_recent_repair(off, now) != off:
+            return 1
+        if (self.scps_bets and self.cfg_bets_max_rxt and off == self.snd_una
+                and off == self.una_rxt_off and self.una_rxt >= self.cfg_bets_max_rxt):
+            self.n_bets_abandoned += 1
+            return 1
+        return 0
+
+    cdef void _scps_note_rexmit(self, int64_t off, int64_t length):
+        # BETS sender: count the retransmissions of the segment at SND.UNA
+        if off != self.snd_una:
+            return
+        if off != self.una_rxt_off:
+            self.una_rxt_off = off
+            self.una_rxt = 0
+        self.una_rxt += 1
+        self.una_rxt_len = length
+
+    cdef void _scps_record_push(self):
+        # a send() call ended a record at wr_end; a full ring merges it with the last one
+        if self.rec_n and self.rec_end[(self.rec_head + self.rec_n - 1) % RECQ_MAX] == self.wr_end:
+            return
+        if self.rec_n < RECQ_MAX:
+            self.rec_end[(self.rec_head + self.rec_n) % RECQ_MAX] = self.wr_end
+            self.rec_n += 1
+        else:
+            self.rec_end[(self.rec_head + self.rec_n - 1) % RECQ_MAX] = self.wr_end
+            self.n_rec_lost += 1
+
+    cdef int64_t _scps_record_clip(self, int64_t off, int64_t length):
+        """New data at ``off``: the length that ends at the first record end inside it."""
+        cdef int i
+        cdef int64_t e
+        while self.rec_n and self.rec_end[self.rec_head] <= self.snd_una:
+            self.rec_head = (self.rec_head + 1) % RECQ_MAX
+            self.rec_n -= 1
+        for i in range(self.rec_n):
+            e = self.rec_end[(self.rec_head + i) % RECQ_MAX]
+            if e > off:
+                return e - off if e < off + length else length
+        return length
+
+    cdef bint _scps_record_end(self, int64_t end):
+        cdef int i
+        cdef int64_t e
+        for i in range(self.rec_n):
+            e = self.rec_end[(self.rec_head + i) % RECQ_MAX]
+            if e >= end:
+                return e == end
+        return 0
+
+    def report_corruption(self):
+        """The link below reported corruption: the next ACK carries the corruption-
+        experienced option (kind 23, CCSDS 714.0-B-2 §3.2) when the peer is SCPS and
+        ``scps.corruption_experienced`` is set; returns whether it will."""
+        if not (self.scps_on and self.scps_ce_cfg):
+            return False
+        self.scps_ce_pending = 1
+        self.ack_now = 1
+        return True
+
+    @property
+    def scps_peer(self):
+        """The peer answered option 20 (an SCPS-TP peer, CCSDS 714.0-B-2 §3.2)."""
+        return bool(self.scps_on)
+
+    @property
+    def scps_features(self):
+        """Capability bits both ends offered (0 without an SCPS peer)."""
+        return self.scps_feat
+
+    @property
+    def scps_peer_conn_id(self):
+        return self.scps_peer_cid if self.scps_on else None
+
+    # ================================================================================
     # events, statistics, attributes
     # ================================================================================
     def next_event(self):
         cdef int code
         if self.ev_n == 0:
             return None
+        cdef int64_t a, b
         code = self.evq[self.ev_head]
+        a = self.evq_a[self.ev_head]
+        b = self.evq_b[self.ev_head]
         self.ev_head = (self.ev_head + 1) % EVQ_SIZE
         self.ev_n -= 1
+        if code == EV_OUTAGE_ENTERED:
+            return _ev.OutageEntered()
+        if code == EV_OUTAGE_EXITED:
+            return _ev.OutageExited()
+        if code >= EV_SCPS_NEGOTIATED:
+            if code == EV_SCPS_NEGOTIATED:
+                return _ev.ScpsNegotiated(int(a), int(b))
+            if code == EV_SCPS_FALLBACK:
+                return _ev.ScpsFallback("rst" if a == SCPS_FB_RST else "timeout")
+            if code == EV_RECORD:
+                return _ev.RecordBoundary(int(a))
+            return _ev.BytesSkipped(int(a), int(b))
         if code == EV_READABLE:
             return _ev.DataReadable()
         if code == EV_SENDSPACE:
@@ -1893,10 +2353,6 @@ cdef class TcpConnection:
             return _ev.EofReceived()
         if code == EV_RESET:
             return _ev.ConnectionReset()
-        if code == EV_OUTAGE_ENTERED:
-            return _ev.OutageEntered()
-        if code == EV_OUTAGE_EXITED:
-            return _ev.OutageExited()
         return _ev.ConnectionClosed(_CLOSE_REASONS[self.close_reason])
 
     def statistics(self):
@@ -1945,6 +2401,20 @@ cdef class TcpConnection:
             drops=drops,
             illegal_transitions=self.n_illegal_transitions,
             events_lost=self.n_events_lost,
+            scps_peer=bool(self.scps_on),
+            scps_features=self.scps_feat,
+            scps_syn_fallbacks=self.n_scps_fallback,
+            snacks_sent=self.n_snack_out,
+            snacks_received=self.n_snack_in,
+            snack_retransmits=self.n_snack_rxt,
+            records_sent=self.n_rec_out,
+            records_received=self.n_rec_in,
+            corruption_sent=self.n_ce_out,
+            corruption_received=self.n_ce_in,
+            bets_skips=self.n_bets_skips,
+            bytes_skipped=self.n_bytes_skipped,
+            bets_abandoned=self.n_bets_abandoned,
+            records_merged=self.n_rec_lost,
             outage=bool(self.outage),
             outage_entered=self.n_outage_entered,
             outage_probes=self.n_outage_probes,

@@ -109,7 +109,7 @@ cdef Py_ssize_t emit_ip_tcp(uint8_t* buf, Py_ssize_t cap, const tcp_seg_t* seg,
 # Initialise *seg to an empty segment (wscale = -1, everything else 0).
 cdef void seg_init(tcp_seg_t* seg) noexcept nogil
 
-# ---- appended by the wire layer (issue 2) ---------------------------------
+# ---- parser error codes --------------------------------------------------------
 # Error codes returned by the parsers.  Integrity errors (the bytes are
 # unusable) are -1..-39, sanity errors (legal bytes, illegal meaning) -40..-63.
 # Each code has one named counter (stackpep.wire.counters) incremented by the

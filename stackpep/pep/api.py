@@ -196,6 +196,7 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
     the splitter over memory ports); `install_rules=False` skips netfilter;
     `control` serves the control socket and the metrics endpoint (default: with
     the AF_PACKET ports only, so tests over memory ports open nothing unasked).
+    `capture.pcap` taps the AF_PACKET ports only (given ports are used as they are).
     """
     cfg = _as_config(config)
     own_ports = ports is None
@@ -216,6 +217,19 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
                     opened.append(AfPacketPort(name, client_side=side, block_size=cfg.block_size,
                                                block_count=cfg.block_count, retire_ms=cfg.retire_ms,
                                                mark=cfg.mark, gso=cfg.gso))
+            if cfg.pcap:
+                # Only when on: the splitter then talks to the taps (the router
+                # hands them out too), so nothing is checked per packet when off.
+                from stackpep.io.pcap import interface_path, tap_ports
+
+                try:
+                    opened = tap_ports(opened, cfg.pcap, cfg.pcap_max_bytes, cfg.pcap_files)
+                except OSError as exc:
+                    raise ConfigError([Problem(cfg.source, cfg.line_of("capture.pcap"), "capture.pcap",
+                                               f"cannot write {exc.filename or cfg.pcap}: {exc.strerror or exc}")])
+                log.info("capturing every packet of each interface to pcapng: %s (%d file(s) of at most %d "
+                         "bytes each)", ", ".join(interface_path(cfg.pcap, p.name) for p in opened),
+                         cfg.pcap_files, cfg.pcap_max_bytes)
             router = KernelRouter(opened)
         except BaseException:
             for p in opened:

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 
-from stackpep.cli import command
+from stackpep.commands import command
 
 log = logging.getLogger("stackpep.pep")
 
@@ -28,7 +28,30 @@ def _add_run(sub) -> None:
                    help="write the counters as JSON here (every --stats-interval and at exit)")
     p.add_argument("--duration", type=float, default=0, metavar="SECONDS",
                    help="stop by itself after SECONDS (0: run until a signal)")
+    p.add_argument("--pcap", metavar="FILE",
+                   help="write every packet the box captures and emits to pcapng, one set of files per "
+                        "interface (FILE with the interface name inserted: pep.pcapng -> pep.eth0.pcapng), "
+                        "direction marked; rotated by capture.pcap_max_bytes and capture.pcap_files; "
+                        "overrides capture.pcap (docs/operations.md)")
     p.set_defaults(handler=run_main)
+
+
+def _with_cli(cfg, args):
+    """The configuration with what the command line overrides (`--pcap`), and
+    the problems of the overridden values.  A reload applies the same overrides,
+    so SIGHUP does not see `--pcap` vanish."""
+    import dataclasses
+    import os
+
+    from stackpep.pep.config import Problem, pcap_problems
+
+    if cfg is None or not getattr(args, "pcap", None):
+        return cfg, []
+    path = os.path.abspath(args.pcap)
+    bad = pcap_problems(path, cfg.pcap_max_bytes, cfg.pcap_files)
+    if bad:
+        return None, [Problem("--pcap", None, "", f"{path}: {msg}") for _, msg in bad]
+    return dataclasses.replace(cfg, pcap=path), []
 
 
 @command("cleanup")
@@ -147,6 +170,8 @@ def run_main(args: argparse.Namespace) -> int:
     from stackpep.pep.config import ConfigError, check_file
 
     cfg, problems = check_file(args.config)
+    cfg, more = _with_cli(cfg, args)
+    problems += more
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
@@ -194,7 +219,7 @@ async def _run(cfg, args) -> int:
                         name = signal.Signals(signum).name
                         if signum == signal.SIGHUP:
                             log.info("received SIGHUP, reloading %s", args.config)
-                            await _reload(pep, args.config)
+                            await _reload(pep, args.config, args)
                             continue
                         if draining or pep.config.drain_timeout <= 0:
                             log.info("received %s, shutting down%s", name, " at once" if draining else "")
@@ -211,10 +236,13 @@ async def _run(cfg, args) -> int:
     return 0
 
 
-async def _reload(pep, path: str) -> None:
+async def _reload(pep, path: str, args=None) -> None:
     from stackpep.pep.config import check_file
 
     cfg, problems = check_file(path)
+    if args is not None:
+        cfg, more = _with_cli(cfg, args)
+        problems += more
     if problems:
         for p in problems:
             log.error("reload refused: %s", p)

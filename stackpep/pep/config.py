@@ -67,6 +67,9 @@ class PepConfig:
     block_count: int = 64
     retire_ms: int = 1
     gso: bool = True
+    pcap: Optional[str] = None         # pcapng of every packet captured and emitted (None = off)
+    pcap_max_bytes: int = 64 << 20     # ... each file at most this long
+    pcap_files: int = 4                # ... FILE, FILE.1 .. FILE.<n-1>
     tcp_client: Dict[str, Any] = field(default_factory=dict)  # TcpConfig fields, client leg
     tcp_server: Dict[str, Any] = field(default_factory=dict)  # TcpConfig fields, server leg
     wan_leg: Optional[str] = None      # the leg that crosses the long link ([wan])
@@ -280,6 +283,40 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", congestion
     return out
 
 
+def pcap_problems(path: Optional[str], max_bytes: int, files: int) -> List[Tuple[str, str]]:
+    """[(key, message)] for capture.pcap* values the box could not honour (also
+    for `stackpep run --pcap`): the directory must exist and be writable, since
+    the files rotate by renaming in it."""
+    from stackpep.io.pcap import MIN_MAX_BYTES, path_problem
+
+    out = []
+    if path is not None:
+        why = path_problem(path)
+        if why:
+            out.append(("capture.pcap", why))
+    if not MIN_MAX_BYTES <= max_bytes <= 1 << 40:
+        out.append(("capture.pcap_max_bytes", f"bytes per file, {MIN_MAX_BYTES} .. 2**40 (got {max_bytes!r})"))
+    if not 1 <= files <= 1000:
+        out.append(("capture.pcap_files", f"number of files kept, 1 .. 1000 (got {files!r})"))
+    return out
+
+
+def _check_pcap(ck: "_Checker", cap: dict) -> Tuple[Optional[str], int, int]:
+    from stackpep.io.pcap import DEFAULT_FILES, DEFAULT_MAX_BYTES
+
+    path = ck.typed(cap, "capture", "pcap", str, None)
+    if path == "":
+        path = None  # "" = off, like metrics.listen
+    max_bytes = ck.typed(cap, "capture", "pcap_max_bytes", int, DEFAULT_MAX_BYTES)
+    files = ck.typed(cap, "capture", "pcap_files", int, DEFAULT_FILES)
+    bad = pcap_problems(path, max_bytes, files)
+    for key, msg in bad:
+        ck.bad(key, msg)
+    if bad:
+        return None, DEFAULT_MAX_BYTES, DEFAULT_FILES
+    return path, max_bytes, files
+
+
 def _parse_ports(ck: _Checker, ports: Any) -> Tuple[Tuple[int, int], ...]:
     if not isinstance(ports, list):
         ck.bad("intercept.ports", f"must be a list of ports or \"lo-hi\" ranges, got {ports!r}")
@@ -402,13 +439,15 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     mark = ck.typed(ru, "rules", "mark", int, 0x5350, lambda v: 0 < v < 2 ** 32, "must be 1 .. 2**32-1")
     install = ck.typed(ru, "rules", "install", bool, True)
 
-    cap = ck.table(data, "capture", {"block_size": 1, "block_count": 1, "retire_ms": 1, "gso": 1})
+    cap = ck.table(data, "capture", {"block_size": 1, "block_count": 1, "retire_ms": 1, "gso": 1, "pcap": 1,
+                                     "pcap_max_bytes": 1, "pcap_files": 1})
     bsize = ck.typed(cap, "capture", "block_size", int, 1 << 18,
                      lambda v: (1 << 17) <= v <= (1 << 24) and v % 4096 == 0,
                      "must be a multiple of 4096 between 128 KiB and 16 MiB")
     bcount = ck.typed(cap, "capture", "block_count", int, 64, lambda v: 2 <= v <= 4096, "must be 2 .. 4096")
     retire = ck.typed(cap, "capture", "retire_ms", int, 1, lambda v: 1 <= v <= 1000, "must be 1 .. 1000")
     gso = ck.typed(cap, "capture", "gso", bool, True)
+    pcap, pcap_max, pcap_files = _check_pcap(ck, cap)
 
     wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1, "congestion": 1, "loss_type": 1,
                                  "min_rate": 1, "vegas": 1, "outage_rtos": 1, "outage_probe_interval": 1})
@@ -506,6 +545,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         role=role, log_level=log_level, handshake_mode=hmode, handshake_timeout=float(htimeout),
         idle_timeout=float(idle), max_connections=maxc, relay_buffer=relay, rules_backend=backend,
         mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
+        pcap=pcap, pcap_max_bytes=pcap_max, pcap_files=pcap_files,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,
         wan_rtt=float(wan_rtt), reset_rate=float(rst_rate), reset_burst=rst_burst,
         reset_per_source_rate=float(rst_src_rate), reset_per_source_burst=rst_src_burst,

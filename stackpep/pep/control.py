@@ -21,14 +21,15 @@ import logging
 import os
 import socket
 from functools import partial
-from typing import TYPE_CHECKING, Any, Dict
+from typing import Any, Dict
 
 import trio
 
 from stackpep.pep.observe import stats_snapshot
 
-if TYPE_CHECKING:  # pragma: no cover
-    from stackpep.pep.api import Pep
+# A running stackpep.pep.api.Pep; not imported, even for type checking: api imports
+# this module (tests/test_imports.py).
+Pep = Any
 
 log = logging.getLogger("stackpep.pep")
 

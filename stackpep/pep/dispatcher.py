@@ -13,6 +13,11 @@ ICMP errors that quote an intercepted flow go to the leg that sent the quoted
 packet (stackpep.pep.icmp: validation, rate limit, path MTU, soft errors).
 
 Every packet the dispatcher does not hand to a connection is counted by reason.
+
+The dispatcher owns each connection's lifetime: it opens the entry, runs the
+connection's task (`_run_connection`), counts the `Outcome` the connection
+reports through its `SplitContext` (`_count_outcome`, once, when it is
+decided) and drops the entry when the task ends (`connection_ended`).
 """
 from __future__ import annotations
 
@@ -21,13 +26,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Set
 
 import trio
 
+from stackpep._fast.capture import split_key
 from stackpep.io.ports import PacketPort, Router
 from stackpep.io.rules import InterceptSpec
 from stackpep.pep import engine as eng
 from stackpep.pep.config import PepConfig
 from stackpep.pep.icmp import ICMP_COUNTERS, ICMP_ERROR, IcmpGuard
 from stackpep.pep.reset import RecentlyClosed, ResetLimiter, limits_from, reset_for, source_of
-from stackpep.pep.splitter import CLIENT, SERVER, Outcome, SplitConnection, now_us
+from stackpep.pep.splitter import CLIENT, SERVER, SPLIT_COUNTERS, Outcome, SplitConnection, SplitContext, now_us
 
 log = logging.getLogger("stackpep.pep")
 
@@ -45,7 +51,9 @@ COUNTERS = (
     "rst_sent_unknown_flow",
     "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
     "rst_suppressed_total",  # ... the box's bucket was empty
-) + tuple(f"ended_{o.value}" for o in Outcome) + ICMP_COUNTERS
+) + SPLIT_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) + ICMP_COUNTERS
+
+_ENDED = {o: f"ended_{o.value}" for o in Outcome}
 
 
 class Dispatcher:
@@ -66,13 +74,17 @@ class Dispatcher:
                            eng.tcp_config(config.tcp_server, self.shared_rates))
         self._leg_configs: Dict[tuple, object] = {}
         self._nursery: Optional[trio.Nursery] = None
-        self._match_cache: Dict[bytes, bool] = {}
+        self._match_cache: Dict[tuple, bool] = {}
         self._full_logged_at = -1e9
         self.reset_limiter = ResetLimiter(limits_from(config))
         self.recently_closed = RecentlyClosed(int(config.recent_close_time * 1_000_000),
                                               max_entries=max(65536, config.max_connections))
         self.closed_event = trio.Event()
         self.icmp = IcmpGuard(self.counters)
+        # All a split connection sees of the box.
+        self.split_context = SplitContext(config=config, next_hop=router.next_hop, leg_config=self.leg_config,
+                                          icmp_validate=self.icmp.validate, counters=self.counters,
+                                          report=self._count_outcome)
         self.draining = False  # new SYNs get RST (stackpep.pep.api: drain and stop)
         self.on_connection_end: Optional[Callable[[SplitConnection], None]] = None  # connection log
 
@@ -125,14 +137,13 @@ class Dispatcher:
             self.local = await trio.to_thread.run_sync(self._local_source)
 
     def _intercepted(self, key: bytes) -> bool:
-        # key = client addr, client port, server addr, server port
-        a = (len(key) - 4) // 2
-        skey = key[a + 2:]
-        if self.local and (skey[:a] in self.local or key[:a] in self.local):
+        caddr, _, saddr, sport = split_key(key)
+        if self.local and (saddr in self.local or caddr in self.local):
             return False
+        skey = (saddr, sport)
         hit = self._match_cache.get(skey)
         if hit is None:
-            hit = self.spec.matches(skey[:a], int.from_bytes(skey[a:], "big"))
+            hit = self.spec.matches(saddr, sport)
             if len(self._match_cache) > 65536:
                 self._match_cache.clear()
             self._match_cache[skey] = hit
@@ -165,12 +176,12 @@ class Dispatcher:
                 log.warning("connection table full (%d): dropping new SYNs (counter drop_table_full=%d)",
                             self.config.max_connections, c["drop_table_full"])
             return
-        conn = SplitConnection(self, key, pkt, port)
+        conn = SplitConnection(self.split_context, key, pkt, port)
         self.table[key] = conn
         self.recently_closed.discard(key)
         c["connections_opened"] += 1
         assert self._nursery is not None
-        self._nursery.start_soon(conn.run)
+        self._nursery.start_soon(self._run_connection, conn)
 
     def _icmp_error(self, port: PacketPort, key: bytes, pkt: bytes, now: int) -> None:
         """An ICMP error filed under the flow it quotes (stackpep.pep.icmp)."""
@@ -234,9 +245,20 @@ class Dispatcher:
             cfg = self._leg_configs[(leg, mtu)] = dataclasses.replace(self.tcp_config[leg], mtu=mtu)
         return cfg
 
-    # -- from connections ---------------------------------------------------------
+    # -- connections' lifetimes -----------------------------------------------------
+    async def _run_connection(self, conn: SplitConnection) -> None:
+        try:
+            await conn.run()
+        finally:
+            self.connection_ended(conn)
+
+    def _count_outcome(self, conn: SplitConnection, outcome: Outcome) -> None:
+        """SplitContext.report: the connection decided how it ends (its legs may
+        still be sending their last packets)."""
+        self.counters[_ENDED[outcome]] += 1
+
     def connection_ended(self, conn: SplitConnection) -> None:
-        # (the outcome was counted when it was decided: SplitConnection._finish)
+        """The connection's task is over (conn.outcome is set)."""
         if self.table.get(conn.key) is conn:
             # remember it a while: its peers' late segments are not an unknown flow's
             self.recently_closed.add(conn.key, conn.outcome is not Outcome.CLOSED, now_us())

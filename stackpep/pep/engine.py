@@ -1,35 +1,15 @@
-"""The splitter's view of the TCP engine (stackpep._fast.tcp.TcpConnection):
-construction from per-leg settings and the four kinds of event it acts on.
+"""How the proxy makes its engines (stackpep._fast.tcp.TcpConnection): a
+TcpConfig from a leg's TOML table, a connection from it, and the TCP flag bits
+the dispatcher looks at (RFC 9293 §3.1).
 
-Kept in one place so the split-connection logic reads in the field's words
-(connected, EOF, reset, closed) whatever the engine's event classes are called.
+Events are the classes of stackpep.tcp.events and states stackpep.tcp.states.TcpState;
+the split connection uses them (and conn.may_send()) directly.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
-
-EV_OTHER, EV_CONNECTED, EV_EOF, EV_RESET, EV_CLOSED = range(5)
-
-_KINDS = {
-    "Connected": EV_CONNECTED,
-    "ConnectionEstablished": EV_CONNECTED,
-    "EofReceived": EV_EOF,
-    "ConnectionReset": EV_RESET,
-    "ConnectionClosed": EV_CLOSED,
-}
-
-
-def classify(ev: Any) -> int:
-    return _KINDS.get(type(ev).__name__, EV_OTHER)
-
-
-def close_reason(ev: Any) -> str:
-    """ConnectionClosed.reason as a lower-case string ('normal', 'reset', 'refused',
-    'aborted', 'timeout', 'keepalive')."""
-    r = getattr(ev, "reason", "normal")
-    return str(getattr(r, "value", r)).lower()
 
 
 def tcp_config(settings: Dict[str, Any], shared_rates: Optional[Dict[Any, Any]] = None):
@@ -54,11 +34,3 @@ def new_connection(config, local_addr: bytes, local_port: int, remote_addr: byte
     from stackpep._fast.tcp import TcpConnection
 
     return TcpConnection(config, local_addr, local_port, remote_addr, remote_port, iss)
-
-
-SENDING_STATES = frozenset({"ESTABLISHED", "CLOSE-WAIT", "SYN-SENT", "SYN-RECEIVED"})
-
-
-def can_send(conn) -> bool:
-    """May data be queued on conn (it is sent once the connection is open)?"""
-    return conn.state in SENDING_STATES

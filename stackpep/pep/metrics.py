@@ -11,14 +11,15 @@ A counter the dispatcher gains later appears as `stackpep_<name>_total`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import trio
 
 from stackpep.pep.config import split_listen
 
-if TYPE_CHECKING:  # pragma: no cover
-    from stackpep.pep.api import Pep
+# A running stackpep.pep.api.Pep; not imported, even for type checking: api imports
+# this module (tests/test_imports.py).
+Pep = Any
 
 log = logging.getLogger("stackpep.pep")
 

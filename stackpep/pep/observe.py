@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from stackpep.pep.splitter import CLIENT, LEG_NAMES, SERVER, SplitConnection, now_us
 
 if TYPE_CHECKING:  # pragma: no cover
-    from stackpep.pep.api import Pep
     from stackpep.pep.dispatcher import Dispatcher
+
+# A running stackpep.pep.api.Pep; not imported, even for type checking: api imports
+# this module (tests/test_imports.py).
+Pep = Any
 
 conn_log = logging.getLogger("stackpep.connections")
 
@@ -54,7 +57,7 @@ def connection_snapshot(conn: SplitConnection, now: int) -> Dict[str, Any]:
         "rate_up_bps": int(up * 8 / age),
         "rate_down_bps": int(down * 8 / age),
         "legs": {LEG_NAMES[i]: leg_snapshot(leg) for i, leg in enumerate(conn.legs)}
-        if conn.legs else {n: {"state": "NEW"} for n in LEG_NAMES},
+        if conn.ready else {n: {"state": "NEW"} for n in LEG_NAMES},
     }
 
 
@@ -74,6 +77,8 @@ def engine_drops(disp: "Dispatcher") -> Dict[str, int]:
     of live connections: what ended is gone with them)."""
     out: Dict[str, int] = {}
     for conn in list(disp.table.values()):
+        if not conn.ready:
+            continue
         for leg in conn.legs:
             for k, v in leg.statistics().drops.items():
                 out[k] = out.get(k, 0) + v
@@ -114,7 +119,7 @@ def connection_record(conn: SplitConnection, now: int) -> Dict[str, Any]:
         "bytes_down": conn.bytes_relayed[SERVER],
         "duration_s": round((now - conn.created) / 1e6, 6),
     }
-    for i, leg in enumerate(conn.legs):
+    for i, leg in enumerate(conn.legs if conn.ready else ()):
         rec[f"retransmits_{LEG_NAMES[i]}_leg"] = leg.statistics().retransmits
     return rec
 

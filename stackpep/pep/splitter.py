@@ -6,10 +6,20 @@ address and the server leg's engine the *client's*, so every packet on both
 sides carries only the original addresses (a transparent proxy; RFC 3135 §2.4
 calls this a split-connection TCP PEP).
 
-Structure (trio): `SplitConnection.run()` is one nursery owning both engines,
-with two tasks: the pump (engine timers, events, relay, output) and the
-watchdog (handshake and idle timeouts).  The dispatcher feeds received packets
-straight into the engines (`deliver`) and wakes the pump once per batch.
+Structure (trio): `SplitConnection.run()` is one nursery owning both legs,
+with two tasks: the pump (`_service`: each `Leg`'s ConnectionDriver fires the
+engine's timers and drains its events, then the relay, then the output) and
+the watchdog (handshake and idle timeouts).  The dispatcher feeds received
+packets straight into the engines (`deliver`) and wakes the pump once per
+batch.  The connection sees the box only through a `SplitContext` (route
+lookup, leg settings, ICMP validation, counters) and reports its `Outcome`
+through it once decided; `run()` returns it.
+
+Lifecycle (`Phase`): RESOLVING (routes and MTUs looked up; the server side's
+stray packets wait in a bounded backlog) -> OPENING (the server leg's SYN is
+out; the client's SYN is held until the server accepts, handshake.mode
+"after-server") -> RELAYING (both legs open) -> ENDED (outcome decided; the
+task winds down, TIME-WAIT may linger).  Any phase may go to ENDED.
 
 Relay and backpressure: per direction, at most `relay_buffer` bytes sit between
 the engines -- bytes read from one engine's receive buffer that the other's
@@ -32,21 +42,36 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import trio
 
 from stackpep._fast.capture import split_key
 from stackpep.pep import engine as eng
 from stackpep.pep.reset import reset_for
-
-if TYPE_CHECKING:  # pragma: no cover
-    from stackpep.pep.dispatcher import Dispatcher
+from stackpep.tcp.driver import ConnectionDriver
+from stackpep.tcp.events import (CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable,
+                                 EofReceived, SendSpace, TcpEvent)
+from stackpep.tcp.states import TcpState
 
 log = logging.getLogger("stackpep.pep")
 
 CLIENT, SERVER = 0, 1
 LEG_NAMES = ("client", "server")
+
+#: Packets from the server side kept while the routes are looked up (RESOLVING);
+#: more are dropped and counted (drop_backlog_full).
+BACKLOG_LIMIT = 64
+
+#: The split connection's own counters (in the dispatcher's table).
+SPLIT_COUNTERS = (
+    "drop_before_client_leg",  # a non-SYN segment from the client before its leg opened (nothing can take it)
+    "drop_backlog_full",  # a server-side packet beyond BACKLOG_LIMIT while the routes were looked up
+)
+
+_LINGER_STATES = (TcpState.TIME_WAIT, TcpState.CLOSED)
+_QUIET_STATES = (TcpState.CLOSED, TcpState.TIME_WAIT, TcpState.LISTEN)  # abort() sends nothing useful
 
 
 class Outcome(str, enum.Enum):
@@ -65,6 +90,27 @@ class Outcome(str, enum.Enum):
     ERROR = "error"  # a bug surfaced in this connection: logged, both legs reset, the box goes on
 
 
+class Phase(enum.Enum):
+    """Where a split connection is in its life (module docstring)."""
+
+    RESOLVING = "resolving"
+    OPENING = "opening"
+    RELAYING = "relaying"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class SplitContext:
+    """What a split connection may use of the box; the dispatcher builds one."""
+
+    config: Any  # PepConfig: handshake_mode, handshake_timeout, idle_timeout, relay_buffer
+    next_hop: Callable[[bytes], Awaitable[Tuple[Any, Any]]]  # Router.next_hop: (port, hop), LookupError
+    leg_config: Callable[[int, Optional[int]], Any]  # the TcpConfig of leg CLIENT/SERVER for an egress MTU
+    icmp_validate: Callable[[Any, Any], bool]  # IcmpGuard.validate(err, engine)
+    counters: Dict[str, int]  # the box's counters (SPLIT_COUNTERS, icmp_*)
+    report: Callable[["SplitConnection", Outcome], None]  # called once, when the outcome is decided
+
+
 def now_us() -> int:
     return int(trio.current_time() * 1_000_000)
 
@@ -74,47 +120,82 @@ def _iss() -> int:
     return int.from_bytes(os.urandom(4), "big")
 
 
+class Leg:
+    """One side of a split connection: its engine (made in _start, once the
+    route and so the MTU is known), where its packets leave, and what the
+    relay knows about it."""
+
+    __slots__ = ("side", "name", "engine", "driver", "port", "hop", "opened", "established", "closed",
+                 "pending", "eof_seen", "eof_sent", "bytes_relayed", "soft_errors")
+
+    def __init__(self, side: int, port: Any = None) -> None:
+        self.side = side
+        self.name = LEG_NAMES[side]
+        self.engine: Any = None  # TcpConnection
+        self.driver: Optional[ConnectionDriver] = None
+        self.port = port  # PacketPort the leg's packets leave by
+        self.hop: Any = None  # link-level next hop (Router.next_hop)
+        self.opened = False  # the engine was started (server: connect(); client: fed the client's SYN)
+        self.established = False  # Connected seen
+        self.closed = False  # ConnectionClosed seen
+        self.pending = b""  # read from this leg, not yet taken by the other (<= relay_buffer)
+        self.eof_seen = False  # this leg's peer sent FIN
+        self.eof_sent = False  # send_eof() called on this leg
+        self.bytes_relayed = 0  # bytes read from this leg and handed to the other
+        self.soft_errors = 0  # ICMP soft errors about this leg's packets
+
+    def transmit(self, pkts: List[bytes]) -> None:
+        # A LISTEN leg has nothing to say until it is opened.
+        if self.opened and self.port is not None:
+            self.port.send(pkts, self.hop)
+
+    @property
+    def state(self) -> str:
+        return self.engine.state if self.engine is not None else "NEW"
+
+    def statistics(self) -> Any:
+        """The engine's statistics snapshot (the leg must have its engine: SplitConnection.ready)."""
+        return self.engine.statistics()
+
+    def __repr__(self) -> str:
+        return f"<{self.name} leg {self.state}>"
+
+
 class SplitConnection:
-    def __init__(self, disp: "Dispatcher", key: bytes, syn: bytes, client_port_obj) -> None:
-        self.disp = disp
+    def __init__(self, ctx: SplitContext, key: bytes, syn: bytes, client_port_obj: Any) -> None:
+        self.ctx = ctx
         self.key = key
         self.client_addr, self.client_port, self.server_addr, self.server_port = split_key(key)
-        cfg = disp.config
+        cfg = ctx.config
         self.immediate = cfg.handshake_mode == "immediate"
         self.relay_buffer = cfg.relay_buffer
-        # The engines are made once the routes (and so the MTUs) are known: _start().
-        self.legs: list = []
-        self.held_syn: Optional[bytes] = syn  # the client's SYN, until the leg takes it
-        self.client_started = False
-        self.ports = [client_port_obj, None]
-        self.hops = [None, None]
-        self.pending = [b"", b""]  # relay buffer per direction: index = source leg
-        self.eof_seen = [False, False]  # FIN received on that leg
-        self.eof_sent = [False, False]  # send_eof() called on that leg
-        self.established = [False, False]
-        self.closed = [False, False]
+        self.legs = [Leg(CLIENT, client_port_obj), Leg(SERVER)]
+        self.phase = Phase.RESOLVING
         self.outcome: Optional[Outcome] = None
-        self.bytes_relayed = [0, 0]
+        self.held_syn: Optional[bytes] = syn  # the client's SYN, until the client leg takes it
+        self.backlog: List[bytes] = []  # server-side packets that arrived while RESOLVING
         self._wake = trio.Event()
+        self._now = 0  # the time of the current _service turn (for event handlers)
         self.created = now_us()
         self.last_activity = self.created  # µs: last packet received or byte relayed
-        self.backlog: list = []  # packets that arrived before the routes were known
-        self.ready = False  # routes known, server leg opened
-        self.soft_errors = [0, 0]  # ICMP soft errors per leg
         self.last_soft_error: Optional[str] = None
 
     # -- from the dispatcher ---------------------------------------------------
     def deliver(self, from_client: bool, packet: bytes, flags: int, now: int) -> None:
         self.last_activity = now
-        if from_client and not self.client_started:
-            if flags & eng.TH_SYN and not flags & eng.TH_ACK:
-                self.held_syn = packet  # keep the newest retransmission
-            # Anything else before our SYN-ACK means nothing to a LISTEN leg.
+        leg = self.legs[CLIENT if from_client else SERVER]
+        if not leg.opened:
+            if from_client:
+                if flags & eng.TH_SYN and not flags & eng.TH_ACK:
+                    self.held_syn = packet  # keep the newest retransmission
+                else:  # before our SYN-ACK it means nothing to a LISTEN leg
+                    self.ctx.counters["drop_before_client_leg"] += 1
+            elif len(self.backlog) < BACKLOG_LIMIT:
+                self.backlog.append(packet)
+            else:
+                self.ctx.counters["drop_backlog_full"] += 1
             return
-        if not self.ready:
-            self.backlog.append((from_client, packet))
-            return
-        self.legs[CLIENT if from_client else SERVER].receive_packet(packet, now)
+        leg.engine.receive_packet(packet, now)
         self._wake.set()
 
     def wake(self) -> None:
@@ -128,6 +209,7 @@ class SplitConnection:
             log.exception("%s: reset failed too", self)
             if self.outcome is None:
                 self.outcome = Outcome.ERROR
+                self.phase = Phase.ENDED
         self._wake.set()
 
     def shutdown(self, outcome: Outcome) -> None:
@@ -137,23 +219,34 @@ class SplitConnection:
 
     @property
     def done(self) -> bool:
-        return self.outcome is not None
+        return self.phase is Phase.ENDED
+
+    @property
+    def ready(self) -> bool:
+        """The engines exist (the routes are known)."""
+        return self.legs[SERVER].engine is not None
 
     @property
     def lingering(self) -> bool:
         """Both legs are done but one still holds TIME-WAIT (RFC 9293 §3.6.1)."""
-        return self.client_started and all(leg.state in ("TIME-WAIT", "CLOSED") for leg in self.legs)
+        return self.legs[CLIENT].opened and all(leg.engine.tcp_state in _LINGER_STATES for leg in self.legs)
 
-    def leg_states(self):
-        return [leg.state for leg in self.legs] if self.legs else ["NEW", "NEW"]
+    @property
+    def bytes_relayed(self) -> Tuple[int, int]:
+        """(client -> server, server -> client) bytes handed from one leg to the other."""
+        return (self.legs[CLIENT].bytes_relayed, self.legs[SERVER].bytes_relayed)
+
+    def leg_states(self) -> List[str]:
+        return [leg.engine.state for leg in self.legs] if self.ready else ["NEW", "NEW"]
 
     def reusable_by_new_syn(self) -> bool:
         """A fresh SYN for this 4-tuple may replace us: both legs are past the
         point where old segments matter to them (RFC 9293 §3.10.7.4, RFC 6191)."""
-        return self.done or (self.client_started and all(leg.state in ("TIME-WAIT", "CLOSED") for leg in self.legs))
+        return self.done or self.lingering
 
     # -- the nursery -------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self) -> Outcome:
+        """The connection's whole life; returns how it ended."""
         try:
             await self._start()
             if not self.done:
@@ -168,50 +261,58 @@ class SplitConnection:
         finally:
             if self.outcome is None:
                 self._finish(Outcome.SHUTDOWN, abort=True)
-            self.disp.connection_ended(self)
+        assert self.outcome is not None
+        return self.outcome
 
     async def _start(self) -> None:
+        client, server = self.legs
         try:
-            self.ports[SERVER], self.hops[SERVER] = await self.disp.router.next_hop(self.server_addr)
-            cport, self.hops[CLIENT] = await self.disp.router.next_hop(self.client_addr)
-            if self.ports[CLIENT] is None:
-                self.ports[CLIENT] = cport
+            server.port, server.hop = await self.ctx.next_hop(self.server_addr)
+            cport, client.hop = await self.ctx.next_hop(self.client_addr)
+            if client.port is None:
+                client.port = cport
         except LookupError as exc:
             log.info("no route for %s: %s", self, exc)
             self._finish(Outcome.NO_ROUTE, abort=False)
             return
-        d = self.disp
-        self.legs = [
-            eng.new_connection(d.leg_config(CLIENT, getattr(self.hops[CLIENT], "mtu", None)), self.server_addr,
-                               self.server_port, self.client_addr, self.client_port, _iss()),
-            eng.new_connection(d.leg_config(SERVER, getattr(self.hops[SERVER], "mtu", None)), self.client_addr,
-                               self.client_port, self.server_addr, self.server_port, _iss()),
-        ]
-        self.legs[CLIENT].listen()
+        leg_config = self.ctx.leg_config
+        # The client leg's engine speaks as the server and the server leg's as the client.
+        client.engine = eng.new_connection(leg_config(CLIENT, getattr(client.hop, "mtu", None)), self.server_addr,
+                                           self.server_port, self.client_addr, self.client_port, _iss())
+        server.engine = eng.new_connection(leg_config(SERVER, getattr(server.hop, "mtu", None)), self.client_addr,
+                                           self.client_port, self.server_addr, self.server_port, _iss())
+        for leg in self.legs:
+            leg.driver = ConnectionDriver(leg.engine, self._event_handler(leg), leg.transmit)
+        client.engine.listen()
         now = now_us()
-        for from_client, pkt in self.backlog:
-            self.legs[CLIENT if from_client else SERVER].receive_packet(pkt, now)
+        for pkt in self.backlog:
+            server.engine.receive_packet(pkt, now)
         self.backlog = []
-        self.ready = True
-        self.legs[SERVER].connect(now)
+        server.opened = True
+        server.engine.connect(now)
+        self.phase = Phase.OPENING
         if self.immediate:
             self._start_client_leg(now)
 
     def _start_client_leg(self, now: int) -> None:
-        self.client_started = True
+        client = self.legs[CLIENT]
+        client.opened = True
+        if self.phase is Phase.OPENING:
+            self.phase = Phase.RELAYING
         if self.held_syn is not None:
-            self.legs[CLIENT].receive_packet(self.held_syn, now)
+            client.engine.receive_packet(self.held_syn, now)
             self.held_syn = None
 
     async def _pump(self, scope: trio.CancelScope) -> None:
+        drivers = [leg.driver for leg in self.legs]
         while True:
             self._service(now_us())
             if self.done:
                 scope.cancel()
                 return
             deadline = None
-            for leg in self.legs:
-                t = leg.get_timer()
+            for d in drivers:
+                t = d.deadline()
                 if t is not None and (deadline is None or t < deadline):
                     deadline = t
             with trio.move_on_at(deadline / 1_000_000 if deadline is not None else float("inf")):
@@ -219,11 +320,12 @@ class SplitConnection:
             self._wake = trio.Event()
 
     async def _watchdog(self, scope: trio.CancelScope) -> None:
-        cfg = self.disp.config
+        cfg = self.ctx.config
+        client, server = self.legs
         with trio.move_on_at(self.created / 1e6 + cfg.handshake_timeout):
-            while not (self.established[SERVER] and self.established[CLIENT]):
+            while not (server.established and client.established):
                 await trio.sleep(0.02)
-        if not (self.established[SERVER] and self.established[CLIENT]):
+        if not (server.established and client.established):
             if not self.done:
                 log.info("%s: handshake timeout%s", self, self._soft_error_note())
                 # A silent server means the client's own connect timeout, as without a
@@ -247,84 +349,95 @@ class SplitConnection:
 
     # -- the work ------------------------------------------------------------------
     def _service(self, now: int) -> None:
-        legs = self.legs
-        for leg in legs:
-            t = leg.get_timer()
-            if t is not None and t <= now + 1:
-                # float seconds -> int µs may round just below the deadline
-                leg.handle_timer(max(now, t))
-        for i in (CLIENT, SERVER):
-            self._events(i, now)
-            if self.done:
-                self._flush(now)
-                return
-        self._relay(CLIENT, SERVER)
-        self._relay(SERVER, CLIENT)
+        """One turn: timers, events, relay both ways, output, events again."""
+        self._now = now
+        client, server = self.legs
+        cd, sd = client.driver, server.driver
+        cd.fire_timer(now)
+        sd.fire_timer(now)
+        cd.drain_events()
+        if self.done:
+            self._flush(now)
+            return
+        sd.drain_events()
+        if self.done:
+            self._flush(now)
+            return
+        self._relay(client, server)
+        self._relay(server, client)
         self._flush(now)
         # Output can complete a close (e.g. the last ACK): look at events once more.
-        for i in (CLIENT, SERVER):
-            self._events(i, now)
-        if self.closed[CLIENT] and self.closed[SERVER] and not self.done:
+        cd.drain_events()
+        sd.drain_events()
+        if client.closed and server.closed and not self.done:
             self._finish(Outcome.CLOSED, abort=False)
 
-    def _events(self, i: int, now: int) -> None:
-        leg = self.legs[i]
-        while True:
-            ev = leg.next_event()
-            if ev is None:
-                return
-            kind = eng.classify(ev)
-            if kind == eng.EV_CONNECTED:
-                self.established[i] = True
-                if i == SERVER and not self.client_started:
-                    self._start_client_leg(now)
-            elif kind == eng.EV_EOF:
-                self.eof_seen[i] = True
-            elif kind == eng.EV_RESET:
-                if i == SERVER and not self.established[SERVER]:
-                    self._refused(now)
-                else:
-                    self._finish(Outcome.RESET_BY_CLIENT if i == CLIENT else Outcome.RESET_BY_SERVER, abort=True)
-                return
-            elif kind == eng.EV_CLOSED:
-                self.closed[i] = True
-                reason = eng.close_reason(ev)
-                if self.done or reason == "normal":
-                    continue
-                if i == SERVER and not self.established[SERVER]:
-                    if reason in ("refused", "reset"):
-                        self._refused(now)
-                    else:  # SYN retries ran out: the server is silent
-                        log.info("%s: server leg SYN retries ran out%s", self, self._soft_error_note())
-                        self._finish(Outcome.HANDSHAKE_TIMEOUT, abort=True)
-                elif reason in ("timeout", "keepalive"):
-                    # retransmissions exhausted on one leg (RFC 9293 §3.8.3): reset the other
-                    log.info("%s: %s leg timed out%s", self, LEG_NAMES[i], self._soft_error_note())
-                    self._finish(Outcome.LEG_TIMEOUT, abort=True)
-                else:
-                    self._finish(Outcome.RESET_BY_CLIENT if i == CLIENT else Outcome.RESET_BY_SERVER, abort=True)
-                return
+    def _event_handler(self, leg: Leg) -> Callable[[TcpEvent], bool]:
+        def on_event(ev: TcpEvent) -> bool:
+            return self._on_event(leg, ev)
+        return on_event
+
+    def _on_event(self, leg: Leg, ev: TcpEvent) -> bool:
+        """What one leg's event means to the split connection; True stops the
+        drain of that leg for this turn (the connection is ending)."""
+        if isinstance(ev, (DataReadable, SendSpace)):
+            return False  # the relay looks at both buffers every turn
+        if isinstance(ev, Connected):
+            leg.established = True
+            if leg.side == SERVER and not self.legs[CLIENT].opened:
+                self._start_client_leg(self._now)
+            return False
+        if isinstance(ev, EofReceived):
+            leg.eof_seen = True
+            return False
+        if isinstance(ev, ConnectionReset):
+            if leg.side == SERVER and not leg.established:
+                self._refused(self._now)
+            else:
+                self._finish(Outcome.RESET_BY_CLIENT if leg.side == CLIENT else Outcome.RESET_BY_SERVER, abort=True)
+            return True
+        if isinstance(ev, ConnectionClosed):
+            leg.closed = True
+            reason = ev.reason
+            if self.done or reason is CloseReason.NORMAL:
+                return False
+            if leg.side == SERVER and not leg.established:
+                if reason is CloseReason.REFUSED or reason is CloseReason.RESET:
+                    self._refused(self._now)
+                else:  # SYN retries ran out: the server is silent
+                    log.info("%s: server leg SYN retries ran out%s", self, self._soft_error_note())
+                    self._finish(Outcome.HANDSHAKE_TIMEOUT, abort=True)
+            elif reason is CloseReason.TIMEOUT or reason is CloseReason.KEEPALIVE:
+                # retransmissions exhausted on one leg (RFC 9293 §3.8.3): reset the other
+                log.info("%s: %s leg timed out%s", self, leg.name, self._soft_error_note())
+                self._finish(Outcome.LEG_TIMEOUT, abort=True)
+            else:
+                self._finish(Outcome.RESET_BY_CLIENT if leg.side == CLIENT else Outcome.RESET_BY_SERVER, abort=True)
+            return True
+        return False
 
     def _refused(self, now: int) -> None:
         """The server answered our SYN with RST: the client gets RST too (RFC 9293
         §3.10.7.1), from the client leg if it already answered, else crafted for its SYN."""
-        if self.client_started:
-            self.legs[CLIENT].abort()
+        client = self.legs[CLIENT]
+        if client.opened:
+            client.engine.abort()
         elif self.held_syn is not None:
             rst = reset_for(self.held_syn)
             if rst is not None:
-                self.ports[CLIENT].send([rst], self.hops[CLIENT])
+                client.port.send([rst], client.hop)
         self._finish(Outcome.REFUSED, abort=False)
 
-    def _relay(self, src: int, dst: int) -> None:
+    def _relay(self, src: Leg, dst: Leg) -> None:
         """Move bytes from src's receive buffer into dst's send buffer, never
         more than dst can take (so nothing piles up in between), in chunks of
         at most relay_buffer; then pass a FIN on once everything before it went."""
-        s, d = self.legs[src], self.legs[dst]
-        if self.eof_sent[dst] or not eng.can_send(d):
+        d = dst.engine
+        if dst.eof_sent or not d.may_send():
             return
+        s = src.engine
         moved = 0
-        pend = self.pending[src]
+        pend = src.pending
         if pend:
             n = d.send(pend)
             moved += n
@@ -342,52 +455,47 @@ class SplitConnection:
                 if n < len(data):  # the engine took less than it said it had room for
                     pend = data[n:]
                     break
-        self.pending[src] = pend
+        src.pending = pend
         if moved:
-            self.bytes_relayed[src] += moved
+            src.bytes_relayed += moved
             self.last_activity = now_us()
         if not pend and s.at_eof():
             # Every byte before the FIN went on: pass the FIN on (half-close, RFC 9293 §3.6).
             d.send_eof()
-            self.eof_sent[dst] = True
+            dst.eof_sent = True
 
     def _flush(self, now: int) -> None:
-        if not self.ready:
-            return
-        for i in (CLIENT, SERVER):
-            pkts = self.legs[i].packets_to_send(now)
-            if pkts and self.ports[i] is not None:
-                if i == CLIENT and not self.client_started:
-                    continue  # a LISTEN leg has nothing to say
-                self.ports[i].send(pkts, self.hops[i])
+        if self.ready:
+            for leg in self.legs:
+                leg.driver.flush(now)
 
     def _finish(self, outcome: Outcome, abort: bool) -> None:
         if self.outcome is not None:
             return
         self.outcome = outcome
-        self.disp.counters[f"ended_{outcome.value}"] += 1
-        if abort and self.legs:
-            for i, leg in enumerate(self.legs):
-                if i == CLIENT and not self.client_started:
-                    continue
-                if leg.state not in ("CLOSED", "TIME-WAIT", "LISTEN"):
-                    leg.abort()
+        self.phase = Phase.ENDED
+        self.ctx.report(self, outcome)
+        if abort and self.ready:
+            for leg in self.legs:
+                if leg.opened and leg.engine.tcp_state not in _QUIET_STATES:
+                    leg.engine.abort()
         self._flush(now_us())
 
     # -- ICMP errors (stackpep.pep.icmp) -----------------------------------------------
-    def icmp_error(self, i: int, err, now: int) -> None:
+    def icmp_error(self, i: int, err: Any, now: int) -> None:
         """An ICMP error about a packet leg i sent, already rate-limited and parsed."""
-        c = self.disp.counters
-        if not self.ready or (i == CLIENT and not self.client_started):
+        c = self.ctx.counters
+        leg = self.legs[i]
+        if not leg.opened:
             c["icmp_drop_not_ready"] += 1
             return
-        leg = self.legs[i]
-        if not self.disp.icmp.validate(err, leg):
+        engine = leg.engine
+        if not self.ctx.icmp_validate(err, engine):
             return
-        name = LEG_NAMES[i]
+        name = leg.name
         if err.packet_too_big:
             # RFC 1191 §6.1 / RFC 8201 §4: a smaller MSS, and what was lost resent at once
-            if leg.icmp_packet_too_big(err.path_mtu(), now, err.quoted_seq):
+            if engine.icmp_packet_too_big(err.path_mtu(), now, err.quoted_seq):
                 c[f"icmp_ptb_{name}_leg"] += 1
                 log.info("%s: %s leg path MTU lowered to %d (%s)", self, name, err.path_mtu(), err.describe())
                 self._wake.set()
@@ -396,14 +504,15 @@ class SplitConnection:
             return
         # RFC 1122 §4.2.3.9 / RFC 5461 §4: soft, even the "hard" codes in synchronized
         # states; the leg's own retransmission timeout decides.
-        self.soft_errors[i] += 1
+        leg.soft_errors += 1
         self.last_soft_error = f"{name} leg: {err.describe()}"
         c[f"icmp_soft_error_{name}_leg"] += 1
 
     def _soft_error_note(self) -> str:
         if self.last_soft_error is None:
             return ""
-        return f" (last ICMP error: {self.last_soft_error}, {sum(self.soft_errors)} in all)"
+        total = sum(leg.soft_errors for leg in self.legs)
+        return f" (last ICMP error: {self.last_soft_error}, {total} in all)"
 
     def __repr__(self) -> str:
         import ipaddress

@@ -4,16 +4,19 @@
 docs/ARCHITECTURE.md for the API); configuration, events and statistics are
 plain Python here.
 """
-from stackpep.tcp.config import CONGESTION_CONTROLS, LOSS_RESPONSES, TcpConfig
+from stackpep.tcp.config import CONGESTION_CONTROLS, LOSS_RESPONSES, ScpsSettings, TcpConfig
 from stackpep.tcp.events import (
     CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable, EofReceived,
-    OutageEntered, OutageExited, SendSpace, TcpEvent,
+    SendSpace, TcpEvent, ScpsNegotiated, ScpsFallback, RecordBoundary, BytesSkipped,
+    OutageEntered, OutageExited,
 )
+from stackpep.tcp.scps import ScpsRefusals
 from stackpep.tcp.states import TRANSITIONS, TcpState
 from stackpep.tcp.statistics import DROP_REASONS, TcpStatistics
 
 __all__ = [
-    "TcpConfig", "CONGESTION_CONTROLS", "LOSS_RESPONSES", "TcpEvent", "CloseReason",
+    "TcpConfig", "ScpsSettings", "ScpsRefusals", "ScpsNegotiated", "ScpsFallback",
+    "RecordBoundary", "BytesSkipped", "CONGESTION_CONTROLS", "LOSS_RESPONSES", "TcpEvent", "CloseReason",
     "Connected", "DataReadable", "SendSpace", "EofReceived", "ConnectionReset",
     "ConnectionClosed", "OutageEntered", "OutageExited", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
 ]

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["TcpConfig", "CONGESTION_CONTROLS", "LOSS_RESPONSES"]
+__all__ = ["TcpConfig", "ScpsSettings", "CONGESTION_CONTROLS", "LOSS_RESPONSES",
+           "SCPS_BETS", "SCPS_SNACK1", "SCPS_SNACK2", "SCPS_COMPRESS", "SCPS_NLTS"]
 
 #: congestion-control algorithms the engine implements (stackpep/_fast/cc.pxi)
 CONGESTION_CONTROLS = ("newreno", "cubic", "rate", "vegas")
@@ -16,6 +17,75 @@ CONGESTION_CONTROLS = ("newreno", "cubic", "rate", "vegas")
 #: §3.2: reduce cwnd; RFC 6298 §5.5 RTO backoff) or "corruption" (retransmit keeping
 #: cwnd / the rate and the RTO; CCSDS 714.0-B-2 §3.2).  ECE is congestion either way.
 LOSS_RESPONSES = ("congestion", "corruption")
+
+
+# -- SCPS-TP capability bits (CCSDS 714.0-B-2 §3.2, SCPS capabilities option, kind 20) --------
+SCPS_BETS = 0x80       # best-effort transport service
+SCPS_SNACK1 = 0x40     # selective negative acknowledgement (the 6-byte SNACK option, kind 21)
+SCPS_SNACK2 = 0x20     # (long-form SNACK; offered only if asked for, never used by the engine)
+SCPS_COMPRESS = 0x10   # header compression (IP protocol 105)
+SCPS_NLTS = 0x08       # network-layer timestamps
+
+
+@dataclass(frozen=True)
+class ScpsSettings:
+    """SCPS-TP extensions of one connection (CCSDS 714.0-B-2); ``TcpConfig.scps``.
+
+    The engine offers these in option 20 of its SYN / SYN-ACK; a feature is used
+    only when both ends offered it (the AND of the two bitmaps).  See docs/scps.md."""
+
+    snack: bool = True
+    """Offer SNACK (bit 0x40): report holes with option 21, repair reported holes at once."""
+    bets: bool = False
+    """Offer BETS (bit 0x80, best-effort transport): see ``bets_hole_timeout_us``."""
+    compression: bool = False
+    """Offer header compression (bit 0x10).  The engine only negotiates the bit; the
+    compressed form (IP protocol 105) is the caller's layer."""
+    extra_bits: int = 0
+    """Further bits to offer as they are (e.g. 0x08 network-layer timestamps)."""
+    conn_id: int = 0
+    """Connection id of option 20 (0..255), chosen by the caller (header compression
+    names the connection by it); the engine has no randomness."""
+    record_boundary: bool = False
+    """Put a record-boundary option (kind 22) on the segment that ends each send()
+    call, towards an SCPS peer (segments are cut at record ends)."""
+    corruption_experienced: bool = False
+    """Allow ``report_corruption()`` to put a corruption-experienced option (kind 23) on
+    the next ACK, towards an SCPS peer."""
+    snack_repeat: int = 3
+    """ACKs that report the same hole (the reference gateway repeats it 3 times)."""
+    syn_retries_with_option: int = 2
+    """Active open: SYN retransmissions that still carry option 20; the next one goes
+    without it (a middlebox or stack that drops such SYNs).  0 = the first retransmission
+    already goes without."""
+    retry_on_rst: bool = True
+    """Active open: a RST answering a SYN with option 20 makes the engine send the SYN
+    again without it instead of reporting the connection refused."""
+    bets_hole_timeout_us: Optional[int] = None
+    """BETS receiver: deliver past a hole at RCV.NXT that stayed unrepaired this long
+    (the skipped bytes read as zeros; ``BytesSkipped`` says where).  None = never."""
+    bets_max_retransmits: Optional[int] = None
+    """BETS sender: stop retransmitting the segment at SND.UNA after this many
+    retransmissions of it (the receiver's hole timeout moves the ACK on).  None = never."""
+
+    @property
+    def offered_bits(self) -> int:
+        return ((SCPS_SNACK1 if self.snack else 0) | (SCPS_BETS if self.bets else 0)
+                | (SCPS_COMPRESS if self.compression else 0) | (self.extra_bits & 0xFF))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.conn_id <= 255:
+            raise ValueError("scps conn_id must be 0..255 (one byte of option 20)")
+        if not 0 <= self.extra_bits <= 255:
+            raise ValueError("scps extra_bits must be 0..255")
+        if not 0 <= self.snack_repeat <= 100:
+            raise ValueError("scps snack_repeat must be 0..100")
+        if self.syn_retries_with_option < 0:
+            raise ValueError("scps syn_retries_with_option must be >= 0")
+        if self.bets_hole_timeout_us is not None and self.bets_hole_timeout_us <= 0:
+            raise ValueError("scps bets_hole_timeout_us must be > 0 or None")
+        if self.bets_max_retransmits is not None and self.bets_max_retransmits < 1:
+            raise ValueError("scps bets_max_retransmits must be >= 1 or None")
 
 
 @dataclass(frozen=True)
@@ -42,8 +112,8 @@ class TcpConfig:
 
     # -- acknowledgements (RFC 9293 §3.8.6.3, RFC 5681 §4.2) ----------------
     delayed_ack_us: int = 40_000
-    """Delayed-ACK timeout; must be <= 200 ms (RFC 9293 / RFC 5681 allow 500 ms,
-    the brief caps it at 200 ms).  0 disables delayed ACKs."""
+    """Delayed-ACK timeout; must be <= 200 ms (RFC 9293 §3.8.6.3 / RFC 5681 §4.2
+    allow 500 ms; 200 ms is Linux's TCP_DELACK_MAX).  0 disables delayed ACKs."""
     delayed_ack_segments: int = 2
     """ACK at least every this many full-sized segments (RFC 5681 §4.2)."""
 
@@ -119,6 +189,11 @@ class TcpConfig:
     ttl: int = 64
     tos: int = 0                         # DSCP << 2; the ECN bits are the engine's
 
+    # -- SCPS-TP (CCSDS 714.0-B-2): capabilities, SNACK, record boundary, BETS ----------
+    scps: Optional[ScpsSettings] = None
+    """SCPS-TP extensions offered in option 20 (None = plain TCP, no option 20 sent or
+    answered).  See ScpsSettings and docs/scps.md."""
+
     def __post_init__(self) -> None:
         if self.congestion not in CONGESTION_CONTROLS:
             raise ValueError(f"congestion must be one of {CONGESTION_CONTROLS}, not {self.congestion!r}")
@@ -165,3 +240,5 @@ class TcpConfig:
             raise ValueError("keepalive idle/interval must be > 0 and count >= 1")
         if self.time_wait_us < 0:
             raise ValueError("time_wait_us must be >= 0")
+        if self.scps is not None and not isinstance(self.scps, ScpsSettings):
+            raise ValueError("scps must be a ScpsSettings or None")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 __all__ = [
     "CloseReason", "TcpEvent", "Connected", "DataReadable", "SendSpace",
     "EofReceived", "ConnectionReset", "ConnectionClosed", "ConnectionProgress",
+    "ScpsNegotiated", "ScpsFallback", "RecordBoundary", "BytesSkipped",
     "OutageEntered", "OutageExited",
 ]
 
@@ -59,6 +60,39 @@ class ConnectionReset(TcpEvent):
 class ConnectionClosed(TcpEvent):
     """The connection reached CLOSED; the engine sends nothing more."""
     reason: CloseReason
+
+
+@dataclass(frozen=True, slots=True)
+class ScpsNegotiated(TcpEvent):
+    """The peer's SYN / SYN-ACK carried the SCPS capabilities option (CCSDS 714.0-B-2
+    §3.2): it is an SCPS-TP peer.  ``features`` = the bits both ends offered (AND),
+    ``peer_conn_id`` = the connection id it sent."""
+    features: int
+    peer_conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScpsFallback(TcpEvent):
+    """Active open: the next SYN goes without option 20.  ``reason`` is "rst" (a RST
+    answered the SYN that carried it) or "timeout" (``syn_retries_with_option``
+    retransmissions went unanswered).  A caller may remember the destination
+    (stackpep.tcp.scps.ScpsRefusals)."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBoundary(TcpEvent):
+    """A segment from an SCPS peer carried the record-boundary option (kind 22): a record
+    ends at receive-stream ``offset`` (bytes from the first data byte)."""
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class BytesSkipped(TcpEvent):
+    """BETS: ``n`` bytes at receive-stream ``offset`` were never repaired and were
+    delivered as zeros (CCSDS 714.0-B-2 §3.2, best-effort transport service)."""
+    n: int
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)

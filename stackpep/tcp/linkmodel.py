@@ -20,6 +20,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from stackpep.tcp.events import ConnectionClosed, EofReceived
+
 __all__ = ["LinkModel", "PairResult", "run_pair", "A_ADDR4", "B_ADDR4", "A_ADDR6", "B_ADDR6"]
 
 A_ADDR4 = bytes([198, 18, 0, 1])
@@ -142,12 +144,13 @@ class _Side:
             ev = self.conn.next_event()
             if ev is None:
                 return
-            name = type(ev).__name__
-            self.events.append(name if name != "ConnectionClosed" else f"ConnectionClosed({ev.reason.value})")
-            if name == "EofReceived":
-                self.eof = True
-            elif name == "ConnectionClosed":
+            if isinstance(ev, ConnectionClosed):
+                self.events.append(f"ConnectionClosed({ev.reason.value})")
                 self.closed = True
+            else:
+                self.events.append(type(ev).__name__)  # the event log, by class name
+                if isinstance(ev, EofReceived):
+                    self.eof = True
 
 
 def run_pair(conn_a, conn_b, data_ab: bytes, data_ba: bytes, link_ab: LinkModel, link_ba: LinkModel,

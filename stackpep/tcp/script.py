@@ -52,6 +52,10 @@ _FLAG_ORDER = "SFRPU.EW"
 
 # TCP option kinds (RFC 9293 §3.2, RFC 7323, RFC 2018)
 OPT_EOL, OPT_NOP, OPT_MSS, OPT_WS, OPT_SACK_PERM, OPT_SACK, OPT_TS = 0, 1, 2, 3, 4, 5, 8
+# SCPS-TP options (CCSDS 714.0-B-2 §3.2; IANA kinds 20-23): capabilities (bitmap,
+# connection id), SNACK (hole offset, hole size in segments), record boundary,
+# corruption experienced
+OPT_SCPS, OPT_SNACK, OPT_RB, OPT_CE = 20, 21, 22, 23
 
 # IP ECN codepoints (RFC 3168 §5)
 ECN_CODES = {"noecn": 0, "ect1": 1, "ect0": 2, "ce": 3}
@@ -159,6 +163,14 @@ def encode_options(options: Sequence[Tuple]) -> bytes:
             out += struct.pack("!BB", OPT_SACK, 2 + 8 * len(blocks))
             for left, right in blocks:
                 out += struct.pack("!II", left % MOD32, right % MOD32)
+        elif kind == "scps":
+            out += struct.pack("!BBBB", OPT_SCPS, 4, opt[1], opt[2])
+        elif kind == "snack":
+            out += struct.pack("!BBHH", OPT_SNACK, 6, opt[1], opt[2])
+        elif kind == "rb":
+            out += struct.pack("!BB", OPT_RB, 2)
+        elif kind == "ce":
+            out += struct.pack("!BB", OPT_CE, 2)
         elif kind == "raw":
             out += struct.pack("!BB", opt[1], 2 + len(opt[2])) + opt[2]
         else:  # pragma: no cover - parser only produces the kinds above
@@ -197,6 +209,14 @@ def decode_options(data: bytes) -> List[Tuple]:
             opts.append(("sackOK",))
         elif kind == OPT_TS and ln == 10:
             opts.append(("TS",) + struct.unpack("!II", body))
+        elif kind == OPT_SCPS and ln == 4:
+            opts.append(("scps", body[0], body[1]))
+        elif kind == OPT_SNACK and ln == 6:
+            opts.append(("snack",) + struct.unpack("!HH", body))
+        elif kind == OPT_RB and ln == 2:
+            opts.append(("rb",))
+        elif kind == OPT_CE and ln == 2:
+            opts.append(("ce",))
         elif kind == OPT_SACK and (ln - 2) % 8 == 0 and ln > 2:
             blocks = [struct.unpack("!II", body[j:j + 8]) for j in range(0, ln - 2, 8)]
             opts.append(("sack", blocks))
@@ -291,8 +311,12 @@ def format_options(options: Sequence[Tuple], seq_base: int, sack_base: int) -> s
     parts = []
     for o in options:
         k = o[0]
-        if k in ("nop", "eol", "sackOK"):
+        if k in ("nop", "eol", "sackOK", "rb", "ce"):
             parts.append(k)
+        elif k == "scps":
+            parts.append(f"scps {o[1]:#04x} id {o[2]}")
+        elif k == "snack":
+            parts.append(f"snack off {o[1]} size {o[2]}")
         elif k in ("mss", "wscale"):
             parts.append(f"{k} {o[1]}")
         elif k == "TS":
@@ -420,8 +444,13 @@ def _parse_options(text: str, lineno: int) -> Optional[List[Tuple]]:
         if not toks:
             raise ScriptSyntaxError(f"line {lineno}: empty option")
         k = toks[0]
-        if k in ("nop", "eol", "sackOK") and len(toks) == 1:
+        if k in ("nop", "eol", "sackOK", "rb", "ce") and len(toks) == 1:
             opts.append((k,))
+        elif k == "scps" and len(toks) == 4 and toks[2] == "id":
+            opts.append(("scps", _opt_num(toks[1], "scps bits", lineno), _opt_num(toks[3], "scps id", lineno)))
+        elif k == "snack" and len(toks) == 5 and toks[1] == "off" and toks[3] == "size":
+            opts.append(("snack", _opt_num(toks[2], "snack offset", lineno),
+                         _opt_num(toks[4], "snack size", lineno)))
         elif k in ("mss", "wscale") and len(toks) == 2:
             opts.append((k, _opt_num(toks[1], k, lineno)))
         elif k == "TS" and len(toks) == 5 and toks[1] == "val" and toks[3] == "ecr":
@@ -646,11 +675,24 @@ def _fmt_t(us: int) -> str:
     return f"{us / US:.6f}".rstrip("0").rstrip(".") if us % 1000 else f"{us / US:.3f}"
 
 
+def config_from_script(entries: Dict[str, Any]):
+    """TcpConfig from ``config k=v`` entries; ``scps.NAME=v`` entries build
+    ``TcpConfig.scps`` (a ScpsSettings), ``scps=true`` alone gives its defaults."""
+    from stackpep.tcp.config import ScpsSettings, TcpConfig
+
+    plain = {k: v for k, v in entries.items() if not k.startswith("scps.")}
+    scps = {k[5:]: v for k, v in entries.items() if k.startswith("scps.")}
+    on = plain.pop("scps", None)
+    if scps or on is True:
+        plain["scps"] = ScpsSettings(**scps)
+    return TcpConfig(**plain)
+
+
 def default_engine_factory(script: Script, local: bytes, remote: bytes):
     from stackpep._fast.tcp import TcpConnection
     from stackpep.tcp.config import TcpConfig
 
-    cfg = TcpConfig(**script.config)
+    cfg = config_from_script(script.config)
     return TcpConnection(cfg, local, script.local_port, remote, script.remote_port,
                          script.iss, ts_offset=script.ts_offset)
 

@@ -90,6 +90,21 @@ class TcpStatistics:
     """State changes the engine refused (not in stackpep.tcp.states.TRANSITIONS): a bug if > 0."""
     events_lost: int = 0
     """Events not queued because the bounded event queue was full (next_event() not called)."""
+    # -- SCPS-TP (CCSDS 714.0-B-2), docs/scps.md --------------------------------------------
+    scps_peer: bool = False           # option 20 exchanged both ways
+    scps_features: int = 0            # negotiated capability bits (AND of both offers)
+    scps_syn_fallbacks: int = 0       # SYNs re-sent without option 20 (RST or timeout)
+    snacks_sent: int = 0              # SNACK options (holes) sent
+    snacks_received: int = 0          # SNACK options (holes) received
+    snack_retransmits: int = 0        # segments retransmitted because a SNACK asked for them
+    records_sent: int = 0             # segments sent with the record-boundary option
+    records_received: int = 0         # record-boundary options received on new data
+    corruption_sent: int = 0          # corruption-experienced options sent
+    corruption_received: int = 0      # corruption-experienced options received
+    bets_skips: int = 0               # BETS: holes delivered past (receiver)
+    bytes_skipped: int = 0            # BETS: bytes delivered as zeros (receiver)
+    bets_abandoned: int = 0           # BETS: retransmissions not sent after bets_max_retransmits (sender)
+    records_merged: int = 0           # record ends not marked: 64 unacknowledged records already kept
     # link outage (CCSDS 714.0-B-2 §3.2; TcpConfig.outage_rtos / outage_silence_us)
     outage: bool = False
     """In a link outage now: no new data, SND.UNA probed every outage_probe_us."""

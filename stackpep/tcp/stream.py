@@ -21,7 +21,9 @@ from typing import Any, Callable, Deque, Optional, Tuple
 
 import trio
 
-from stackpep.tcp.events import ConnectionClosed, ConnectionProgress
+from stackpep.tcp.driver import ConnectionDriver
+from stackpep.tcp.events import CloseReason, ConnectionClosed, ConnectionProgress, TcpEvent
+from stackpep.tcp.states import TcpState
 
 __all__ = ["EngineDriver", "TcpStream", "MemoryPacketPipe", "memory_stream_pair"]
 
@@ -33,12 +35,14 @@ def _now_us() -> int:
 
 
 class EngineDriver(ConnectionProgress):
-    """Drives one engine connection from Trio: packets in, packets out, timer."""
+    """Drives one engine connection from Trio: packets in, packets out, timer
+    (the loop itself is stackpep.tcp.driver.ConnectionDriver)."""
 
     def __init__(self, conn: Any, transmit: Callable[[bytes], None]):
         super().__init__()
         self.conn = conn
         self.transmit = transmit
+        self._engine = ConnectionDriver(conn, self._on_event, self._transmit_all)
         self._changed = trio.Event()  # set (and replaced) whenever anything may have changed
         self.app_closed = False  # the application called aclose(): unread data is refused
         self.error: Optional[BaseException] = None
@@ -66,11 +70,10 @@ class EngineDriver(ConnectionProgress):
         self._in_flush = True
         try:
             conn = self.conn
+            engine = self._engine
             while True:
-                pkts = conn.packets_to_send(_now_us())
-                for pkt in pkts:
-                    self.transmit(pkt)
-                self._drain_events()
+                sent = engine.flush(_now_us())
+                engine.drain_events()
                 if self.app_closed and not self.reset and not self.closed:
                     junk = conn.recv(1 << 20)
                     if junk:
@@ -78,23 +81,23 @@ class EngineDriver(ConnectionProgress):
                         self.refused_bytes += len(junk)
                         conn.abort()
                         continue
-                if not pkts:
+                if not sent:
                     break
         finally:
             self._in_flush = False
         self.wake()
 
-    def _drain_events(self) -> None:
-        while True:
-            ev = self.conn.next_event()
-            if ev is None:
-                return
-            self.apply_event(ev)
-            if isinstance(ev, ConnectionClosed):
-                if str(getattr(self.close_reason, "value", self.close_reason)).lower() not in ("normal", "none", "closed"):
-                    # A close that was not the graceful end of both directions.
-                    if not self.eof_received:
-                        self.reset = True
+    def _transmit_all(self, pkts) -> None:
+        for pkt in pkts:
+            self.transmit(pkt)
+
+    def _on_event(self, ev: TcpEvent) -> bool:
+        self.apply_event(ev)
+        if isinstance(ev, ConnectionClosed) and ev.reason is not CloseReason.NORMAL:
+            # A close that was not the graceful end of both directions.
+            if not self.eof_received:
+                self.reset = True
+        return False
 
     def wake(self) -> None:
         self._changed.set()
@@ -107,17 +110,15 @@ class EngineDriver(ConnectionProgress):
     async def run(self) -> None:
         """Fire the engine's timer at its deadlines; run in a nursery for the
         connection's lifetime (returns once the engine is CLOSED)."""
+        conn = self.conn
         while True:
-            if self.conn.state == "CLOSED" and self.conn.get_timer() is None:
+            deadline = conn.get_timer()
+            if deadline is None and conn.tcp_state is TcpState.CLOSED:
                 return
-            deadline = self.conn.get_timer()
             event = self._changed
             with trio.move_on_at(math.inf if deadline is None else deadline / 1_000_000):
                 await event.wait()
-            deadline = self.conn.get_timer()
-            if deadline is not None and trio.current_time() >= deadline / 1_000_000:
-                # float seconds -> int µs may round just below the deadline
-                self.conn.handle_timer(max(_now_us(), deadline))
+            if self._engine.fire_timer(_now_us()):
                 self.flush()
 
 

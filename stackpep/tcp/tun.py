@@ -4,8 +4,8 @@ A TUN device hands us whole IP packets the kernel routes to it and takes IP
 packets we write as if they arrived on an interface.  ``TunDevice`` is the
 device; ``TunTcpEndpoint`` shuttles packets between one device and one
 ``TcpConnection`` in a plain ``poll()`` loop (the engine stays sans-IO: the
-loop passes ``now`` in microseconds from the monotonic clock and calls
-``handle_timer`` at ``get_timer()``).
+loop passes ``now`` in microseconds from the monotonic clock to the engine's
+``stackpep.tcp.driver.ConnectionDriver``, which fires its timer when due).
 
 ``open_tun_stream`` does the same under Trio and returns a
 ``stackpep.tcp.stream.TcpStream``.  ``python -m stackpep.tcp.tun [--trio]``
@@ -29,7 +29,9 @@ import time
 from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from stackpep.tcp.events import ConnectionProgress
+from stackpep.tcp.driver import ConnectionDriver
+from stackpep.tcp.events import ConnectionProgress, TcpEvent
+from stackpep.tcp.states import TcpState
 
 __all__ = ["TunDevice", "TunTcpEndpoint", "bulk_data", "tcp_flow_of", "open_tun_stream", "trio_transfer"]
 
@@ -155,6 +157,7 @@ class TunTcpEndpoint(ConnectionProgress):
         self.factory = engine_factory
         self.clock = clock
         self.conn: Any = None
+        self.driver: Optional[ConnectionDriver] = None
         self.remote: Optional[Tuple[bytes, int]] = None
         self.ignored = 0  # packets on the device that were not for this connection
         self.events: list = []
@@ -162,7 +165,7 @@ class TunTcpEndpoint(ConnectionProgress):
     # -- opening ------------------------------------------------------------------
     def connect(self, remote_addr: bytes, remote_port: int) -> None:
         self.remote = (remote_addr, remote_port)
-        self.conn = self.factory(remote_addr, remote_port)
+        self._attach(self.factory(remote_addr, remote_port))
         self.conn.connect(self.clock())
         self.flush()
 
@@ -183,12 +186,26 @@ class TunTcpEndpoint(ConnectionProgress):
                     self.ignored += 1
                     continue
                 self.remote = (flow[0], flow[1])
-                self.conn = self.factory(flow[0], flow[1])
+                self._attach(self.factory(flow[0], flow[1]))
                 self.conn.listen()
                 self.conn.receive_packet(pkt, self.clock())
                 self.flush()
                 return
         raise TimeoutError(f"no SYN for port {self.local_port} within {timeout} s")
+
+    def _attach(self, conn: Any) -> None:
+        self.conn = conn
+        self.driver = ConnectionDriver(conn, self._on_event, self._write_all)
+
+    def _write_all(self, pkts) -> None:
+        write = self.tun.write
+        for pkt in pkts:
+            write(pkt)
+
+    def _on_event(self, ev: TcpEvent) -> bool:
+        self.events.append(type(ev).__name__)  # reported by name in transfer()'s summary
+        self.apply_event(ev)
+        return False
 
     # -- the loop -----------------------------------------------------------------
     def _ours(self, pkt: bytes) -> bool:
@@ -197,15 +214,8 @@ class TunTcpEndpoint(ConnectionProgress):
                 and (flow[0], flow[1]) == self.remote)
 
     def flush(self) -> None:
-        conn = self.conn
-        for pkt in conn.packets_to_send(self.clock()):
-            self.tun.write(pkt)
-        while True:
-            ev = conn.next_event()
-            if ev is None:
-                break
-            self.events.append(type(ev).__name__)
-            self.apply_event(ev)
+        self.driver.flush(self.clock())
+        self.driver.drain_events()
 
     def poll_once(self, max_wait: float) -> None:
         """Wait for packets or the engine's timer (at most max_wait s), then process."""
@@ -225,10 +235,7 @@ class TunTcpEndpoint(ConnectionProgress):
                     conn.receive_packet(pkt, self.clock())
                 else:
                     self.ignored += 1
-        now = self.clock()
-        deadline = conn.get_timer()
-        if deadline is not None and now >= deadline:
-            conn.handle_timer(now)
+        self.driver.fire_timer(self.clock())
         self.flush()
 
     def transfer(self, send_data: bytes = b"", receive: bool = True, timeout: float = 120.0,
@@ -274,7 +281,7 @@ class TunTcpEndpoint(ConnectionProgress):
         # Keep answering until both FINs are acknowledged (or linger runs out),
         # so the kernel side sees a clean close.
         end = time.monotonic() + linger
-        while conn.state not in ("CLOSED", "TIME-WAIT") and time.monotonic() < end:
+        while conn.tcp_state not in (TcpState.CLOSED, TcpState.TIME_WAIT) and time.monotonic() < end:
             self.poll_once(0.05)
         return {
             "sent": sent,
@@ -371,7 +378,7 @@ async def trio_transfer(stream, send_data: bytes, timeout: float = 120.0) -> Dic
         elapsed = time.monotonic() - start
         # answer until both FINs are acknowledged (the driver keeps running)
         with trio.move_on_after(2):
-            while stream.conn.state not in ("CLOSED", "TIME-WAIT"):
+            while stream.conn.tcp_state not in (TcpState.CLOSED, TcpState.TIME_WAIT):
                 await trio.sleep(0.01)
     return {
         "sent": len(send_data),

@@ -5,7 +5,7 @@ import argparse
 import re
 import sys
 
-from stackpep.cli import command
+from stackpep.commands import command
 
 ROLES = ("client", "pep-a", "link", "pep-b", "server")
 
@@ -30,7 +30,7 @@ def _testbed(sub) -> None:
     g.add_argument("--all", action="store_true", help="every testbed (namespaces spXXXX-<role>)")
     down.set_defaults(handler=_down)
 
-    run = tsub.add_parser("run", help="run scenarios side by side and report")
+    run = tsub.add_parser("run", help="run scenarios side by side and report (exit 1 if any cell failed)")
     run.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="geo, meo, leo, geo-matrix, demo")
     run.add_argument("--configs", default=None,
                      help="comma-separated: e2e-cubic,e2e-bbr,stackpep-one-box,stackpep-two-boxes (default all)")
@@ -135,6 +135,7 @@ def _selftest(args) -> int:
 def _run(args) -> int:
     from pathlib import Path
 
+    from stackpep.testbed.report import failure_report
     from stackpep.testbed.run import default_out_dir, execute, require_root, terminate_as_interrupt
     from stackpep.testbed.scenarios import (DEFAULT_CONFIGS, all_workloads, default_workloads,
                                             resolve_configs, resolve_scenarios)
@@ -175,5 +176,9 @@ def _run(args) -> int:
     print(res.table)
     print(f"\nresults: {res.json_path}")
     for p in res.plots:
-        print(f"plot:    {p}")
+        print(f"plot:    {p}", flush=True)
+    failures = failure_report(res.cells, "stackpep testbed run")
+    if failures:
+        print(failures, file=sys.stderr, flush=True)
+        return 1
     return 0

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from stackpep.testbed.report import failure_report
 from stackpep.testbed.run import default_out_dir, execute, require_root, terminate_as_interrupt
 from stackpep.testbed.scenarios import demo_scenario, resolve_configs
 
@@ -15,6 +16,7 @@ DEMO_CONFIGS = ("e2e-cubic", "e2e-bbr", "stackpep-one-box", "stackpep-two-boxes"
 
 def run_demo(out: Optional[str] = None, bulk_s: float = 20.0, pep_config: Optional[str] = None,
              stream=None) -> int:
+    """Exit status: 0 if every cell ran, 1 if any failed (the cause on stderr), 2 if not root."""
     stream = stream or sys.stdout
     why = require_root()
     if why:
@@ -36,7 +38,11 @@ def run_demo(out: Optional[str] = None, bulk_s: float = 20.0, pep_config: Option
     print(f"\nresults: {res.json_path}", file=stream)
     for p in res.plots:
         print(f"plot:    {p}", file=stream)
-    print(f"(testbed torn down; {time.monotonic() - t0:.0f} s)", file=stream)
+    print(f"(testbed torn down; {time.monotonic() - t0:.0f} s)", file=stream, flush=True)
+    failures = failure_report(res.cells, "stackpep demo")
+    if failures:
+        print(failures, file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

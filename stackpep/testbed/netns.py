@@ -7,11 +7,13 @@ Only 198.18.0.0/15 and fd00::/8 are meant to be used inside.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
@@ -32,6 +34,31 @@ def run(cmd: Cmd, check: bool = True, timeout: float = 60, **kw) -> subprocess.C
     return res
 
 
+_NEUTRAL_CWD: Optional[str] = None
+
+
+def neutral_cwd() -> str:
+    """An empty private folder: the default working directory of what a Host runs.
+
+    `python -m`/`python -c` put the working directory first on sys.path; started
+    from a clone's root, a child would import the source tree (no compiled
+    modules) instead of the installed stackpep.  Nothing can shadow anything
+    from an empty folder this process made (removed at exit if still empty).
+    """
+    global _NEUTRAL_CWD
+    if _NEUTRAL_CWD is None or not os.path.isdir(_NEUTRAL_CWD):
+        _NEUTRAL_CWD = tempfile.mkdtemp(prefix="stackpep-cwd-")
+        atexit.register(_remove_empty, _NEUTRAL_CWD)
+    return _NEUTRAL_CWD
+
+
+def _remove_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 def unique_prefix() -> str:
     """A short per-run prefix: 'sp' + 4 hex digits (interface names must fit 15 bytes)."""
     return NS_PREFIX + secrets.token_hex(2)
@@ -49,14 +76,17 @@ class Host:
         return ["ip", "netns", "exec", self.name, *_argv(cmd)]
 
     def run(self, cmd: Cmd, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("cwd", neutral_cwd())
         return run(self.argv(cmd), check=check, timeout=timeout, **kw)
 
     def popen(self, cmd: Cmd, **kw) -> subprocess.Popen:
         """Start a background process in this namespace (killed at teardown).
 
         `ip netns exec` execs the command directly, so the Popen pid is the
-        process itself (no shell in between).
+        process itself (no shell in between).  It runs in neutral_cwd() unless
+        told otherwise.
         """
+        kw.setdefault("cwd", neutral_cwd())
         kw.setdefault("stdout", subprocess.DEVNULL)
         kw.setdefault("stderr", subprocess.DEVNULL)
         p = subprocess.Popen(self.argv(cmd), **kw)

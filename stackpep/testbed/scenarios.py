@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from stackpep.testbed.emulator import DirectionParams, Outage
-from stackpep.testbed.topology import LinkSpec, Topology, python_env
+from stackpep.testbed.topology import LinkSpec, Topology, log_tail, python_command, python_env
 from stackpep.testbed.workloads import Workload, start_http_server
 
 # Payload share of the bytes the emulator's rate counts (IP bytes): a 1500-byte
@@ -126,6 +125,10 @@ class Configuration:
 
     def stop(self, topo: Topology) -> Dict:
         return {}
+
+    def logs(self, topo: Topology) -> List[Path]:
+        """Log files of the processes this configuration started (for failure reports)."""
+        return []
 
 
 class KernelTcp(Configuration):
@@ -240,7 +243,7 @@ class StackpepPep(Configuration):
         with tempfile.TemporaryDirectory(prefix="sp-pepcfg-") as tmp:
             for host in ("pep-a", "pep-b")[: self.boxes]:
                 cfg = self._write_config(host, Path(tmp), _CHECK_LINK)
-                res = subprocess.run([sys.executable, "-m", "stackpep", "check-config", str(cfg)],
+                res = subprocess.run(python_command("stackpep", "check-config", str(cfg)), cwd=tmp,
                                      capture_output=True, text=True, env=python_env(), timeout=60)
                 if res.returncode != 0:
                     msg = [l for l in (res.stderr or res.stdout).strip().splitlines() if "problem(s)" not in l]
@@ -249,20 +252,36 @@ class StackpepPep(Configuration):
                     return self._reason
         return None
 
-    def start(self, topo: Topology) -> None:
+    def _log(self, topo: Topology, host: str) -> Path:
+        return topo.workdir / f"{self.name}-{host}.log"
+
+    def logs(self, topo: Topology) -> List[Path]:
+        return [self._log(topo, host) for host in ("pep-a", "pep-b")[: self.boxes]]
+
+    def start(self, topo: Topology, timeout: float = 30.0) -> None:
+        """Start `stackpep run` in the PEP host(s); returns once each printed READY
+        (its rules are in and capture is on)."""
         # The end hosts keep the common Linux default (cubic) on their short legs.
         topo.set_congestion("cubic")
         hosts = [topo.pep_a, topo.pep_b][: self.boxes]
+        started = []
         for host in hosts:
             cfg = self._write_config(host.short, topo.workdir, topo.link_spec)
-            log = open(topo.workdir / f"{self.name}-{host.short}.log", "ab")
-            p = host.popen([sys.executable, "-m", "stackpep", "run", "-c", str(cfg)], env=python_env(),
-                           stdout=log, stderr=log)
+            path = self._log(topo, host.short)
+            start = path.stat().st_size if path.exists() else 0
+            with open(path, "ab") as log:
+                p = host.popen(python_command("stackpep", "run", "-c", str(cfg)), env=python_env(),
+                               stdout=log, stderr=log, cwd=str(topo.workdir))
             self.procs.append(p)
-        time.sleep(1.0)
-        for p in self.procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{self.name}: `stackpep run` exited with {p.returncode}; see {topo.workdir}")
+            started.append((host.short, p, path, start))
+        deadline = time.monotonic() + timeout
+        for host, p, path, start in started:
+            while not _printed_ready(path, start):
+                if p.poll() is not None:
+                    raise RuntimeError(f"{self.name}: `stackpep run` in {host} exited with {p.returncode}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name}: `stackpep run` in {host} not READY after {timeout:g} s")
+                time.sleep(0.05)
 
     def stop(self, topo: Topology) -> Dict:
         for p in self.procs:
@@ -277,6 +296,15 @@ class StackpepPep(Configuration):
         self.procs.clear()
         topo.set_congestion(None)
         return {}
+
+
+def _printed_ready(log: Path, offset: int) -> bool:
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            return b"READY\n" in f.read()
+    except OSError:
+        return False
 
 
 def configuration_registry() -> Dict[str, Callable[[], Configuration]]:
@@ -314,16 +342,25 @@ class Cell:
     results: List[Dict] = field(default_factory=list)
     link: Optional[Dict] = None
     error: Optional[str] = None
+    baseline: bool = False  # an end-to-end kernel configuration (may be unavailable here)
+    log_tails: Dict[str, List[str]] = field(default_factory=dict)  # log file -> its last lines, on failure
 
     def as_dict(self) -> Dict:
         return dict(self.__dict__)
+
+    @property
+    def failed(self) -> bool:
+        """An error, a workload that errored, or stackpep itself not available."""
+        if not self.available:
+            return not self.baseline
+        return bool(self.error) or any(r.get("error") for r in self.results)
 
 
 def run_matrix(scenarios: Sequence[Scenario], configs: Sequence[Configuration], progress=None,
                topo: Optional[Topology] = None, workdir: Optional[str] = None,
                link_backend: str = "builtin") -> List[Cell]:
     """Every workload of every scenario under every configuration; returns the cells."""
-    from stackpep.testbed.report import Progress
+    from stackpep.testbed.progress import Progress
 
     progress = progress or Progress(total=sum(len(s.workloads) for s in scenarios) * len(configs))
     cells: List[Cell] = []
@@ -339,10 +376,10 @@ def run_matrix(scenarios: Sequence[Scenario], configs: Sequence[Configuration], 
             for cfg in configs:
                 reason = cfg.availability(topo)
                 if reason:
-                    cells.append(Cell(sc.name, cfg.name, False, reason))
+                    cells.append(Cell(sc.name, cfg.name, False, reason, baseline=cfg.baseline))
                     progress.skip(sc, cfg, reason, len(sc.workloads))
                     continue
-                cell = Cell(sc.name, cfg.name, True)
+                cell = Cell(sc.name, cfg.name, True, baseline=cfg.baseline)
                 cells.append(cell)
                 try:
                     topo.start_link(sc.link)
@@ -368,6 +405,13 @@ def run_matrix(scenarios: Sequence[Scenario], configs: Sequence[Configuration], 
                         cfg.stop(topo)
                     finally:
                         cell.link = topo.stop_link()
+                if cell.failed:
+                    # the cause, for the report: the last lines of what the cell started
+                    emulator = [topo.workdir / "emulator.log"] if "emulator" in (cell.error or "") else []
+                    for path in [*cfg.logs(topo), *emulator]:
+                        tail = log_tail(path)
+                        if tail:
+                            cell.log_tails[str(path)] = tail
     finally:
         if own:
             topo.close()

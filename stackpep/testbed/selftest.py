@@ -87,6 +87,7 @@ def receive(out: str, timeout: float) -> None:
     s.bind(("0.0.0.0", PORT))
     s.settimeout(timeout)
     one_way_ns: List[int] = []
+    probe_seqs: List[int] = []
     n_rate = 0
     bytes_rate = 0
     first_ns = last_ns = None
@@ -104,6 +105,7 @@ def receive(out: str, timeout: float) -> None:
                 break
             if kind == b"D":
                 one_way_ns.append(rx_ns - tx_ns)
+                probe_seqs.append(seq)
             elif kind == b"R":
                 n_rate += 1
                 if first_ns is None:
@@ -112,9 +114,10 @@ def receive(out: str, timeout: float) -> None:
                 bytes_rate += len(data) + IP_UDP
     except socket.timeout:
         pass
-    res = {"one_way_us": [x / 1000 for x in one_way_ns], "rate_packets": n_rate}
+    res = {"one_way_us": [x / 1000 for x in one_way_ns], "probe_seqs": probe_seqs, "rate_packets": n_rate}
     if first_ns is not None and last_ns is not None and last_ns > first_ns:
         res["rate_bps"] = (bytes_rate - first_len) * 8 / ((last_ns - first_ns) / 1e9)
+        res["rate_window_s"] = (last_ns - first_ns) / 1e9
     with open(out, "w") as f:
         json.dump(res, f)
 
@@ -131,6 +134,10 @@ class RateResult:
     measured_rate_mbit: float
     rate_error: float  # relative
     link: Optional[dict] = None
+    delay_error_min_ms: float = 0.0  # signed: < 0 would be a probe that left early
+    probes_reordered: int = 0  # probes that arrived after a later-sent one
+    rate_window_s: float = 0.0  # first to last arrival of the rate stream
+    rate_late_max_ms: float = 0.0  # the emulator's worst send lateness (probes and stream)
     tcp_goodput_mbit: Optional[float] = None  # iperf3 download through the link
     tcp_frames: int = 0
     tcp_late_over_1ms: int = 0  # frames the relay sent > 1 ms after their time
@@ -139,6 +146,16 @@ class RateResult:
     @property
     def delay_ok(self) -> bool:
         return abs(self.delay_error_median_ms) <= 1.0 and abs(self.delay_error_p95_ms) <= 1.0
+
+    def rate_allowance_mbit(self) -> float:
+        """The most the measured rate may exceed the setting by: the emulator never
+        sends a frame before its departure time, and frames it sends late leave back
+        to back, so over the stream's window it can pass at most the bytes of its
+        worst lateness (rate x late) plus one frame more than rate x window."""
+        if not self.rate_window_s:
+            return float("inf")
+        extra_bits = self.rate_mbit * 1e6 * self.rate_late_max_ms / 1000 + 1500 * 8
+        return extra_bits / self.rate_window_s / 1e6
 
     @property
     def rate_ok(self) -> bool:
@@ -161,6 +178,16 @@ class RateResult:
         return d
 
 
+def _reordered(seqs: Sequence[int]) -> int:
+    """How many arrived after one sent later than them."""
+    top, n = -1, 0
+    for s in seqs:
+        if s < top:
+            n += 1
+        top = max(top, s)
+    return n
+
+
 def _percentile(xs: Sequence[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
@@ -169,11 +196,11 @@ def _percentile(xs: Sequence[float], q: float) -> float:
 def measure(rates_mbit: Sequence[float] = (20, 50, 100), delay_ms: float = 50.0, duration: float = 5.0,
             probes: int = 200, progress=print, tcp_seconds: float = 0.0) -> List[RateResult]:
     from stackpep.testbed.emulator import DirectionParams
-    from stackpep.testbed.topology import SERVER4, LinkSpec, Topology, python_env
+    from stackpep.testbed.topology import SERVER4, LinkSpec, Topology, python_command, python_env
 
     results = []
     env = python_env()
-    me = [sys.executable, "-m", "stackpep.testbed.selftest"]
+    me = python_command("stackpep.testbed.selftest")
     with Topology() as topo:
         for rate in rates_mbit:
             p = DirectionParams(delay_ms=delay_ms, rate_bps=rate * 1e6, queue_ms=100)
@@ -210,6 +237,10 @@ def measure(rates_mbit: Sequence[float] = (20, 50, 100), delay_ms: float = 50.0,
                 measured_rate_mbit=round(r["rate_bps"] / 1e6, 3),
                 rate_error=round(r["rate_bps"] / (rate * 1e6) - 1, 5),
                 link=link,
+                delay_error_min_ms=round(min(errs), 3),
+                probes_reordered=_reordered(d["probe_seqs"]),
+                rate_window_s=round(r["rate_window_s"], 6),
+                rate_late_max_ms=round((link or {}).get("send_late_max_us", 0.0) / 1000, 3),
             )
             if tcp_seconds:
                 from stackpep.testbed.workloads import bulk

@@ -12,9 +12,11 @@ that frames on the wire are real MTU-sized frames with real checksums.
 """
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import shutil
+import site
 import sys
 import tempfile
 import time
@@ -58,13 +60,60 @@ class LinkSpec:
         return self.forward.delay_ms + self.ret.delay_ms
 
 
+def python_command(module: str, *args: str) -> List[str]:
+    """argv that runs `python -m module args` with this interpreter, importing the
+    stackpep this process runs whatever the child's working directory.
+
+    `python -m` puts the working directory first on sys.path, and a clone's root
+    holds a `stackpep/` without compiled modules after `pip install .`.  `-P`
+    (Python >= 3.11, like PYTHONSAFEPATH in python_env()) stops that; older
+    interpreters rely on the neutral working directory that Host.run/popen give.
+    """
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe, "-m", module, *args]
+
+
+def _has_compiled_modules(root: Path) -> bool:
+    fast = root / "stackpep" / "_fast"
+    return any((fast / f"capture{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+
+
 def python_env() -> Dict[str, str]:
-    """Environment for our own Python helpers started inside namespaces."""
+    """Environment for our own Python processes (python_command()) in namespaces.
+
+    PYTHONSAFEPATH keeps the working directory off sys.path (Python >= 3.11); the
+    relative entries of an inherited PYTHONPATH are made absolute, so they mean in
+    the child what they meant here.  The folder this process imported stackpep
+    from is added only if the child would not find it by itself (an in-place
+    build), and only if it holds the compiled modules: a bare source tree never
+    goes on a child's path.
+    """
     env = dict(os.environ)
-    root = str(Path(stackpep.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    paths = [str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    root = Path(stackpep.__file__).resolve().parents[1]
+    site_dirs = {str(Path(d).resolve()) for d in [*getattr(site, "getsitepackages", list)(),
+                                                  site.getusersitepackages()]}
+    if str(root) not in site_dirs and str(root) not in paths and _has_compiled_modules(root):
+        paths.insert(0, str(root))
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    else:
+        env.pop("PYTHONPATH", None)
+    env["PYTHONSAFEPATH"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def log_tail(path: Path, lines: int = 20) -> List[str]:
+    """The last `lines` lines of a log file ([] if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
 
 
 def set_offloads(host: Host, ifname: str, on: bool = False) -> None:
@@ -166,7 +215,7 @@ class Topology:
         self.congestion = algo
 
     # -- the emulated link -------------------------------------------------------
-    def start_link(self, spec: LinkSpec, timeout: float = 10.0) -> None:
+    def start_link(self, spec: LinkSpec, timeout: float = 30.0) -> None:
         """(Re)start the emulator with fresh counters; outages count from now."""
         if self.link_backend == "netem":
             self._start_netem(spec)
@@ -177,10 +226,10 @@ class Topology:
             ready.unlink()
         if self._emu_stats.exists():
             self._emu_stats.unlink()
-        argv = [sys.executable, "-m", "stackpep.testbed.emulator", "--if-a", "la", "--if-b", "lb",
-                *spec.argv(), "--stats", str(self._emu_stats), "--ready", str(ready)]
+        argv = python_command("stackpep.testbed.emulator", "--if-a", "la", "--if-b", "lb",
+                              *spec.argv(), "--stats", str(self._emu_stats), "--ready", str(ready))
         self._emu_log = open(self.workdir / "emulator.log", "ab")
-        self.emulator = self.link.popen(argv, env=python_env(), stderr=self._emu_log)
+        self.emulator = self.link.popen(argv, env=python_env(), stderr=self._emu_log, cwd=str(self.workdir))
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.emulator.poll() is not None:

@@ -78,10 +78,10 @@ def object_sha256(size: int) -> str:
 
 # -- starting servers in the topology ---------------------------------------------
 def start_http_server(topo) -> None:
-    from stackpep.testbed.topology import python_env
+    from stackpep.testbed.topology import python_command, python_env
 
-    topo.server.popen([sys.executable, "-m", "stackpep.testbed.workloads", "serve-http",
-                       "--port", str(HTTP_PORT)], env=python_env())
+    topo.server.popen(python_command("stackpep.testbed.workloads", "serve-http", "--port", str(HTTP_PORT)),
+                      env=python_env(), cwd=str(topo.workdir))
     _wait_listening(topo.server, HTTP_PORT)
 
 

@@ -1,5 +1,7 @@
-"""A client -- box -- server topology with the splitter running in the box, for
-the end-to-end tests and benchmarks/splitter.py.
+"""A client -- box -- server topology with the splitter running in the box
+(``stackpep run`` in the middle namespace), for the one-box end-to-end tests
+(tests/test_*_netns.py) and benchmarks/splitter.py.  The five-host testbed with
+a link emulator is stackpep.testbed.topology.
 
 Addresses (198.18.0.0/15 and fd00::/8 only):
   client  box1 side 198.18.0.2  fd00:1::2      box1  198.18.0.1  fd00:1::1
@@ -13,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -58,7 +59,7 @@ def pep_toml(ports=(80, 5201, "8000-8099"), mode="after-server", handshake_timeo
 
 
 def env_with_path() -> dict:
-    """Environment for `python -m stackpep ...` in a namespace (imports stackpep from here)."""
+    """Environment for `python -m stackpep ...` in a namespace (the stackpep this process runs)."""
     from stackpep.testbed.topology import python_env
 
     return python_env()
@@ -108,7 +109,8 @@ class SplitterTopology:
                 shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the splitter ----------------------------------------------------------------
-    def start_pep(self, toml: Optional[str] = None, stats_interval: float = 0.5, timeout: float = 20.0) -> subprocess.Popen:
+    def start_pep(self, toml: Optional[str] = None, stats_interval: float = 0.5, timeout: float = 20.0,
+                  args: tuple = ()) -> subprocess.Popen:
         cfg = self.tmp / "pep.toml"
         toml = toml if toml is not None else pep_toml()
         if "[control]" not in toml:  # each run its own control socket (never the shared default)
@@ -117,11 +119,14 @@ class SplitterTopology:
         if self.stats_file.exists():
             self.stats_file.unlink()
         log = open(self.pep_log, "w")
-        argv = [sys.executable, "-m", "stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file)]
+        from stackpep.testbed.topology import python_command
+
+        argv = python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file))
         if stats_interval:
             argv += ["--stats-interval", str(stats_interval)]
+        argv += list(args)  # e.g. ("--pcap", FILE)
         self.pep = self.box.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env_with_path(),
-                                  cwd=str(ROOT))
+                                  cwd=str(self.tmp))
         line = self.pep.stdout.readline().strip()
         if line != "READY":
             self.pep.wait(timeout=5)
