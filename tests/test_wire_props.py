@@ -34,7 +34,7 @@ from scapy.layers.inet6 import IPv6  # noqa: E402
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 u8, u16, u32 = st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF)
-KNOWN_KINDS = {0, 1, 2, 3, 4, 5, 8, 20, 21, 22, 23}
+KNOWN_KINDS = {0, 1, 2, 3, 4, 5, 8, 20, 21, 22, 23, 34}
 unknown_kind = st.integers(6, 255).filter(lambda k: k not in KNOWN_KINDS)
 
 # unicast, non-multicast addresses (sanity rules reject multicast for TCP)
@@ -57,6 +57,7 @@ def tcp_options(draw):
         snack=tuple(draw(st.lists(st.tuples(u16, u16), max_size=4))),
         record_boundary=draw(st.booleans()),
         corruption_experienced=draw(st.booleans()),
+        fast_open=draw(st.none() | st.just(b"") | st.binary(min_size=4, max_size=8)),
         unknown=unknown,
     )
     assume(sum(len(d) + 2 for _, d in unknown) <= 40)

@@ -33,6 +33,8 @@ cdef enum:
     EV_SKIPPED = 10
     EV_OUTAGE_ENTERED = 11    # link outage (CCSDS 714.0-B-2 §3.2): stackpep.tcp.events.OutageEntered
     EV_OUTAGE_EXITED = 12
+    EV_TFO_ACCEPTED = 20    # TCP Fast Open events (RFC 7413; arguments in evq_a / evq_b)
+    EV_TFO_RESULT = 21
     EVQ_SIZE = 16
 
 cdef enum:
@@ -352,6 +354,16 @@ cdef class TcpConnection:
     cdef int64_t una_rxt_len
     cdef uint64_t n_scps_fallback, n_snack_out, n_snack_in, n_snack_rxt, n_rec_out, n_rec_in
     cdef uint64_t n_ce_out, n_ce_in, n_bets_skips, n_bytes_skipped, n_bets_abandoned, n_rec_lost
+    # -- TCP Fast Open (RFC 7413), the TFO section of tcp.pyx; all zero unless TcpConfig.tfo_key is set --------
+    cdef bint tfo_client               # active: data in our SYN with the cookie (TcpConfig.tfo_client)
+    cdef bint tfo_server               # passive: accept SYN data whose cookie verifies (TcpConfig.tfo_server)
+    cdef uint64_t tfo_k0, tfo_k1       # SipHash-2-4 key halves (TcpConfig.tfo_key)
+    cdef int64_t cfg_tfo_max           # most data bytes a SYN carries
+    cdef bint tfo_syn_opt              # active: the next (first) SYN carries the option and data
+    cdef int64_t tfo_syn_len           # active: data bytes our SYN carried (0 = none)
+    cdef bint tfo_accepted             # passive: the SYN's data was accepted (readable in SYN-RECEIVED)
+    cdef bint tfo_send_cookie          # passive: our SYN-ACK carries our cookie (asked for / a bad one seen)
+    cdef uint64_t n_tfo_sent, n_tfo_acked, n_tfo_accepted, n_tfo_rejected, n_tfo_rexmit
     # -- methods --------------------------------------------------------------------------
     cdef uint32_t _sseq(self, int64_t off) noexcept
     cdef int64_t _soff(self, uint32_t seq) noexcept
@@ -382,6 +394,14 @@ cdef class TcpConnection:
     cdef uint64_t _scps_rtt_window(self) noexcept
     cdef void _scps_timer(self, uint64_t now)
     cdef void _scps_bets_skip(self, uint64_t now)
+    # TCP Fast Open (the TFO section of tcp.pyx)
+    cdef void _tfo_init(self, object config)
+    cdef void _tfo_cookie_of(self, bint active, uint8_t* out) noexcept
+    cdef int64_t _tfo_syn_data(self, tcp_seg_t* seg)
+    cdef void _tfo_synack_opts(self, tcp_seg_t* seg)
+    cdef bint _tfo_syn_received(self, tcp_seg_t* s)
+    cdef void _tfo_accepted(self, int64_t n)
+    cdef void _tfo_synack(self, int64_t ack_off)
     cdef int _set_state(self, int new) except -1
     cdef void _queue_rst(self, uint32_t seq, uint32_t ack, uint8_t flags)
     cdef void _challenge_ack(self, uint64_t now)

@@ -28,6 +28,11 @@ def set_strict_transitions(on: bool) -> None:
 def transitions_seen() -> frozenset[tuple[TcpState, TcpState]]:
     """Every (from, to) pair some connection of this process went through."""
 def reset_transitions_seen() -> None: ...
+def siphash_2_4(key: bytes, msg: bytes) -> bytes:
+    """SipHash-2-4 of msg under a 16-byte key: the reference's 8 output bytes."""
+def fast_open_cookie(key: bytes, client_addr: bytes, server_addr: bytes) -> bytes:
+    """The 8-byte TCP Fast Open cookie (RFC 7413) the engine sends / accepts for these
+    addresses under TcpConfig.tfo_key: SipHash-2-4 of client_addr || server_addr."""
 
 class CongestionControl:
     """Base of the congestion controllers (hooks are C-level, see tcp.pxd / cc.pxi)."""
@@ -86,8 +91,10 @@ class TcpConnection:
         the initial send sequence number; ``ts_offset`` is added to our RFC 7323
         timestamp clock (1 ms ticks of ``now``)."""
     # -- opening / closing ---------------------------------------------------
-    def connect(self, now: int, scps_offer: bool = True) -> None:
-        """Active open: CLOSED -> SYN-SENT (the SYN leaves on packets_to_send)."""
+    def connect(self, now: int, scps_offer: bool = True, fast_open: bool = True) -> None:
+        """Active open: CLOSED -> SYN-SENT (the SYN leaves on packets_to_send).  With
+        TcpConfig.tfo_client (and fast_open) the SYN carries the Fast Open cookie and
+        the data sent so far (RFC 7413 §4.2)."""
     def listen(self) -> None:
         """Passive open: CLOSED -> LISTEN; then feed the peer's SYN."""
     def send_eof(self) -> None:

@@ -35,6 +35,7 @@ include "cc.pxi"
 include "ivset.pxi"
 include "rtt.pxi"
 include "timers.pxi"
+include "tfo.pxi"
 
 # -- wrap-safe sequence comparisons (RFC 9293 §3.4; Linux before()/after()) --------
 cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
@@ -218,6 +219,7 @@ cdef class TcpConnection:
         self._update_smss()
         self.cc.init(self.smss, self.cfg_iw)
         self._scps_init(getattr(config, "scps", None))
+        self._tfo_init(config)
 
     # ================================================================================
     # helpers
@@ -349,10 +351,12 @@ cdef class TcpConnection:
     # ================================================================================
     # application interface
     # ================================================================================
-    def connect(self, uint64_t now, bint scps_offer=True):
+    def connect(self, uint64_t now, bint scps_offer=True, bint fast_open=True):
         """Active open (RFC 9293 §3.10.1): CLOSED -> SYN-SENT.  ``scps_offer=False``: no
         SCPS option 20 in the SYN although TcpConfig.scps is set (a destination known
-        to refuse it, stackpep.tcp.scps.ScpsRefusals)."""
+        to refuse it, stackpep.tcp.scps.ScpsRefusals).  ``fast_open=False``: no data in
+        the SYN although TcpConfig.tfo_client is set (RFC 7413; data sent before
+        connect() waits for the handshake then)."""
         if self.st != CLOSED or self.opened:
             raise RuntimeError(f"connect() in state {STATES[self.st]}")
         self.opened = 1
@@ -362,6 +366,7 @@ cdef class TcpConnection:
         self.syn_ecn = bool(self.config.ecn)   # RFC 3168 §6.1.1: ECN-setup SYN (ECE|CWR)
         self.last_rcv_time = now
         self.scps_syn_opt = self.scps_cfg and scps_offer
+        self.tfo_syn_opt = self.tfo_client and fast_open
 
     def listen(self):
         """Passive open (RFC 9293 §3.10.1): CLOSED -> LISTEN."""
@@ -474,7 +479,7 @@ cdef class TcpConnection:
             raise ValueError("loss response is 'congestion' or 'corruption'")
 
     cdef int64_t _readable(self) noexcept:
-        if self.st == LISTEN or self.st == SYN_SENT or self.st == SYN_RECEIVED:
+        if self.st == LISTEN or self.st == SYN_SENT or (self.st == SYN_RECEIVED and not self.tfo_accepted):
             return 0
         return self._rcv_data_end() - self.rd_off
 
@@ -664,7 +669,13 @@ cdef class TcpConnection:
         self._set_state(SYN_RECEIVED)
         self.syn_pending = 1
         self.rcv_adv = self.rcv_nxt + min(self.rb_cap, 65535)
-        if s.payload_len:
+        if self.tfo_server:
+            # RFC 7413 §4.2.2: data only with a cookie that verifies; delivered at once
+            if self._tfo_syn_received(s):
+                self._rcv_data(0, pkt + s.payload_off, s.payload_len, now)
+                self.syn_data = 1
+                self._tfo_accepted(s.payload_len)
+        elif s.payload_len:
             # §3.10.7.2: "any other control or text should be queued for processing later"
             self._rcv_data(0, pkt + s.payload_off, s.payload_len, now)
             self.syn_data = 1
@@ -707,6 +718,8 @@ cdef class TcpConnection:
             # RFC 3168 §6.1.1: ECN-setup SYN-ACK has ECE without CWR
             self.ecn_ok = self.syn_ecn and (f & (TH_ECE | TH_CWR)) == TH_ECE
             self.snd_una = ack_off
+            if self.tfo_syn_len:
+                self._tfo_synack(ack_off)
             self.snd_wnd = s.window           # RFC 7323 §2.2
             self.max_snd_wnd = self.snd_wnd
             self.snd_wl1 = 0
@@ -848,8 +861,9 @@ cdef class TcpConnection:
                 self._drop(D_RST_CHALLENGED)
                 self._challenge_ack(now)
                 return
-            if st == SYN_RECEIVED and self.passive:
-                # back to LISTEN (RFC 9293 §3.10.7.4 second check)
+            if st == SYN_RECEIVED and self.passive and not self.tfo_accepted:
+                # back to LISTEN (RFC 9293 §3.10.7.4 second check); not once Fast Open
+                # data went to the application: it must hear of the reset
                 self._back_to_listen()
                 return
             if st == SYN_RECEIVED:
@@ -959,6 +973,7 @@ cdef class TcpConnection:
         self.ws_ok = self.sack_ok = self.ts_ok = self.ecn_ok = 0
         self.scps_on = self.scps_snack = self.scps_bets = self.scps_rb = 0
         self.scps_feat = 0
+        self.tfo_send_cookie = 0
 
     # ---------------------------------------------------------------------------------
     cdef void _rcv_fin(self, int64_t fin_off, uint64_t now):
@@ -1816,6 +1831,11 @@ cdef class TcpConnection:
             self.last_ack_sent = self.rcv_nxt
         if self.scps_cfg:
             self._scps_syn_opts(&seg)
+        cdef int64_t tfo_len = 0
+        if self.tfo_syn_opt and self.st == SYN_SENT:
+            tfo_len = self._tfo_syn_data(&seg)
+        elif self.tfo_send_cookie and self.st == SYN_RECEIVED:
+            self._tfo_synack_opts(&seg)
         self.syn_pending = 0
         self.ack_now = 0
         self.tm.delack = 0
@@ -1827,6 +1847,12 @@ cdef class TcpConnection:
             rtt_time(&self.rtt, -1, now)
         if self.tm.rtx == 0:
             self.tm.rtx = now + self.rtt.rto
+        if tfo_len:
+            # RFC 7413 §4.2: the data rides in the SYN (send offsets 0..tfo_len)
+            self.snd_nxt = self.snd_max = self.snd_hi = tfo_len
+            self.bytes_out += tfo_len
+            self.una_time = now
+            return self._finish(buf, cap, &seg, self.sbuf, tfo_len)
         return self._finish(buf, cap, &seg, NULL, 0)
 
     cdef Py_ssize_t _emit_ctl(self, uint8_t* buf, Py_ssize_t cap, uint32_t seq, uint32_t ack, uint8_t flags):
@@ -2319,6 +2345,104 @@ cdef class TcpConnection:
         return self.scps_peer_cid if self.scps_on else None
 
     # ================================================================================
+    # TCP Fast Open (RFC 7413) with cookies derived from a shared key (tfo.pxi), so two
+    # boxes holding the key accept each other's SYN data on the first connection.  Off
+    # (one flag test on the paths that call it) unless TcpConfig.tfo_key is set and
+    # tfo_client / tfo_server asks for it.  docs/tcp-engine.md "TCP Fast Open".
+    # ================================================================================
+    cdef void _tfo_init(self, object config):
+        key = getattr(config, "tfo_key", None)
+        if key is None:
+            return
+        cdef const uint8_t* k = <const uint8_t*>PyBytes_AS_STRING(key)
+        self.tfo_k0 = _le64(k)
+        self.tfo_k1 = _le64(k + 8)
+        self.tfo_client = bool(config.tfo_client)
+        self.tfo_server = bool(config.tfo_server)
+        self.cfg_tfo_max = config.tfo_max_syn_data if config.tfo_max_syn_data is not None else self.adv_mss
+
+    cdef void _tfo_cookie_of(self, bint active, uint8_t* out) noexcept:
+        # the client is the active opener: our address in our SYN, the peer's in theirs
+        cdef int alen = 4 if self.ipver == 4 else 16
+        if active:
+            tfo_cookie(self.tfo_k0, self.tfo_k1, self.tmpl.src, self.tmpl.dst, alen, out)
+        else:
+            tfo_cookie(self.tfo_k0, self.tfo_k1, self.tmpl.dst, self.tmpl.src, alen, out)
+
+    cdef int64_t _tfo_syn_data(self, tcp_seg_t* seg):
+        """Our first SYN: the Fast Open option with the cookie and up to cfg_tfo_max bytes of
+        the send buffer (RFC 7413 §4.2.2); bytes put in.  A retransmitted SYN carries
+        neither (RFC 7413 §4.1.3.1 / Linux: a SYN with data may be what was dropped); data the
+        SYN-ACK does not acknowledge is sent again after the handshake (§4.2.2)."""
+        cdef int64_t n = self.wr_end, room
+        if self.syn_retransmitted or n <= 0:
+            return 0                     # no data queued: a plain SYN (RFC 7413 §4.2.2)
+        seg.opts.has_fo = 1
+        seg.opts.fo_len = TFO_COOKIE_LEN
+        self._tfo_cookie_of(1, seg.opts.fo_cookie)
+        # the packet fits the path MTU with these options
+        room = <int64_t>self.pmtu - (20 if self.ipver == 4 else 40) - 20 - tcp_opts_len(&seg.opts)
+        if n > self.cfg_tfo_max:
+            n = self.cfg_tfo_max
+        if n > room:
+            n = room
+        if n <= 0:
+            seg.opts.has_fo = 0
+            return 0
+        self.tfo_syn_len = n
+        self.tfo_syn_opt = 0
+        self.n_tfo_sent += n
+        return n
+
+    cdef void _tfo_synack_opts(self, tcp_seg_t* seg):
+        # RFC 7413 §4.1.2: the SYN asked for a cookie (or had one we do not accept): ours
+        seg.opts.has_fo = 1
+        seg.opts.fo_len = TFO_COOKIE_LEN
+        self._tfo_cookie_of(0, seg.opts.fo_cookie)
+
+    cdef bint _tfo_syn_received(self, tcp_seg_t* s):
+        """The peer's SYN in LISTEN (RFC 7413 §4.2.2): accept its data only if its cookie is
+        ours for these addresses; a cookie request or a cookie we do not accept gets our
+        cookie in the SYN-ACK.  Data without a cookie that verifies is ignored (the
+        SYN-ACK acknowledges the SYN only, the client sends it again) and counted."""
+        cdef uint8_t want[TFO_COOKIE_LEN]
+        cdef bint ok = 0
+        if s.opts.has_fo:
+            if s.opts.fo_len == TFO_COOKIE_LEN:
+                self._tfo_cookie_of(0, want)
+                ok = memcmp_(want, s.opts.fo_cookie, TFO_COOKIE_LEN) == 0
+            if not ok:
+                self.tfo_send_cookie = 1
+        if (s.payload_len or (s.opts.has_fo and s.opts.fo_len)) and not ok:
+            self.n_tfo_rejected += 1
+        return ok and s.payload_len > 0
+
+    cdef void _tfo_accepted(self, int64_t n):
+        # RFC 7413 §4.2.2: the data goes to the application now, in SYN-RECEIVED
+        self.tfo_accepted = 1
+        self.n_tfo_accepted += n
+        self._push_event_ab(EV_TFO_ACCEPTED, n, 0)
+        if not self.readable_notified and self._readable() > 0:
+            self.readable_notified = 1
+            self._push_event(EV_READABLE)
+
+    cdef void _tfo_synack(self, int64_t ack_off):
+        """The SYN-ACK answering our SYN with data (RFC 7413 §4.2.2): what it does not
+        acknowledge (a server without the key, a refused cookie, a lost first SYN) is sent
+        again as ordinary data right after the handshake."""
+        cdef int64_t acked = ack_off if ack_off > 0 else 0
+        if acked > self.tfo_syn_len:
+            acked = self.tfo_syn_len
+        self.n_tfo_acked += acked
+        self.bytes_acked += acked
+        if ack_off < self.tfo_syn_len:
+            self.n_tfo_rexmit += self.tfo_syn_len - ack_off
+        # go back to what the peer holds (it never had the rest: no ACK may claim it)
+        self.snd_nxt = ack_off
+        self.snd_hi = ack_off
+        self._push_event_ab(EV_TFO_RESULT, self.tfo_syn_len, acked)
+
+    # ================================================================================
     # events, statistics, attributes
     # ================================================================================
     def next_event(self):
@@ -2336,6 +2460,10 @@ cdef class TcpConnection:
         if code == EV_OUTAGE_EXITED:
             return _ev.OutageExited()
         if code >= EV_SCPS_NEGOTIATED:
+            if code == EV_TFO_ACCEPTED:
+                return _ev.FastOpenAccepted(int(a))
+            if code == EV_TFO_RESULT:
+                return _ev.FastOpenResult(int(a), int(b))
             if code == EV_SCPS_NEGOTIATED:
                 return _ev.ScpsNegotiated(int(a), int(b))
             if code == EV_SCPS_FALLBACK:
@@ -2419,6 +2547,11 @@ cdef class TcpConnection:
             outage_entered=self.n_outage_entered,
             outage_probes=self.n_outage_probes,
             outage_exited=self.n_outage_exited,
+            tfo_syn_data_sent=self.n_tfo_sent,
+            tfo_syn_data_acked=self.n_tfo_acked,
+            tfo_syn_data_accepted=self.n_tfo_accepted,
+            tfo_cookie_rejected=self.n_tfo_rejected,
+            tfo_data_retransmitted_after_handshake=self.n_tfo_rexmit,
         )
 
     @property

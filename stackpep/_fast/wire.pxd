@@ -53,6 +53,10 @@ cdef struct tcp_opts_t:
     uint8_t n_snack         # 0..TCP_MAX_SNACK (a header cannot hold more)
     uint16_t snack_hole_offset[6]
     uint16_t snack_hole_size[6]
+    # ---- appended (issue 10): TCP Fast Open, kind 34 (RFC 7413 §4.1.1)
+    uint8_t has_fo          # 1 = the option is present
+    uint8_t fo_len          # cookie bytes: 0 = a cookie request, else 4..16
+    uint8_t fo_cookie[16]
 
 cdef struct tcp_seg_t:
     uint8_t ip_version      # 4 or 6
@@ -98,7 +102,7 @@ cdef int parse_ip_tcp(const uint8_t* buf, Py_ssize_t n, tcp_seg_t* out, int veri
 cdef int tcp_opts_len(const tcp_opts_t* opts) noexcept nogil
 
 # Write IP header + TCP header (options from seg.opts, in the order Linux uses:
-# MSS, SACK-perm/TS, WS, SACK blocks, SCPS caps, SCPS extended caps, SNACK, RB,
+# MSS, SACK-perm/TS, WS, SACK blocks, Fast Open, SCPS caps, SCPS extended caps, SNACK, RB,
 # CE, raw) + payload into buf,
 # filling IP and TCP checksums.  IPv4 total length / IPv6 payload length are
 # computed.  Returns bytes written, -1 if cap is too small, -2 if the options

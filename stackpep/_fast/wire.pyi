@@ -48,6 +48,7 @@ class Segment:
     snack_holes: Tuple[Tuple[int, int], ...]         # every hole, in wire order
     record_boundary: bool
     corruption_experienced: bool
+    fast_open: Optional[bytes]                       # TFO cookie (RFC 7413), b"" = cookie request
     unknown_options: Tuple[Tuple[int, bytes], ...]
     @property
     def ae(self) -> bool: ...

@@ -119,7 +119,7 @@ cdef enum:
 
 # TCP option kinds: RFC 9293 §3.2 (0, 1, 2), RFC 7323 (3, 8), RFC 2018 (4, 5),
 # CCSDS 714.0-B-2 / IANA (20 SCPS capabilities, 21 SNACK, 22 record boundary,
-# 23 corruption experienced).
+# 23 corruption experienced), RFC 7413 §4.1.1 (34 TCP Fast Open).
 cdef enum:
     OPT_EOL = 0
     OPT_NOP = 1
@@ -132,6 +132,7 @@ cdef enum:
     OPT_SNACK = 21
     OPT_RB = 22
     OPT_CORRUPTION = 23
+    OPT_FASTOPEN = 34
 
 # ICMP: RFC 792 (type 3 code 4 "fragmentation needed and DF set", with the
 # next-hop MTU in the low 16 bits of the second word per RFC 1191 §4) and
@@ -433,6 +434,12 @@ cdef int _parse_tcp_opts(const uint8_t* o, Py_ssize_t olen, tcp_opts_t* t) noexc
             if l != 2:
                 return WIRE_TCP_OPT_BAD_LEN
             t.has_corruption = 1
+        elif kind == OPT_FASTOPEN:             # RFC 7413 §4.1.1: no cookie (a request) or 4..16 bytes
+            if l != 2 and not 6 <= l <= 18:
+                return WIRE_TCP_OPT_BAD_LEN
+            t.has_fo = 1
+            t.fo_len = l - 2
+            memcpy(t.fo_cookie, o + i + 2, l - 2)
         else:
             # unknown: kept verbatim (kind, len, data) so a rebuild carries it
             if t.raw_len + l <= TCP_MAX_RAW_OPTS:
@@ -553,6 +560,8 @@ cdef int tcp_opts_len(const tcp_opts_t* o) noexcept nogil:
         n += 4                                 # NOP WS
     if o.n_sack:
         n += 4 + 8 * (o.n_sack if o.n_sack <= TCP_MAX_SACK else TCP_MAX_SACK)
+    if o.has_fo:
+        n += (2 + o.fo_len + 3) & ~3           # Fast Open, NOP-padded after the cookie (Linux)
     if o.has_scps:
         n += 4
     if o.scps_ext_len:
@@ -590,6 +599,15 @@ cdef int _write_tcp_opts(uint8_t* w, const tcp_opts_t* o) noexcept nogil:
         w[0] = OPT_NOP; w[1] = OPT_NOP; w[2] = OPT_SACK; w[3] = <uint8_t>(2 + 8 * k); w += 4
         for j in range(k):
             wr_put32(w, o.sack_left[j]); wr_put32(w + 4, o.sack_right[j]); w += 8
+    if o.has_fo:
+        # RFC 7413 §4.1.1: kind 34, length 2 + cookie; Linux pads with NOPs after it
+        k = o.fo_len if o.fo_len <= 16 else 16
+        w[0] = OPT_FASTOPEN; w[1] = <uint8_t>(2 + k)
+        memcpy(w + 2, o.fo_cookie, k)
+        w += 2 + k
+        pad = (4 - (2 + k) % 4) % 4
+        for j in range(pad):
+            w[0] = OPT_NOP; w += 1
     if o.has_scps:
         # CCSDS 714.0-B-2: kind 20, len 4, capability bitmap, connection id
         w[0] = OPT_SCPS; w[1] = 4; w[2] = o.scps_bits; w[3] = o.scps_conn_id; w += 4
@@ -1265,6 +1283,27 @@ cdef class Segment:
     @corruption_experienced.setter
     def corruption_experienced(self, v): self.seg.opts.has_corruption = 1 if v else 0
     @property
+    def fast_open(self):
+        """TCP Fast Open option (kind 34, RFC 7413 §4.1.1): the cookie (bytes; b"" is a
+        cookie request), or None when absent."""
+        if not self.seg.opts.has_fo:
+            return None
+        return PyBytes_FromStringAndSize(<const char*>self.seg.opts.fo_cookie, self.seg.opts.fo_len)
+    @fast_open.setter
+    def fast_open(self, v):
+        cdef const uint8_t[::1] c
+        memset(self.seg.opts.fo_cookie, 0, 16)
+        if v is None:
+            self.seg.opts.has_fo = self.seg.opts.fo_len = 0
+            return
+        c = bytes(v)
+        if c.shape[0] != 0 and not 4 <= c.shape[0] <= 16:
+            raise ValueError("a Fast Open cookie is 4..16 bytes, or b\"\" for a cookie request (RFC 7413 §4.1.1)")
+        self.seg.opts.has_fo = 1
+        self.seg.opts.fo_len = c.shape[0]
+        if c.shape[0]:
+            memcpy(self.seg.opts.fo_cookie, &c[0], c.shape[0])
+    @property
     def unknown_options(self):
         """Unknown options verbatim, as ((kind, data), ...)."""
         out = []
@@ -1279,7 +1318,7 @@ cdef class Segment:
     def unknown_options(self, opts):
         cdef bytearray raw = bytearray()
         for kind, data in opts:
-            if kind in (0, 1, 2, 3, 4, 5, 8, 20, 21, 22, 23):
+            if kind in (0, 1, 2, 3, 4, 5, 8, 20, 21, 22, 23, 34):
                 raise ValueError(f"option kind {kind} is not unknown")
             raw += bytes((kind, len(data) + 2)) + bytes(data)
         if len(raw) > TCP_MAX_RAW_OPTS:

@@ -9,6 +9,7 @@ from stackpep.tcp.events import (
     CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable, EofReceived,
     SendSpace, TcpEvent, ScpsNegotiated, ScpsFallback, RecordBoundary, BytesSkipped,
     OutageEntered, OutageExited,
+    FastOpenAccepted, FastOpenResult,
 )
 from stackpep.tcp.scps import ScpsRefusals
 from stackpep.tcp.states import TRANSITIONS, TcpState
@@ -19,6 +20,8 @@ __all__ = [
     "RecordBoundary", "BytesSkipped", "CONGESTION_CONTROLS", "LOSS_RESPONSES", "TcpEvent", "CloseReason",
     "Connected", "DataReadable", "SendSpace", "EofReceived", "ConnectionReset",
     "ConnectionClosed", "OutageEntered", "OutageExited", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
+    "ConnectionClosed", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
+    "FastOpenAccepted", "FastOpenResult",
 ]
 
 

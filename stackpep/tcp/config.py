@@ -194,6 +194,22 @@ class TcpConfig:
     """SCPS-TP extensions offered in option 20 (None = plain TCP, no option 20 sent or
     answered).  See ScpsSettings and docs/scps.md."""
 
+    # -- TCP Fast Open (RFC 7413) with a cookie derived from a shared key ------------------
+    tfo_key: Optional[bytes] = None
+    """16-byte key shared by the two PEP boxes: the Fast Open cookie is SipHash-2-4 under
+    it of (client address, server address), so it is valid on the first connection
+    (``stackpep._fast.tcp.fast_open_cookie``).  None = no Fast Open."""
+    tfo_client: bool = False
+    """Active open: the first SYN carries the cookie and up to ``tfo_max_syn_data`` bytes
+    sent before or right after ``connect()`` (RFC 7413 §4.2)."""
+    tfo_server: bool = False
+    """Passive open: data in a SYN whose cookie verifies is acknowledged by the SYN-ACK and
+    readable at once, in SYN-RECEIVED (RFC 7413 §4.2.2); SYN data without such a cookie
+    is ignored (``tfo_cookie_rejected``).  A cookie request gets our cookie."""
+    tfo_max_syn_data: Optional[int] = None
+    """Most data bytes in a SYN; None = one MSS (the MSS we advertise).  Always capped
+    so that the SYN fits the MTU."""
+
     def __post_init__(self) -> None:
         if self.congestion not in CONGESTION_CONTROLS:
             raise ValueError(f"congestion must be one of {CONGESTION_CONTROLS}, not {self.congestion!r}")
@@ -242,3 +258,9 @@ class TcpConfig:
             raise ValueError("time_wait_us must be >= 0")
         if self.scps is not None and not isinstance(self.scps, ScpsSettings):
             raise ValueError("scps must be a ScpsSettings or None")
+        if self.tfo_key is not None and not (isinstance(self.tfo_key, bytes) and len(self.tfo_key) == 16):
+            raise ValueError("tfo_key must be 16 bytes (or None)")
+        if (self.tfo_client or self.tfo_server) and self.tfo_key is None:
+            raise ValueError("tfo_client / tfo_server need tfo_key (the cookie is derived from it)")
+        if self.tfo_max_syn_data is not None and not 1 <= self.tfo_max_syn_data <= 65535:
+            raise ValueError("tfo_max_syn_data must be 1..65535 bytes or None (one MSS)")

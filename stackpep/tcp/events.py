@@ -15,6 +15,7 @@ __all__ = [
     "EofReceived", "ConnectionReset", "ConnectionClosed", "ConnectionProgress",
     "ScpsNegotiated", "ScpsFallback", "RecordBoundary", "BytesSkipped",
     "OutageEntered", "OutageExited",
+    "FastOpenAccepted", "FastOpenResult",
 ]
 
 
@@ -105,6 +106,23 @@ class OutageEntered(TcpEvent):
 class OutageExited(TcpEvent):
     """An acceptable ACK ended the outage: sending resumes at the window / rate
     held before it."""
+
+
+@dataclass(frozen=True, slots=True)
+class FastOpenAccepted(TcpEvent):
+    """Passive open: the peer's SYN carried ``n`` bytes with a Fast Open cookie that
+    verifies (RFC 7413 §4.2.2); they are readable now, before the handshake completes
+    (a DataReadable follows), and our SYN-ACK acknowledges them."""
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class FastOpenResult(TcpEvent):
+    """Active open: our SYN carried ``sent`` bytes (RFC 7413 §4.2) and the SYN-ACK
+    acknowledged ``acked`` of them; the rest is sent again as ordinary data at once
+    (``acked`` 0: the peer is not a Fast Open peer with our key)."""
+    sent: int
+    acked: int
 
 
 class ConnectionProgress:

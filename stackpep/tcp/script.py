@@ -56,6 +56,8 @@ OPT_EOL, OPT_NOP, OPT_MSS, OPT_WS, OPT_SACK_PERM, OPT_SACK, OPT_TS = 0, 1, 2, 3,
 # connection id), SNACK (hole offset, hole size in segments), record boundary,
 # corruption experienced
 OPT_SCPS, OPT_SNACK, OPT_RB, OPT_CE = 20, 21, 22, 23
+# TCP Fast Open, RFC 7413 §4.1.1 (packetdrill writes it "FO <cookie hex>")
+OPT_FO = 34
 
 # IP ECN codepoints (RFC 3168 §5)
 ECN_CODES = {"noecn": 0, "ect1": 1, "ect0": 2, "ce": 3}
@@ -171,6 +173,8 @@ def encode_options(options: Sequence[Tuple]) -> bytes:
             out += struct.pack("!BB", OPT_RB, 2)
         elif kind == "ce":
             out += struct.pack("!BB", OPT_CE, 2)
+        elif kind == "FO":
+            out += struct.pack("!BB", OPT_FO, 2 + len(opt[1] or b"")) + (opt[1] or b"")
         elif kind == "raw":
             out += struct.pack("!BB", opt[1], 2 + len(opt[2])) + opt[2]
         else:  # pragma: no cover - parser only produces the kinds above
@@ -217,6 +221,8 @@ def decode_options(data: bytes) -> List[Tuple]:
             opts.append(("rb",))
         elif kind == OPT_CE and ln == 2:
             opts.append(("ce",))
+        elif kind == OPT_FO:
+            opts.append(("FO", bytes(body)))
         elif kind == OPT_SACK and (ln - 2) % 8 == 0 and ln > 2:
             blocks = [struct.unpack("!II", body[j:j + 8]) for j in range(0, ln - 2, 8)]
             opts.append(("sack", blocks))
@@ -317,6 +323,8 @@ def format_options(options: Sequence[Tuple], seq_base: int, sack_base: int) -> s
             parts.append(f"scps {o[1]:#04x} id {o[2]}")
         elif k == "snack":
             parts.append(f"snack off {o[1]} size {o[2]}")
+        elif k == "FO":
+            parts.append("FO" if o[1] == b"" else "FO ..." if o[1] is None else f"FO {o[1].hex()}")
         elif k in ("mss", "wscale"):
             parts.append(f"{k} {o[1]}")
         elif k == "TS":
@@ -451,6 +459,13 @@ def _parse_options(text: str, lineno: int) -> Optional[List[Tuple]]:
         elif k == "snack" and len(toks) == 5 and toks[1] == "off" and toks[3] == "size":
             opts.append(("snack", _opt_num(toks[2], "snack offset", lineno),
                          _opt_num(toks[4], "snack size", lineno)))
+        elif k == "FO" and len(toks) <= 2:
+            # packetdrill: "FO" = a cookie request, "FO <hex>" = that cookie; "FO ..." any cookie
+            try:
+                cookie = None if toks[1:] == ["..."] else bytes.fromhex(toks[1]) if len(toks) == 2 else b""
+            except ValueError:
+                raise ScriptSyntaxError(f"line {lineno}: FO cookie must be hex, got {toks[1]!r}") from None
+            opts.append(("FO", cookie))
         elif k in ("mss", "wscale") and len(toks) == 2:
             opts.append((k, _opt_num(toks[1], k, lineno)))
         elif k == "TS" and len(toks) == 5 and toks[1] == "val" and toks[3] == "ecr":
@@ -685,6 +700,8 @@ def config_from_script(entries: Dict[str, Any]):
     on = plain.pop("scps", None)
     if scps or on is True:
         plain["scps"] = ScpsSettings(**scps)
+    if isinstance(plain.get("tfo_key"), str):
+        plain["tfo_key"] = bytes.fromhex(plain["tfo_key"])   # config tfo_key=<32 hex digits>
     return TcpConfig(**plain)
 
 

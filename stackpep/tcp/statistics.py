@@ -111,3 +111,9 @@ class TcpStatistics:
     outage_entered: int = 0
     outage_probes: int = 0    # probes sent during outages (not counted as RTOs)
     outage_exited: int = 0    # outages ended by an acceptable ACK
+    # -- TCP Fast Open (RFC 7413), docs/tcp-engine.md ---------------------------------------------
+    tfo_syn_data_sent: int = 0        # bytes our SYN carried (active)
+    tfo_syn_data_acked: int = 0       # of them, bytes the SYN-ACK acknowledged (active)
+    tfo_syn_data_accepted: int = 0    # bytes accepted from a SYN whose cookie verified (passive)
+    tfo_cookie_rejected: int = 0      # SYNs with data or a cookie whose cookie did not verify (passive)
+    tfo_data_retransmitted_after_handshake: int = 0   # SYN bytes not acknowledged, sent again (active)

@@ -311,6 +311,7 @@ class TcpOptions:
     snack: Tuple[Tuple[int, int], ...] = ()            # kind 21: every (hole offset, hole size), in order
     record_boundary: bool = False                      # kind 22
     corruption_experienced: bool = False               # kind 23
+    fast_open: Optional[bytes] = None                  # kind 34, RFC 7413: the cookie, b"" = a request
     unknown: Tuple[Tuple[int, bytes], ...] = ()
     layout: Optional[bytes] = None
 
@@ -323,7 +324,7 @@ class TcpOptions:
             mss=s.mss, window_scale=s.wscale, sack_permitted=s.sack_perm, timestamps=s.ts, sack_blocks=s.sack,
             scps=None if scps is None else ScpsCapabilities(*scps), snack=s.snack_holes,
             record_boundary=s.record_boundary, corruption_experienced=s.corruption_experienced,
-            unknown=s.unknown_options,
+            fast_open=s.fast_open, unknown=s.unknown_options,
         )
         if wire is not None and o._canonical() != wire:
             o = replace(o, layout=bytes(wire))
@@ -373,6 +374,7 @@ class TcpOptions:
         s.snack_holes = self.snack
         s.record_boundary = self.record_boundary
         s.corruption_experienced = self.corruption_experienced
+        s.fast_open = self.fast_open
         s.unknown_options = self.unknown
 
     def buffer_len(self) -> int:

@@ -175,6 +175,8 @@ def segment_fields(s) -> Dict[str, Any]:
     if s.snack is not None:
         f["snack"] = list(s.snack)
     f["snack_holes"] = [list(h) for h in s.snack_holes]
+    if s.fast_open is not None:
+        f["fast_open"] = s.fast_open.hex()
     f["flags_hi"] = s.flags_hi
     f["final_dst"] = _addr(s.final_dst)
     return f

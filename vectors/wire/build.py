@@ -218,6 +218,32 @@ def ptb(name, data, description, expect, comment=""):
     COUNT[0] += 1
 
 
+def tfo_vectors():
+    """TCP Fast Open, kind 34 (RFC 7413 §4.1.1), in Linux's layout: after the standard
+    SYN options, NOP-padded after the cookie."""
+    def check_cookie(want):
+        def check(row):
+            got = row["tcp.options.tfo.cookie"].replace(":", "")
+            if got != want:
+                sys.exit(f"tshark read the Fast Open cookie as {got!r}, not {want!r}")
+        return check
+    cookie8 = bytes.fromhex("0123456789abcdef")
+    good("tfo/v4-syn-tfo-cookie-data.toml",
+         ip4(tcp(opts=SYN_OPTS + bytes([34, 10]) + cookie8 + bytes([1, 1]), payload=bytes(range(100)))),
+         "SYN with an 8-byte Fast Open cookie and 100 bytes of data (RFC 7413 §4.2)",
+         check=check_cookie(cookie8.hex()))
+    good("tfo/v4-syn-tfo-cookie-request.toml",
+         ip4(tcp(opts=SYN_OPTS + bytes([34, 2, 1, 1]))),
+         "SYN with an empty Fast Open option: a cookie request (RFC 7413 §4.1.2)",
+         check=lambda r: r["tcp.options.tfo.request"] or sys.exit("tshark saw no cookie request"))
+    cookie16 = bytes(range(0xA0, 0xB0))
+    good("tfo/v6-synack-tfo-cookie-16.toml",
+         ip6(tcp6(flags=0x12, seq=5000, ack=1001,
+                  opts=SYN_OPTS + bytes([34, 18]) + cookie16 + bytes([1, 1]))),
+         "SYN-ACK carrying a 16-byte Fast Open cookie (the largest, RFC 7413 §4.1.1)",
+         check=check_cookie(cookie16.hex()))
+
+
 def main():
     # ---- SCPS options (CCSDS 714.0-B-2; kinds 20-23) ---------------------------------
     scps_caps = bytes([20, 4, 0xC0, 7])                          # BETS | SNACK1, connection id 7
@@ -437,6 +463,9 @@ def main():
     opt_case("snack-len-4", bytes([21, 4, 0, 1]), "SNACK with length 4", "tcp_opt_bad_len")
     opt_case("rb-len-3", bytes([22, 3, 0, 0]), "record boundary with length 3", "tcp_opt_bad_len")
     opt_case("ce-len-4", bytes([23, 4, 0, 0]), "corruption experienced with length 4", "tcp_opt_bad_len")
+    opt_case("tfo-len-4", bytes([34, 4, 0xAB, 0xCD]), "Fast Open cookie of 2 bytes (RFC 7413 §4.1.1: 4..16)",
+             "tcp_opt_bad_len")
+    tfo_vectors()
 
     # ---- checksums ---------------------------------------------------------------------
     bad("checksum/v4-tcp-bad.toml", ip4(tcp(opts=SYN_OPTS, good_csum=False)), "IPv4 SYN, TCP checksum wrong", "I",

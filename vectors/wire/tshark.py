@@ -14,6 +14,7 @@ FIELDS = [
     "tcp.options.scps.binding.len",
     "tcp.options.snack.offset", "tcp.options.snack.size", "tcp.options.scpsrec", "tcp.options.scpscor",
     "vlan.id", "icmp.mtu", "icmpv6.mtu", "tcp.option_kind",
+    "tcp.options.tfo.cookie", "tcp.options.tfo.request",
 ]
 
 
@@ -80,4 +81,6 @@ def expect_from(row: Dict[str, str]) -> Dict[str, Any]:
     kinds = [int(k) for k in row["tcp.option_kind"].split(",") if k]
     e["record_boundary"] = 22 in kinds           # tcp.options.scpsrec is FT_NONE: no value printed
     e["corruption_experienced"] = 23 in kinds
+    if 34 in kinds:                              # TCP Fast Open (RFC 7413): b"" = a cookie request
+        e["fast_open"] = row["tcp.options.tfo.cookie"].replace(":", "")
     return e
