@@ -3,12 +3,14 @@
 Spoofed SYNs (stackpep.testbed.flood, sources in 198.18.16.0/20 that nobody
 owns, so no client ever answers) go from the client namespace through the box
 to a server port that drops SYNs (the server is silent): every split connection
-waits in its handshake until `handshake.timeout`.  Measured: the box process's
-CPU (user+system from /proc/PID/stat) over a window while they wait, its RSS
-before, while they wait and after they ended, and how the connections ended.
+waits in its handshake until `handshake.timeout`.  Measured: how long the box
+takes to take them in (until every one has its server-leg SYN out) and the CPU
+that costs, then the box process's CPU (user+system from /proc/PID/stat) over a
+window while they only wait, its RSS before, while they wait and after they
+ended, and how the connections ended.
 
     sudo PYTHONPATH=. python benchmarks/embryonic.py [--count 4000] [--mode after-server]
-        [--save after.json] [--baseline before.json]
+        [--save after.json] [--baseline before.json] [--no-limits]
 
 --baseline prints the saved run side by side with this one (e.g. a run of the
 previous build saved with --save).
@@ -68,21 +70,27 @@ def send_syns(topo: SplitterTopology, count: int, rate: float, dport: int, src: 
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run(count: int, mode: str, timeout: float, window: float) -> dict:
+def run(count: int, mode: str, timeout: float, window: float, new_limits: bool = True) -> dict:
     with SplitterTopology() as topo:
         spoofed_routes(topo)
         silent_server(topo)
-        extra = ""
+        # room for all of them: this measures what waiting costs, not the eviction
+        limits = {"max_embryonic": count * 2, "server_opens_per_second": count * 2} if new_limits else None
         pep = topo.start_pep(pep_toml(mode=mode, handshake_timeout=timeout, max_connections=max(8192, count * 2),
-                                      extra=extra), stats_interval=0.5)
+                                      limits=limits), stats_interval=0.5)
         time.sleep(1.0)
         idle_cpu0, t0 = proc_cpu(pep.pid), time.monotonic()
         time.sleep(window / 2)
         idle_cpu = (proc_cpu(pep.pid) - idle_cpu0) / (time.monotonic() - t0)
         rss0 = rss_mb(pep.pid)
+        t_syn = time.monotonic()
+        burst0 = proc_cpu(pep.pid)
         sent = send_syns(topo, count, 20000, SILENT_PORT)
-        time.sleep(0.5)
-        st_mid = topo.stats()
+        # taking them in: until every split connection has its engines (routes looked up, server SYN out)
+        st_mid = topo.wait_stats(lambda s: s.get("leg_states", {}).get("server_leg_SYN-SENT", 0) >= sent["sent"],
+                                 timeout=timeout)
+        intake_s = time.monotonic() - t_syn
+        intake_cpu = proc_cpu(pep.pid) - burst0
         c0, t0 = proc_cpu(pep.pid), time.monotonic()
         time.sleep(window)
         cpu = (proc_cpu(pep.pid) - c0) / (time.monotonic() - t0)
@@ -94,6 +102,7 @@ def run(count: int, mode: str, timeout: float, window: float) -> dict:
     return {
         "mode": mode, "count": count, "sent": sent["sent"], "handshake_timeout": timeout,
         "waiting": st_mid["connections_active"], "idle_cpu": idle_cpu, "cpu_waiting": cpu,
+        "intake_s": intake_s, "intake_cpu_s": intake_cpu,
         "rss_before_mb": rss0, "rss_waiting_mb": rss_wait, "rss_after_mb": rss_after,
         "ended": {k: v for k, v in st.items() if k.startswith("ended_") and v},
         "opened": st["connections_opened"],
@@ -103,6 +112,7 @@ def run(count: int, mode: str, timeout: float, window: float) -> dict:
 
 
 ROWS = (("SYNs sent", "sent", "{:d}"), ("split connections waiting", "waiting", "{:d}"),
+        ("taking them in: wall time (s)", "intake_s", "{:.2f}"), ("... box CPU time (s)", "intake_cpu_s", "{:.2f}"),
         ("box CPU idle (cores)", "idle_cpu", "{:.3f}"), ("box CPU while they wait (cores)", "cpu_waiting", "{:.3f}"),
         ("RSS before (MB)", "rss_before_mb", "{:.0f}"), ("RSS while they wait (MB)", "rss_waiting_mb", "{:.0f}"),
         ("RSS after they ended (MB)", "rss_after_mb", "{:.0f}"))
@@ -121,14 +131,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=4000)
     ap.add_argument("--mode", default="after-server")
-    ap.add_argument("--timeout", type=float, default=10.0, help="handshake.timeout of the box (s)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="handshake.timeout of the box (s)")
     ap.add_argument("--window", type=float, default=5.0, help="CPU measuring window while they wait (s)")
     ap.add_argument("--save", help="write this run's figures as JSON")
     ap.add_argument("--baseline", help="a saved run to print side by side")
     ap.add_argument("--label", default="this build")
+    ap.add_argument("--no-limits", action="store_true", help="a build without [limits] max_embryonic (the baseline)")
     a = ap.parse_args()
     print("$", shlex.join(["python", *sys.argv]), flush=True)
-    r = run(a.count, a.mode, a.timeout, a.window)
+    r = run(a.count, a.mode, a.timeout, a.window, new_limits=not a.no_limits)
     r["label"] = a.label
     if a.save:
         Path(a.save).write_text(json.dumps(r, indent=1))

@@ -183,6 +183,7 @@ class SplitConnection:
         self.last_activity = self.created  # µs: last packet received or byte relayed
         self.last_soft_error: Optional[str] = None
         self.cookie: Optional[Tuple[int, bytes, bytes]] = None  # syn-cookie mode: (our ISS, canonical SYN, ACK)
+        self._resolving = trio.CancelScope()
 
     @classmethod
     def from_cookie(cls, ctx: SplitContext, key: bytes, iss: int, syn: bytes, ack: bytes,
@@ -231,6 +232,7 @@ class SplitConnection:
     def shutdown(self, outcome: Outcome) -> None:
         """Abort both legs (RST to both peers) and end."""
         self._finish(outcome, abort=True)
+        self._resolving.cancel()
         self._wake.set()
 
     @property
@@ -264,7 +266,8 @@ class SplitConnection:
     async def run(self) -> Outcome:
         """The connection's whole life; returns how it ended."""
         try:
-            await self._start()
+            with self._resolving:  # shutdown() (an eviction) while RESOLVING cancels the route lookups
+                await self._start()
             if not self.done:
                 await self._pump()
         except Exception:
@@ -288,6 +291,8 @@ class SplitConnection:
         except LookupError as exc:
             log.info("no route for %s: %s", self, exc)
             self._finish(Outcome.NO_ROUTE, abort=False)
+            return
+        if self.done:  # evicted or shut down while the routes were looked up: open nothing
             return
         leg_config = self.ctx.leg_config
         # The client leg's engine speaks as the server and the server leg's as the client.

@@ -108,3 +108,71 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------- helpers for a topology
+SPOOFED4 = "198.18.16.0/20"  # sources nobody owns, routed by the box towards the client side
+
+
+def route_spoofed(box, via: str, net: str = SPOOFED4) -> None:
+    """The box reaches the spoofed sources through the client namespace, which
+    owns none of them and drops what the box sends there (no one answers)."""
+    box.run(f"ip route add {net} via {via}")
+
+
+def count_syns(server, net: str = SPOOFED4) -> None:
+    """An nft counter in the server namespace: SYNs (without ACK) from `net`, and
+    the set of their (source, port): the connections opened towards the server
+    (retransmitted SYNs count once there)."""
+    server.run(["nft", "add", "table", "inet", "floodcount"])
+    server.run(["nft", "add", "set", "inet", "floodcount", "opens",
+                "{ type ipv4_addr . inet_service; flags dynamic; size 262144; }"])
+    server.run(["nft", "add", "chain", "inet", "floodcount", "in", "{ type filter hook input priority -10; }"])
+    server.run(["nft", "add", "rule", "inet", "floodcount", "in", f"ip saddr {net}",
+                "tcp flags & (syn | ack) == syn", "counter", "add @opens { ip saddr . tcp sport }"])
+
+
+def opens_seen(server) -> int:
+    """How many distinct (source, port) opened a connection to the server (count_syns)."""
+    out = json.loads(server.run(["nft", "-j", "list", "set", "inet", "floodcount", "opens"]).stdout)
+    for item in out["nftables"]:
+        if "set" in item:
+            return len(item["set"].get("elem", []))
+    return 0
+
+
+def syns_counted(server) -> int:
+    out = server.run(["nft", "list", "chain", "inet", "floodcount", "in"]).stdout
+    for line in out.splitlines():
+        if "counter packets" in line:
+            return int(line.split("counter packets")[1].split()[0])
+    raise RuntimeError(f"no counter in {out!r}")
+
+
+#: A fetch loop for the client namespace: sequential HTTP GETs for `seconds`,
+#: printing {"ok", "failed", "times"} as JSON (times in seconds, successes only).
+FETCH_LOOP = r'''
+import json, socket, sys, time
+host, port, path, seconds, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+ok, failed, times, errors = 0, 0, [], {}
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                data += d
+        if not data.startswith(b"HTTP/1.1 200"):
+            raise OSError(data[:40])
+        ok += 1
+        times.append(time.monotonic() - t0)
+    except OSError as exc:
+        failed += 1
+        errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+print(json.dumps({"ok": ok, "failed": failed, "times": times, "errors": errors}))
+'''
