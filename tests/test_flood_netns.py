@@ -10,7 +10,6 @@ fetches.
   once (an nft counter in the server namespace)."""
 import json
 import os
-import subprocess
 import sys
 import threading
 import time

@@ -43,8 +43,10 @@ def sources(net: str, count: int) -> Iterator[Tuple[bytes, int]]:
     """(address, port) pairs: the addresses of `net` in turn (network/broadcast
     address skipped for IPv4), a new port each round."""
     n = check_network(net)
-    first = int(n.network_address) + 1
-    size = max(1, n.num_addresses - 2)
+    if n.num_addresses <= 2:  # /32, /31 (/128, /127): every address
+        first, size = int(n.network_address), n.num_addresses
+    else:
+        first, size = int(n.network_address) + 1, n.num_addresses - 2
     width = 4 if n.version == 4 else 16
     for i in range(count):
         addr = (first + i % size).to_bytes(width, "big")
