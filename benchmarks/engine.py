@@ -11,7 +11,7 @@ second of CPU time on one core (``time.process_time``), µs per segment, and
 the goodput that corresponds to.  Both engines and the driver loop share the
 one core, so the figure is the pair's, as the issue asks.
 
-    PYTHONPATH=. python benchmarks/engine.py [--mbytes 200] [--loss 0 0.01] [--json]
+    .venv/bin/python benchmarks/engine.py [--mbytes 200] [--loss 0 0.01] [--json]
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ For each case: iperf3 goodput (receiver side), the splitter process's CPU
 (user+system from /proc/PID/stat) and the whole machine's busy CPU (from
 /proc/stat), each also per Gbit/s of goodput.
 
-    sudo PYTHONPATH=. python benchmarks/splitter.py [--seconds 10] [--markdown docs/BENCHMARKS-splitter.md]
+    .venv/bin/python benchmarks/splitter.py [--seconds 10] [--markdown docs/BENCHMARKS-splitter.md]
 """
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stackpep.testbed.splitbox import SERVER4, SERVER6, SplitterTopology, pep_toml  # noqa: E402
+from stackpep.testbed.splitbox import SERVER4, SERVER6, SplitterTopology, pep_toml
 
 HZ = os.sysconf("SC_CLK_TCK")
 

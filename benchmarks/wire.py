@@ -3,7 +3,7 @@
 checksum throughput, side by side with dpkt, scapy and a pure-Python checksum,
 all measured in one run (timing here is noisy: compare ratios, not absolutes).
 
-    PYTHONPATH=. python benchmarks/wire.py [--quick]
+    .venv/bin/python benchmarks/wire.py [--quick]
 
 Rows:
   parse_packet       one Python call per packet: parse_ip_tcp into a Segment object
@@ -116,7 +116,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="shorter rounds (noisier)")
     args = ap.parse_args()
     budget = 0.1 if args.quick else 0.5
-    cmd = "PYTHONPATH=. python benchmarks/wire.py" + (" --quick" if args.quick else "")
+    cmd = ".venv/bin/python benchmarks/wire.py" + (" --quick" if args.quick else "")
     print(f"# {cmd}")
     print(f"# Python {platform.python_version()}, {platform.machine()}, {platform.processor() or ''}".rstrip(", "))
     print()

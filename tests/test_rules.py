@@ -150,3 +150,99 @@ def test_auto_prefers_nft_and_says_why(host):
     """)
     name, why = json.loads(out)
     assert name == "nft" and why.startswith("nft (auto: nft works")
+
+
+HC_SPEC = InterceptSpec(("box1",), ("box2",), ("198.18.1.0/24", "fd00:2::/64"), ((80, 80),), scps_compressed=True)
+
+
+def test_nft_render_scps_compressed_headers():
+    # protocol 105 to/from the prefixes, no port match (the compressed header has none), never a fragment
+    text = NftBackend().render(HC_SPEC)
+    hc = [l.strip() for l in text.splitlines() if "105" in l]
+    assert hc == [
+        'iifname { "box1" } ip protocol 105 ip frag-off & 0x3fff == 0 ip daddr { 198.18.1.0/24 } fib daddr type '
+        '!= local counter drop comment "stackpep: intercepted ip client->server SCPS compressed"',
+        'iifname { "box2" } ip protocol 105 ip frag-off & 0x3fff == 0 ip saddr { 198.18.1.0/24 } fib daddr type '
+        '!= local counter drop comment "stackpep: intercepted ip server->client SCPS compressed"',
+        'iifname { "box1" } ip6 nexthdr 105 ip6 daddr { fd00:2::/64 } fib daddr type != local counter drop '
+        'comment "stackpep: intercepted ip6 client->server SCPS compressed"',
+        'iifname { "box2" } ip6 nexthdr 105 ip6 saddr { fd00:2::/64 } fib daddr type != local counter drop '
+        'comment "stackpep: intercepted ip6 server->client SCPS compressed"',
+    ]
+    assert "105" not in NftBackend().render(SPEC)                   # off unless asked for
+
+
+def test_iptables_render_scps_compressed_headers():
+    text = IptablesLegacyBackend().render(HC_SPEC)
+    v4, v6 = text.split("# ip6tables-legacy -t raw")
+    hc4 = [l for l in v4.splitlines() if "-p 105" in l]
+    hc6 = [l for l in v6.splitlines() if "-p 105" in l]
+    assert hc4 == [
+        "-A STACKPEP-PRE -i box1 -p 105 -d 198.18.1.0/24 -m u32 --u32 4&0x3FFF=0 -m addrtype ! --dst-type LOCAL "
+        "-m comment --comment stackpep: intercepted client->server SCPS compressed -j DROP",
+        "-A STACKPEP-PRE -i box2 -p 105 -s 198.18.1.0/24 -m u32 --u32 4&0x3FFF=0 -m addrtype ! --dst-type LOCAL "
+        "-m comment --comment stackpep: intercepted server->client SCPS compressed -j DROP",
+    ]
+    assert [l.split(" -m u32 ")[1].split(" ")[1] for l in hc6] == ["4>>8&0xFF=105"] * 2  # next header itself 105
+    assert "-p 105" not in IptablesLegacyBackend().render(SPEC)
+
+
+HC_SEND = """
+import socket, time
+for fam, dst in ((socket.AF_INET, "198.18.1.2"), (socket.AF_INET6, "fd00:2::2")):
+    s = socket.socket(fam, socket.SOCK_RAW, 105)
+    for i in range(3):
+        s.sendto(b"\\x07\\x03" + bytes(14), (dst, 0))
+print("sent")
+"""
+
+HC_COUNT = """
+import socket, select, time, json
+socks = [socket.socket(socket.AF_INET, socket.SOCK_RAW, 105), socket.socket(socket.AF_INET6, socket.SOCK_RAW, 105)]
+print("READY", flush=True)
+n = [0, 0]; end = time.time() + 1.5
+while time.time() < end:
+    r, _, _ = select.select(socks, [], [], 0.1)
+    for s in r:
+        s.recv(2048); n[socks.index(s)] += 1
+print(json.dumps(n))
+"""
+
+
+@pytest.mark.parametrize("backend", ["nft", "iptables-legacy"])
+def test_installed_rules_keep_compressed_headers_from_the_forwarding_path(backend):
+    # Without the rules a forwarding box passes protocol 105 on; with them it drops
+    # it (the capture takes it instead), and the rules' counters say so.
+    with Network() as net:
+        c = net.add_host("client")
+        b = net.add_host("box", forwarding=True)
+        s = net.add_host("server")
+        _, bi = net.link(c, b, ["198.18.0.2/24", "fd00:1::2/64"], ["198.18.0.1/24", "fd00:1::1/64"])
+        bo, _ = net.link(b, s, ["198.18.1.1/24", "fd00:2::1/64"], ["198.18.1.2/24", "fd00:2::2/64"])
+        c.run("ip route add default via 198.18.0.1")
+        c.run("ip -6 route add default via fd00:1::1")
+        s.run("ip route add default via 198.18.1.1")
+        s.run("ip -6 route add default via fd00:2::1")
+
+        def forwarded():
+            p = s.popen([sys.executable, "-c", HC_COUNT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert p.stdout.readline().strip() == "READY"
+            c.run([sys.executable, "-c", HC_SEND])
+            return json.loads(p.communicate(timeout=20)[0])
+
+        assert forwarded() == [3, 3]
+        in_ns(b, f"""
+            from stackpep.io.rules import *
+            BACKENDS[{backend!r}]().install(InterceptSpec(({bi!r},), ({bo!r},), ("198.18.1.0/24", "fd00:2::/64"),
+                                                          ((80, 80),), scps_compressed=True))
+        """)
+        assert forwarded() == [0, 0]
+        if backend == "nft":
+            text = b.run(["nft", "list", "table", "inet", "stackpep"]).stdout
+            hc = [l for l in text.splitlines() if "SCPS compressed" in l and "client->server" in l]
+            assert len(hc) == 2 and all("counter packets 3 " in l for l in hc), hc
+        else:
+            for tool in ("iptables-legacy", "ip6tables-legacy"):
+                out = b.run([tool, "-w", "-t", "raw", "-L", "STACKPEP-PRE", "-v", "-x", "-n"]).stdout
+                hc = [l.split() for l in out.splitlines() if "SCPS compressed" in l and "client->server" in l]
+                assert len(hc) == 1 and hc[0][0] == "3", out

@@ -1,10 +1,14 @@
 """AF_PACKET TPACKET_V3 receive ring and batched sendmmsg() emit (see capture.pyx)."""
 from typing import Dict, List, Optional, Tuple
 
+from stackpep._fast.scpshc import HcTable
+
 class CaptureError(OSError): ...
 
 #: the flags value read_batch() gives an ICMP error (its key is the quoted flow's)
 ICMP_ERROR: int
+#: the flag read_batch() adds to a segment that arrived as an SCPS compressed header (expanded)
+HC_EXPANDED: int
 
 class PacketRing:
     ifindex: int
@@ -12,8 +16,10 @@ class PacketRing:
     client_side: bool
     def __init__(self, ifname: str, client_side: bool = True, block_size: int = 262144,
                  block_nr: int = 64, retire_ms: int = 1, mark: int = 0,
-                 tcp_filter: bool = True, gso: bool = False, icmp_errors: bool = True) -> None: ...
+                 tcp_filter: bool = True, gso: bool = False, icmp_errors: bool = True,
+                 hc_table: Optional[HcTable] = None) -> None: ...
     gso: bool
+    hc_table: Optional[HcTable]
     def fileno(self) -> int: ...
     def close(self) -> None: ...
     def __enter__(self) -> "PacketRing": ...

@@ -36,16 +36,27 @@ ICMP errors (RFC 792, RFC 4443) come out of read_batch() as
 (key, ip_packet, ICMP_ERROR): the key is the flow of the TCP packet the error
 quotes, a packet this box sent (see _icmp_error_key), and the ICMP checksum was
 verified here.  stackpep.pep.icmp reads the rest.
+
+SCPS-TP compressed headers (IP protocol 105, CCSDS 714.0-B-2 §4): a ring made
+with `hc_table` (a stackpep._fast.scpshc.HcTable) also takes IPv4 protocol 105
+and IPv6 next header 105 (an 8-instruction BPF prefix), expands each such packet
+in C through the table's contexts, and hands on the expanded IP/TCP packet as
+(key, ip_packet, tcp_flags | HC_EXPANDED), checked like any captured segment.
+A packet the table cannot expand is dropped and counted there
+(hc_drop_no_context / hc_drop_checksum / hc_drop_malformed) and here
+(rx_hc_dropped); IPv4 fragments of protocol 105 are left to the kernel.
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport errno, EAGAIN, ENOBUFS, EINTR
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset, strlen, strncpy
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 from stackpep._fast.checksum cimport csum_add, csum_fold, pseudo_v4, pseudo_v6
 from stackpep._fast.wire cimport (tcp_seg_t, parse_ip_tcp, wire_count, seg_final_dst, WIRE_OK, WIRE_IP_VERSION_MISMATCH,
                                   WIRE_NOT_TCP, WIRE_FRAGMENT, WIRE_ERR_MIN)
 from stackpep._fast.wire import ERRORS as _WIRE_ERRORS
+from stackpep._fast.scpshc cimport HcTable
 
 # counter name of each rejection reason (the wire layer's names, e.g. tcp_checksum)
 _REASONS = tuple((-code, name) for code, (name, _) in sorted(_WIRE_ERRORS.items(), reverse=True)
@@ -230,8 +241,29 @@ _ICMP_PREFIX[11] = sock_filter(0x35, 0, 1, 1)        # jge #1 ? next : TCP
 _ICMP_PREFIX[12] = sock_filter(0x25, 0, _ACCEPT - 13, 4)  # jgt #4 ? TCP : accept
 # TCP: _TCP_ONLY follows the prefix (PacketRing.__init__ copies both)
 
+# SCPS-TP compressed headers (CCSDS 714.0-B-2 §4): IPv4 protocol 105 or IPv6 next
+# header 105 is accepted; anything else falls through to the filter that follows
+# (the ICMP prefix, or _TCP_ONLY).  Jumps are relative, so prefixes stack.
+DEF HC_PREFIX_LEN = 8
+cdef sock_filter _HC_PREFIX[HC_PREFIX_LEN]
+_HC_PREFIX[0] = sock_filter(0x28, 0, 0, 12)        # ldh [12]            ethertype
+_HC_PREFIX[1] = sock_filter(0x15, 0, 2, 0x0800)    # jeq #IPv4 ? next : V6
+_HC_PREFIX[2] = sock_filter(0x30, 0, 0, 23)        # ldb [23]            IPv4 protocol
+_HC_PREFIX[3] = sock_filter(0x15, 3, 4, 105)       # jeq #105 ? accept : rest
+_HC_PREFIX[4] = sock_filter(0x15, 0, 3, 0x86DD)    # V6: jeq #IPv6 ? next : rest
+_HC_PREFIX[5] = sock_filter(0x30, 0, 0, 20)        # ldb [20]            IPv6 next header
+_HC_PREFIX[6] = sock_filter(0x15, 0, 1, 105)       # jeq #105 ? accept : rest
+_HC_PREFIX[7] = sock_filter(0x06, 0, 0, 0x40000)   # accept: ret #262144
+# rest: the next filter
+
 #: flags value read_batch() gives an ICMP error (TCP flags fit in 8 bits)
 ICMP_ERROR = 0x100
+#: flag read_batch() adds to a segment that arrived with a compressed header (expanded here)
+HC_EXPANDED = 0x200
+DEF HC_EXPANDED_FLAG = 0x200
+DEF PROTO_SCPS_HC = 105
+DEF HC_HEADROOM = 16        # room before the expanded packet for the ethertype _take_tcp-style checks read
+DEF HC_BUF = 65535 + 64 + HC_HEADROOM
 DEF IPPROTO_ICMP = 1
 DEF IPPROTO_ICMPV6 = 58
 
@@ -281,6 +313,32 @@ cdef int _complete_tcp_checksum(uint8_t* ip, Py_ssize_t n, int v6, Py_ssize_t l4
     ip[l4off + 16] = c >> 8
     ip[l4off + 17] = c & 0xff
     return 0
+
+
+cdef inline bint _is_scps_hc(const uint8_t* ip) noexcept nogil:
+    # (n >= 20 was checked; the IPv6 next-header byte is at 6)
+    if (ip[0] >> 4) == 4:
+        return ip[9] == PROTO_SCPS_HC
+    return (ip[0] >> 4) == 6 and ip[6] == PROTO_SCPS_HC
+
+
+cdef inline int _flow_key(const tcp_seg_t* seg, bint client_side, uint8_t* key) noexcept nogil:
+    # client address + client port + server address + server port (big-endian ports)
+    cdef int alen = 16 if seg.ip_version == 6 else 4
+    cdef const uint8_t* ca
+    cdef const uint8_t* sa
+    cdef uint16_t cport, sport
+    if client_side:
+        ca = seg.src; cport = seg.sport
+        sa = seg.dst; sport = seg.dport
+    else:
+        sa = seg.src; sport = seg.sport
+        ca = seg.dst; cport = seg.dport
+    memcpy(key, ca, alen)
+    key[alen] = cport >> 8; key[alen + 1] = cport & 0xff
+    memcpy(key + alen + 2, sa, alen)
+    key[2 * alen + 2] = sport >> 8; key[2 * alen + 3] = sport & 0xff
+    return 2 * alen + 4
 
 
 cdef inline bint _is_icmp(const uint8_t* ip) noexcept nogil:
@@ -405,6 +463,9 @@ cdef class PacketRing:
     cdef public uint64_t tx_gso_frames, tx_gso_segments
     cdef public uint64_t rx_icmp_errors, rx_icmp_malformed, rx_icmp_bad_checksum, rx_icmp_not_tcp
     cdef public uint64_t rx_fragments   # IP fragments: left to the kernel (the rules pass them)
+    cdef public uint64_t rx_hc_expanded, rx_hc_dropped
+    cdef readonly HcTable hc_table      # SCPS compressed headers are expanded through it (or None)
+    cdef uint8_t* hcbuf
     cdef uint64_t rx_drop_reason[64]    # integrity/sanity rejections by WIRE_* code (index -code)
     cdef int txfd                     # PACKET_VNET_HDR socket for segmentation offload, or -1
     cdef readonly bint gso
@@ -422,15 +483,17 @@ cdef class PacketRing:
         self.fd = -1
         self.txfd = -1
         self.ring = NULL
+        self.hcbuf = NULL
 
     def __init__(self, str ifname, bint client_side=True, unsigned int block_size=1 << 18,
                  unsigned int block_nr=64, unsigned int retire_ms=1, int mark=0,
-                 bint tcp_filter=True, bint gso=False, bint icmp_errors=True):
+                 bint tcp_filter=True, bint gso=False, bint icmp_errors=True, HcTable hc_table=None):
         cdef bytes name = ifname.encode()
         cdef int fd, one = 1, v = TPACKET_V3, sndbuf = 4 << 20
         cdef tpacket_req3 req
         cdef sock_fprog prog
-        cdef sock_filter flt[ICMP_FILTER_LEN]
+        cdef sock_filter flt[HC_PREFIX_LEN + ICMP_FILTER_LEN]
+        cdef int pre = 0
         if block_size < (1 << 17):
             raise ValueError("block_size must be >= 128 KiB (a 64 KiB super-frame must fit)")
         self.ifname = ifname
@@ -442,16 +505,24 @@ cdef class PacketRing:
         if fd < 0:
             raise CaptureError(errno, "socket(AF_PACKET) failed (needs CAP_NET_RAW)")
         self.fd = fd
+        if hc_table is not None:
+            self.hcbuf = <uint8_t*>PyMem_Malloc(HC_BUF)
+            if self.hcbuf == NULL:
+                raise MemoryError()
+            self.hc_table = hc_table
         # The filter goes on before bind so no unfiltered frame is queued.
+        if tcp_filter and hc_table is not None:
+            memcpy(flt, _HC_PREFIX, sizeof(_HC_PREFIX))
+            pre = HC_PREFIX_LEN
         if tcp_filter and icmp_errors:
-            memcpy(flt, _ICMP_PREFIX, sizeof(_ICMP_PREFIX))
-            memcpy(flt + ICMP_PREFIX_LEN, _TCP_ONLY, sizeof(_TCP_ONLY))
-            prog.len = ICMP_FILTER_LEN
+            memcpy(flt + pre, _ICMP_PREFIX, sizeof(_ICMP_PREFIX))
+            memcpy(flt + pre + ICMP_PREFIX_LEN, _TCP_ONLY, sizeof(_TCP_ONLY))
+            prog.len = pre + ICMP_FILTER_LEN
             prog.filter = flt
             self._check(setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)), "SO_ATTACH_FILTER")
         elif tcp_filter:
-            memcpy(flt, _TCP_ONLY, sizeof(_TCP_ONLY))
-            prog.len = TCP_FILTER_LEN
+            memcpy(flt + pre, _TCP_ONLY, sizeof(_TCP_ONLY))
+            prog.len = pre + TCP_FILTER_LEN
             prog.filter = flt
             self._check(setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)), "SO_ATTACH_FILTER")
         self._check(setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)), "PACKET_IGNORE_OUTGOING")
@@ -526,6 +597,7 @@ cdef class PacketRing:
             self.fd = -1
 
     def __dealloc__(self):
+        PyMem_Free(self.hcbuf)
         if self.txfd >= 0:
             close(self.txfd)
         if self.ring != NULL:
@@ -608,12 +680,9 @@ cdef class PacketRing:
         cdef uint8_t* ip
         cdef uint8_t key[36]
         cdef uint32_t i, npkts, status
-        cdef Py_ssize_t n, iplen, alen, keylen
+        cdef Py_ssize_t n, iplen, keylen
         cdef int blocks = 0
         cdef tcp_seg_t seg
-        cdef uint8_t* ca
-        cdef uint8_t* sa
-        cdef uint16_t cport, sport
         if self.ring == NULL:
             raise ValueError("ring closed")
         while blocks < max_blocks:
@@ -635,20 +704,11 @@ cdef class PacketRing:
                     self.rx_truncated += 1
                 elif n >= 20 and _is_icmp(ip):
                     self._icmp_error(ip, n, out)
+                elif self.hcbuf != NULL and n >= 20 and _is_scps_hc(ip):
+                    self._hc_expand(ip, n, key, out)
                 elif self._take_tcp(ip, n, status, &seg) == WIRE_OK:
                     iplen = seg.payload_off + seg.payload_len
-                    alen = 16 if seg.ip_version == 6 else 4
-                    if self.client_side:
-                        ca = seg.src; cport = seg.sport
-                        sa = seg.dst; sport = seg.dport
-                    else:
-                        sa = seg.src; sport = seg.sport
-                        ca = seg.dst; cport = seg.dport
-                    memcpy(key, ca, alen)
-                    key[alen] = cport >> 8; key[alen + 1] = cport & 0xff
-                    memcpy(key + alen + 2, sa, alen)
-                    key[2 * alen + 2] = sport >> 8; key[2 * alen + 3] = sport & 0xff
-                    keylen = 2 * alen + 4
+                    keylen = _flow_key(&seg, self.client_side, key)
                     out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
                                 PyBytes_FromStringAndSize(<char*>ip, iplen),
                                 seg.flags))
@@ -657,6 +717,34 @@ cdef class PacketRing:
             bd.hdr.bh1.block_status = TP_STATUS_KERNEL
             self.cur_block = (self.cur_block + 1) % self.block_nr
         return out
+
+    cdef int _hc_expand(self, const uint8_t* ip, Py_ssize_t n, uint8_t* key, list out) except -1:
+        # A compressed SCPS-TP header: expand it through the table's contexts, then
+        # take the result like any captured segment (IP header and sanity checked;
+        # its TCP checksum was computed by the expansion).
+        cdef uint8_t* x = self.hcbuf + HC_HEADROOM
+        cdef Py_ssize_t r
+        cdef tcp_seg_t seg
+        cdef int rc, keylen
+        if (ip[0] >> 4) == 4 and (_be16(ip + 6) & 0x3fff):
+            self.rx_fragments += 1          # RFC 791 §3.2: left to the kernel, as TCP fragments are
+            return 0
+        r = self.hc_table.expand_into(ip, n, x, HC_BUF - HC_HEADROOM)
+        if r < 0:
+            self.rx_hc_dropped += 1
+            return 0
+        x[-2] = ip[-2]
+        x[-1] = ip[-1]                      # the ethertype, where _take_tcp reads it
+        rc = self._take_tcp(x, r, 0, &seg)
+        if rc != WIRE_OK:
+            self.rx_hc_dropped += 1
+            return 0
+        self.rx_hc_expanded += 1
+        keylen = _flow_key(&seg, self.client_side, key)
+        out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
+                    PyBytes_FromStringAndSize(<char*>x, seg.payload_off + seg.payload_len),
+                    seg.flags | HC_EXPANDED_FLAG))
+        return 0
 
     cdef int _icmp_error(self, const uint8_t* ip, Py_ssize_t n, list out) except -1:
         # An ICMP error: hand it on under the key of the flow it quotes.
@@ -934,6 +1022,7 @@ cdef class PacketRing:
             **{f"rx_drop_{name}": self.rx_drop_reason[i] for i, name in _REASONS},
             "rx_icmp_errors": self.rx_icmp_errors, "rx_icmp_drop_malformed": self.rx_icmp_malformed,
             "rx_icmp_drop_bad_checksum": self.rx_icmp_bad_checksum, "rx_icmp_drop_not_tcp": self.rx_icmp_not_tcp,
+            "rx_hc_expanded": self.rx_hc_expanded, "rx_hc_dropped": self.rx_hc_dropped,
             "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
             "tx_gso_frames": self.tx_gso_frames, "tx_gso_segments": self.tx_gso_segments,
             "tx_drop_nobufs": self.tx_nobufs, "tx_drop_again": self.tx_again,

@@ -42,6 +42,10 @@ class RateBased(CongestionControl):
     """SCPS-TP rate control (CCSDS 714.0-B-2 §3.2, reference gateway mode 0): paced at
     a configured rate counted on IP bytes; cwnd never limits."""
 
+class Vegas(CongestionControl):
+    """TCP Vegas (Brakmo & Peterson 1995; CCSDS 714.0-B-2 §3.2): delay-based, keeps
+    alpha..beta segments queued in the path."""
+
 class SharedRate:
     """One rate divided between the active connections whose TcpConfig.rate_share
     is this object; owned by whoever creates the engines (the PEP dispatcher)."""

@@ -18,6 +18,12 @@ Two backends:
   `STACKPEP-OUT`, suffixed by instance) in the raw table, reached by one jump
   rule per hook that carries the comment `stackpep`; removal deletes only
   rules with that comment and chains with that name.
+With `scps_compressed`, SCPS-TP compressed headers (IP protocol 105, CCSDS
+714.0-B-2 §4) to or from the intercepted prefixes are dropped the same way: the
+capture expands them (stackpep._fast.scpshc), the kernel must not forward them.
+They carry no ports, so the port ranges do not narrow these rules; like the
+capture, they take protocol 105 only directly after the IP header (never an
+IPv4 fragment, never behind IPv6 extension headers).
 Every rule carries a comment naming stackpep.  `auto` picks nft when the `nft`
 tool works (atomic replace, a table we own), else iptables-legacy.
 """
@@ -52,6 +58,7 @@ class InterceptSpec:
     exclude_local: bool = True
     mark: int = DEFAULT_MARK
     instance: str = ""
+    scps_compressed: bool = False  # also intercept IP protocol 105 (SCPS compressed headers)
 
     def v4(self) -> List[str]:
         return [p for p in self.prefixes if ipaddress.ip_network(p, strict=False).version == 4]
@@ -149,6 +156,13 @@ class NftBackend(Backend):
                     f"        iifname {ifset} {proto} {fam} {addr} {netset} {ports}{local}"
                     f'counter drop comment "{COMMENT}: intercepted {fam} {direction}"'
                 )
+                if spec.scps_compressed:
+                    hc = ("ip protocol 105 ip frag-off & 0x3fff == 0" if fam == "ip"
+                          else "ip6 nexthdr 105")
+                    rules.append(
+                        f"        iifname {ifset} {hc} {fam} {addr} {netset} {local}"
+                        f'counter drop comment "{COMMENT}: intercepted {fam} {direction} SCPS compressed"'
+                    )
         out = [
             f"        meta mark {spec.mark:#x} counter notrack comment \"{COMMENT}: emitted by stackpep\""
         ]
@@ -259,6 +273,16 @@ class IptablesLegacyBackend(Backend):
                         if spec.exclude_local:
                             r += ["-m", "addrtype", "!", "--dst-type", "LOCAL"]
                         r += ["-m", "comment", "--comment", f"{COMMENT}: intercepted {direction}", "-j", "DROP"]
+                        rules.append(r)
+                    if spec.scps_compressed:
+                        # protocol 105 right after the IP header: IPv4 not a fragment,
+                        # IPv6 next header byte (offset 6) itself 105 (u32 reads bytes 4-7)
+                        r = ["-A", pre, "-i", ifname, "-p", "105", addr_opt, net, "-m", "u32", "--u32",
+                             "4&0x3FFF=0" if version == 4 else "4>>8&0xFF=105"]
+                        if spec.exclude_local:
+                            r += ["-m", "addrtype", "!", "--dst-type", "LOCAL"]
+                        r += ["-m", "comment", "--comment", f"{COMMENT}: intercepted {direction} SCPS compressed",
+                              "-j", "DROP"]
                         rules.append(r)
         rules.append(["-A", out, "-m", "mark", "--mark", f"{spec.mark:#x}", "-m", "comment",
                       "--comment", f"{COMMENT}: emitted by stackpep", "-j", "CT", "--notrack"])

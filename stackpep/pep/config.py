@@ -249,25 +249,42 @@ def _check_tcp_leg(ck: _Checker, data: dict, leg: str) -> Dict[str, Any]:
     return out
 
 
-def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan") -> Dict[str, Any]:
+#: [wan] congestion -> TcpConfig.congestion (CCSDS 714.0-B-2 §3.2; the reference
+#: gateway's modes 0 pure rate, 2 Vegas, 1 Van Jacobson = standard TCP)
+WAN_CONGESTION = {"rate": "rate", "vegas": "vegas", "tcp": "newreno"}
+WAN_LOSS_TYPES = ("corruption", "congestion")
+
+
+def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", congestion: str = "rate",
+                     loss_type: str = "corruption", min_rate: Optional[int] = None,
+                     vegas: Optional[Dict[str, float]] = None, outage_rtos: int = 3,
+                     outage_probe_interval: float = 1.0) -> Dict[str, Any]:
     """Engine settings of the leg that crosses a long, lossy link of known rate
-    (docs/configuration.md "The long leg"): SCPS-TP rate control (CCSDS 714.0-B-2
-    §3.2, the reference gateway's mode 0) with loss treated as corruption, and
-    buffers of 4 × the bandwidth-delay product (at least the engine's 4 MiB): a
-    lost retransmission holds the left edge of the window for an RTO and more
-    while the rate keeps sending.  All the box's connections on that leg share the
-    rate (``rate_share``), as the link does."""
+    (docs/configuration.md "The long leg"): SCPS-TP congestion control (CCSDS
+    714.0-B-2 §3.2: by default rate control, the reference gateway's mode 0) with
+    loss treated as corruption, link-outage persistence after ``outage_rtos``
+    RTOs (0: off), and buffers of 4 × the bandwidth-delay product (at least the
+    engine's 4 MiB): a lost retransmission holds the left edge of the window for
+    an RTO and more while the rate keeps sending.  With rate control all the box's
+    connections on that leg share the rate (``rate_share``), as the link does."""
     bdp = int(rate_bps / 8 * rtt_s)
     buf = max(4 << 20, 4 * bdp)
     buf = min(buf, 1 << 30)
-    return {
-        "congestion": "rate",
-        "rate_bps": int(rate_bps),
-        "rate_share": share,
-        "loss_response": "corruption",
+    out: Dict[str, Any] = {
+        "congestion": WAN_CONGESTION[congestion],
+        "loss_response": loss_type,
         "snd_buf": buf,
         "rcv_buf": buf,
     }
+    if congestion == "rate":
+        out.update(rate_bps=int(rate_bps), rate_share=share)
+        if min_rate is not None:
+            out["min_rate_bps"] = int(min_rate)
+    if congestion == "vegas" and vegas:
+        out.update({f"vegas_{k}": float(v) for k, v in vegas.items()})
+    if outage_rtos:
+        out.update(outage_rtos=int(outage_rtos), outage_probe_us=int(round(outage_probe_interval * 1_000_000)))
+    return out
 
 
 def pcap_problems(path: Optional[str], max_bytes: int, files: int) -> List[Tuple[str, str]]:
@@ -446,7 +463,8 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     gso = ck.typed(cap, "capture", "gso", bool, True)
     pcap, pcap_max, pcap_files = _check_pcap(ck, cap)
 
-    wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1})
+    wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1, "congestion": 1, "loss_type": 1,
+                                 "min_rate": 1, "vegas": 1, "outage_rtos": 1, "outage_probe_interval": 1})
     wan_leg = ck.typed(wan, "wan", "leg", str, None, lambda v: v in WAN_LEGS, f"one of {', '.join(WAN_LEGS)}")
     wan_if = ck.typed(wan, "wan", "interface", str, None)
     if wan_if is not None:
@@ -462,6 +480,37 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
                         "bits/s on IP bytes, between 8000 and 10**12")
     wan_rtt = ck.typed(wan, "wan", "rtt", (int, float), 0.6, lambda v: 0 < v <= 10,
                        "seconds, > 0 and <= 10")
+    wan_cc = ck.typed(wan, "wan", "congestion", str, "rate", lambda v: v in WAN_CONGESTION,
+                      f"one of {', '.join(WAN_CONGESTION)}")
+    wan_loss = ck.typed(wan, "wan", "loss_type", str, "corruption", lambda v: v in WAN_LOSS_TYPES,
+                        f"one of {', '.join(WAN_LOSS_TYPES)}")
+    wan_min = ck.typed(wan, "wan", "min_rate", int, None,
+                       lambda v: 8000 <= v <= (wan_rate if wan_rate is not None else 10 ** 12),
+                       "bits/s on IP bytes, at least 8000 and at most wan.rate")
+    if wan_min is not None and wan_cc != "rate":
+        ck.bad("wan.min_rate", f"only with wan.congestion = \"rate\" (not {wan_cc!r})")
+    wan_vegas: Dict[str, float] = {}
+    if "vegas" in wan:
+        vt = wan["vegas"]
+        if not isinstance(vt, dict):
+            ck.bad("wan.vegas", "must be a table, e.g. { alpha = 3, beta = 5, gamma = 4 }")
+            vt = {}
+        for k in vt:
+            if k not in ("alpha", "beta", "gamma"):
+                ck.bad(f"wan.vegas.{k}", "unknown key (known: alpha, beta, gamma)")
+                continue
+            v = ck.typed(vt, "wan.vegas", k, (int, float), None, lambda x: 0 < x <= 1000,
+                         "segments, > 0 and <= 1000")
+            if v is not None:
+                wan_vegas[k] = float(v)
+        if wan_cc != "vegas":
+            ck.bad("wan.vegas", f"only with wan.congestion = \"vegas\" (not {wan_cc!r})")
+        if wan_vegas.get("alpha", 3.0) > wan_vegas.get("beta", 5.0):
+            ck.bad("wan.vegas", "alpha must not exceed beta (Vegas keeps alpha..beta segments queued)")
+    wan_outage = ck.typed(wan, "wan", "outage_rtos", int, 3, lambda v: 0 <= v <= 100,
+                          "retransmission timeouts in a row, 0 .. 100 (0: no outage handling)")
+    wan_probe = ck.typed(wan, "wan", "outage_probe_interval", (int, float), 1.0, lambda v: 0.01 <= v <= 600,
+                         "seconds, 0.01 .. 600")
     if wan and (wan_leg is None) != (wan_rate is None):
         if "leg" not in wan and "interface" not in wan:
             ck.bad("wan.leg", "missing: which leg crosses the long link, \"client\" or \"server\" "
@@ -486,7 +535,10 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     if wan_leg is not None and wan_rate is not None:
         # the long leg's defaults, under whatever [tcp.<leg>] sets explicitly
         explicit = tcp_client if wan_leg == "client" else tcp_server
-        merged = {**wan_leg_settings(wan_rate, float(wan_rtt), f"wan{instance}"), **explicit}
+        merged = {**wan_leg_settings(wan_rate, float(wan_rtt), f"wan{instance}", congestion=wan_cc,
+                                     loss_type=wan_loss, min_rate=wan_min, vegas=wan_vegas,
+                                     outage_rtos=wan_outage, outage_probe_interval=float(wan_probe)),
+                  **explicit}
         try:
             from stackpep.tcp.config import TcpConfig  # type: ignore
             TcpConfig(**merged)

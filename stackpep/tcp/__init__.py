@@ -8,6 +8,7 @@ from stackpep.tcp.config import CONGESTION_CONTROLS, LOSS_RESPONSES, ScpsSetting
 from stackpep.tcp.events import (
     CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable, EofReceived,
     SendSpace, TcpEvent, ScpsNegotiated, ScpsFallback, RecordBoundary, BytesSkipped,
+    OutageEntered, OutageExited,
 )
 from stackpep.tcp.scps import ScpsRefusals
 from stackpep.tcp.states import TRANSITIONS, TcpState
@@ -17,7 +18,7 @@ __all__ = [
     "TcpConfig", "ScpsSettings", "ScpsRefusals", "ScpsNegotiated", "ScpsFallback",
     "RecordBoundary", "BytesSkipped", "CONGESTION_CONTROLS", "LOSS_RESPONSES", "TcpEvent", "CloseReason",
     "Connected", "DataReadable", "SendSpace", "EofReceived", "ConnectionReset",
-    "ConnectionClosed", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
+    "ConnectionClosed", "OutageEntered", "OutageExited", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
 ]
 
 
