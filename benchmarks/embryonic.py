@@ -9,7 +9,7 @@ that costs, then the box process's CPU (user+system from /proc/PID/stat) over a
 window while they only wait, its RSS before, while they wait and after they
 ended, and how the connections ended.
 
-    sudo PYTHONPATH=. python benchmarks/embryonic.py [--count 4000] [--mode after-server]
+    sudo .venv/bin/python benchmarks/embryonic.py [--count 4000] [--mode after-server]
         [--src 198.18.16.1/32] [--save after.json] [--baseline before.json] [--no-limits]
 
 --baseline prints the saved run side by side with this one (e.g. a run of the
@@ -25,10 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stackpep.testbed.splitbox import CLIENT4, SERVER4, SplitterTopology, env_with_path, pep_toml  # noqa: E402
-from stackpep.testbed.topology import python_command  # noqa: E402
+from stackpep.testbed.splitbox import CLIENT4, SERVER4, SplitterTopology, env_with_path, pep_toml
+from stackpep.testbed.topology import python_command
 
 SPOOFED = "198.18.16.0/20"
 SILENT_PORT = 8099
@@ -78,8 +76,9 @@ def run(count: int, mode: str, timeout: float, window: float, new_limits: bool =
         limits = {"max_embryonic": count * 2, "max_embryonic_per_source": count * 2,
                   "server_opens_per_second": count * 2, "server_opens_per_second_per_source": count * 2} \
             if new_limits else None
+        more = {"limits": limits} if limits else {}  # (a baseline build's pep_toml has no limits=)
         pep = topo.start_pep(pep_toml(mode=mode, handshake_timeout=timeout, max_connections=max(8192, count * 2),
-                                      limits=limits), stats_interval=0.5)
+                                      **more), stats_interval=0.5)
         time.sleep(1.0)
         idle_cpu0, t0 = proc_cpu(pep.pid), time.monotonic()
         time.sleep(window / 2)

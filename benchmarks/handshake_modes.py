@@ -8,7 +8,7 @@ Each fetch is a new connection: connect, GET /small (10 kB), read to the end
 (RTT client--box = RTT box--server = 2 x delay), so the handshake's round
 trips show.
 
-    sudo python benchmarks/handshake_modes.py [--fetches 300] [--delay-ms 0] [--save F]
+    sudo .venv/bin/python benchmarks/handshake_modes.py [--fetches 300] [--delay-ms 0] [--save F]
 """
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stackpep.testbed.splitbox import SERVER4, SplitterTopology, pep_toml  # noqa: E402
+from stackpep.testbed.splitbox import SERVER4, SplitterTopology, pep_toml
 
 FETCHES = r'''
 import json, socket, sys, time

@@ -10,7 +10,7 @@ the flood, the box's RSS before and after, the connections the server saw from
 spoofed sources (an nft set of (source, port) in the server namespace), and
 the box's counters.
 
-    sudo python benchmarks/synflood.py [--count 20000] [--rounds 2] [--rate 20000]
+    sudo .venv/bin/python benchmarks/synflood.py [--count 20000] [--rounds 2] [--rate 20000]
         [--modes after-server,syn-cookie] [--save F] [--baseline F] [--no-limits]
 
 --no-limits runs a build without the [limits] flood keys (the baseline, e.g.
@@ -29,13 +29,11 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stackpep.testbed.flood import FETCH_LOOP, count_syns, opens_seen, route_spoofed
+from stackpep.testbed.splitbox import CLIENT4, SERVER4, SplitterTopology, env_with_path, pep_toml
+from stackpep.testbed.topology import python_command
 
-from stackpep.testbed.flood import FETCH_LOOP, count_syns, opens_seen, route_spoofed  # noqa: E402
-from stackpep.testbed.splitbox import CLIENT4, SERVER4, SplitterTopology, env_with_path, pep_toml  # noqa: E402
-from stackpep.testbed.topology import python_command  # noqa: E402
-
-from embryonic import rss_mb  # noqa: E402
+from embryonic import rss_mb
 
 
 def one_mode(mode: str, count: int, rounds: int, rate: float, new_limits: bool) -> dict:
@@ -45,7 +43,8 @@ def one_mode(mode: str, count: int, rounds: int, rate: float, new_limits: bool) 
         route_spoofed(topo.box, CLIENT4)
         count_syns(topo.server)
         limits = {"max_embryonic": 1024} if new_limits else None
-        pep = topo.start_pep(pep_toml(mode=mode, handshake_timeout=10.0, max_connections=8192, limits=limits))
+        more = {"limits": limits} if limits else {}  # (a baseline build's pep_toml has no limits=)
+        pep = topo.start_pep(pep_toml(mode=mode, handshake_timeout=10.0, max_connections=8192, **more))
         time.sleep(0.5)
         rss0 = rss_mb(pep.pid)
         flood_s = rounds * count / rate + 2
@@ -86,6 +85,8 @@ def one_mode(mode: str, count: int, rounds: int, rate: float, new_limits: bool) 
         "rss_before_mb": rss0, "rss_after_flood_mb": rss_peak, "rss_after_mb": rss1,
         "server_conns_from_spoofed": seen,
         "counters": {k: st.get(k, 0) for k in keys if st.get(k)},
+        "packets_in": st.get("packets_in", 0),
+        "rx_drop_ring_full": sum(p.get("rx_drop_ring_full", 0) for p in st.get("ports", {}).values()),
     }
 
 
@@ -94,7 +95,8 @@ ROWS = (("spoofed SYNs sent", "spoofed_sent", "{:d}"), ("fetches ok / failed", N
         ("fetch time max (ms)", "fetch_max_ms", "{:.0f}"), ("RSS before (MB)", "rss_before_mb", "{:.0f}"),
         ("RSS right after the flood (MB)", "rss_after_flood_mb", "{:.0f}"),
         ("RSS once all ended (MB)", "rss_after_mb", "{:.0f}"),
-        ("server connections from spoofed sources", "server_conns_from_spoofed", "{:d}"))
+        ("server connections from spoofed sources", "server_conns_from_spoofed", "{:d}"),
+        ("packets the box took in", "packets_in", "{:d}"), ("... lost: capture ring full", "rx_drop_ring_full", "{:d}"))
 
 
 def table(runs) -> str:
