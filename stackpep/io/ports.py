@@ -142,6 +142,14 @@ class KernelRouter(Router):
             raise LookupError(f"{ipaddress.ip_address(addr)} leaves by {nh.ifname}, which stackpep does not drive")
         return port, nh
 
+    def next_hop_nowait(self, addr: bytes):
+        """(port, hop) if the cache knows addr, else None (then: await next_hop)."""
+        nh = self.cache.cached(addr)
+        if nh is None:
+            return None
+        port = self.by_index.get(nh.ifindex)
+        return None if port is None else (port, nh)
+
     def close(self) -> None:
         self.rtnl.close()
 
@@ -221,8 +229,14 @@ class MemoryRouter(Router):
         self.routes = [(ipaddress.ip_network(p), port) for p, port in routes]
 
     async def next_hop(self, addr: bytes):
+        found = self.next_hop_nowait(addr)
+        if found is None:
+            raise LookupError(f"no route to {ipaddress.ip_address(addr)}")
+        return found
+
+    def next_hop_nowait(self, addr: bytes):
         ip = ipaddress.ip_address(addr)
         for net, port in self.routes:
             if ip.version == net.version and ip in net:
                 return port, None
-        raise LookupError(f"no route to {ip}")
+        return None

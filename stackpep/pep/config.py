@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import tomli
 
-HANDSHAKE_MODES = ("after-server", "immediate")
+HANDSHAKE_MODES = ("after-server", "immediate", "syn-cookie")
 ROLES = ("splitter",)
 BACKENDS = ("auto", "nft", "iptables-legacy")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -59,6 +59,10 @@ class PepConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 600.0
     max_connections: int = 4096
+    max_embryonic: int = 2048          # split connections not yet established both ways (oldest evicted first)
+    max_embryonic_per_source: int = 256  # ... from one source (IPv4 address, IPv6 /64)
+    server_opens_per_second: float = 5000.0  # server legs opened per second, whole box
+    server_opens_per_second_per_source: float = 1000.0  # ... for one source
     relay_buffer: int = 256 * 1024
     rules_backend: str = "auto"
     mark: int = 0x5350
@@ -409,13 +413,23 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     htimeout = ck.typed(hs, "handshake", "timeout", (int, float), 10.0, lambda v: 0 < v <= 600,
                         "must be > 0 and <= 600 seconds")
 
-    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1, "drain_timeout": 1})
+    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1, "drain_timeout": 1,
+                                    "max_embryonic": 1, "max_embryonic_per_source": 1, "server_opens_per_second": 1,
+                                    "server_opens_per_second_per_source": 1})
     maxc = ck.typed(lim, "limits", "max_connections", int, 4096, lambda v: 1 <= v <= 1_000_000,
                     "must be between 1 and 1000000")
     idle = ck.typed(lim, "limits", "idle_timeout", (int, float), 600.0, lambda v: 0 < v <= 86400,
                     "must be > 0 and <= 86400 seconds")
     relay = ck.typed(lim, "limits", "relay_buffer", int, 256 * 1024, lambda v: 1024 <= v <= 1 << 30,
                      "must be between 1024 and 2**30 bytes")
+    max_emb = ck.typed(lim, "limits", "max_embryonic", int, 2048, lambda v: 1 <= v <= 1_000_000,
+                       "must be between 1 and 1000000")
+    max_emb_src = ck.typed(lim, "limits", "max_embryonic_per_source", int, 256, lambda v: 1 <= v <= 1_000_000,
+                           "must be between 1 and 1000000")
+    opens = ck.typed(lim, "limits", "server_opens_per_second", (int, float), 5000.0, lambda v: 0 < v <= 1e7,
+                     "must be > 0 and <= 10000000")
+    opens_src = ck.typed(lim, "limits", "server_opens_per_second_per_source", (int, float), 1000.0,
+                         lambda v: 0 < v <= 1e7, "must be > 0 and <= 10000000")
     drain = ck.typed(lim, "limits", "drain_timeout", (int, float), 10.0, lambda v: 0 <= v <= 86400,
                      "must be >= 0 and <= 86400 seconds (0: reset at once)")
 
@@ -543,7 +557,8 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         client_interfaces=tuple(side["client"]), server_interfaces=tuple(side["server"]),
         prefixes=tuple(prefixes), ports=ports, exclude_local=exclude_local, instance=instance,
         role=role, log_level=log_level, handshake_mode=hmode, handshake_timeout=float(htimeout),
-        idle_timeout=float(idle), max_connections=maxc, relay_buffer=relay, rules_backend=backend,
+        idle_timeout=float(idle), max_connections=maxc, max_embryonic=max_emb, max_embryonic_per_source=max_emb_src,
+        server_opens_per_second=float(opens), server_opens_per_second_per_source=float(opens_src), relay_buffer=relay, rules_backend=backend,
         mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
         pcap=pcap, pcap_max_bytes=pcap_max, pcap_files=pcap_files,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,

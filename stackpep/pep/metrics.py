@@ -75,6 +75,8 @@ def render(pep: "Pep") -> str:
         leg, _, state = key.partition("_leg_")
         e.add("stackpep_legs", "gauge", "Engines (legs) by TCP state.", n, {"leg": leg, "state": state})
     e.add("stackpep_connections_max", "gauge", "limits.max_connections.", disp.config.max_connections)
+    e.add("stackpep_connections_embryonic", "gauge", "Split connections not yet established on both legs "
+          "(part of the active ones).", st["connections_embryonic"])
     e.add("stackpep_draining", "gauge", "1 while the box drains (SIGTERM) or stops.", int(disp.draining))
     for pname, pst in st["ports"].items():
         for k, v in pst.items():
