@@ -41,62 +41,14 @@ cdef uint32_t DATA_LIMIT = 1 << 9
 cdef int NO_WSCALE = 15
 
 
-cdef inline uint64_t _rotl(uint64_t x, int b) nogil:
-    return (x << b) | (x >> (64 - b))
-
-
-cdef inline uint64_t _le64(const uint8_t* p) nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v |= (<uint64_t>p[i]) << (8 * i)
-    return v
-
-
-cdef uint64_t siphash24(const uint8_t* key, const uint8_t* msg, Py_ssize_t n) nogil:
-    """SipHash-2-4 (Aumasson, Bernstein 2012, §2) of msg[0:n] under a 16-byte key."""
-    cdef uint64_t k0 = _le64(key), k1 = _le64(key + 8)
-    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
-    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
-    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
-    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
-    cdef uint64_t m, b = (<uint64_t>n) << 56
-    cdef Py_ssize_t off = 0
-    cdef int i, r, left
-    while off + 8 <= n:
-        m = _le64(msg + off)
-        v3 ^= m
-        for r in range(2):
-            v0 += v1; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)
-            v2 += v3; v3 = _rotl(v3, 16); v3 ^= v2
-            v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
-            v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
-        v0 ^= m
-        off += 8
-    left = <int>(n - off)
-    for i in range(left):
-        b |= (<uint64_t>msg[off + i]) << (8 * i)
-    v3 ^= b
-    for r in range(2):
-        v0 += v1; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)
-        v2 += v3; v3 = _rotl(v3, 16); v3 ^= v2
-        v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
-        v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
-    v0 ^= b
-    v2 ^= 0xff
-    for r in range(4):
-        v0 += v1; v1 = _rotl(v1, 13); v1 ^= v0; v0 = _rotl(v0, 32)
-        v2 += v3; v3 = _rotl(v3, 16); v3 ^= v2
-        v0 += v3; v3 = _rotl(v3, 21); v3 ^= v0
-        v2 += v1; v1 = _rotl(v1, 17); v1 ^= v2; v2 = _rotl(v2, 32)
-    return v0 ^ v1 ^ v2 ^ v3
+include "siphash.pxi"
 
 
 def siphash(bytes key, bytes msg):
     """SipHash-2-4 of msg under a 16-byte key (the reference vectors test this)."""
     if len(key) != 16:
         raise ValueError("SipHash key must be 16 bytes")
-    return siphash24(<const uint8_t*>key, <const uint8_t*>msg, len(msg))
+    return siphash24(_le64(<const uint8_t*>key), _le64(<const uint8_t*>key + 8), <const uint8_t*>msg, len(msg))
 
 
 cdef int mss_index(int mss):
@@ -131,7 +83,7 @@ cdef class SynCookies:
         msg[n + 6] = (cisn >> 8) & 0xff; msg[n + 7] = cisn & 0xff
         msg[n + 8] = t & 0xff
         n += 9
-        return <uint32_t>(siphash24(self.key, msg, n) & MAC_MASK)
+        return <uint32_t>(siphash24(_le64(self.key), _le64(self.key + 8), msg, n) & MAC_MASK)
 
     def make(self, bytes caddr, bytes saddr, int cport, int sport, uint32_t client_isn, int mss,
              wscale, bint sack_perm, bint timestamps, long long now):

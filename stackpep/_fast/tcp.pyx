@@ -35,6 +35,7 @@ include "cc.pxi"
 include "ivset.pxi"
 include "rtt.pxi"
 include "timers.pxi"
+include "siphash.pxi"
 include "tfo.pxi"
 
 # -- wrap-safe sequence comparisons (RFC 9293 §3.4; Linux before()/after()) --------
