@@ -264,7 +264,10 @@ _HC_PREFIX[7] = sock_filter(0x06, 0, 0, 0x40000)   # accept: ret #262144
 
 # PACKET_FANOUT_CBPF program (PacketRing._join_fanout): a flow hash symmetric in
 # both directions -- xor of the two addresses' low 32-bit words and of the two
-# ports, folded (h ^= h >> 16; h ^= h >> 8) so `hash % members` uses every bit.
+# ports, times 2^32/phi, high 16 bits (Knuth's multiplicative hashing), so
+# `hash % members` depends on every bit: Linux picks connect() ports of one
+# parity (__inet_hash_connect steps by 2), so the ports' low bit alone would
+# send every connection of a host to one worker.
 # Loads are relative to the network header (SKF_NET_OFF, linux/filter.h), so
 # it does not matter where skb->data points when the fanout runs.
 # - IPv4/IPv6 TCP: the packet's own addresses and ports (IPv6: TCP directly
@@ -307,7 +310,7 @@ def _assemble(prog):
 _LDW, _LDH, _LDB = 0x20, 0x28, 0x30            # ld{,h,b} [k]
 _LDWI, _LDHI = 0x40, 0x48                      # ld{,h} [x + k]
 _LDM, _LDXM, _ST, _LDK = 0x60, 0x61, 0x02, 0x00  # ld M[k], ldx M[k], st M[k], ld #k
-_AND, _LSH, _RSH, _XORX = 0x54, 0x64, 0x74, 0xac
+_AND, _LSH, _RSH, _XORX, _MUL = 0x54, 0x64, 0x74, 0xac, 0x24
 _TAX, _JA, _JEQ, _RETA, _RETK = 0x07, 0x05, 0x15, 0x16, 0x06
 
 FANOUT_PROGRAM = _assemble((
@@ -353,8 +356,7 @@ FANOUT_PROGRAM = _assemble((
     "hash",
     (_LDM, 0, 0, 0), (_LDXM, 1, 0, 0), (_XORX, 0, 0, 0),
     (_LDXM, 2, 0, 0), (_XORX, 0, 0, 0), (_LDXM, 3, 0, 0), (_XORX, 0, 0, 0),
-    (_TAX, 0, 0, 0), (_RSH, 16, 0, 0), (_XORX, 0, 0, 0),
-    (_TAX, 0, 0, 0), (_RSH, 8, 0, 0), (_XORX, 0, 0, 0),
+    (_MUL, 0x9E3779B1, 0, 0), (_RSH, 16, 0, 0),     # Fibonacci hashing: the high half mixes every bit
     (_RETA, 0, 0, 0),
 ))
 
