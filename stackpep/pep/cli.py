@@ -199,7 +199,7 @@ def run_main(args: argparse.Namespace) -> int:
         from stackpep.pep.workers import run_workers
 
         try:
-            return run_workers(cfg, args)
+            return run_workers(cfg, args, run=_run, with_cli=_with_cli, write_stats=_write_stats)
         except ConfigError as exc:
             for p in exc.problems:
                 print(p, file=sys.stderr)

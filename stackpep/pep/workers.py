@@ -202,7 +202,8 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, cfg, args, rows: List[List[Any]]) -> None:
+    def __init__(self, cfg, args, rows: List[List[Any]], hooks: Dict[str, Any]) -> None:
+        self.hooks = hooks       # stackpep.pep.cli's run, with_cli, write_stats (it imports this module)
         self.cfg = cfg
         self.args = args
         self.rows = rows
@@ -248,8 +249,7 @@ class Supervisor:
     def _worker_main(self, index: int) -> int:
         import trio
 
-        from stackpep.pep.cli import _run
-
+        _run = self.hooks["run"]
         try:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):
@@ -534,11 +534,10 @@ class Supervisor:
             self.signal_all(signum)
 
     def reload_parent(self) -> None:
-        from stackpep.pep.cli import _with_cli
         from stackpep.pep.config import check_file
 
         cfg, problems = check_file(self.args.config)
-        cfg, more = _with_cli(cfg, self.args)
+        cfg, more = self.hooks["with_cli"](cfg, self.args)
         if problems or more or cfg is None:
             return                      # the workers log the problems
         if cfg.metrics_listen != self.cfg.metrics_listen and cfg.workers == self.cfg.workers:
@@ -550,8 +549,6 @@ class Supervisor:
             self.cfg = dataclasses.replace(self.cfg, metrics_listen=cfg.metrics_listen)
 
     def merge_stats_files(self) -> Optional[Dict[str, Any]]:
-        from stackpep.pep.cli import _write_stats
-
         parts = []
         for w in self.workers:
             try:
@@ -564,7 +561,7 @@ class Supervisor:
         merged = merge_sum(parts)
         merged["workers"] = [{"index": i, "connections_opened": p.get("connections_opened", 0)}
                              for i, p in enumerate(parts)]
-        _write_stats(self.args.stats_file, merged)
+        self.hooks["write_stats"](self.args.stats_file, merged)
         return merged
 
     def close(self) -> None:
@@ -588,8 +585,10 @@ class Supervisor:
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
 
-def run_workers(cfg, args) -> int:
-    """`stackpep run` with cfg.workers > 1 (module doc).  Returns the exit status."""
+def run_workers(cfg, args, **hooks) -> int:
+    """`stackpep run` with cfg.workers > 1 (module doc).  Returns the exit status.
+    hooks: `run` (the one-process main, stackpep.pep.cli._run), `with_cli`
+    (the command line's overrides of a configuration), `write_stats`."""
     from stackpep.io.rules import InstalledRules
     from stackpep.pep.api import check_environment, intercept_spec
     from stackpep.pep.config import ConfigError
@@ -598,7 +597,7 @@ def run_workers(cfg, args) -> int:
     if problems:
         raise ConfigError(problems)
     rows = open_fanout_ports(cfg, cfg.workers)
-    sup = Supervisor(cfg, args, rows)
+    sup = Supervisor(cfg, args, rows, hooks)
     old = {s: signal.signal(s, sup._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)}
     old_wakeup = signal.set_wakeup_fd(sup.wake_w)
     rules = None
