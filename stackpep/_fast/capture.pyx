@@ -190,6 +190,7 @@ DEF ETH_P_IPV6 = 0x86DD
 DEF IPPROTO_TCP = 6
 DEF MAX_BATCH = 512
 DEF MAX_GSO_SEGS = 64          # segments merged into one super-frame (<= 64 KiB anyway)
+DEF PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000   # linux/if_packet.h (Linux >= 6.9; older headers lack it)
 DEF VNET_HLEN = 10             # struct virtio_net_hdr
 DEF HDR_SCRATCH = 160          # vnet + Ethernet + IP (<= 60) + TCP (<= 60) header copy
 DEF VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -678,12 +679,18 @@ cdef class PacketRing:
         cdef sock_fprog prog
         cdef sock_filter* flt
         cdef Py_ssize_t i, n = len(FANOUT_PROGRAM)
+        # The group has one receive hook of its own, which does not look at the
+        # members' PACKET_IGNORE_OUTGOING: without the fanout flag every packet the
+        # kernel sends or forwards out of the interface (an ICMP error on its way
+        # through the box, ...) would reach a member a second time.
+        cdef int flags = PACKET_FANOUT_FLAG_IGNORE_OUTGOING
         if group < 0:
             # a new group: the kernel picks an id no other group uses (Linux >= 4.4)
-            val = (PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_UNIQUEID) << 16
+            val = (PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_UNIQUEID | flags) << 16
         else:
-            val = (group & 0xffff) | (PACKET_FANOUT_CBPF << 16)
-        self._check(setsockopt(self.fd, SOL_PACKET, PACKET_FANOUT, &val, sizeof(val)), "PACKET_FANOUT")
+            val = (group & 0xffff) | ((PACKET_FANOUT_CBPF | flags) << 16)
+        self._check(setsockopt(self.fd, SOL_PACKET, PACKET_FANOUT, &val, sizeof(val)),
+                    "PACKET_FANOUT (with PACKET_FANOUT_FLAG_IGNORE_OUTGOING: Linux >= 6.9)")
         self._check(getsockopt(self.fd, SOL_PACKET, PACKET_FANOUT, &got, &ln), "PACKET_FANOUT (read back)")
         self.fanout_group = got & 0xffff
         # the program belongs to the group: every member sets the same one
