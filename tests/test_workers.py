@@ -206,6 +206,9 @@ def test_merge_sums_counters_and_lists_each_worker():
     assert [c["worker"] for c in m["connections"]] == [0, 1, 1]
     assert [(w["index"], w["pid"], w["connections_opened"]) for w in m["workers"]] == [(0, 11, 3), (1, 12, 4)]
     assert merge_sum([{"a": 1}, None, {"a": 2, "b": 1}]) == {"a": 3, "b": 1}
+    from stackpep.pep.observe import summary_lines
+
+    assert "workers: 0 (pid 11): 1 active, 3 opened, 1 (pid 12): 2 active, 4 opened" in summary_lines(m)
 
 
 def test_worker_view_splits_the_limit_and_separates_files():
@@ -216,3 +219,21 @@ def test_worker_view_splits_the_limit_and_separates_files():
     v = worker_view(1, 2, "/tmp/d")(cfg)
     assert v.max_connections == 5001 and v.metrics_listen is None
     assert v.pcap == "/var/tmp/pep.w1.pcapng" and v.control_socket == "/tmp/d/w1.sock"
+
+
+def test_workers_key_defaults_to_one_per_core_and_is_not_live():
+    import os
+
+    from stackpep.pep.config import ConfigError, from_dict
+    from stackpep.pep.reload import compare
+
+    base = {"interfaces": {"client": ["a"], "server": ["b"]}}
+    assert from_dict(base).workers == (os.cpu_count() or 1)
+    two = from_dict({**base, "pep": {"workers": 2}})
+    assert two.workers == 2
+    for bad in (0, 257, "2", True):
+        with pytest.raises(ConfigError) as ei:
+            from_dict({**base, "pep": {"workers": bad}})
+        assert [p.key for p in ei.value.problems] == ["pep.workers"]
+    res = compare(two, from_dict({**base, "pep": {"workers": 3}}))
+    assert [k for k, _ in res.refused] == ["pep.workers"]
