@@ -190,7 +190,7 @@ DEF ETH_P_IPV6 = 0x86DD
 DEF IPPROTO_TCP = 6
 DEF MAX_BATCH = 512
 DEF MAX_GSO_SEGS = 64          # segments merged into one super-frame (<= 64 KiB anyway)
-DEF PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000   # linux/if_packet.h (Linux >= 6.9; older headers lack it)
+DEF PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000   # linux/if_packet.h (recent; older headers lack it)
 DEF VNET_HLEN = 10             # struct virtio_net_hdr
 DEF HDR_SCRATCH = 160          # vnet + Ethernet + IP (<= 60) + TCP (<= 60) header copy
 DEF VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -690,7 +690,7 @@ cdef class PacketRing:
         else:
             val = (group & 0xffff) | ((PACKET_FANOUT_CBPF | flags) << 16)
         self._check(setsockopt(self.fd, SOL_PACKET, PACKET_FANOUT, &val, sizeof(val)),
-                    "PACKET_FANOUT (with PACKET_FANOUT_FLAG_IGNORE_OUTGOING: Linux >= 6.9)")
+                    "PACKET_FANOUT (with PACKET_FANOUT_FLAG_IGNORE_OUTGOING, which older kernels refuse: run one worker there)")
         self._check(getsockopt(self.fd, SOL_PACKET, PACKET_FANOUT, &got, &ln), "PACKET_FANOUT (read back)")
         self.fanout_group = got & 0xffff
         # the program belongs to the group: every member sets the same one
