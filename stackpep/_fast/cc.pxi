@@ -436,6 +436,10 @@ cdef class SharedRate:
     cdef readonly uint64_t rate_bps
     cdef readonly uint64_t now          # latest time a member reported
     cdef readonly int n_active
+    # active members in the box's other worker processes (stackpep.pep.workers
+    # publishes it): the rate is one budget for the box, each member paces at
+    # rate / (n_active + others_active)
+    cdef public int others_active
     cdef uint64_t recount_at, last_recount
     cdef list members
     cdef object __weakref__
@@ -472,7 +476,7 @@ cdef class SharedRate:
             return
         # a full-sized segment is ~1500 IP bytes; the threshold is in segments
         fair_segs = (self.rate_bps / 8.0 / 1500.0) * ((now - self.last_recount) / 1e6)
-        fair_segs /= self.n_active if self.n_active > 1 else 1
+        fair_segs /= max(1, self.n_active + self.others_active)
         threshold = fair_segs / 4 if fair_segs > 4 else 1
         self.last_recount = now
         keep = []
@@ -634,7 +638,7 @@ cdef class RateBased(CongestionControl):
         cdef int n
         if self.share is None:
             return self.payload_rate
-        n = self.share.n_active
+        n = self.share.n_active + self.share.others_active
         return self.payload_rate // n if n > 1 else self.payload_rate
 
     cdef str name(self):

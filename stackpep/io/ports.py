@@ -69,11 +69,12 @@ class Router(abc.ABC):
 # ------------------------------------------------------------------ AF_PACKET
 class AfPacketPort(PacketPort):
     def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
-                 retire_ms: int = 1, mark: int = 0, gso: bool = True) -> None:
+                 retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None) -> None:
         self.name = ifname
         self.client_side = client_side
+        # fanout_group: None, "new" or a group id (PacketRing; stackpep.pep.workers)
         self.ring = PacketRing(ifname, client_side=client_side, block_size=block_size, block_nr=block_count,
-                               retire_ms=retire_ms, mark=mark, gso=gso)
+                               retire_ms=retire_ms, mark=mark, gso=gso, fanout_group=fanout_group)
         self.ifindex = self.ring.ifindex
         self._held: Optional[List[Tuple[bytes, object]]] = None
 

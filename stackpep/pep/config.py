@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class PepConfig:
     instance: str = ""
     role: str = "splitter"
     log_level: str = "info"
+    workers: int = 1                   # worker processes (stackpep.pep.workers); the file's default: one per core
     handshake_mode: str = "after-server"
     handshake_timeout: float = 10.0
     idle_timeout: float = 600.0
@@ -359,12 +361,13 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         if k not in known:
             ck.bad(k, f"unknown table (known: {', '.join(sorted(known))})")
 
-    pep = ck.table(data, "pep", {"instance": 1, "role": 1, "log_level": 1})
+    pep = ck.table(data, "pep", {"instance": 1, "role": 1, "log_level": 1, "workers": 1})
     instance = ck.typed(pep, "pep", "instance", str, "", lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_]{1,16}", v),
                         "1-16 letters, digits or _")
     role = ck.typed(pep, "pep", "role", str, "splitter", lambda v: v in ROLES, f"one of {', '.join(ROLES)}")
     log_level = ck.typed(pep, "pep", "log_level", str, "info", lambda v: v in LOG_LEVELS,
                          f"one of {', '.join(LOG_LEVELS)}")
+    workers = ck.typed(pep, "pep", "workers", int, os.cpu_count() or 1, lambda v: 1 <= v <= 256, "1-256")
 
     ifs = ck.table(data, "interfaces", {"client": 1, "server": 1})
     if "interfaces" not in data:
@@ -556,9 +559,10 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     return PepConfig(
         client_interfaces=tuple(side["client"]), server_interfaces=tuple(side["server"]),
         prefixes=tuple(prefixes), ports=ports, exclude_local=exclude_local, instance=instance,
-        role=role, log_level=log_level, handshake_mode=hmode, handshake_timeout=float(htimeout),
+        role=role, log_level=log_level, workers=workers, handshake_mode=hmode, handshake_timeout=float(htimeout),
         idle_timeout=float(idle), max_connections=maxc, max_embryonic=max_emb, max_embryonic_per_source=max_emb_src,
-        server_opens_per_second=float(opens), server_opens_per_second_per_source=float(opens_src), relay_buffer=relay, rules_backend=backend,
+        server_opens_per_second=float(opens), server_opens_per_second_per_source=float(opens_src), relay_buffer=relay,
+        rules_backend=backend,
         mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
         pcap=pcap, pcap_max_bytes=pcap_max, pcap_files=pcap_files,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,

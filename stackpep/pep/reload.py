@@ -29,6 +29,7 @@ KEYS: Dict[str, Tuple[str, bool, str]] = {
     "instance": ("pep.instance", False, "it names the rules and the control socket"),
     "role": ("pep.role", False, "the role is fixed at start"),
     "log_level": ("pep.log_level", True, ""),
+    "workers": ("pep.workers", False, "the worker processes and their capture rings are started"),
     "handshake_mode": ("handshake.mode", True, ""),
     "handshake_timeout": ("handshake.timeout", True, ""),
     "idle_timeout": ("limits.idle_timeout", True, ""),

@@ -126,7 +126,9 @@ class SplitterTopology:
         argv = python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file))
         if stats_interval:
             argv += ["--stats-interval", str(stats_interval)]
-        argv += list(args)  # e.g. ("--pcap", FILE)
+        argv += list(args)  # e.g. ("--pcap", FILE), ("--workers", "2")
+        if "--workers" not in args:
+            argv += ["--workers", "1"]  # one process unless a test asks for workers (tests/test_workers_netns.py)
         self.pep = self.box.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env_with_path(),
                                   cwd=str(self.tmp))
         line = self.pep.stdout.readline().strip()
