@@ -191,7 +191,7 @@ def test_check_config_cli(tmp_path):
     bad = _cli("check-config", str(p))
     assert bad.returncode == 1
     lines = bad.stderr.strip().splitlines()
-    assert lines[0] == f"{p}:5: handshake.mode: one of after-server, immediate (got 'later')"
+    assert lines[0] == f"{p}:5: handshake.mode: one of after-server, immediate, syn-cookie (got 'later')"
     assert lines[-1] == f"{p}: 1 problem(s)"
 
 

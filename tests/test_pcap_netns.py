@@ -50,7 +50,16 @@ def tshark_warnings(path):
             and not line.startswith(("Warns", "Errors"))]
 
 
+def _closed(st):
+    """Every leg the box holds is closed or in TIME-WAIT (nothing left to reset)."""
+    return all(n == 0 or state.endswith(("TIME-WAIT", "CLOSED")) for state, n in st["leg_states"].items())
+
+
 def _stop(t):
+    # The clients are done; wait until the box has seen every close through
+    # (on a loaded machine the last FIN/ACK may still be on its way), so that
+    # stopping it resets nothing.
+    t.wait_stats(_closed, timeout=60)
     rc = t.stop_pep(signal.SIGTERM)
     assert rc == 0, t.pep_log.read_text()
     return json.loads(t.stats_file.read_text())  # written at exit

@@ -28,6 +28,7 @@ def test_geo_examples_put_the_rate_on_the_link_side():
     # 4 x BDP = 4 x 20e6/8 x 0.6 = 6 MB, both ways
     assert a.tcp_server == {"congestion": "rate", "rate_bps": 20_000_000, "rate_share": "wan",
                             "loss_response": "corruption", "snd_buf": 6_000_000, "rcv_buf": 6_000_000,
+                            "outage_rtos": 3, "outage_probe_us": 1_000_000,
                             # [wan] keepalive = 15 s: a far box that restarted answers the probe with RST
                             "keepalive": True, "keepalive_idle_us": 15_000_000,
                             "keepalive_interval_us": 3_750_000, "keepalive_count": 4}
@@ -69,7 +70,8 @@ def test_interface_names_the_leg_and_explicit_settings_win(tmp_path):
     assert cfg.wan_leg == "client"
     # 4 x 50e6/8 x 0.5 = 12.5 MB; rcv_buf and loss_response as written; keepalive off
     assert cfg.tcp_client == {"congestion": "rate", "rate_bps": 50_000_000, "rate_share": "wanx1",
-                              "loss_response": "congestion", "snd_buf": 12_500_000, "rcv_buf": 16_777_216}
+                              "loss_response": "congestion", "snd_buf": 12_500_000, "rcv_buf": 16_777_216,
+                              "outage_rtos": 3, "outage_probe_us": 1_000_000}
 
 
 def test_small_links_keep_the_engine_minimum_buffers():
@@ -128,3 +130,81 @@ def test_scps_on_by_default_with_wan_and_server_initiated_follows_wan(tmp_path):
     cfg, _ = check_file(write(tmp_path, base + "[wan]\nleg = \"client\"\nrate = 20000000\nscps_bets = true\n"
                                                "scps_snack = false\n"))
     assert cfg.wan_scps == {"snack": False, "bets": True, "compression": False, "record_boundary": False}
+
+
+# -- SCPS-TP congestion control, loss type, outage (issue 10) -----------------------------
+def test_wan_congestion_loss_type_vegas_and_outage_keys(tmp_path):
+    p = write(tmp_path, """
+        [interfaces]
+        client = "c0"
+        server = "s0"
+        [wan]
+        leg = "server"
+        rate = 20000000
+        congestion = "vegas"
+        loss_type = "corruption"
+        vegas = { alpha = 2, beta = 4, gamma = 1.5 }
+        outage_rtos = 4
+        outage_probe_interval = 0.5
+    """)
+    cfg, problems = check_file(p)
+    assert problems == []
+    assert cfg.tcp_server == {"congestion": "vegas", "loss_response": "corruption", "snd_buf": 6_000_000,
+                              "rcv_buf": 6_000_000, "vegas_alpha": 2.0, "vegas_beta": 4.0, "vegas_gamma": 1.5,
+                              "outage_rtos": 4, "outage_probe_us": 500_000}
+    conn = eng.new_connection(eng.tcp_config(cfg.tcp_server), bytes([198, 18, 3, 2]), 80,
+                              bytes([198, 18, 1, 2]), 40000, 1)
+    assert conn.statistics().congestion == "vegas"
+
+
+def test_wan_min_rate_tcp_mode_and_outage_off(tmp_path):
+    p = write(tmp_path, """
+        [interfaces]
+        client = "c0"
+        server = "s0"
+        [wan]
+        leg = "server"
+        rate = 20000000
+        min_rate = 5000000
+        loss_type = "congestion"
+        outage_rtos = 0
+    """)
+    cfg, problems = check_file(p)
+    assert problems == []
+    assert cfg.tcp_server["min_rate_bps"] == 5_000_000 and cfg.tcp_server["loss_response"] == "congestion"
+    assert "outage_rtos" not in cfg.tcp_server
+    TcpConfig(**cfg.tcp_server)
+    p = write(tmp_path, """
+        [interfaces]
+        client = "c0"
+        server = "s0"
+        [wan]
+        leg = "server"
+        rate = 20000000
+        congestion = "tcp"
+    """)
+    cfg, problems = check_file(p)
+    assert problems == [] and cfg.tcp_server["congestion"] == "newreno" and "rate_bps" not in cfg.tcp_server
+
+
+@pytest.mark.parametrize("wan, key, words", [
+    ('congestion = "bbr"', "wan.congestion", "one of rate, vegas, tcp"),
+    ('loss_type = "random"', "wan.loss_type", "one of corruption, congestion"),
+    ('min_rate = 30000000', "wan.min_rate", "at most wan.rate"),
+    ('congestion = "vegas"\nmin_rate = 1000000', "wan.min_rate", "only with wan.congestion"),
+    ('vegas = { alpha = 3 }', "wan.vegas", "only with wan.congestion"),
+    ('congestion = "vegas"\nvegas = { alpha = 6, beta = 5 }', "wan.vegas", "alpha must not exceed beta"),
+    ('congestion = "vegas"\nvegas = { delta = 1 }', "wan.vegas.delta", "unknown key"),
+    ('congestion = "vegas"\nvegas = { gamma = -1 }', "wan.vegas.gamma", "> 0"),
+    ('vegas = 3\ncongestion = "vegas"', "wan.vegas", "must be a table"),
+    ('outage_rtos = -1', "wan.outage_rtos", "0 .. 100"),
+    ('outage_probe_interval = 0', "wan.outage_probe_interval", "seconds"),
+])
+def test_wan_scps_keys_are_checked(tmp_path, wan, key, words):
+    text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\nleg = \"server\"\nrate = 20000000\n" + wan + "\n"
+    p = tmp_path / "pep.toml"
+    p.write_text(text)
+    cfg, problems = check_file(p)
+    assert cfg is None
+    hits = [x for x in problems if x.key == key]
+    assert hits and words in hits[0].message, problems

@@ -151,7 +151,9 @@ def test_10MB_each_way_through_narrow_hops_on_both_sides_of_one_box(family):
         topo.start_pep(pep_toml(handshake_timeout=5.0))
         up_ok, down_ok, total = transfer(topo.client, topo.server, server_addr, 10_000_000)
         assert (up_ok, down_ok, total) == ("True", "True", "10000000")
-        st = topo.wait_stats(lambda s: s["connections_opened"] == 1 and s["icmp_ptb_server_leg"] >= 1)
+        # (the file is written every 0.5 s: wait for one written after both reports)
+        st = topo.wait_stats(lambda s: s["connections_opened"] == 1 and s["icmp_ptb_server_leg"] >= 1
+                             and s["icmp_ptb_client_leg"] >= 1)
         # One connection, one report per leg: 1500 -> the narrow MTU, after which
         # every segment fits (later reports about segments already in flight say
         # the same MTU: no change).

@@ -354,14 +354,30 @@ def test_rules_removed_after_duration_exit(bare):
     assert not _has_rules(bare)
 
 
-def test_kill_9_then_cleanup(bare):
+def test_kill_9_nft_table_goes_with_the_process(bare):
+    # the table is owned by the process (`flags owner`): the kernel removes it
+    # when the process dies (tests/test_workers_netns.py: traffic flows at once)
     bare.start_pep(pep_toml())
+    assert "flags owner" in bare.nft_ruleset()
+    assert "the table is owned by this process" in bare.pep_log.read_text()
+    # no other process may remove it while the box runs: cleanup leaves it alone
+    res = bare.box.run([sys.executable, "-m", "stackpep", "cleanup"], env=env_with_path(), cwd=str(ROOT))
+    assert "nft: removed 0 stackpep object(s)" in res.stdout and _has_rules(bare)
     bare.pep.kill()
     bare.pep.wait()
-    assert _has_rules(bare)  # a crash leaves them ...
+    assert not _has_rules(bare)
+    assert bare.client.run(["ping", "-c", "1", "-W", "2", SERVER4], check=False).returncode == 0
+
+
+def test_kill_9_iptables_legacy_then_cleanup(bare):
+    bare.start_pep(pep_toml(extra='[rules]\nbackend = "iptables-legacy"\n'))
+    bare.pep.kill()
+    bare.pep.wait()
+    chains = lambda: bare.box.run(["iptables-legacy", "-w", "-t", "raw", "-S"]).stdout  # noqa: E731
+    assert "STACKPEP-PRE" in chains()  # a crash leaves them (nothing ties chains to a process) ...
     res = bare.box.run([sys.executable, "-m", "stackpep", "cleanup"], env=env_with_path(), cwd=str(ROOT))
-    assert "nft: removed 1 stackpep object(s)" in res.stdout
-    assert not _has_rules(bare)  # ... cleanup takes them out
+    assert "iptables-legacy: removed" in res.stdout
+    assert "STACKPEP" not in chains()  # ... cleanup takes them out
     # and traffic flows through the kernel again
     assert bare.client.run(["ping", "-c", "1", "-W", "2", SERVER4], check=False).returncode == 0
 

@@ -119,7 +119,7 @@ def test_states_spelled_as_rfc():
 
 
 @pytest.mark.parametrize("kw", [
-    {"congestion": "vegas"}, {"loss_response": "ignore"}, {"delayed_ack_us": 200_001},
+    {"congestion": "bbr"}, {"loss_response": "ignore"}, {"delayed_ack_us": 200_001},
     {"window_scale": 15}, {"min_rto_us": 2_000_000}, {"snd_buf": 0}, {"delayed_ack_segments": 0},
 ])
 def test_config_rejects_bad_values(kw):

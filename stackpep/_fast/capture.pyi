@@ -1,9 +1,12 @@
 """AF_PACKET TPACKET_V3 receive ring and batched sendmmsg() emit (see capture.pyx)."""
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from stackpep._fast.scpshc import HcTable
 
 class CaptureError(OSError): ...
+
+#: the PACKET_FANOUT_CBPF program: (code, jt, jf, k) per instruction
+FANOUT_PROGRAM: Tuple[Tuple[int, int, int, int], ...]
 
 #: the flags value read_batch() gives an ICMP error (its key is the quoted flow's)
 ICMP_ERROR: int
@@ -17,8 +20,13 @@ class PacketRing:
     def __init__(self, ifname: str, client_side: bool = True, block_size: int = 262144,
                  block_nr: int = 64, retire_ms: int = 1, mark: int = 0,
                  tcp_filter: bool = True, gso: bool = False, icmp_errors: bool = True,
-                 hc_table: Optional[HcTable] = None) -> None: ...
+                 hc_table: Optional[HcTable] = None,
+                 fanout_group: Union[None, int, str] = None) -> None:
+        """fanout_group: None (no fanout), "new" (start a PACKET_FANOUT group; the
+        kernel picks its id, read it from .fanout_group) or the id of a group to join."""
     gso: bool
+    fanout_group: int
+    def resync(self) -> int: ...
     hc_table: Optional[HcTable]
     def fileno(self) -> int: ...
     def close(self) -> None: ...

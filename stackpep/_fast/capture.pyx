@@ -147,6 +147,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
         uint32_t num_pkts
         uint32_t offset_to_first_pkt
         uint32_t blk_len
+        uint64_t seq_num
     union tpacket_bd_header_u:
         tpacket_hdr_v1 bh1
     struct tpacket_block_desc:
@@ -173,6 +174,10 @@ cdef extern from "<linux/if_packet.h>" nogil:
     int PACKET_IGNORE_OUTGOING
     int PACKET_VNET_HDR
     int TPACKET_V3
+    int PACKET_FANOUT
+    int PACKET_FANOUT_DATA
+    int PACKET_FANOUT_CBPF
+    int PACKET_FANOUT_FLAG_UNIQUEID
     int TP_STATUS_KERNEL
     int TP_STATUS_USER
     int TP_STATUS_CSUMNOTREADY
@@ -185,6 +190,7 @@ DEF ETH_P_IPV6 = 0x86DD
 DEF IPPROTO_TCP = 6
 DEF MAX_BATCH = 512
 DEF MAX_GSO_SEGS = 64          # segments merged into one super-frame (<= 64 KiB anyway)
+DEF PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000   # linux/if_packet.h (recent; older headers lack it)
 DEF VNET_HLEN = 10             # struct virtio_net_hdr
 DEF HDR_SCRATCH = 160          # vnet + Ethernet + IP (<= 60) + TCP (<= 60) header copy
 DEF VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
@@ -255,6 +261,105 @@ _HC_PREFIX[5] = sock_filter(0x30, 0, 0, 20)        # ldb [20]            IPv6 ne
 _HC_PREFIX[6] = sock_filter(0x15, 0, 1, 105)       # jeq #105 ? accept : rest
 _HC_PREFIX[7] = sock_filter(0x06, 0, 0, 0x40000)   # accept: ret #262144
 # rest: the next filter
+
+
+# PACKET_FANOUT_CBPF program (PacketRing._join_fanout): a flow hash symmetric in
+# both directions -- xor of the two addresses' low 32-bit words and of the two
+# ports, times 2^32/phi, high 16 bits (Knuth's multiplicative hashing), so
+# `hash % members` depends on every bit: Linux picks connect() ports of one
+# parity (__inet_hash_connect steps by 2), so the ports' low bit alone would
+# send every connection of a host to one worker.
+# Loads are relative to the network header (SKF_NET_OFF, linux/filter.h), so
+# it does not matter where skb->data points when the fanout runs.
+# - IPv4/IPv6 TCP: the packet's own addresses and ports (IPv6: TCP directly
+#   after the fixed header; behind extension headers only the addresses count,
+#   see docs/deployment.md "Workers");
+# - ICMP errors (ICMPv4 type 3, ICMPv6 1-4, what the capture takes): the
+#   quoted packet's addresses and ports -- a packet this box sent, so its IPv4
+#   header has no options and its IPv6 header no extension headers: the quoted
+#   flow's worker gets the error;
+# - anything else IP: the addresses (SCPS compressed headers, protocol 105,
+#   have no ports here: with workers > 1 they may reach another worker than
+#   their flow's TCP packets); not IP: member 0.
+# A load beyond the packet ends the program with 0 (member 0).
+_NET = -0x100000      # SKF_NET_OFF
+_AD_PROTOCOL = -0x1000  # SKF_AD_OFF + SKF_AD_PROTOCOL: the ethertype
+
+
+def _assemble(prog):
+    """(code, k, jt, jf) with labels (str) for jump targets -> (code, jt, jf, k)."""
+    at, pc = {}, 0
+    for item in prog:
+        if isinstance(item, str):
+            at[item] = pc
+        else:
+            pc += 1
+    out, pc = [], 0
+    for item in prog:
+        if isinstance(item, str):
+            continue
+        code, k, jt, jf = item
+        if code == 0x05:                      # ja: the offset is k
+            k = at[k] - pc - 1
+        jt = at[jt] - pc - 1 if isinstance(jt, str) else jt
+        jf = at[jf] - pc - 1 if isinstance(jf, str) else jf
+        out.append((code, jt, jf, k & 0xffffffff))
+        pc += 1
+    return tuple(out)
+
+
+_LDW, _LDH, _LDB = 0x20, 0x28, 0x30            # ld{,h,b} [k]
+_LDWI, _LDHI = 0x40, 0x48                      # ld{,h} [x + k]
+_LDM, _LDXM, _ST, _LDK = 0x60, 0x61, 0x02, 0x00  # ld M[k], ldx M[k], st M[k], ld #k
+_AND, _LSH, _RSH, _XORX, _MUL = 0x54, 0x64, 0x74, 0xac, 0x24
+_TAX, _JA, _JEQ, _RETA, _RETK = 0x07, 0x05, 0x15, 0x16, 0x06
+
+FANOUT_PROGRAM = _assemble((
+    (_LDH, _AD_PROTOCOL, 0, 0),
+    (_JEQ, 0x0800, "v4", 0),
+    (_JEQ, 0x86DD, "v6", 0),
+    (_RETK, 0, 0, 0),
+    "v4",
+    (_LDW, _NET + 12, 0, 0), (_ST, 0, 0, 0),        # M0 = source address
+    (_LDW, _NET + 16, 0, 0), (_ST, 1, 0, 0),        # M1 = destination address
+    (_LDB, _NET + 0, 0, 0), (_AND, 0x0f, 0, 0), (_LSH, 2, 0, 0), (_TAX, 0, 0, 0),  # X = IHL
+    (_LDB, _NET + 9, 0, 0),
+    (_JEQ, 6, 0, "v4_not_tcp"),
+    (_LDHI, _NET + 0, 0, 0), (_ST, 2, 0, 0),        # M2 = source port
+    (_LDHI, _NET + 2, 0, 0), (_ST, 3, 0, 0),        # M3 = destination port
+    (_JA, "hash", 0, 0),
+    "v4_not_tcp",
+    (_JEQ, 1, 0, "no_ports"),
+    # ICMP at X, the quoted IPv4 header (20 bytes) at X + 8, its TCP at X + 28
+    (_LDWI, _NET + 20, 0, 0), (_ST, 0, 0, 0),
+    (_LDWI, _NET + 24, 0, 0), (_ST, 1, 0, 0),
+    (_LDHI, _NET + 28, 0, 0), (_ST, 2, 0, 0),
+    (_LDHI, _NET + 30, 0, 0), (_ST, 3, 0, 0),
+    (_JA, "hash", 0, 0),
+    "v6",
+    (_LDW, _NET + 20, 0, 0), (_ST, 0, 0, 0),        # low word of the source address
+    (_LDW, _NET + 36, 0, 0), (_ST, 1, 0, 0),        # ... of the destination address
+    (_LDB, _NET + 6, 0, 0),
+    (_JEQ, 6, 0, "v6_not_tcp"),
+    (_LDH, _NET + 40, 0, 0), (_ST, 2, 0, 0),
+    (_LDH, _NET + 42, 0, 0), (_ST, 3, 0, 0),
+    (_JA, "hash", 0, 0),
+    "v6_not_tcp",
+    (_JEQ, 58, 0, "no_ports"),
+    # ICMPv6 at 40, the quoted IPv6 header at 48 (addresses' low words at 68, 84), TCP at 88
+    (_LDW, _NET + 68, 0, 0), (_ST, 0, 0, 0),
+    (_LDW, _NET + 84, 0, 0), (_ST, 1, 0, 0),
+    (_LDH, _NET + 88, 0, 0), (_ST, 2, 0, 0),
+    (_LDH, _NET + 90, 0, 0), (_ST, 3, 0, 0),
+    (_JA, "hash", 0, 0),
+    "no_ports",
+    (_LDK, 0, 0, 0), (_ST, 2, 0, 0), (_ST, 3, 0, 0),
+    "hash",
+    (_LDM, 0, 0, 0), (_LDXM, 1, 0, 0), (_XORX, 0, 0, 0),
+    (_LDXM, 2, 0, 0), (_XORX, 0, 0, 0), (_LDXM, 3, 0, 0), (_XORX, 0, 0, 0),
+    (_MUL, 0x9E3779B1, 0, 0), (_RSH, 16, 0, 0),     # Fibonacci hashing: the high half mixes every bit
+    (_RETA, 0, 0, 0),
+))
 
 #: flags value read_batch() gives an ICMP error (TCP flags fit in 8 bits)
 ICMP_ERROR = 0x100
@@ -464,6 +569,7 @@ cdef class PacketRing:
     cdef public uint64_t rx_icmp_errors, rx_icmp_malformed, rx_icmp_bad_checksum, rx_icmp_not_tcp
     cdef public uint64_t rx_fragments   # IP fragments: left to the kernel (the rules pass them)
     cdef public uint64_t rx_hc_expanded, rx_hc_dropped
+    cdef public uint64_t rx_resync_dropped   # waiting in the ring when a restarted worker took it over
     cdef readonly HcTable hc_table      # SCPS compressed headers are expanded through it (or None)
     cdef uint8_t* hcbuf
     cdef uint64_t rx_drop_reason[64]    # integrity/sanity rejections by WIRE_* code (index -code)
@@ -477,8 +583,10 @@ cdef class PacketRing:
     cdef iovec iovs[2 * MAX_BATCH]
     cdef uint8_t eth[MAX_BATCH][ETH_HLEN]
     cdef sockaddr_ll addr
+    cdef readonly int fanout_group      # PACKET_FANOUT group id (-1: not in one); see _join_fanout
 
     def __cinit__(self):
+        self.fanout_group = -1
         memset(self.rx_drop_reason, 0, sizeof(self.rx_drop_reason))
         self.fd = -1
         self.txfd = -1
@@ -487,7 +595,8 @@ cdef class PacketRing:
 
     def __init__(self, str ifname, bint client_side=True, unsigned int block_size=1 << 18,
                  unsigned int block_nr=64, unsigned int retire_ms=1, int mark=0,
-                 bint tcp_filter=True, bint gso=False, bint icmp_errors=True, HcTable hc_table=None):
+                 bint tcp_filter=True, bint gso=False, bint icmp_errors=True, HcTable hc_table=None,
+                 object fanout_group=None):
         cdef bytes name = ifname.encode()
         cdef int fd, one = 1, v = TPACKET_V3, sndbuf = 4 << 20
         cdef tpacket_req3 req
@@ -552,6 +661,79 @@ cdef class PacketRing:
         self.cur_block = 0
         if gso:
             self._open_gso_socket(mark)
+        if fanout_group is not None:
+            self._join_fanout(-1 if fanout_group == "new" else int(fanout_group))
+
+    # -- PACKET_FANOUT: one flow, one worker (stackpep.pep.workers) --------------------
+    # Each worker has its own ring on every interface; the rings of one interface
+    # form a fanout group (packet(7) PACKET_FANOUT, type PACKET_FANOUT_CBPF) whose
+    # classic BPF program (FANOUT_PROGRAM) computes a hash that is symmetric in
+    # the flow's addresses and ports; the kernel hands the packet to member
+    # `hash % members`, members numbered in the order they joined.  Both
+    # directions of a connection arrive on different interfaces (client side,
+    # server side): the same hash and the same join order on each interface
+    # send them to the same worker.
+    cdef _join_fanout(self, int group):
+        cdef int val, got
+        cdef socklen_t ln = sizeof(got)
+        cdef sock_fprog prog
+        cdef sock_filter* flt
+        cdef Py_ssize_t i, n = len(FANOUT_PROGRAM)
+        # The group has one receive hook of its own, which does not look at the
+        # members' PACKET_IGNORE_OUTGOING: without the fanout flag every packet the
+        # kernel sends or forwards out of the interface (an ICMP error on its way
+        # through the box, ...) would reach a member a second time.
+        cdef int flags = PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+        if group < 0:
+            # a new group: the kernel picks an id no other group uses (Linux >= 4.4)
+            val = (PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_UNIQUEID | flags) << 16
+        else:
+            val = (group & 0xffff) | ((PACKET_FANOUT_CBPF | flags) << 16)
+        self._check(setsockopt(self.fd, SOL_PACKET, PACKET_FANOUT, &val, sizeof(val)),
+                    "PACKET_FANOUT (with PACKET_FANOUT_FLAG_IGNORE_OUTGOING, which older kernels refuse: run one worker there)")
+        self._check(getsockopt(self.fd, SOL_PACKET, PACKET_FANOUT, &got, &ln), "PACKET_FANOUT (read back)")
+        self.fanout_group = got & 0xffff
+        # the program belongs to the group: every member sets the same one
+        flt = <sock_filter*>PyMem_Malloc(n * sizeof(sock_filter))
+        if flt == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                flt[i].code, flt[i].jt, flt[i].jf, flt[i].k = FANOUT_PROGRAM[i]
+            prog.len = <unsigned short>n
+            prog.filter = flt
+            self._check(setsockopt(self.fd, SOL_PACKET, PACKET_FANOUT_DATA, &prog, sizeof(prog)),
+                        "PACKET_FANOUT_DATA")
+        finally:
+            PyMem_Free(flt)
+
+    def resync(self):
+        """Take over a ring another process read before (a restarted worker: the
+        supervisor keeps every ring open, so the fanout group keeps its members
+        and their order).  What is waiting is dropped -- it was for connections
+        that ended with the old worker -- and reading goes on at the block the
+        kernel fills now: the one it opened last, the highest `seq_num`
+        (Documentation/networking/packet_mmap.rst, TPACKET_V3).  Returns the
+        number of packets dropped (also counted as rx_drop_resync)."""
+        cdef unsigned int i, best = 0
+        cdef uint64_t top = 0
+        cdef tpacket_block_desc* bd
+        cdef uint64_t dropped = 0
+        if self.ring == NULL:
+            raise ValueError("ring closed")
+        for i in range(self.block_nr):
+            bd = self._block(i)
+            if bd.hdr.bh1.block_status & TP_STATUS_USER:
+                dropped += bd.hdr.bh1.num_pkts
+                bd.hdr.bh1.block_status = TP_STATUS_KERNEL
+        for i in range(self.block_nr):
+            bd = self._block(i)
+            if bd.hdr.bh1.seq_num >= top:
+                top = bd.hdr.bh1.seq_num
+                best = i
+        self.cur_block = best
+        self.rx_resync_dropped += dropped
+        return dropped
 
     cdef _open_gso_socket(self, int mark):
         # A send-only socket (protocol 0: it receives nothing) with PACKET_VNET_HDR:
@@ -1023,6 +1205,7 @@ cdef class PacketRing:
             "rx_icmp_errors": self.rx_icmp_errors, "rx_icmp_drop_malformed": self.rx_icmp_malformed,
             "rx_icmp_drop_bad_checksum": self.rx_icmp_bad_checksum, "rx_icmp_drop_not_tcp": self.rx_icmp_not_tcp,
             "rx_hc_expanded": self.rx_hc_expanded, "rx_hc_dropped": self.rx_hc_dropped,
+            "rx_drop_resync": self.rx_resync_dropped,
             "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
             "tx_gso_frames": self.tx_gso_frames, "tx_gso_segments": self.tx_gso_segments,
             "tx_drop_nobufs": self.tx_nobufs, "tx_drop_again": self.tx_again,

@@ -99,6 +99,34 @@ cdef class CongestionControl:
         effects (post_transmit is where sending is counted)."""
         return 0
 
+    # -- loss taken as corruption (loss_response="corruption", CCSDS 714.0-B-2 §3.2) --
+    cdef void on_corruption_loss(self, uint64_t now):
+        """Entering loss recovery for a loss that is not a congestion signal: no
+        reduction; the window is remembered so that RFC 6582's inflation (the
+        engine still does the window accounting) can be undone at the end."""
+        self.rec_cwnd = self.cwnd
+
+    cdef void on_corruption_recovery_exit(self, uint64_t now):
+        if self.rec_cwnd > 0:
+            self.cwnd = self.rec_cwnd
+            self.rec_cwnd = 0
+
+    # -- link outage (CCSDS 714.0-B-2 §3.2, link-outage response) ----------------
+    cdef void hold(self):
+        """The first RTO of a series: remember what the path carried, so a link
+        outage that follows can resume there (``resume``) instead of slow start."""
+        self.held_cwnd = self.cwnd
+        self.held_ssthresh = self.ssthresh
+
+    cdef void resume(self, uint64_t now):
+        """The link answered after an outage: back to the window held before it
+        (no slow start; CCSDS 714.0-B-2 §3.2)."""
+        if self.held_cwnd > self.cwnd:
+            self.cwnd = self.held_cwnd
+        if self.held_ssthresh > 0:
+            self.ssthresh = self.held_ssthresh
+        self.bytes_acked = 0
+
     cdef str name(self):
         return "none"
 
@@ -212,8 +240,182 @@ cdef class Cubic(CongestionControl):
         self.cwnd = self.mss
         self.epoch_start = 0
 
+    cdef void resume(self, uint64_t now):
+        CongestionControl.resume(self, now)
+        self.epoch_start = 0        # a new epoch from the held window (RFC 9438 §4.2)
+
     cdef str name(self):
         return "cubic"
+
+
+# Vegas defaults of the SCPS reference gateway (CCSDS 714.0-B-2 §3.2 allows
+# Vegas; Brakmo & Peterson 1995 §3.2 use alpha 1 / beta 3, in segments)
+VEGAS_ALPHA = 3
+VEGAS_BETA = 5
+VEGAS_GAMMA = 4
+
+
+cdef class Vegas(CongestionControl):
+    """TCP Vegas: L. Brakmo, L. Peterson, "TCP Vegas: End to End Congestion
+    Avoidance on a Global Internet", IEEE JSAC 13(8), 1995; an SCPS-TP congestion
+    control option (CCSDS 714.0-B-2 §3.2).
+
+    Once per round trip, with BaseRTT the smallest RTT seen and RTT the smallest
+    of the round (§3.2), Diff = (Expected - Actual) * BaseRTT
+    = cwnd * (RTT - BaseRTT) / RTT, in segments: the data this connection keeps
+    queued in the path.  Congestion avoidance adds one segment when Diff < alpha,
+    takes one away when Diff > beta, holds otherwise; slow start doubles cwnd
+    every other round and ends when Diff > gamma (§3.3), cwnd then set to what the
+    path holds without a queue.  So the queue stays at alpha..beta segments,
+    whatever the loss rate: with loss_response="corruption" a loss changes nothing
+    here (the engine does not call on_loss), which is what keeps Vegas fast on a
+    lossy long link where the reference gateway's fell to ~3 Mbit/s."""
+    cdef public double alpha, beta, gamma  # segments
+    cdef uint64_t base_rtt                 # µs, smallest sample seen (0 = none)
+    cdef uint64_t round_min                # µs, smallest sample of this round (0 = none)
+    cdef uint64_t round_end                # µs, when this round's decision is due
+    cdef uint32_t round_samples
+    cdef double round_cwnd                 # cwnd when this round began
+    # slow start: rounds alternate between growth and a held window (§3.3)
+    cdef bint ss_hold                      # this round keeps cwnd fixed
+    cdef uint64_t hold_from, hold_to       # µs, the last held round (hold_to 0: running)
+    cdef uint64_t hold_min                 # µs, smallest RTT of a segment sent in it
+    cdef double hold_cwnd
+    cdef uint32_t hold_samples
+
+    def __cinit__(self):
+        self.delay_based = 1
+        self.alpha = VEGAS_ALPHA
+        self.beta = VEGAS_BETA
+        self.gamma = VEGAS_GAMMA
+
+    cdef void on_rtt_sample(self, uint64_t now, uint64_t rtt_us):
+        cdef uint64_t sent
+        if rtt_us == 0:
+            rtt_us = 1
+        if self.base_rtt == 0 or rtt_us < self.base_rtt:
+            self.base_rtt = rtt_us
+        if self.round_min == 0 or rtt_us < self.round_min:
+            self.round_min = rtt_us
+        self.round_samples += 1
+        if self.hold_from and now > rtt_us:
+            # a segment sent while slow start held the window: its RTT is the path's
+            # at that window (a growth round sends two segments per one acknowledged,
+            # and the bursts queue for a moment whatever the path holds)
+            sent = now - rtt_us
+            if sent >= self.hold_from and (self.hold_to == 0 or sent < self.hold_to):
+                if self.hold_min == 0 or rtt_us < self.hold_min:
+                    self.hold_min = rtt_us
+                self.hold_samples += 1
+
+    cdef uint64_t pacing_rate(self):
+        # Paced at 2 cwnd / BaseRTT in slow start, 1.25 cwnd / BaseRTT after (Linux's
+        # pacing ratios): an ACK-clocked slow start sends its doubling as trains at
+        # twice the bottleneck rate, whose brief queues Vegas would read as the
+        # path's (on a GEO path an early exit leaves cwnd far below the BDP, and
+        # congestion avoidance adds one segment per round trip).  BaseRTT, not
+        # SRTT: never slower than cwnd per round trip, whatever the queue.
+        if self.base_rtt == 0:
+            return 0
+        return <uint64_t>(self.cwnd * (2.0 if self.cwnd < self.ssthresh else 1.25) * 1e6 / self.base_rtt)
+
+    cdef void _leave_slow_start(self):
+        # §3.3: Diff for the window held last round, from the RTTs of what it sent;
+        # above gamma: the window the path holds without a queue, plus one segment
+        cdef double segs = self.hold_cwnd / self.mss
+        cdef double target
+        if segs * (<double>self.hold_min - self.base_rtt) / self.hold_min <= self.gamma:
+            return
+        target = (segs * self.base_rtt / self.hold_min + 1) * self.mss
+        if target < self.cwnd:
+            self.cwnd = target
+        if self.cwnd < 2 * self.mss:
+            self.cwnd = 2 * self.mss
+        self.ssthresh = self.cwnd - self.mss
+        if self.ssthresh < 2 * self.mss:
+            self.ssthresh = 2 * self.mss
+        self.hold_from = 0
+
+    cdef void on_ack(self, uint64_t now, uint32_t acked, int64_t srtt_us, uint64_t in_flight):
+        cdef double diff, segs
+        if self.round_end == 0:
+            self.round_end = now + (<uint64_t>srtt_us if srtt_us > 0 else 1)
+            self.round_cwnd = self.cwnd
+        elif now >= self.round_end and self.round_samples > 0:
+            # one decision per round trip (Brakmo & Peterson §3.2)
+            if self.cwnd < self.ssthresh:
+                if self.ss_hold:
+                    self.hold_to = now          # the held round ends; growth again
+                    self.ss_hold = 0
+                else:
+                    if self.hold_samples:
+                        self._leave_slow_start()
+                    if self.cwnd < self.ssthresh:
+                        self.ss_hold = 1        # hold this window for a round
+                        self.hold_from = now
+                        self.hold_to = 0
+                        self.hold_min = 0
+                        self.hold_samples = 0
+                        self.hold_cwnd = self.cwnd
+            else:
+                segs = self.round_cwnd / self.mss
+                diff = segs * (<double>self.round_min - self.base_rtt) / self.round_min
+                if diff > self.beta:
+                    self.cwnd -= self.mss
+                    if self.cwnd < 2 * self.mss:
+                        self.cwnd = 2 * self.mss
+                    if self.ssthresh > self.cwnd:
+                        self.ssthresh = self.cwnd
+                elif diff < self.alpha:
+                    self.cwnd += self.mss
+            self.round_end = now + self.round_min
+            self.round_min = 0
+            self.round_samples = 0
+            self.round_cwnd = self.cwnd
+            return
+        if self.cwnd < self.ssthresh and not self.ss_hold:
+            if self.hold_samples >= 3:
+                # the held window's RTTs arrive during the growth round: judged as
+                # soon as there are a few (Linux tcp_vegas: more than 2), not a round
+                # later, when cwnd would have doubled into the queue once more
+                self._leave_slow_start()
+                if self.cwnd >= self.ssthresh:
+                    return
+            # a growth round: cwnd doubles (the bytes acknowledged, up to 2 SMSS per
+            # ACK: RFC 3465 §2.2 L = 2*SMSS, as delayed ACKs cover two segments)
+            self.cwnd += acked if acked < 2 * self.mss else 2 * self.mss
+            if self.cwnd > self.ssthresh:
+                self.cwnd = self.ssthresh
+
+    cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause):
+        # a congestion loss (loss_response="congestion") or ECE: halve as RFC 5681
+        # §3.2 eq. 4 (Brakmo & Peterson keep Reno's response to a detected loss)
+        cdef double half = in_flight / 2.0
+        self.ssthresh = half if half > 2 * self.mss else 2 * self.mss
+        self.cwnd = self.ssthresh
+        self._new_rounds()
+
+    cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first):
+        if first:
+            self.on_loss(now, in_flight, CC_CAUSE_LOSS)
+        self.cwnd = self.mss        # RFC 5681 §3.1: loss window
+        self._new_rounds()
+
+    cdef void _new_rounds(self):
+        self.ss_hold = 0
+        self.hold_from = 0
+        self.hold_min = 0
+        self.hold_samples = 0
+        self.round_end = 0
+        self.round_min = 0
+        self.round_samples = 0
+
+    cdef void resume(self, uint64_t now):
+        CongestionControl.resume(self, now)
+        self._new_rounds()
+
+    cdef str name(self):
+        return "vegas"
 
 
 # cwnd of the rate-based controller: never the limit (1 TiB)
@@ -234,6 +436,10 @@ cdef class SharedRate:
     cdef readonly uint64_t rate_bps
     cdef readonly uint64_t now          # latest time a member reported
     cdef readonly int n_active
+    # active members in the box's other worker processes (stackpep.pep.workers
+    # publishes it): the rate is one budget for the box, each member paces at
+    # rate / (n_active + others_active)
+    cdef public int others_active
     cdef uint64_t recount_at, last_recount
     cdef list members
     cdef object __weakref__
@@ -270,7 +476,7 @@ cdef class SharedRate:
             return
         # a full-sized segment is ~1500 IP bytes; the threshold is in segments
         fair_segs = (self.rate_bps / 8.0 / 1500.0) * ((now - self.last_recount) / 1e6)
-        fair_segs /= self.n_active if self.n_active > 1 else 1
+        fair_segs /= max(1, self.n_active + self.others_active)
         threshold = fair_segs / 4 if fair_segs > 4 else 1
         self.last_recount = now
         keep = []
@@ -324,8 +530,19 @@ cdef class RateBased(CongestionControl):
     peer's window and the rate are.  The engine paces every segment, retransmissions
     included, at pacing_rate(); with loss_response="corruption" losses are repaired by
     SACK (RFC 6675) without any reduction.  Meant for a link whose rate is known and
-    not shared (the long leg between two stackpep boxes)."""
+    not shared (the long leg between two stackpep boxes).
+
+    With a guaranteed minimum (min_rate_bps > 0) the part above it is closed
+    loop, as the reference gateway's "minimum rate" option: never paced below
+    min_rate_bps; a congestion signal (ECE, or a loss when the loss type is
+    congestion) halves the excess over the minimum, an RTO (loss type congestion)
+    drops to the minimum, and every RTT sample probes back up towards rate_bps by
+    1/8 of (rate_bps - min_rate_bps) per round trip."""
     cdef uint64_t rate_bps      # bits/s counted on IP bytes, headers included
+    cdef uint64_t min_rate_bps  # 0 = open loop at rate_bps
+    cdef double cur_rate_bps    # the closed-loop rate (= rate_bps when open loop)
+    cdef double held_rate_bps   # at the first RTO of a series (link outage)
+    cdef uint64_t last_probe    # µs, last increase towards rate_bps
     cdef uint32_t hdr_bytes     # IP + TCP headers + options per full-sized segment
     cdef uint64_t payload_rate  # bytes of payload per second
     cdef SharedRate share       # None: the rate is this connection's alone
@@ -340,7 +557,8 @@ cdef class RateBased(CongestionControl):
     cdef void _update_rate(self):
         # the link counts whole IP packets; the engine paces payload bytes
         cdef double seg = self.mss if self.mss > 0 else 1
-        self.payload_rate = <uint64_t>(self.rate_bps / 8.0 * seg / (seg + self.hdr_bytes))
+        cdef double r = self.cur_rate_bps if self.min_rate_bps else self.rate_bps
+        self.payload_rate = <uint64_t>(r / 8.0 * seg / (seg + self.hdr_bytes))
         if self.payload_rate < 1:
             self.payload_rate = 1
 
@@ -352,8 +570,22 @@ cdef class RateBased(CongestionControl):
             self.share._join(self)
 
     cdef void on_rtt_sample(self, uint64_t now, uint64_t rtt_us):
+        cdef double dt
         if self.share is not None:
             self.share._touch(now)
+        if self.min_rate_bps and self.cur_rate_bps < self.rate_bps:
+            # probe up: (rate - min) / 8 per round trip of elapsed time
+            dt = (now - self.last_probe) if now > self.last_probe else 0
+            if dt > rtt_us:
+                dt = rtt_us
+            self.last_probe = now
+            if rtt_us > 0:
+                self.cur_rate_bps += (self.rate_bps - self.min_rate_bps) / 8.0 * dt / rtt_us
+            if self.cur_rate_bps > self.rate_bps:
+                self.cur_rate_bps = self.rate_bps
+            self._update_rate()
+        else:
+            self.last_probe = now
 
     cdef void set_mss(self, uint32_t mss):
         self.mss = mss
@@ -365,13 +597,35 @@ cdef class RateBased(CongestionControl):
         self.cwnd = RATE_CWND
 
     cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause):
-        pass                      # open loop: the rate is configured, not probed
+        # open loop (no minimum): the rate is configured, not probed
+        if self.min_rate_bps:
+            self.cur_rate_bps = self.min_rate_bps + (self.cur_rate_bps - self.min_rate_bps) / 2.0
+            self.last_probe = now
+            self._update_rate()
 
     cdef void on_recovery_exit(self, uint64_t now, uint64_t in_flight):
         self.cwnd = RATE_CWND
 
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first):
         self.cwnd = RATE_CWND
+        if self.min_rate_bps:
+            self.cur_rate_bps = self.min_rate_bps     # the guaranteed floor
+            self.last_probe = now
+            self._update_rate()
+
+    cdef void hold(self):
+        CongestionControl.hold(self)
+        self.held_rate_bps = self.cur_rate_bps
+
+    cdef void on_corruption_recovery_exit(self, uint64_t now):
+        self.cwnd = RATE_CWND
+
+    cdef void resume(self, uint64_t now):
+        self.cwnd = RATE_CWND
+        if self.min_rate_bps and self.held_rate_bps > self.cur_rate_bps:
+            self.cur_rate_bps = self.held_rate_bps
+            self._update_rate()
+        self.last_probe = now
 
     cdef void post_transmit(self, uint64_t now, uint64_t nbytes):
         if self.share is None:
@@ -384,7 +638,7 @@ cdef class RateBased(CongestionControl):
         cdef int n
         if self.share is None:
             return self.payload_rate
-        n = self.share.n_active
+        n = self.share.n_active + self.share.others_active
         return self.payload_rate // n if n > 1 else self.payload_rate
 
     cdef str name(self):
@@ -393,10 +647,18 @@ cdef class RateBased(CongestionControl):
 
 cdef CongestionControl make_cc(str name, object config=None, int ipver=4):
     cdef RateBased rb
+    cdef Vegas vg
     if name == "newreno":
         return NewReno()
     if name == "cubic":
         return Cubic()
+    if name == "vegas":
+        vg = Vegas()
+        if config is not None:
+            vg.alpha = getattr(config, "vegas_alpha", VEGAS_ALPHA)
+            vg.beta = getattr(config, "vegas_beta", VEGAS_BETA)
+            vg.gamma = getattr(config, "vegas_gamma", VEGAS_GAMMA)
+        return vg
     if name == "rate":
         rb = RateBased()
         rb.rate_bps = config.rate_bps if config is not None and config.rate_bps else 0
@@ -404,6 +666,10 @@ cdef CongestionControl make_cc(str name, object config=None, int ipver=4):
             raise ValueError("congestion control 'rate' needs rate_bps")
         # RFC 9293 §3.7.1 headers: IPv4 20 / IPv6 40, TCP 20, timestamps 12 (RFC 7323)
         rb.hdr_bytes = (20 if ipver == 4 else 40) + 20 + (12 if config.timestamps else 0)
+        rb.min_rate_bps = getattr(config, "min_rate_bps", None) or 0
+        if rb.min_rate_bps > rb.rate_bps:
+            raise ValueError("min_rate_bps must not exceed rate_bps")
+        rb.cur_rate_bps = rb.rate_bps
         if isinstance(config.rate_share, SharedRate):
             # owned by whoever creates the engines (the PEP dispatcher)
             rb.share = config.rate_share

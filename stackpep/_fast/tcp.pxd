@@ -31,6 +31,8 @@ cdef enum:
     EV_SCPS_FALLBACK = 8
     EV_RECORD = 9
     EV_SKIPPED = 10
+    EV_OUTAGE_ENTERED = 11    # link outage (CCSDS 714.0-B-2 §3.2): stackpep.tcp.events.OutageEntered
+    EV_OUTAGE_EXITED = 12
     EV_TFO_ACCEPTED = 20    # TCP Fast Open events (RFC 7413; arguments in evq_a / evq_b)
     EV_TFO_RESULT = 21
     EVQ_SIZE = 16
@@ -136,6 +138,9 @@ cdef class CongestionControl:
     cdef double ssthresh
     cdef double mss
     cdef double bytes_acked     # RFC 5681 §3.1 byte counting in congestion avoidance
+    cdef double held_cwnd, held_ssthresh    # at the first RTO of a series (hold/resume)
+    cdef double rec_cwnd        # window when a loss taken as corruption was seen
+    cdef bint delay_based       # wants an RTT sample from every ACK (Vegas)
     cdef void init(self, uint32_t mss, uint32_t iw_segments)
     cdef void set_mss(self, uint32_t mss)
     cdef double _ss(self, uint32_t acked)
@@ -150,6 +155,10 @@ cdef class CongestionControl:
     cdef void post_transmit(self, uint64_t now, uint64_t nbytes)
     cdef void take_over(self, CongestionControl old)
     cdef uint64_t pacing_rate(self)
+    cdef void on_corruption_loss(self, uint64_t now)
+    cdef void on_corruption_recovery_exit(self, uint64_t now)
+    cdef void hold(self)
+    cdef void resume(self, uint64_t now)
     cdef str name(self)
 
 cdef class NewReno(CongestionControl):
@@ -169,6 +178,7 @@ cdef class Cubic(CongestionControl):
     cdef void _reduce(self, uint64_t now)
     cdef void on_loss(self, uint64_t now, uint64_t in_flight, int cause)
     cdef void on_rto(self, uint64_t now, uint64_t in_flight, bint first)
+    cdef void resume(self, uint64_t now)
     cdef str name(self)
 
 
@@ -253,6 +263,12 @@ cdef class TcpConnection:
     cdef ivset_t sb                   # SACK scoreboard (RFC 6675 §3)
     cdef int64_t sacked_bytes
     cdef uint64_t next_send_time      # pacing gate (rate-based controllers)
+    # -- link outage (CCSDS 714.0-B-2 §3.2; outage.pxi) ---------------------------------------------
+    cdef bint outage                  # no new data; snd_una probed every cfg_outage_probe µs
+    cdef int cfg_outage_rtos          # consecutive RTOs that mean an outage (0 = never)
+    cdef uint64_t cfg_outage_probe, cfg_outage_silence, cfg_outage_max
+    cdef uint64_t outage_start
+    cdef uint64_t n_outage_entered, n_outage_probes, n_outage_exited
     # -- control flags for the output routine --------------------------------------------------------
     cdef bint syn_pending
     cdef bint probe_pending
@@ -411,6 +427,7 @@ cdef class TcpConnection:
     cdef void _rcv_fin(self, int64_t fin_off, uint64_t now)
     cdef void _rcv_data(self, int64_t off, const uint8_t* p, int64_t n, uint64_t now)
     cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now)
+    cdef void _corruption_growth(self, uint64_t now, int64_t delivered, int64_t prior_flight)
     cdef void _ecn_response(self, uint64_t now, int64_t flight)
     cdef void _enter_recovery(self, uint64_t now)
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off)
@@ -421,6 +438,11 @@ cdef class TcpConnection:
     cdef uint64_t _keepalive_deadline(self)
     cdef void _handle_timer(self, uint64_t now)
     cdef void _on_rto(self, uint64_t now)
+    cdef bint _outage_due(self, uint64_t now) noexcept
+    cdef void _enter_outage(self, uint64_t now)
+    cdef void _outage_rto(self, uint64_t now)
+    cdef void _exit_outage(self, uint64_t now)
+    cdef Py_ssize_t _output_outage(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
     cdef Py_ssize_t output_into(self, uint8_t* buf, Py_ssize_t cap, uint64_t now) except -1
     cdef int64_t _cur_mss(self)
     cdef Py_ssize_t _output_data(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)

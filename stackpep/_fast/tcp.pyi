@@ -47,6 +47,10 @@ class RateBased(CongestionControl):
     """SCPS-TP rate control (CCSDS 714.0-B-2 §3.2, reference gateway mode 0): paced at
     a configured rate counted on IP bytes; cwnd never limits."""
 
+class Vegas(CongestionControl):
+    """TCP Vegas (Brakmo & Peterson 1995; CCSDS 714.0-B-2 §3.2): delay-based, keeps
+    alpha..beta segments queued in the path."""
+
 class SharedRate:
     """One rate divided between the active connections whose TcpConfig.rate_share
     is this object; owned by whoever creates the engines (the PEP dispatcher)."""
@@ -57,6 +61,8 @@ class SharedRate:
     def now(self) -> int: ...
     @property
     def n_active(self) -> int: ...
+    #: active members in the box's other worker processes (stackpep.pep.workers)
+    others_active: int
     @property
     def members_count(self) -> int: ...
 

@@ -35,6 +35,7 @@ include "cc.pxi"
 include "ivset.pxi"
 include "rtt.pxi"
 include "timers.pxi"
+include "siphash.pxi"
 include "tfo.pxi"
 
 # -- wrap-safe sequence comparisons (RFC 9293 §3.4; Linux before()/after()) --------
@@ -204,6 +205,11 @@ cdef class TcpConnection:
         self.cfg_chal_limit = config.challenge_ack_limit
         self.cc = make_cc(config.congestion, config, self.ipver)
         self.loss_corruption = config.loss_response == "corruption"
+        # link outage (CCSDS 714.0-B-2 §3.2): off unless outage_rtos / outage_silence_us
+        self.cfg_outage_rtos = config.outage_rtos or 0
+        self.cfg_outage_probe = config.outage_probe_us
+        self.cfg_outage_silence = config.outage_silence_us or 0
+        self.cfg_outage_max = config.outage_max_us or 0
         # sequence state
         self.snd_una = -1
         self.snd_nxt = -1
@@ -331,7 +337,10 @@ cdef class TcpConnection:
             self.tm.time_wait = 1
 
     cdef void _rtt_sample(self, int64_t r, uint64_t now):
-        if rtt_sample(&self.rtt, r):
+        if rtt_sample(&self.rtt, r) and not (self.cc.delay_based and self.ts_ok):
+            # (with timestamps a delay-based controller takes the RFC 7323 samples of
+            # every ACK instead, _process_ack: a timed segment held behind a repaired
+            # hole would count the repair as queueing delay)
             self.cc.on_rtt_sample(now, <uint64_t>r)
 
     cdef int64_t _rcv_data_end(self) noexcept:
@@ -1036,10 +1045,12 @@ cdef class TcpConnection:
             self.rcv_nxt = end
             self.bytes_in += n
             if self.ofo.n:
+                # filled all or part of a gap: ACK at once (RFC 5681 §4.2), also when
+                # the gap is not closed (its sender times the repair from this ACK)
+                self.ack_now = 1
                 before = self.rcv_nxt
                 if ivset_merge_front(&self.ofo, &self.rcv_nxt):
                     self.bytes_in += self.rcv_nxt - before
-                    self.ack_now = 1       # filled (part of) a gap: ACK at once (RFC 5681 §4.2)
             if self.rcv_fin_off >= 0 and self.rcv_fin_off == self.rcv_nxt:
                 self._rcv_fin(self.rcv_fin_off, now)
             if not self.readable_notified and self.st != SYN_RECEIVED:
@@ -1060,9 +1071,11 @@ cdef class TcpConnection:
     # ---------------------------------------------------------------------------------
     cdef void _process_ack(self, tcp_seg_t* s, int64_t ack_off, int64_t seg_off, uint32_t plen, uint64_t now):
         """ACK processing in the synchronized states (RFC 9293 §3.10.7.4 fifth check)."""
-        cdef int64_t win, acked, data_acked, prior_flight, newly_sacked = 0, a, b
+        cdef int64_t win, acked, data_acked, prior_flight, newly_sacked = 0, a, b, trimmed = 0
         cdef bint window_changed = 0
         cdef uint8_t f = s.flags
+        if self.outage:
+            self._exit_outage(now)      # the link answered
         # window update: SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)
         if self.snd_wl1 < seg_off or (self.snd_wl1 == seg_off and self.snd_wl2 <= ack_off):
             win = (<int64_t>s.window) << self.snd_wscale
@@ -1099,7 +1112,8 @@ cdef class TcpConnection:
             self.una_time = now
             self.retries = 0
             if self.sb.n:
-                self.sacked_bytes -= ivset_trim_below(&self.sb, self.snd_una)
+                trimmed = ivset_trim_below(&self.sb, self.snd_una)
+                self.sacked_bytes -= trimmed
             # RTT (RFC 6298 §3 Karn: timed segment not retransmitted; RFC 7323 §4 RTTM otherwise)
             if self.rtt.timing and ack_off > self.rtt.timed_off:
                 self.rtt.timing = 0
@@ -1115,6 +1129,13 @@ cdef class TcpConnection:
                                  if seq_le(s.opts.ts_ecr, self._ts_now(now)) else -1, now)
             elif self.rtt.srtt >= 0:
                 rtt_end_backoff(&self.rtt)      # a new ACK ends any backoff (RFC 6298 §5.7 note)
+            if (self.cc.delay_based and self.ts_ok and s.opts.has_ts
+                    and (not self.rtt.ts_floor_set or seq_ge(s.opts.ts_ecr, self.rtt.ts_floor))
+                    and seq_le(s.opts.ts_ecr, self._ts_now(now))):
+                # a delay-based controller (Vegas) sees the RTT of every ACK that
+                # advances the left edge (RFC 7323 §4 RTTM), not one timed segment per
+                # RTT: its per-round minimum needs them (Brakmo & Peterson §3.2)
+                self.cc.on_rtt_sample(now, <uint64_t>(<uint32_t>(self._ts_now(now) - s.opts.ts_ecr)) * 1000)
             # congestion control
             if self.ecn_ok and (f & TH_ECE) and self.snd_una > self.ecn_recover:
                 self._ecn_response(now, prior_flight)
@@ -1125,11 +1146,18 @@ cdef class TcpConnection:
                     self.lt_sent = 0
                     if not self.loss_corruption:
                         self.cc.on_recovery_exit(now, <uint64_t>self._flight())
+                    elif not self.sack_ok:
+                        # corruption: undo RFC 6582's inflation, back to the window
+                        # held when the loss was seen (no reduction)
+                        self.cc.on_corruption_recovery_exit(now)
                 elif not self.sack_ok:
                     # RFC 6582 §3.2 step 5: partial ACK
                     self.rexmit_pending = 1
                     self.cc.on_partial_ack(<uint64_t>acked)
                     self.tm.rtx = now + self.rtt.rto
+                elif self.loss_corruption:
+                    # what reached the receiver now (SACKed bytes counted once)
+                    self._corruption_growth(now, acked - trimmed + newly_sacked, prior_flight)
             else:
                 self.dupacks = 0
                 self.lt_sent = 0
@@ -1158,9 +1186,20 @@ cdef class TcpConnection:
                     if self.in_recovery:
                         if not self.sack_ok:
                             self.cc.on_recovery_dupack(self.smss)   # RFC 6582 §3.2 step 4: inflate
+                        elif self.loss_corruption and newly_sacked > 0:
+                            self._corruption_growth(now, newly_sacked, prior_flight)
                     elif self.snd_una >= self.recover and (
                             self.dupacks >= DUPTHRESH or (self.sack_ok and self._lost_edge() > self.snd_una)):
                         self._enter_recovery(now)
+
+    cdef void _corruption_growth(self, uint64_t now, int64_t delivered, int64_t prior_flight):
+        # SACK recovery from a loss taken as corruption (CCSDS 714.0-B-2 §3.2) only
+        # repairs: the path is not congested, so the controller keeps growing on what
+        # was delivered (at 1 % loss on a GEO window recovery hardly ever ends, and a
+        # window frozen in it stays where the first loss happened)
+        if delivered > 0 and 2 * prior_flight >= <int64_t>self.cc.cwnd:
+            self.cc.on_ack(now, <uint32_t>(delivered if delivered < 0xFFFFFFFF else 0xFFFFFFFF),
+                           self.rtt.srtt, <uint64_t>self._flight())
 
     cdef void _ecn_response(self, uint64_t now, int64_t flight):
         # RFC 3168 §6.1.2: react to ECE as to a loss, at most once per window; CWR on the next data
@@ -1182,11 +1221,15 @@ cdef class TcpConnection:
             if self.snd_una >= self.ecn_recover:
                 self.cc.on_loss(now, <uint64_t>flight, CC_CAUSE_LOSS)
             self.ecn_recover = self.snd_max
+        else:
+            self.cc.on_corruption_loss(now)
         # RFC 5681 §3.2 step 3 / RFC 6675 §5 (4.3): the first lost segment is resent
         # at once, whatever cwnd allows
         self.rexmit_pending = 1
-        if not self.sack_ok and not self.loss_corruption:
-            self.cc.on_recovery_dupack(DUPTHRESH * self.smss)    # RFC 6582 §3.2 step 3 inflation
+        if not self.sack_ok:
+            # RFC 6582 §3.2 step 3 inflation (a loss taken as corruption too: the
+            # window accounting is the same; on_corruption_recovery_exit undoes it)
+            self.cc.on_recovery_dupack(DUPTHRESH * self.smss)
         self.tm.rtx = now + self.rtt.rto
 
     cdef int64_t _sack_update(self, tcp_seg_t* s, int64_t ack_off):
@@ -1311,26 +1354,38 @@ cdef class TcpConnection:
             return
         if self.snd_nxt <= self.snd_una and self.snd_max <= self.snd_una:
             return
+        if self.outage:
+            self._outage_rto(now)               # a probe, not a retransmission timeout
+            return
+        if (self.cfg_outage_rtos or self.cfg_outage_silence) and self._outage_due(now):
+            self._enter_outage(now)
+            return
         if self.retries >= self.cfg_max_retrans or (
                 self.cfg_user_timeout and now - self.una_time >= <uint64_t>self.cfg_user_timeout):
             self._enter_closed(CR_TIMEOUT)      # RFC 9293 §3.8.3 R2 / USER TIMEOUT
             return
+        if self.retries == 0:
+            self.cc.hold()                      # what an outage would resume at
         self.retries += 1
         self.n_timeouts += 1
-        # RFC 6298 §5.5: back off
-        rtt_backoff(&self.rtt)
         if not self.loss_corruption:
+            # RFC 6298 §5.5: back off
+            rtt_backoff(&self.rtt)
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
-        elif self.sack_ok and self.sb.n and self.next_send_time:
-            # Paced (rate-based) sender treating loss as corruption (CCSDS 714.0-B-2 §3.2): with
-            # SACK the RTO means a retransmission was lost (RFC 6675 cannot see it
-            # otherwise).  Go-back-N would resend the whole unSACKed flight, a
-            # bandwidth-delay product still on its way; restart RFC 6675 recovery from
-            # SND.UNA instead, keeping the scoreboard (§5.1), so only holes go again
-            # (the outcome RFC 8985 RACK reaches without the timeout).
+        else:
+            # Loss taken as corruption (CCSDS 714.0-B-2 §3.2): the RTO is not backed
+            # off and the window is kept, so go-back-N would resend the whole flight
+            # at once, a bandwidth-delay product still on its way.  Resend the first
+            # segment (RFC 6298 §5.4) as a loss recovery: with SACK the RTO means a
+            # retransmission was lost (RFC 6675 cannot see it otherwise), and
+            # recovery restarts from SND.UNA keeping the scoreboard (§5.1), so only
+            # holes go again (the outcome RFC 8985 RACK reaches without the
+            # timeout); without SACK, RFC 6582 partial ACKs resend the rest.
             if not self.in_recovery:
                 self.in_recovery = 1
                 self.recover = self.snd_max
+                self.dupacks = 0
+                self.cc.on_corruption_loss(now)
             self.high_rxt = self.snd_una
             self.rexmit_pending = 1
             rtt_timeout(&self.rtt, self._ts_now(now))
@@ -1345,6 +1400,82 @@ cdef class TcpConnection:
         self.snd_nxt = self.snd_una
         self.high_rxt = self.snd_una
         rtt_timeout(&self.rtt, self._ts_now(now))
+
+    # ================================================================================
+    # link outage (CCSDS 714.0-B-2 §3.2): persist through it, resume where it began
+    # ================================================================================
+    cdef bint _outage_due(self, uint64_t now) noexcept:
+        # this expiry is the outage_rtos-th in a row, or nothing came for outage_silence_us
+        if self.cfg_outage_rtos and self.retries + 1 >= self.cfg_outage_rtos:
+            return 1
+        return self.cfg_outage_silence != 0 and now - self.last_rcv_time >= self.cfg_outage_silence
+
+    cdef void _enter_outage(self, uint64_t now):
+        """Stop sending new data; probe SND.UNA every outage_probe_us, with no backoff
+        and without counting towards max_retransmits / the user timeout."""
+        if self.retries == 0:
+            self.cc.hold()
+        self.outage = 1
+        self.outage_start = now
+        self.n_outage_entered += 1
+        self._push_event(EV_OUTAGE_ENTERED)
+        # as an RTO: recovery ends, SND.NXT back to SND.UNA (the scoreboard is kept,
+        # RFC 6675 §5.1), Karn's rule for what is in flight
+        if self.loss_corruption and self.in_recovery and not self.sack_ok:
+            self.cc.on_corruption_recovery_exit(now)
+        self.recover = self.snd_max
+        self.ecn_recover = self.snd_max
+        self.in_recovery = 0
+        self.dupacks = 0
+        self.lt_sent = 0
+        self.snd_nxt = self.snd_una
+        self.high_rxt = self.snd_una
+        rtt_timeout(&self.rtt, self._ts_now(now))
+        self._outage_rto(now)
+
+    cdef void _outage_rto(self, uint64_t now):
+        if self.cfg_outage_max and now - self.outage_start >= self.cfg_outage_max:
+            self._enter_closed(CR_TIMEOUT)      # outage_max_us: given up
+            return
+        self.n_outage_probes += 1
+        self.rexmit_pending = 1
+        self.tm.rtx = now + self.cfg_outage_probe
+
+    cdef void _exit_outage(self, uint64_t now):
+        """An acceptable ACK: the link is back.  Resume at the window / rate held
+        before the outage (no slow start), the RTO from SRTT again."""
+        self.outage = 0
+        self.n_outage_exited += 1
+        self._push_event(EV_OUTAGE_EXITED)
+        self.retries = 0
+        self.una_time = now             # the user timeout counts from here, not from before the outage
+        self.rexmit_pending = 0
+        self.cc.resume(now)
+        if self.rtt.srtt >= 0:
+            rtt_end_backoff(&self.rtt)
+        if self.snd_max > self.snd_una:
+            self.tm.rtx = now + self.rtt.rto
+
+    cdef Py_ssize_t _output_outage(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
+        # the probe: the first unacknowledged segment (it repairs as it probes)
+        cdef int64_t off = self.snd_una, length
+        cdef bint fin
+        cdef int st = self.st
+        if not self.rexmit_pending:
+            return 0
+        self.rexmit_pending = 0
+        length = self.wr_end - off
+        if length > self._cur_mss():
+            length = self._cur_mss()
+        if length < 0:
+            length = 0
+        fin = (self.fin_requested and (st == FIN_WAIT_1 or st == CLOSING or st == LAST_ACK)
+               and off + length == self.wr_end and self.snd_max > self.wr_end)
+        if length == 0 and not fin:
+            return 0
+        if self.snd_nxt < off + length + fin:
+            self.snd_nxt = off + length + fin
+        return self._emit_data(buf, cap, off, length, fin, 1, now)
 
     def icmp_packet_too_big(self, int mtu, uint64_t now, quoted_seq=None):
         """RFC 1191 §6.1 / RFC 8201 §4: lower the path MTU, resend what no longer fits.
@@ -1456,6 +1587,8 @@ cdef class TcpConnection:
         cdef int64_t rec_len
         cdef int st = self.st
         cdef Py_ssize_t n
+        if self.outage:
+            return self._output_outage(buf, cap, now)
         may_fin = self.fin_requested and (st == FIN_WAIT_1 or st == CLOSING or st == LAST_ACK)
         # 0. SCPS-TP: holes a SNACK reported, at once; no second copy of a recent repair
         if self.n_snkq:
@@ -2333,6 +2466,10 @@ cdef class TcpConnection:
         b = self.evq_b[self.ev_head]
         self.ev_head = (self.ev_head + 1) % EVQ_SIZE
         self.ev_n -= 1
+        if code == EV_OUTAGE_ENTERED:
+            return _ev.OutageEntered()
+        if code == EV_OUTAGE_EXITED:
+            return _ev.OutageExited()
         if code >= EV_SCPS_NEGOTIATED:
             if code == EV_TFO_ACCEPTED:
                 return _ev.FastOpenAccepted(int(a))
@@ -2417,6 +2554,10 @@ cdef class TcpConnection:
             bytes_skipped=self.n_bytes_skipped,
             bets_abandoned=self.n_bets_abandoned,
             records_merged=self.n_rec_lost,
+            outage=bool(self.outage),
+            outage_entered=self.n_outage_entered,
+            outage_probes=self.n_outage_probes,
+            outage_exited=self.n_outage_exited,
             tfo_syn_data_sent=self.n_tfo_sent,
             tfo_syn_data_acked=self.n_tfo_acked,
             tfo_syn_data_accepted=self.n_tfo_accepted,

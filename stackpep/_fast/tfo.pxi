@@ -6,51 +6,7 @@
 cdef enum:
     TFO_COOKIE_LEN = 8
 
-cdef inline uint64_t _rotl64(uint64_t x, int b) noexcept nogil:
-    return (x << b) | (x >> (64 - b))
-
-cdef inline uint64_t _le64(const uint8_t* p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v |= (<uint64_t>p[i]) << (8 * i)
-    return v
-
-cdef uint64_t siphash24(uint64_t k0, uint64_t k1, const uint8_t* m, Py_ssize_t n) noexcept nogil:
-    """SipHash-2-4 of m[0:n] under the key (k0, k1) (the paper's little-endian halves)."""
-    cdef uint64_t v0 = k0 ^ 0x736f6d6570736575ULL
-    cdef uint64_t v1 = k1 ^ 0x646f72616e646f6dULL
-    cdef uint64_t v2 = k0 ^ 0x6c7967656e657261ULL
-    cdef uint64_t v3 = k1 ^ 0x7465646279746573ULL
-    cdef uint64_t mi, b
-    cdef Py_ssize_t i, end = n - (n & 7)
-    cdef int r, rounds
-    i = 0
-    while i <= end:
-        if i < end:
-            mi = _le64(m + i)
-            rounds = 2
-        else:
-            # last block: the remaining bytes, message length in the top byte
-            mi = (<uint64_t>(n & 0xFF)) << 56
-            for r in range(n & 7):
-                mi |= (<uint64_t>m[end + r]) << (8 * r)
-            rounds = 2
-        v3 ^= mi
-        for r in range(rounds):
-            v0 += v1; v1 = _rotl64(v1, 13); v1 ^= v0; v0 = _rotl64(v0, 32)
-            v2 += v3; v3 = _rotl64(v3, 16); v3 ^= v2
-            v0 += v3; v3 = _rotl64(v3, 21); v3 ^= v0
-            v2 += v1; v1 = _rotl64(v1, 17); v1 ^= v2; v2 = _rotl64(v2, 32)
-        v0 ^= mi
-        i += 8
-    v2 ^= 0xFF
-    for r in range(4):
-        v0 += v1; v1 = _rotl64(v1, 13); v1 ^= v0; v0 = _rotl64(v0, 32)
-        v2 += v3; v3 = _rotl64(v3, 16); v3 ^= v2
-        v0 += v3; v3 = _rotl64(v3, 21); v3 ^= v0
-        v2 += v1; v1 = _rotl64(v1, 17); v1 ^= v2; v2 = _rotl64(v2, 32)
-    return v0 ^ v1 ^ v2 ^ v3
+# siphash24(): siphash.pxi (tcp.pyx includes it first)
 
 cdef void tfo_cookie(uint64_t k0, uint64_t k1, const uint8_t* client, const uint8_t* server, int alen,
                      uint8_t* out) noexcept nogil:

@@ -69,12 +69,14 @@ class Router(abc.ABC):
 # ------------------------------------------------------------------ AF_PACKET
 class AfPacketPort(PacketPort):
     def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
-                 retire_ms: int = 1, mark: int = 0, gso: bool = True, hc_table=None) -> None:
+                 retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None, hc_table=None) -> None:
         self.name = ifname
         self.client_side = client_side
         self.hc_table = hc_table  # SCPS compressed headers (IP protocol 105) are expanded through it
+        # fanout_group: None, "new" or a group id (PacketRing; stackpep.pep.workers)
         self.ring = PacketRing(ifname, client_side=client_side, block_size=block_size, block_nr=block_count,
-                               retire_ms=retire_ms, mark=mark, gso=gso, hc_table=hc_table)
+                               retire_ms=retire_ms, mark=mark, gso=gso, fanout_group=fanout_group,
+                               hc_table=hc_table)
         self.ifindex = self.ring.ifindex
         self._held: Optional[List[Tuple[bytes, object]]] = None
 
@@ -142,6 +144,14 @@ class KernelRouter(Router):
         if port is None:
             raise LookupError(f"{ipaddress.ip_address(addr)} leaves by {nh.ifname}, which stackpep does not drive")
         return port, nh
+
+    def next_hop_nowait(self, addr: bytes):
+        """(port, hop) if the cache knows addr, else None (then: await next_hop)."""
+        nh = self.cache.cached(addr)
+        if nh is None:
+            return None
+        port = self.by_index.get(nh.ifindex)
+        return None if port is None else (port, nh)
 
     def close(self) -> None:
         self.rtnl.close()
@@ -231,8 +241,14 @@ class MemoryRouter(Router):
         self.routes = [(ipaddress.ip_network(p), port) for p, port in routes]
 
     async def next_hop(self, addr: bytes):
+        found = self.next_hop_nowait(addr)
+        if found is None:
+            raise LookupError(f"no route to {ipaddress.ip_address(addr)}")
+        return found
+
+    def next_hop_nowait(self, addr: bytes):
         ip = ipaddress.ip_address(addr)
         for net, port in self.routes:
             if ip.version == net.version and ip in net:
                 return port, None
-        raise LookupError(f"no route to {ip}")
+        return None

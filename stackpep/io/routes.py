@@ -213,11 +213,16 @@ class NextHop:
 class NextHopCache:
     """Route + neighbour lookups per destination, cached for `ttl` seconds."""
 
-    def __init__(self, rtnl: Rtnl, ttl: float = 30.0) -> None:
+    def __init__(self, rtnl: Rtnl, ttl: float = 30.0, max_entries: int = 65536) -> None:
         self.rtnl = rtnl
         self.ttl = ttl
+        self.max_entries = max_entries
         self._cache: Dict[str, Tuple[float, NextHop]] = {}
         self._links: Dict[int, Link] = {}
+        # (ifindex, gateway) -> (expires, MAC): the many destinations behind one
+        # router (a flood of spoofed sources) cost one route query each, not a
+        # neighbour lookup too
+        self._gateways: Dict[Tuple[int, str], Tuple[float, bytes]] = {}
 
     def lookup(self, dst: Addr, timeout: float = 3.0) -> NextHop:
         d = _addr_str(dst)
@@ -229,9 +234,18 @@ class NextHopCache:
         link = self._links.get(r.ifindex)
         if link is None:
             link = self._links[r.ifindex] = self.rtnl.link(r.ifindex)
-        mac = self.rtnl.resolve(r.ifindex, r.next_hop, timeout=timeout)
+        gw = self._gateways.get((r.ifindex, r.gateway)) if r.gateway else None
+        if gw is not None and gw[0] > now:
+            mac = gw[1]
+        else:
+            mac = self.rtnl.resolve(r.ifindex, r.next_hop, timeout=timeout)
+            if r.gateway:
+                self._gateways[(r.ifindex, r.gateway)] = (now + self.ttl, mac)
         nh = NextHop(r.ifindex, link.name, mac, link.mac, link.mtu)
         self._cache[d] = (now + self.ttl, nh)
+        if len(self._cache) > self.max_entries:  # bounded: expired entries go, then the oldest
+            for k in [k for k, v in self._cache.items() if v[0] <= now] or list(self._cache)[:len(self._cache) // 4]:
+                del self._cache[k]
         return nh
 
     def cached(self, dst: Addr) -> Optional[NextHop]:

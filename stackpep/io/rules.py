@@ -26,15 +26,30 @@ capture, they take protocol 105 only directly after the IP header (never an
 IPv4 fragment, never behind IPv6 extension headers).
 Every rule carries a comment naming stackpep.  `auto` picks nft when the `nft`
 tool works (atomic replace, a table we own), else iptables-legacy.
+
+A crash must not cut the link.  With nft, `InstalledRules` makes the table
+with `flags owner` (Linux >= 5.12) through libnftables in this process
+(ctypes, `OwnedNft`): the kernel ties the table to the netlink socket that
+created it and deletes it the moment the process dies, SIGKILL included, so
+the kernel forwards every flow again at once; no other process may change or
+delete it meanwhile (`stackpep cleanup` leaves a live instance's table alone).
+Where that is not possible (no libnftables, an older kernel) the table is made
+as before and logged; iptables-legacy has nothing like it: after a crash its
+chains stay until `stackpep cleanup` (the systemd unit runs it after every stop).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
+import logging
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
+
+log = logging.getLogger("stackpep.rules")
 
 COMMENT = "stackpep"
 TABLE_PREFIX = "stackpep"
@@ -130,7 +145,7 @@ class NftBackend(Backend):
     def _set(items: Sequence[str]) -> str:
         return "{ " + ", ".join(f'"{i}"' if not i[0].isdigit() and ":" not in i else i for i in items) + " }"
 
-    def render(self, spec: InterceptSpec) -> str:
+    def render(self, spec: InterceptSpec, owner: bool = False) -> str:
         t = self.table(spec.instance)
         local = "fib daddr type != local " if spec.exclude_local else ""
         rules = []
@@ -168,7 +183,8 @@ class NftBackend(Backend):
         ]
         return (
             f"table inet {t} {{\n"
-            f'    comment "{COMMENT}: intercepted TCP goes to stackpep, not the forwarding path"\n'
+            + ("    flags owner\n" if owner else "")
+            + f'    comment "{COMMENT}: intercepted TCP goes to stackpep, not the forwarding path"\n'
             f"    chain prerouting {{\n"
             f"        type filter hook prerouting priority raw; policy accept;\n"
             + "\n".join(rules) + "\n"
@@ -200,19 +216,24 @@ class NftBackend(Backend):
     def installed(self, instance: str = "") -> bool:
         return self.table(instance) in self.tables()
 
+    def _delete(self, t: str) -> int:
+        res = _run([self.nft, "delete", "table", "inet", t], check=False)
+        if res.returncode == 0:
+            return 1
+        if "Operation not permitted" in res.stderr:
+            # `flags owner`: a running stackpep holds it, and it goes when that process does
+            log.warning("nft table inet %s belongs to a running stackpep process: left alone", t)
+            return 0
+        raise RulesError(f"nft delete table inet {t} failed ({res.returncode}): {res.stderr.strip()}")
+
     def remove(self, instance: str = "") -> int:
         t = self.table(instance)
         if t not in self.tables():
             return 0
-        _run([self.nft, "delete", "table", "inet", t])
-        return 1
+        return self._delete(t)
 
     def remove_all(self) -> int:
-        n = 0
-        for t in self.tables():
-            _run([self.nft, "delete", "table", "inet", t])
-            n += 1
-        return n
+        return sum(self._delete(t) for t in self.tables())
 
     def available(self) -> Tuple[bool, str]:
         if shutil.which(self.nft) is None:
@@ -221,6 +242,49 @@ class NftBackend(Backend):
         if res.returncode != 0:
             return False, f"nft does not work here: {res.stderr.strip()}"
         return True, "nft works"
+
+
+class OwnedNft:
+    """A table that lives as long as this process: libnftables (ctypes) with one
+    context, whose netlink socket stays open until `close()` or the process's
+    death; the table is created with `flags owner` through it (the kernel's
+    NFT_TABLE_F_OWNER, Linux >= 5.12: only the owning socket may change the
+    table, and the kernel removes it when that socket closes).
+
+    A process that forks (stackpep.pep.workers) hands the socket to its
+    children too: they must not outlive it (PR_SET_PDEATHSIG) or the table stays
+    while one of them runs."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("nftables") or "libnftables.so.1"
+        lib = ctypes.CDLL(name)
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        self.lib = lib
+        self.ctx = lib.nft_ctx_new(0)
+        if not self.ctx:
+            raise OSError("nft_ctx_new failed")
+        lib.nft_ctx_buffer_output(self.ctx)
+        lib.nft_ctx_buffer_error(self.ctx)
+
+    def run(self, text: str) -> None:
+        if not self.ctx:
+            raise RulesError("libnftables context closed")
+        rc = self.lib.nft_run_cmd_from_buffer(self.ctx, text.encode())
+        if rc != 0:
+            err = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode(errors="replace").strip()
+            raise RulesError(f"libnftables: {err or f'error {rc}'}")
+
+    def close(self) -> None:
+        if self.ctx:
+            self.lib.nft_ctx_free(self.ctx)
+            self.ctx = None
 
 
 # ------------------------------------------------------------ iptables-legacy
@@ -412,15 +476,55 @@ def cleanup(instance: Optional[str] = None) -> List[Tuple[str, int]]:
 
 
 class InstalledRules:
-    """Context manager: install on enter, remove on exit (also on exceptions)."""
+    """Context manager: install on enter, remove on exit (also on exceptions).
 
-    def __init__(self, spec: InterceptSpec, preference: str = "auto") -> None:
+    With nft and `tie_to_process` (default) the table is owned by this process
+    (`OwnedNft`): if the process dies without the exit (SIGKILL, a crash) the
+    kernel removes it at once.  `owned` says whether that worked."""
+
+    def __init__(self, spec: InterceptSpec, preference: str = "auto", tie_to_process: bool = True) -> None:
         self.spec = spec
         self.backend, self.reason = choose_backend(preference)
+        self.tie_to_process = tie_to_process
+        self.owned: Optional[OwnedNft] = None
 
     def __enter__(self) -> "InstalledRules":
-        self.backend.install(self.spec)
+        b = self.backend
+        if isinstance(b, NftBackend) and self.tie_to_process:
+            try:
+                owned = OwnedNft()
+            except OSError as exc:
+                owned = None
+                log.warning("libnftables not usable (%s): the nft table outlives a crash; "
+                            "`stackpep cleanup` removes it", exc)
+            if owned is not None:
+                t = b.table(self.spec.instance)
+                if t in b.tables():
+                    b._delete(t)     # a table a crash of an older version left
+                    if t in b.tables():
+                        owned.close()
+                        raise RulesError(f"nft table inet {t} belongs to another running stackpep "
+                                         "(give this one its own pep.instance)")
+                try:
+                    owned.run(b.render(self.spec, owner=True))
+                except RulesError as exc:
+                    owned.close()
+                    owned = None
+                    log.warning("nft tables with `flags owner` do not work here (%s; Linux >= 5.12 needed): "
+                                "the table outlives a crash; `stackpep cleanup` removes it", exc)
+                if owned is not None:
+                    self.owned = owned
+                    self.reason += "; the table is owned by this process (the kernel removes it if it dies)"
+                    return self
+        b.install(self.spec)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.owned is not None:
+            try:
+                self.owned.run(f"delete table inet {self.backend.table(self.spec.instance)}")
+            finally:
+                self.owned.close()
+                self.owned = None
+            return
         self.backend.remove(self.spec.instance)

@@ -200,7 +200,8 @@ def _local_addresses() -> set:
 @asynccontextmanager
 async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional[Sequence] = None,
                    router=None, install_rules: Optional[bool] = None,
-                   control: Optional[bool] = None) -> AsyncIterator[Pep]:
+                   control: Optional[bool] = None,
+                   capture_ports: Optional[Sequence] = None) -> AsyncIterator[Pep]:
     """Run a splitter for the block's duration.
 
     `ports`/`router` replace the AF_PACKET ports and kernel router (tests run
@@ -208,26 +209,30 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
     `control` serves the control socket and the metrics endpoint (default: with
     the AF_PACKET ports only, so tests over memory ports open nothing unasked).
     `capture.pcap` taps the AF_PACKET ports only (given ports are used as they are).
+    `capture_ports`: AF_PACKET ports the caller opened (a worker of
+    stackpep.pep.workers: its rings in the fanout groups), used as the box's own
+    (router, control, pcap) but without rules unless asked; closed at exit.
     """
     cfg = _as_config(config)
     own_ports = ports is None
     if control is None:
         control = own_ports
     if install_rules is None:
-        install_rules = cfg.install_rules and own_ports
+        install_rules = cfg.install_rules and own_ports and capture_ports is None
     if own_ports:
         problems = check_environment(cfg)
         if problems:
             raise ConfigError(problems)
         from stackpep.io.ports import AfPacketPort, KernelRouter
 
-        # SCPS header compression on the long leg: its ports expand protocol 105 through one table
-        hc_table = new_hc_table(cfg)
+        # SCPS header compression on the long leg: its ports expand protocol 105 through one
+        # table (not with workers: pep.config refuses wan.scps_compression there)
+        hc_table = new_hc_table(cfg) if capture_ports is None else None
         wan_client_side = cfg.wan_leg == "client"
-        opened = []
+        opened = list(capture_ports or ())
         try:
             for side, names in ((True, cfg.client_interfaces), (False, cfg.server_interfaces)):
-                for name in names:
+                for name in names if capture_ports is None else ():
                     opened.append(AfPacketPort(name, client_side=side, block_size=cfg.block_size,
                                                block_count=cfg.block_count, retire_ms=cfg.retire_ms,
                                                mark=cfg.mark, gso=cfg.gso,

@@ -28,6 +28,10 @@ def _add_run(sub) -> None:
                    help="write the counters as JSON here (every --stats-interval and at exit)")
     p.add_argument("--duration", type=float, default=0, metavar="SECONDS",
                    help="stop by itself after SECONDS (0: run until a signal)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes, each with its own capture rings in a PACKET_FANOUT group that "
+                        "sends both directions of a flow to the same one (overrides pep.workers; default "
+                        "one per core; docs/deployment.md)")
     p.add_argument("--pcap", metavar="FILE",
                    help="write every packet the box captures and emits to pcapng, one set of files per "
                         "interface (FILE with the interface name inserted: pep.pcapng -> pep.eth0.pcapng), "
@@ -45,13 +49,19 @@ def _with_cli(cfg, args):
 
     from stackpep.pep.config import Problem, pcap_problems
 
+    if cfg is not None and getattr(args, "workers", None):
+        cfg = dataclasses.replace(cfg, workers=args.workers)
+    view = getattr(args, "worker_view", None)   # a worker's own view (stackpep.pep.workers)
+    if cfg is not None and view is not None:
+        cfg = view(cfg)
     if cfg is None or not getattr(args, "pcap", None):
         return cfg, []
     path = os.path.abspath(args.pcap)
     bad = pcap_problems(path, cfg.pcap_max_bytes, cfg.pcap_files)
     if bad:
         return None, [Problem("--pcap", None, "", f"{path}: {msg}") for _, msg in bad]
-    return dataclasses.replace(cfg, pcap=path), []
+    cfg = dataclasses.replace(cfg, pcap=path)
+    return (view(cfg) if view is not None else cfg), []
 
 
 @command("cleanup")
@@ -182,6 +192,19 @@ def run_main(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogFormatter())  # JSON connection lines bare ([log] format = "json")
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper()), handlers=[handler])
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        print("--workers: at least 1", file=sys.stderr)
+        return 2
+    if cfg.workers > 1:
+        from stackpep.pep.workers import run_workers
+
+        try:
+            return run_workers(cfg, args, run=_run, with_cli=_with_cli, write_stats=_write_stats)
+        except ConfigError as exc:
+            for p in exc.problems:
+                print(p, file=sys.stderr)
+            print(f"{args.config}: not starting", file=sys.stderr)
+            return 2
     try:
         return trio.run(_run, cfg, args)
     except ConfigError as exc:
@@ -191,7 +214,16 @@ def run_main(args: argparse.Namespace) -> int:
         return 2
 
 
-async def _run(cfg, args) -> int:
+def _print_ready(pep) -> None:
+    log.info("stackpep running: clients on %s, servers on %s, rules: %s",
+             ",".join(pep.config.client_interfaces), ",".join(pep.config.server_interfaces),
+             pep.rules_reason or "none (rules.install = false)")
+    print("READY", flush=True)  # for scripts and tests: rules are in, capture is on
+
+
+async def _run(cfg, args, pep_kwargs=None, ready=_print_ready, on_running=None) -> int:
+    """The one process of a box, or one worker of several (stackpep.pep.workers
+    passes its ports, its `ready` and `on_running(pep, nursery)`)."""
     import trio
 
     from stackpep.pep.api import open_pep
@@ -199,12 +231,11 @@ async def _run(cfg, args) -> int:
     # The signal receiver is in place before any rule is installed, so SIGTERM
     # always goes through open_pep's exit (which removes the rules).
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with open_pep(cfg) as pep:
-            log.info("stackpep running: clients on %s, servers on %s, rules: %s",
-                     ",".join(cfg.client_interfaces), ",".join(cfg.server_interfaces),
-                     pep.rules_reason or "none (rules.install = false)")
-            print("READY", flush=True)  # for scripts and tests: rules are in, capture is on
+        async with open_pep(cfg, **(pep_kwargs or {})) as pep:
+            ready(pep)
             async with trio.open_nursery() as nursery:
+                if on_running is not None:
+                    on_running(pep, nursery)
                 if args.stats_interval > 0:
                     nursery.start_soon(_log_stats, pep, args.stats_interval, args.stats_file)
                 stop = trio.CancelScope()

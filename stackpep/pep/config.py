@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import tomli
 
-HANDSHAKE_MODES = ("after-server", "immediate")
+HANDSHAKE_MODES = ("after-server", "immediate", "syn-cookie")
 ROLES = ("splitter",)
 BACKENDS = ("auto", "nft", "iptables-legacy")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -55,10 +56,15 @@ class PepConfig:
     instance: str = ""
     role: str = "splitter"
     log_level: str = "info"
+    workers: int = 1                   # worker processes (stackpep.pep.workers); the file's default: one per core
     handshake_mode: str = "after-server"
     handshake_timeout: float = 10.0
     idle_timeout: float = 600.0
     max_connections: int = 4096
+    max_embryonic: int = 2048          # split connections not yet established both ways (oldest evicted first)
+    max_embryonic_per_source: int = 256  # ... from one source (IPv4 address, IPv6 /64)
+    server_opens_per_second: float = 5000.0  # server legs opened per second, whole box
+    server_opens_per_second_per_source: float = 1000.0  # ... for one source
     relay_buffer: int = 256 * 1024
     rules_backend: str = "auto"
     mark: int = 0x5350
@@ -78,6 +84,7 @@ class PepConfig:
     wan_scps: Optional[Dict[str, Any]] = None  # ScpsSettings fields of the long leg (None: no SCPS-TP)
     wan_scps_refusal_ttl: float = 600.0  # seconds a destination that refused option 20 is remembered
     server_initiated: bool = False     # SYNs arriving on server-facing interfaces open split connections too
+    worker_slot: Tuple[int, int] = (0, 1)  # (index, count) of this worker: SCPS connection ids are split by it
     wan_zero_rtt: bool = False         # the near box answers the client's SYN and sends its first bytes in the long leg's SYN
     wan_zero_rtt_wait: float = 0.01    # seconds the near box waits for the client's first bytes before opening the long leg
     reset_rate: float = 200.0          # unknown-flow RSTs per second, whole box ([resets])
@@ -250,14 +257,24 @@ def _check_tcp_leg(ck: _Checker, data: dict, leg: str) -> Dict[str, Any]:
     return out
 
 
-def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", keepalive_s: float = 0.0) -> Dict[str, Any]:
+#: [wan] congestion -> TcpConfig.congestion (CCSDS 714.0-B-2 §3.2; the reference
+#: gateway's modes 0 pure rate, 2 Vegas, 1 Van Jacobson = standard TCP)
+WAN_CONGESTION = {"rate": "rate", "vegas": "vegas", "tcp": "newreno"}
+WAN_LOSS_TYPES = ("corruption", "congestion")
+
+
+def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", congestion: str = "rate",
+                     loss_type: str = "corruption", min_rate: Optional[int] = None,
+                     vegas: Optional[Dict[str, float]] = None, outage_rtos: int = 3,
+                     outage_probe_interval: float = 1.0, keepalive_s: float = 0.0) -> Dict[str, Any]:
     """Engine settings of the leg that crosses a long, lossy link of known rate
-    (docs/configuration.md "The long leg"): SCPS-TP rate control (CCSDS 714.0-B-2
-    §3.2, the reference gateway's mode 0) with loss treated as corruption, and
-    buffers of 4 × the bandwidth-delay product (at least the engine's 4 MiB): a
-    lost retransmission holds the left edge of the window for an RTO and more
-    while the rate keeps sending.  All the box's connections on that leg share the
-    rate (``rate_share``), as the link does.
+    (docs/configuration.md "The long leg"): SCPS-TP congestion control (CCSDS
+    714.0-B-2 §3.2: by default rate control, the reference gateway's mode 0) with
+    loss treated as corruption, link-outage persistence after ``outage_rtos``
+    RTOs (0: off), and buffers of 4 × the bandwidth-delay product (at least the
+    engine's 4 MiB): a lost retransmission holds the left edge of the window for
+    an RTO and more while the rate keeps sending.  With rate control all the box's
+    connections on that leg share the rate (``rate_share``), as the link does.
 
     ``keepalive_s`` > 0: keep-alive probes (RFC 1122 §4.2.3.6) after that long
     without a segment, 4 more at a quarter of it, then the leg is given up: a far
@@ -266,14 +283,20 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", keepalive_
     bdp = int(rate_bps / 8 * rtt_s)
     buf = max(4 << 20, 4 * bdp)
     buf = min(buf, 1 << 30)
-    out = {
-        "congestion": "rate",
-        "rate_bps": int(rate_bps),
-        "rate_share": share,
-        "loss_response": "corruption",
+    out: Dict[str, Any] = {
+        "congestion": WAN_CONGESTION[congestion],
+        "loss_response": loss_type,
         "snd_buf": buf,
         "rcv_buf": buf,
     }
+    if congestion == "rate":
+        out.update(rate_bps=int(rate_bps), rate_share=share)
+        if min_rate is not None:
+            out["min_rate_bps"] = int(min_rate)
+    if congestion == "vegas" and vegas:
+        out.update({f"vegas_{k}": float(v) for k, v in vegas.items()})
+    if outage_rtos:
+        out.update(outage_rtos=int(outage_rtos), outage_probe_us=int(round(outage_probe_interval * 1_000_000)))
     if keepalive_s > 0:
         idle_us = int(keepalive_s * 1_000_000)
         out.update(keepalive=True, keepalive_idle_us=idle_us, keepalive_interval_us=max(1, idle_us // 4),
@@ -282,8 +305,8 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", keepalive_
 
 
 #: [wan] keys of SCPS-TP on the long leg (docs/scps.md, "The PEP").
-WAN_SCPS_KEYS = {"keepalive": 1, "zero_rtt": 1, "tfo_key": 1, "zero_rtt_wait": 1, "scps": 1, "scps_snack": 1, "scps_bets": 1, "scps_compression": 1, "scps_record_boundary": 1,
-                 "scps_refusal_ttl": 1}
+WAN_SCPS_KEYS = {"keepalive": 1, "zero_rtt": 1, "tfo_key": 1, "zero_rtt_wait": 1, "scps": 1, "scps_snack": 1,
+                 "scps_bets": 1, "scps_compression": 1, "scps_record_boundary": 1, "scps_refusal_ttl": 1}
 
 
 def _check_wan_scps(ck: "_Checker", wan: dict) -> Tuple[Optional[Dict[str, Any]], float]:
@@ -390,12 +413,13 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         if k not in known:
             ck.bad(k, f"unknown table (known: {', '.join(sorted(known))})")
 
-    pep = ck.table(data, "pep", {"instance": 1, "role": 1, "log_level": 1})
+    pep = ck.table(data, "pep", {"instance": 1, "role": 1, "log_level": 1, "workers": 1})
     instance = ck.typed(pep, "pep", "instance", str, "", lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_]{1,16}", v),
                         "1-16 letters, digits or _")
     role = ck.typed(pep, "pep", "role", str, "splitter", lambda v: v in ROLES, f"one of {', '.join(ROLES)}")
     log_level = ck.typed(pep, "pep", "log_level", str, "info", lambda v: v in LOG_LEVELS,
                          f"one of {', '.join(LOG_LEVELS)}")
+    workers = ck.typed(pep, "pep", "workers", int, os.cpu_count() or 1, lambda v: 1 <= v <= 256, "1-256")
 
     ifs = ck.table(data, "interfaces", {"client": 1, "server": 1})
     if "interfaces" not in data:
@@ -445,13 +469,23 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     htimeout = ck.typed(hs, "handshake", "timeout", (int, float), 10.0, lambda v: 0 < v <= 600,
                         "must be > 0 and <= 600 seconds")
 
-    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1, "drain_timeout": 1})
+    lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1, "drain_timeout": 1,
+                                    "max_embryonic": 1, "max_embryonic_per_source": 1, "server_opens_per_second": 1,
+                                    "server_opens_per_second_per_source": 1})
     maxc = ck.typed(lim, "limits", "max_connections", int, 4096, lambda v: 1 <= v <= 1_000_000,
                     "must be between 1 and 1000000")
     idle = ck.typed(lim, "limits", "idle_timeout", (int, float), 600.0, lambda v: 0 < v <= 86400,
                     "must be > 0 and <= 86400 seconds")
     relay = ck.typed(lim, "limits", "relay_buffer", int, 256 * 1024, lambda v: 1024 <= v <= 1 << 30,
                      "must be between 1024 and 2**30 bytes")
+    max_emb = ck.typed(lim, "limits", "max_embryonic", int, 2048, lambda v: 1 <= v <= 1_000_000,
+                       "must be between 1 and 1000000")
+    max_emb_src = ck.typed(lim, "limits", "max_embryonic_per_source", int, 256, lambda v: 1 <= v <= 1_000_000,
+                           "must be between 1 and 1000000")
+    opens = ck.typed(lim, "limits", "server_opens_per_second", (int, float), 5000.0, lambda v: 0 < v <= 1e7,
+                     "must be > 0 and <= 10000000")
+    opens_src = ck.typed(lim, "limits", "server_opens_per_second_per_source", (int, float), 1000.0,
+                         lambda v: 0 < v <= 1e7, "must be > 0 and <= 10000000")
     drain = ck.typed(lim, "limits", "drain_timeout", (int, float), 10.0, lambda v: 0 <= v <= 86400,
                      "must be >= 0 and <= 86400 seconds (0: reset at once)")
 
@@ -485,7 +519,9 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     gso = ck.typed(cap, "capture", "gso", bool, True)
     pcap, pcap_max, pcap_files = _check_pcap(ck, cap)
 
-    wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1, **WAN_SCPS_KEYS})
+    wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1, "congestion": 1, "loss_type": 1,
+                                 "min_rate": 1, "vegas": 1, "outage_rtos": 1, "outage_probe_interval": 1,
+                                 **WAN_SCPS_KEYS})
     wan_leg = ck.typed(wan, "wan", "leg", str, None, lambda v: v in WAN_LEGS, f"one of {', '.join(WAN_LEGS)}")
     wan_if = ck.typed(wan, "wan", "interface", str, None)
     if wan_if is not None:
@@ -501,6 +537,37 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
                         "bits/s on IP bytes, between 8000 and 10**12")
     wan_rtt = ck.typed(wan, "wan", "rtt", (int, float), 0.6, lambda v: 0 < v <= 10,
                        "seconds, > 0 and <= 10")
+    wan_cc = ck.typed(wan, "wan", "congestion", str, "rate", lambda v: v in WAN_CONGESTION,
+                      f"one of {', '.join(WAN_CONGESTION)}")
+    wan_loss = ck.typed(wan, "wan", "loss_type", str, "corruption", lambda v: v in WAN_LOSS_TYPES,
+                        f"one of {', '.join(WAN_LOSS_TYPES)}")
+    wan_min = ck.typed(wan, "wan", "min_rate", int, None,
+                       lambda v: 8000 <= v <= (wan_rate if wan_rate is not None else 10 ** 12),
+                       "bits/s on IP bytes, at least 8000 and at most wan.rate")
+    if wan_min is not None and wan_cc != "rate":
+        ck.bad("wan.min_rate", f"only with wan.congestion = \"rate\" (not {wan_cc!r})")
+    wan_vegas: Dict[str, float] = {}
+    if "vegas" in wan:
+        vt = wan["vegas"]
+        if not isinstance(vt, dict):
+            ck.bad("wan.vegas", "must be a table, e.g. { alpha = 3, beta = 5, gamma = 4 }")
+            vt = {}
+        for k in vt:
+            if k not in ("alpha", "beta", "gamma"):
+                ck.bad(f"wan.vegas.{k}", "unknown key (known: alpha, beta, gamma)")
+                continue
+            v = ck.typed(vt, "wan.vegas", k, (int, float), None, lambda x: 0 < x <= 1000,
+                         "segments, > 0 and <= 1000")
+            if v is not None:
+                wan_vegas[k] = float(v)
+        if wan_cc != "vegas":
+            ck.bad("wan.vegas", f"only with wan.congestion = \"vegas\" (not {wan_cc!r})")
+        if wan_vegas.get("alpha", 3.0) > wan_vegas.get("beta", 5.0):
+            ck.bad("wan.vegas", "alpha must not exceed beta (Vegas keeps alpha..beta segments queued)")
+    wan_outage = ck.typed(wan, "wan", "outage_rtos", int, 3, lambda v: 0 <= v <= 100,
+                          "retransmission timeouts in a row, 0 .. 100 (0: no outage handling)")
+    wan_probe = ck.typed(wan, "wan", "outage_probe_interval", (int, float), 1.0, lambda v: 0.01 <= v <= 600,
+                         "seconds, 0.01 .. 600")
     if wan and (wan_leg is None) != (wan_rate is None):
         if "leg" not in wan and "interface" not in wan:
             ck.bad("wan.leg", "missing: which leg crosses the long link, \"client\" or \"server\" "
@@ -508,6 +575,10 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         if "rate" not in wan:
             ck.bad("wan.rate", "missing: the long link's rate in bits/s (IP bytes)")
     wan_scps, scps_ttl = _check_wan_scps(ck, wan)
+    if wan_scps and wan_scps["compression"] and workers > 1:
+        # a compressed header has no ports: the workers' flow hash cannot find the connection
+        ck.bad("wan.scps_compression", "needs pep.workers = 1 (compressed headers carry no ports to "
+                                       "spread over workers)")
     zero_rtt, tfo_key, zero_rtt_wait = _check_wan_zero_rtt(ck, wan)
     wan_keepalive = ck.typed(wan, "wan", "keepalive", (int, float), 15.0, lambda v: v == 0 or 1 <= v <= 7200,
                              "seconds, 0 (off) or 1 .. 7200")
@@ -532,7 +603,11 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     if wan_leg is not None and wan_rate is not None:
         # the long leg's defaults, under whatever [tcp.<leg>] sets explicitly
         explicit = tcp_client if wan_leg == "client" else tcp_server
-        merged = {**wan_leg_settings(wan_rate, float(wan_rtt), f"wan{instance}", float(wan_keepalive)), **explicit}
+        merged = {**wan_leg_settings(wan_rate, float(wan_rtt), f"wan{instance}", congestion=wan_cc,
+                                     loss_type=wan_loss, min_rate=wan_min, vegas=wan_vegas,
+                                     outage_rtos=wan_outage, outage_probe_interval=float(wan_probe),
+                                     keepalive_s=float(wan_keepalive)),
+                  **explicit}
         if zero_rtt:
             # RFC 7413 with a shared key: the near box's SYN carries the cookie and the
             # client's first bytes, the far box accepts them (one config for both roles)
@@ -557,8 +632,10 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     return PepConfig(
         client_interfaces=tuple(side["client"]), server_interfaces=tuple(side["server"]),
         prefixes=tuple(prefixes), ports=ports, exclude_local=exclude_local, instance=instance,
-        role=role, log_level=log_level, handshake_mode=hmode, handshake_timeout=float(htimeout),
-        idle_timeout=float(idle), max_connections=maxc, relay_buffer=relay, rules_backend=backend,
+        role=role, log_level=log_level, workers=workers, handshake_mode=hmode, handshake_timeout=float(htimeout),
+        idle_timeout=float(idle), max_connections=maxc, max_embryonic=max_emb, max_embryonic_per_source=max_emb_src,
+        server_opens_per_second=float(opens), server_opens_per_second_per_source=float(opens_src), relay_buffer=relay,
+        rules_backend=backend,
         mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, gso=gso,
         pcap=pcap, pcap_max_bytes=pcap_max, pcap_files=pcap_files,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,

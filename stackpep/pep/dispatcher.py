@@ -22,6 +22,7 @@ decided) and drops the entry when the task ends (`connection_ended`).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Dict, List, Optional, Sequence, Set
 
 import trio
@@ -30,11 +31,13 @@ from stackpep._fast.capture import split_key
 from stackpep.io.ports import PacketPort, Router
 from stackpep.io.rules import InterceptSpec
 from stackpep.pep import engine as eng
+from stackpep.pep.admission import ADMISSION_COUNTERS, AdmissionLimits, EmbryonicTable, OpenLimiter, source_prefix
 from stackpep.pep.config import PepConfig
 from stackpep.pep.icmp import ICMP_COUNTERS, ICMP_ERROR, IcmpGuard
 from stackpep.pep.reset import RecentlyClosed, ResetLimiter, limits_from, reset_for, source_of
 from stackpep.pep.scps import SCPS_COUNTERS, scps_link_from
 from stackpep.pep.splitter import CLIENT, SERVER, SPLIT_COUNTERS, Outcome, SplitConnection, SplitContext, now_us
+from stackpep.pep.syncookie import SYNCOOKIE_COUNTERS, CookieGate
 
 log = logging.getLogger("stackpep.pep")
 
@@ -52,10 +55,16 @@ COUNTERS = (
     "rst_sent_unknown_flow",
     "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
     "rst_suppressed_total",  # ... the box's bucket was empty
-) + SPLIT_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) + ICMP_COUNTERS + SCPS_COUNTERS
+) + SPLIT_COUNTERS + ADMISSION_COUNTERS + SYNCOOKIE_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) \
+    + ICMP_COUNTERS + SCPS_COUNTERS
 
 _ENDED = {o: f"ended_{o.value}" for o in Outcome}
 _WAN_SIDE = {"client": CLIENT, "server": SERVER}
+
+#: SYN-cookie answers waiting for a route/neighbour lookup at most; more SYNs
+#: are dropped (syncookie_drop_lookups_pending): a flood from fresh sources
+#: must not pile up tasks.
+COOKIE_LOOKUPS_MAX = 256
 
 
 class Dispatcher:
@@ -88,8 +97,14 @@ class Dispatcher:
         # All a split connection sees of the box.
         self.split_context = SplitContext(config=config, next_hop=router.next_hop, leg_config=self.leg_config,
                                           icmp_validate=self.icmp.validate, counters=self.counters,
-                                          report=self._count_outcome, scps=self.scps,
-                                          wan_side=_WAN_SIDE.get(config.wan_leg))
+                                          report=self._count_outcome, handshake_done=self._handshake_done,
+                                          scps=self.scps, wan_side=_WAN_SIDE.get(config.wan_leg))
+        # SYN-flood defences (stackpep.pep.admission, stackpep.pep.syncookie)
+        self.admission = AdmissionLimits.from_config(config)
+        self.open_limiter = OpenLimiter(self.admission)
+        self.embryonic = EmbryonicTable()
+        self.cookie_gate = CookieGate(os.urandom(16), self.counters)  # the per-box secret
+        self._cookie_lookups = 0
         self.draining = False  # new SYNs get RST (stackpep.pep.api: drain and stop)
         self.on_connection_end: Optional[Callable[[SplitConnection], None]] = None  # connection log
 
@@ -162,6 +177,9 @@ class Dispatcher:
             return
         is_syn = flags & eng.TH_SYN and not flags & (eng.TH_ACK | eng.TH_RST)
         if not is_syn:
+            if (port.client_side and flags & eng.TH_ACK and not flags & (eng.TH_SYN | eng.TH_RST)
+                    and self.config.handshake_mode == "syn-cookie" and self._cookie_ack(port, key, pkt, now)):
+                return
             self._unknown_segment(port, key, pkt, flags, now)
             return
         if not port.client_side and not self.config.server_initiated:
@@ -174,21 +192,116 @@ class Dispatcher:
             if rst is not None:
                 self._send_reset(port, rst, source_of(pkt))
             return
-        if self.active_connections() >= self.config.max_connections:
-            c["drop_table_full"] += 1
-            t = trio.current_time()
-            if t - self._full_logged_at > 10:
-                self._full_logged_at = t
-                log.warning("connection table full (%d): dropping new SYNs (counter drop_table_full=%d)",
-                            self.config.max_connections, c["drop_table_full"])
+        if self.config.handshake_mode == "syn-cookie" and port.client_side:
+            # (a SYN from the server side -- intercept.server_initiated -- opens as "after-server")
+            self._answer_with_cookie(pkt, now)
             return
         # The side the SYN arrives from is the connection's client side (SplitConnection.passive).
-        conn = SplitConnection(self.split_context, key, pkt, port, from_client=port.client_side)
-        self.table[key] = conn
-        self.recently_closed.discard(key)
-        c["connections_opened"] += 1
+        source = source_prefix(split_key(key)[0 if port.client_side else 2])
+        if not self._admit(source, now):
+            return
+        self._open(SplitConnection(self.split_context, key, pkt, port, from_client=port.client_side), source)
+
+    # -- admission (stackpep.pep.admission) -------------------------------------------
+    def _admit(self, source: bytes, now: int) -> bool:
+        """May a new split connection from `source` open its server leg now?  The
+        rate of server-leg opens first (a SYN over it is dropped: its
+        retransmission tries again), then room: the oldest embryonic connection
+        (of this source, of the box) is evicted rather than the new SYN refused."""
+        c = self.counters
+        verdict = self.open_limiter.allow(source, now)
+        if verdict != "sent":
+            c[f"drop_server_open_rate_{verdict}"] += 1
+            return False
+        lim = self.admission
+        emb = self.embryonic
+        if emb.count(source) >= lim.max_embryonic_per_source:
+            self._evict(emb.oldest(source), "evicted_embryonic_per_source")
+        elif len(emb) >= lim.max_embryonic:
+            self._evict(emb.oldest(), "evicted_embryonic")
+        # len(table) first: counting the lingering connections walks the table
+        if len(self.table) >= self.config.max_connections:
+            victim = emb.oldest()
+            if victim is not None:
+                self._evict(victim, "evicted_embryonic_table_full")
+            elif self.active_connections() >= self.config.max_connections:
+                c["drop_table_full"] += 1
+                t = trio.current_time()
+                if t - self._full_logged_at > 10:
+                    self._full_logged_at = t
+                    log.warning("connection table full (%d): dropping new SYNs (counter drop_table_full=%d)",
+                                self.config.max_connections, c["drop_table_full"])
+                return False
+        return True
+
+    def _evict(self, conn: Optional[SplitConnection], counter: str) -> None:
+        if conn is None:
+            return
+        self.counters[counter] += 1
+        conn.shutdown(Outcome.EVICTED)
+        self._forget(conn)
+
+    def _open(self, conn: SplitConnection, source: bytes) -> None:
+        self.table[conn.key] = conn
+        self.embryonic.add(conn.key, conn, source)
+        self.recently_closed.discard(conn.key)
+        self.counters["connections_opened"] += 1
         assert self._nursery is not None
         self._nursery.start_soon(self._run_connection, conn)
+
+    def _handshake_done(self, conn: SplitConnection) -> None:
+        """SplitContext.handshake_done: both legs established, no longer embryonic."""
+        self.embryonic.discard(conn.key, conn)
+
+    # -- handshake.mode "syn-cookie" (stackpep.pep.syncookie) ----------------------------
+    def _answer_with_cookie(self, syn: bytes, now: int) -> None:
+        """A SYN-ACK whose ISN is the cookie; nothing is kept."""
+        src = source_of(syn)
+
+        def answer(out_port, hop) -> None:
+            synack = self.cookie_gate.answer(syn, self.leg_config(CLIENT, getattr(hop, "mtu", None)), now)
+            if synack is not None:
+                out_port.send([synack], hop)
+
+        nowait = getattr(self.router, "next_hop_nowait", None)
+        found = nowait(src) if nowait is not None else None
+        if found is not None:  # a known neighbour: no task per SYN
+            answer(*found)
+            return
+
+        if self._cookie_lookups >= COOKIE_LOOKUPS_MAX:  # the only state a SYN may make here is bounded
+            self.counters["syncookie_drop_lookups_pending"] += 1
+            return
+
+        async def send():
+            self._cookie_lookups += 1
+            try:
+                out_port, hop = await self.router.next_hop(src)
+            except LookupError:
+                self.counters["drop_no_route"] += 1
+                return
+            finally:
+                self._cookie_lookups -= 1
+            answer(out_port, hop)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(send)
+
+    def _cookie_ack(self, port: PacketPort, key: bytes, pkt: bytes, now: int) -> bool:
+        """A segment of an unknown flow in syn-cookie mode: True if it returned a
+        valid cookie (the split connection is open), False if it is just unknown."""
+        verified = self.cookie_gate.verify(pkt, now)
+        if verified is None:
+            return False
+        if self.draining:
+            self.counters["drop_draining"] += 1
+            return True  # the client retransmits; the drain ends the box first
+        source = source_prefix(split_key(key)[0])
+        if not self._admit(source, now):
+            return True  # dropped, counted: the client's retransmission returns the cookie again
+        iss, syn = verified
+        self._open(SplitConnection.from_cookie(self.split_context, key, iss, syn, pkt, port), source)
+        return True
 
     def _icmp_error(self, port: PacketPort, key: bytes, pkt: bytes, now: int) -> None:
         """An ICMP error filed under the flow it quotes (stackpep.pep.icmp)."""
@@ -284,6 +397,8 @@ class Dispatcher:
                            eng.tcp_config(config.tcp_server, self.shared_rates))
         self._leg_configs.clear()
         self.reset_limiter.reconfigure(limits_from(config))
+        self.admission = AdmissionLimits.from_config(config)
+        self.open_limiter.reconfigure(self.admission)
         self.recently_closed.hold_us = int(config.recent_close_time * 1_000_000)
         self._reconfigure_scps(config)
 
@@ -301,6 +416,7 @@ class Dispatcher:
         self.split_context = dataclasses.replace(self.split_context, config=config, scps=self.scps)
 
     def _forget(self, conn: SplitConnection) -> None:
+        self.embryonic.discard(conn.key, conn)
         if self.table.get(conn.key) is conn:
             del self.table[conn.key]
 
@@ -321,6 +437,7 @@ class Dispatcher:
         lingering = sum(1 for c in self.table.values() if c.lingering)
         return {
             "connections_active": len(self.table) - lingering,
+            "connections_embryonic": len(self.embryonic),
             "connections_time_wait": lingering,
             "flows_recently_closed": len(self.recently_closed),
             **self.counters,

@@ -58,9 +58,14 @@ class _Exposition:
 def render(pep: "Pep") -> str:
     """The exposition text of everything the dispatcher and the ports count."""
     disp = pep.dispatcher
-    st = disp.statistics()
+    return render_stats(disp.counters, disp.statistics(), disp.config.max_connections, disp.draining)
+
+
+def render_stats(counters: Dict[str, int], st: Dict[str, Any], max_connections: int, draining: bool) -> str:
+    """The exposition text from counters and a statistics snapshot (the keys of
+    Dispatcher.statistics(); stackpep.pep.workers passes the workers' sum)."""
     e = _Exposition()
-    for k, v in disp.counters.items():
+    for k, v in counters.items():
         for prefix, fam, label, help_ in _FAMILIES:
             if k.startswith(prefix):
                 e.add(fam, "counter", help_, v, {label: k[len(prefix):]})
@@ -74,8 +79,10 @@ def render(pep: "Pep") -> str:
     for key, n in sorted(st["leg_states"].items()):
         leg, _, state = key.partition("_leg_")
         e.add("stackpep_legs", "gauge", "Engines (legs) by TCP state.", n, {"leg": leg, "state": state})
-    e.add("stackpep_connections_max", "gauge", "limits.max_connections.", disp.config.max_connections)
-    e.add("stackpep_draining", "gauge", "1 while the box drains (SIGTERM) or stops.", int(disp.draining))
+    e.add("stackpep_connections_max", "gauge", "limits.max_connections.", max_connections)
+    e.add("stackpep_connections_embryonic", "gauge", "Split connections not yet established on both legs "
+          "(part of the active ones).", st.get("connections_embryonic", 0))
+    e.add("stackpep_draining", "gauge", "1 while the box drains (SIGTERM) or stops.", int(draining))
     for pname, pst in st["ports"].items():
         for k, v in pst.items():
             e.add(f"stackpep_port_{k}_total", "counter", f"Capture port counter {k}.", v, {"port": pname})

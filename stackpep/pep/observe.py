@@ -172,6 +172,11 @@ def summary_lines(reply: Dict[str, Any], previous: Optional[Dict[str, Any]] = No
     drops = {k: v for k, v in reply["drops"].items() if v}
     drops.update({f"engine.{k}": v for k, v in reply["engine_drops"].items() if v})
     lines.append("drops: " + (", ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "none"))
+    if reply.get("workers"):  # stackpep.pep.workers: the sum above, each worker here
+        lines.append("workers: " + ", ".join(
+            f"{w['index']} (pid {w['pid']}): " + (f"{w['connections_active']} active, {w['connections_opened']} opened"
+                                                  if w.get("answered") else "no answer")
+            for w in reply["workers"]))
     if reply["leg_states"]:
         lines.append("legs: " + ", ".join(f"{k}={v}" for k, v in sorted(reply["leg_states"].items())))
     conns = reply.get("connections") or []

@@ -29,10 +29,15 @@ KEYS: Dict[str, Tuple[str, bool, str]] = {
     "instance": ("pep.instance", False, "it names the rules and the control socket"),
     "role": ("pep.role", False, "the role is fixed at start"),
     "log_level": ("pep.log_level", True, ""),
+    "workers": ("pep.workers", False, "the worker processes and their capture rings are started"),
     "handshake_mode": ("handshake.mode", True, ""),
     "handshake_timeout": ("handshake.timeout", True, ""),
     "idle_timeout": ("limits.idle_timeout", True, ""),
     "max_connections": ("limits.max_connections", True, ""),
+    "max_embryonic": ("limits.max_embryonic", True, ""),
+    "max_embryonic_per_source": ("limits.max_embryonic_per_source", True, ""),
+    "server_opens_per_second": ("limits.server_opens_per_second", True, ""),
+    "server_opens_per_second_per_source": ("limits.server_opens_per_second_per_source", True, ""),
     "relay_buffer": ("limits.relay_buffer", True, ""),
     "drain_timeout": ("limits.drain_timeout", True, ""),
     "rules_backend": ("rules.backend", False, "the rules are installed"),
@@ -65,7 +70,7 @@ KEYS: Dict[str, Tuple[str, bool, str]] = {
     "log_connections": ("log.connections", True, ""),
     "log_format": ("log.format", True, ""),
 }
-_IGNORED = {"source", "lines"}
+_IGNORED = {"source", "lines", "worker_slot"}
 
 
 @dataclass(frozen=True)

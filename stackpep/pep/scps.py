@@ -13,7 +13,7 @@ Sans-IO: times are integer microseconds passed in.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Hashable, Optional
+from typing import Any, Dict, Hashable, Optional, Tuple
 
 from stackpep.tcp.scps import ScpsRefusals
 
@@ -39,14 +39,17 @@ class ScpsLink:
     """One per box with a `[wan]` leg that has SCPS on (`PepConfig.wan_scps`)."""
 
     def __init__(self, settings: Dict[str, Any], refusal_ttl_us: int, counters: Dict[str, int],
-                 max_refusals: int = 4096, hc_table: Any = None) -> None:
+                 max_refusals: int = 4096, hc_table: Any = None, slot: Tuple[int, int] = (0, 1)) -> None:
         from stackpep.tcp.config import ScpsSettings
 
         self.settings = ScpsSettings(**settings)
         self.refusals = ScpsRefusals(refusal_ttl_us, max_refusals)
         self.counters = counters
+        # a box with several workers splits the ids: worker i of n uses i, i + n, i + 2n, ...
+        index, count = slot
+        self._ids = list(range(index % max(count, 1), CONN_IDS, max(count, 1)))
         self._live = [0] * CONN_IDS  # live connections per connection id
-        self._next = 0
+        self._next = 0  # index into _ids
         self._configs: Dict[tuple, Any] = {}
         # receive contexts of header compression, shared with the long leg's ports
         # (None: compression not offered, or the ports cannot expand it)
@@ -63,16 +66,18 @@ class ScpsLink:
     def allocate_conn_id(self) -> int:
         """A connection id no live long leg of this box uses (round robin, so a
         just-freed id is not reused at once); when all are in use, the least used."""
-        live = self._live
-        for i in range(CONN_IDS):
-            cid = (self._next + i) % CONN_IDS
-            if live[cid] == 0:
+        live, ids = self._live, self._ids
+        n = len(ids)
+        for i in range(n):
+            j = (self._next + i) % n
+            if live[ids[j]] == 0:
                 break
         else:
-            cid = min(range(CONN_IDS), key=live.__getitem__)
+            j = min(range(n), key=lambda k: live[ids[k]])
             self.counters["scps_conn_ids_shared"] += 1
+        cid = ids[j]
         live[cid] += 1
-        self._next = (cid + 1) % CONN_IDS
+        self._next = (j + 1) % n
         return cid
 
     def release_conn_id(self, cid: int) -> None:
@@ -129,4 +134,5 @@ def scps_link_from(config: Any, counters: Dict[str, int], hc_table: Any = None) 
     """The box's ScpsLink for a PepConfig, or None when the long leg speaks no SCPS-TP."""
     if config.wan_leg is None or not config.wan_scps:
         return None
-    return ScpsLink(config.wan_scps, int(config.wan_scps_refusal_ttl * 1_000_000), counters, hc_table=hc_table)
+    return ScpsLink(config.wan_scps, int(config.wan_scps_refusal_ttl * 1_000_000), counters, hc_table=hc_table,
+                    slot=getattr(config, "worker_slot", (0, 1)))

@@ -6,10 +6,11 @@ address and the server leg's engine the *client's*, so every packet on both
 sides carries only the original addresses (a transparent proxy; RFC 3135 §2.4
 calls this a split-connection TCP PEP).
 
-Structure (trio): `SplitConnection.run()` is one nursery owning both legs,
-with two tasks: the pump (`_service`: each `Leg`'s ConnectionDriver fires the
-engine's timers and drains its events, then the relay, then the output) and
-the watchdog (handshake and idle timeouts).  The dispatcher feeds received
+Structure (trio): `SplitConnection.run()` is one task owning both legs: the
+pump (`_service`: each `Leg`'s ConnectionDriver fires the engine's timers and
+drains its events, then the relay, then the output).  It sleeps until the
+earliest deadline -- the engines' timers and the connection's own handshake
+and idle limits (`_limit_deadline`) -- or a packet; nothing polls.  The dispatcher feeds received
 packets straight into the engines (`deliver`) and wakes the pump once per
 batch.  The connection sees the box only through a `SplitContext` (route
 lookup, leg settings, ICMP validation, counters) and reports its `Outcome`
@@ -51,15 +52,11 @@ from stackpep._fast.capture import split_key
 from stackpep.pep import engine as eng
 from stackpep.pep.reset import reset_for
 from stackpep.tcp.config import SCPS_COMPRESS
-from stackpep.tcp.driver import ConnectionDriver
+from stackpep.tcp.driver import TIMER_SLACK_US, ConnectionDriver
 from stackpep.tcp.events import (CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable,
-                                 EofReceived, ScpsFallback, ScpsNegotiated, SendSpace, TcpEvent)
+                                 EofReceived, FastOpenAccepted, FastOpenResult, ScpsFallback, ScpsNegotiated,
+                                 SendSpace, TcpEvent)
 from stackpep.tcp.states import TcpState
-
-try:  # TCP Fast Open in the engine (RFC 7413): zero-RTT
-    from stackpep.tcp.events import FastOpenAccepted, FastOpenResult
-except ImportError:  # an engine without it: [wan] zero_rtt is refused by the config check
-    FastOpenAccepted = FastOpenResult = None  # type: ignore
 
 log = logging.getLogger("stackpep.pep")
 
@@ -98,6 +95,7 @@ class Outcome(str, enum.Enum):
     NO_ROUTE = "no_route"
     SUPERSEDED = "superseded"  # a new SYN reused the 4-tuple after close
     SHUTDOWN = "shutdown"  # the PEP stopped
+    EVICTED = "evicted"  # still embryonic, made room for a new SYN (stackpep.pep.admission)
     ERROR = "error"  # a bug surfaced in this connection: logged, both legs reset, the box goes on
 
 
@@ -120,6 +118,7 @@ class SplitContext:
     icmp_validate: Callable[[Any, Any], bool]  # IcmpGuard.validate(err, engine)
     counters: Dict[str, int]  # the box's counters (SPLIT_COUNTERS, icmp_*)
     report: Callable[["SplitConnection", Outcome], None]  # called once, when the outcome is decided
+    handshake_done: Optional[Callable[["SplitConnection"], None]] = None  # both legs established (once)
     scps: Any = None  # stackpep.pep.scps.ScpsLink of the long leg, or None (no SCPS-TP)
     wan_side: Optional[int] = None  # CLIENT or SERVER: the leg that crosses the long link ([wan]), or None
 
@@ -219,6 +218,18 @@ class SplitConnection:
         self.created = now_us()
         self.last_activity = self.created  # µs: last packet received or byte relayed
         self.last_soft_error: Optional[str] = None
+        self.cookie: Optional[Tuple[int, bytes, bytes]] = None  # syn-cookie mode: (our ISS, canonical SYN, ACK)
+        self._resolving = trio.CancelScope()
+
+    @classmethod
+    def from_cookie(cls, ctx: SplitContext, key: bytes, iss: int, syn: bytes, ack: bytes,
+                    client_port_obj: Any) -> "SplitConnection":
+        """handshake.mode "syn-cookie" (stackpep.pep.syncookie): the client's ACK
+        returned a valid cookie; the client leg starts established with ISS =
+        the cookie, and only now does the server leg open."""
+        conn = cls(ctx, key, syn, client_port_obj)
+        conn.cookie = (iss, syn, ack)
+        return conn
 
     # -- from the dispatcher ---------------------------------------------------
     def deliver(self, from_client: bool, packet: bytes, flags: int, now: int) -> None:
@@ -228,9 +239,11 @@ class SplitConnection:
             if leg.side == self.passive:
                 if flags & eng.TH_SYN and not flags & eng.TH_ACK:
                     self.held_syn = packet  # keep the newest retransmission
+                elif self.cookie is not None and len(self.backlog) < BACKLOG_LIMIT:
+                    self.backlog.append(packet)  # syn-cookie: the client is established already
                 else:  # before our SYN-ACK it means nothing to a LISTEN leg
                     self.ctx.counters["drop_before_client_leg"] += 1
-            elif len(self.backlog) < BACKLOG_LIMIT:
+            elif len(self.backlog) < BACKLOG_LIMIT and self.cookie is None:
                 self.backlog.append(packet)
             else:
                 self.ctx.counters["drop_backlog_full"] += 1
@@ -255,6 +268,7 @@ class SplitConnection:
     def shutdown(self, outcome: Outcome) -> None:
         """Abort both legs (RST to both peers) and end."""
         self._finish(outcome, abort=True)
+        self._resolving.cancel()
         self._wake.set()
 
     @property
@@ -284,15 +298,14 @@ class SplitConnection:
         point where old segments matter to them (RFC 9293 §3.10.7.4, RFC 6191)."""
         return self.done or self.lingering
 
-    # -- the nursery -------------------------------------------------------------
+    # -- the task -----------------------------------------------------------------
     async def run(self) -> Outcome:
         """The connection's whole life; returns how it ended."""
         try:
-            await self._start()
+            with self._resolving:  # shutdown() (an eviction) while RESOLVING cancels the route lookups
+                await self._start()
             if not self.done:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, nursery.cancel_scope)
-                    nursery.start_soon(self._watchdog, nursery.cancel_scope)
+                await self._pump()
         except Exception:
             # One connection's failure must not take the box (and every other
             # connection) down with it.
@@ -325,9 +338,12 @@ class SplitConnection:
             log.info("no route for %s: %s", self, exc)
             self._finish(Outcome.NO_ROUTE, abort=False)
             return
+        if self.done:  # evicted or shut down while the routes were looked up: open nothing
+            return
         # The client leg's engine speaks as the server and the server leg's as the client.
         client.engine = eng.new_connection(self._engine_config(client), self.server_addr,
-                                           self.server_port, self.client_addr, self.client_port, _iss())
+                                           self.server_port, self.client_addr, self.client_port,
+                                           _iss() if self.cookie is None else self.cookie[0])
         server.engine = eng.new_connection(self._engine_config(server), self.client_addr,
                                            self.client_port, self.server_addr, self.server_port, _iss())
         for leg in self.legs:
@@ -335,23 +351,25 @@ class SplitConnection:
         passive.engine.listen()
         now = now_us()
         self.phase = Phase.OPENING
-        if self.zero_rtt:
+        if self.cookie is not None:  # (syn-cookie mode: passive is the client leg)
+            if not self.zero_rtt:
+                self._open_active_leg(now)
+            self._start_client_leg_from_cookie(now)
+        elif self.zero_rtt:
             self._start_passive_leg(now)  # the long leg opens with the client's first bytes
-            return
-        self._open_active_leg(now)
-        if self.immediate:
-            self._start_passive_leg(now)
+        else:
+            self._open_active_leg(now)
+            if self.immediate:
+                self._start_passive_leg(now)
 
     def _open_active_leg(self, now: int, fast_open: bool = False) -> None:
         active = self.legs[self.active]
         active.opened = True
-        for pkt in self.backlog:
-            active.engine.receive_packet(pkt, now)
-        self.backlog = []
-        if fast_open:
-            active.engine.connect(now, scps_offer=self._scps_offer(active, now), fast_open=True)
-        else:
-            active.engine.connect(now, scps_offer=self._scps_offer(active, now))
+        if self.cookie is None:  # (in syn-cookie mode the backlog is the client's)
+            for pkt in self.backlog:
+                active.engine.receive_packet(pkt, now)
+            self.backlog = []
+        active.engine.connect(now, scps_offer=self._scps_offer(active, now), fast_open=fast_open)
 
     def _peer_addr(self, leg: Leg) -> bytes:
         return self.client_addr if leg.side == CLIENT else self.server_addr
@@ -460,14 +478,35 @@ class SplitConnection:
             if self.scps_fell_back:
                 self.ctx.scps.remember_refusal(self._peer_addr(leg), self._now)
 
-    async def _pump(self, scope: trio.CancelScope) -> None:
+    def _start_client_leg_from_cookie(self, now: int) -> None:
+        """The client leg replays its own stateless answer: the canonical SYN
+        makes it SYN-RECEIVED with the cookie as ISS, the SYN-ACK it would send
+        again is dropped (the client has it), and the client's ACK (maybe with
+        data) establishes it (RFC 4987 §3.6)."""
+        assert self.cookie is not None
+        client = self.legs[CLIENT]
+        _, syn, ack = self.cookie
+        self.held_syn = syn
+        self._start_passive_leg(now)
+        client.engine.packets_to_send(now)  # the SYN-ACK the cookie already said
+        client.engine.receive_packet(ack, now)
+        for pkt in self.backlog:  # what the client sent while the routes were looked up
+            client.engine.receive_packet(pkt, now)
+        self.backlog = []
+
+    async def _pump(self) -> None:
+        """The connection's one task: a turn of `_service` whenever a packet came
+        (`deliver` sets the wake event) or the earliest deadline is due -- the
+        engines' timers and the connection's own limits (`_limit_deadline`); no
+        polling, so an idle or embryonic connection costs nothing until then."""
         drivers = [leg.driver for leg in self.legs]
         while True:
-            self._service(now_us())
+            now = now_us()
+            self._check_limits(now)
+            self._service(now)
             if self.done:
-                scope.cancel()
                 return
-            deadline = None
+            deadline = self._limit_deadline()
             for t in [d.deadline() for d in drivers] + [self.extra_deadline()]:
                 if t is not None and (deadline is None or t < deadline):
                     deadline = t
@@ -475,33 +514,39 @@ class SplitConnection:
                 await self._wake.wait()
             self._wake = trio.Event()
 
-    async def _watchdog(self, scope: trio.CancelScope) -> None:
+    @property
+    def embryonic(self) -> bool:
+        """Not yet established on both legs (and not ended): the state a SYN
+        flood makes, the first the dispatcher evicts."""
+        return not self.done and not (self.legs[CLIENT].established and self.legs[SERVER].established)
+
+    def _limit_deadline(self) -> Optional[int]:
+        """When the connection's own limit runs out (µs): the handshake timeout
+        while embryonic, then the idle timeout; None while only TIME-WAIT is left
+        (it ends by itself)."""
         cfg = self.ctx.config
-        client, server = self.legs
-        with trio.move_on_at(self.created / 1e6 + cfg.handshake_timeout):
-            while not (server.established and client.established):
-                await trio.sleep(0.02)
-        if not (server.established and client.established):
-            if not self.done:
-                log.info("%s: handshake timeout%s", self, self._soft_error_note())
-                # A silent server means the client's own connect timeout, as without a
-                # proxy: a client whose SYN we never answered hears nothing; a client
-                # leg we did answer gets RST.
-                self._finish(Outcome.HANDSHAKE_TIMEOUT, abort=True)
-                self._wake.set()
+        if self.embryonic:
+            return self.created + int(cfg.handshake_timeout * 1_000_000)
+        if self.lingering:
+            return None
+        return self.last_activity + int(cfg.idle_timeout * 1_000_000)
+
+    def _check_limits(self, now: int) -> None:
+        """End the connection if its handshake or idle limit ran out by `now`."""
+        if self.done:
             return
-        idle_us = int(cfg.idle_timeout * 1e6)
-        while not self.done:
-            idle_for = now_us() - self.last_activity
-            if self.lingering:
-                # closed both ways; only TIME-WAIT is left, which ends by itself
-                self.last_activity = now_us()
-            elif idle_for >= idle_us:
-                log.info("%s: idle for %.1f s, resetting both legs", self, idle_for / 1e6)
-                self._finish(Outcome.IDLE_TIMEOUT, abort=True)
-                self._wake.set()
-                return
-            await trio.sleep((idle_us - idle_for) / 1e6 + 0.001)
+        deadline = self._limit_deadline()
+        if deadline is None or now + TIMER_SLACK_US < deadline:
+            return
+        if self.embryonic:
+            log.info("%s: handshake timeout%s", self, self._soft_error_note())
+            # A silent server means the client's own connect timeout, as without a
+            # proxy: a client whose SYN we never answered hears nothing; a client
+            # leg we did answer gets RST.
+            self._finish(Outcome.HANDSHAKE_TIMEOUT, abort=True)
+        else:
+            log.info("%s: idle for %.1f s, resetting both legs", self, (now - self.last_activity) / 1e6)
+            self._finish(Outcome.IDLE_TIMEOUT, abort=True)
 
     # -- the work ------------------------------------------------------------------
     def _service(self, now: int) -> None:
@@ -542,6 +587,8 @@ class SplitConnection:
             return False  # the relay looks at both buffers every turn
         if isinstance(ev, Connected):
             leg.established = True
+            if not self.embryonic:
+                self._handshake_done()
             self._scps_connected(leg)
             if self.zero_rtt and leg.side == self.passive:
                 self.zero_rtt_at = self._now + int(self.ctx.config.wan_zero_rtt_wait * 1_000_000)
@@ -577,13 +624,18 @@ class SplitConnection:
             return True
         if isinstance(ev, (ScpsNegotiated, ScpsFallback)):
             self._on_scps_event(leg, ev)
-        elif FastOpenAccepted is not None and isinstance(ev, (FastOpenAccepted, FastOpenResult)):
+        elif isinstance(ev, (FastOpenAccepted, FastOpenResult)):
             self._on_fast_open(leg, ev)
         return False
 
     def _reset_by(self, leg: Leg) -> Outcome:
         # "client" is the end that opened the connection, whichever side it is on
         return Outcome.RESET_BY_CLIENT if leg.side == self.passive else Outcome.RESET_BY_SERVER
+
+    def _handshake_done(self) -> None:
+        """Both legs established: no longer embryonic (the dispatcher's admission)."""
+        if self.ctx.handshake_done is not None:
+            self.ctx.handshake_done(self)
 
     def _refused(self, now: int) -> None:
         """The server answered our SYN with RST: the client gets RST too (RFC 9293

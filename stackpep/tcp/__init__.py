@@ -8,6 +8,7 @@ from stackpep.tcp.config import CONGESTION_CONTROLS, LOSS_RESPONSES, ScpsSetting
 from stackpep.tcp.events import (
     CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable, EofReceived,
     SendSpace, TcpEvent, ScpsNegotiated, ScpsFallback, RecordBoundary, BytesSkipped,
+    OutageEntered, OutageExited,
     FastOpenAccepted, FastOpenResult,
 )
 from stackpep.tcp.scps import ScpsRefusals
@@ -18,6 +19,7 @@ __all__ = [
     "TcpConfig", "ScpsSettings", "ScpsRefusals", "ScpsNegotiated", "ScpsFallback",
     "RecordBoundary", "BytesSkipped", "CONGESTION_CONTROLS", "LOSS_RESPONSES", "TcpEvent", "CloseReason",
     "Connected", "DataReadable", "SendSpace", "EofReceived", "ConnectionReset",
+    "ConnectionClosed", "OutageEntered", "OutageExited", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
     "ConnectionClosed", "TcpStatistics", "DROP_REASONS", "TcpConnection", "TcpState", "TRANSITIONS",
     "FastOpenAccepted", "FastOpenResult",
 ]

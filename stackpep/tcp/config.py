@@ -11,10 +11,11 @@ from typing import Any, Optional
 __all__ = ["TcpConfig", "ScpsSettings", "CONGESTION_CONTROLS", "LOSS_RESPONSES",
            "SCPS_BETS", "SCPS_SNACK1", "SCPS_SNACK2", "SCPS_COMPRESS", "SCPS_NLTS"]
 
-#: congestion-control algorithms the engine implements (stackpep/_fast/cc_*.pxi)
-CONGESTION_CONTROLS = ("newreno", "cubic", "rate")
-#: how a detected loss is answered: "congestion" (RFC 5681 §3.2: reduce cwnd) or
-#: "corruption" (retransmit without reducing cwnd; for SCPS-TP, CCSDS 714.0-B-2 §3.2)
+#: congestion-control algorithms the engine implements (stackpep/_fast/cc.pxi)
+CONGESTION_CONTROLS = ("newreno", "cubic", "rate", "vegas")
+#: how a detected loss is answered (the SCPS-TP "loss type"): "congestion" (RFC 5681
+#: §3.2: reduce cwnd; RFC 6298 §5.5 RTO backoff) or "corruption" (retransmit keeping
+#: cwnd / the rate and the RTO; CCSDS 714.0-B-2 §3.2).  ECE is congestion either way.
 LOSS_RESPONSES = ("congestion", "corruption")
 
 
@@ -142,6 +143,33 @@ class TcpConfig:
     looked up in a process-wide weak registry by (name, rate_bps) instead.  None =
     the rate is per connection."""
 
+    # -- SCPS-TP congestion control, loss type, link outage (CCSDS 714.0-B-2 §3.2) ------
+    # (the loss type is ``loss_response`` above: "corruption" retransmits without
+    # reducing cwnd / the rate and without backing off the RTO)
+    vegas_alpha: float = 3.0
+    """With ``congestion="vegas"`` (Brakmo & Peterson 1995): grow cwnd by one segment
+    per RTT while fewer than alpha segments are queued in the path (the SCPS
+    reference gateway's defaults 3 / 5 / 4)."""
+    vegas_beta: float = 5.0
+    """... shrink it by one while more than beta are queued."""
+    vegas_gamma: float = 4.0
+    """... leave slow start once more than gamma are queued."""
+    min_rate_bps: Optional[int] = None
+    """With ``congestion="rate"``: a guaranteed minimum (bits/s, IP bytes); the rate
+    above it is closed loop (halved excess on ECE, or on a loss when loss_response
+    is "congestion"; probes back up to ``rate_bps``).  None = open loop at rate_bps."""
+    outage_rtos: Optional[int] = None
+    """Link outage: this many retransmission timeouts in a row mean the link is
+    down: no new data, SND.UNA probed every ``outage_probe_us`` without backoff and
+    without counting towards max_retransmits / user_timeout_us; the first
+    acceptable ACK resumes at the window / rate held before (no slow start).
+    None = no outage handling (RFC 6298 backoff, then give up)."""
+    outage_probe_us: int = 1_000_000
+    outage_silence_us: Optional[int] = None
+    """Also enter the outage at an RTO when nothing was received for this long."""
+    outage_max_us: Optional[int] = None
+    """Give up (CLOSED, timeout) after this long in an outage; None = never."""
+
     # -- keep-alive (RFC 9293 §3.8.4; off by default as the RFC requires) -----------
     keepalive: bool = False
     keepalive_idle_us: int = 7_200_000_000
@@ -197,6 +225,23 @@ class TcpConfig:
             raise ValueError("rate_bps must be an integer between 8000 and 10**12 bits/s")
         if self.loss_response not in LOSS_RESPONSES:
             raise ValueError(f"loss_response must be one of {LOSS_RESPONSES}, not {self.loss_response!r}")
+        if not 0 < self.vegas_alpha <= self.vegas_beta:
+            raise ValueError("vegas_alpha / vegas_beta must satisfy 0 < alpha <= beta (segments)")
+        if not self.vegas_gamma > 0:
+            raise ValueError("vegas_gamma must be > 0 (segments)")
+        if self.min_rate_bps is not None:
+            if self.congestion != "rate":
+                raise ValueError("min_rate_bps needs congestion \"rate\"")
+            if not (isinstance(self.min_rate_bps, int) and 8000 <= self.min_rate_bps <= (self.rate_bps or 0)):
+                raise ValueError("min_rate_bps must be an integer between 8000 and rate_bps (bits/s)")
+        if self.outage_rtos is not None and not (isinstance(self.outage_rtos, int) and self.outage_rtos >= 1):
+            raise ValueError("outage_rtos must be None or an integer >= 1")
+        if not (isinstance(self.outage_probe_us, int) and self.outage_probe_us >= 1000):
+            raise ValueError("outage_probe_us must be an integer >= 1000 µs")
+        if self.outage_silence_us is not None and self.outage_silence_us <= 0:
+            raise ValueError("outage_silence_us must be None or > 0")
+        if self.outage_max_us is not None and self.outage_max_us <= 0:
+            raise ValueError("outage_max_us must be None or > 0")
         if not 0 <= self.delayed_ack_us <= 200_000:
             raise ValueError("delayed_ack_us must be within 0..200000 µs")
         if self.delayed_ack_segments < 1:

@@ -14,6 +14,7 @@ __all__ = [
     "CloseReason", "TcpEvent", "Connected", "DataReadable", "SendSpace",
     "EofReceived", "ConnectionReset", "ConnectionClosed", "ConnectionProgress",
     "ScpsNegotiated", "ScpsFallback", "RecordBoundary", "BytesSkipped",
+    "OutageEntered", "OutageExited",
     "FastOpenAccepted", "FastOpenResult",
 ]
 
@@ -93,6 +94,18 @@ class BytesSkipped(TcpEvent):
     delivered as zeros (CCSDS 714.0-B-2 §3.2, best-effort transport service)."""
     n: int
     offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutageEntered(TcpEvent):
+    """Link outage (CCSDS 714.0-B-2 §3.2; TcpConfig.outage_rtos): no new data is
+    sent, SND.UNA is probed every outage_probe_us until the link answers."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutageExited(TcpEvent):
+    """An acceptable ACK ended the outage: sending resumes at the window / rate
+    held before it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,12 @@ class TcpStatistics:
     bytes_skipped: int = 0            # BETS: bytes delivered as zeros (receiver)
     bets_abandoned: int = 0           # BETS: retransmissions not sent after bets_max_retransmits (sender)
     records_merged: int = 0           # record ends not marked: 64 unacknowledged records already kept
+    # link outage (CCSDS 714.0-B-2 §3.2; TcpConfig.outage_rtos / outage_silence_us)
+    outage: bool = False
+    """In a link outage now: no new data, SND.UNA probed every outage_probe_us."""
+    outage_entered: int = 0
+    outage_probes: int = 0    # probes sent during outages (not counted as RTOs)
+    outage_exited: int = 0    # outages ended by an acceptable ACK
     # -- TCP Fast Open (RFC 7413), docs/tcp-engine.md ---------------------------------------------
     tfo_syn_data_sent: int = 0        # bytes our SYN carried (active)
     tfo_syn_data_acked: int = 0       # of them, bytes the SYN-ACK acknowledged (active)

@@ -270,7 +270,8 @@ class StackpepPep(Configuration):
             path = self._log(topo, host.short)
             start = path.stat().st_size if path.exists() else 0
             with open(path, "ab") as log:
-                p = host.popen(python_command("stackpep", "run", "-c", str(cfg)), env=python_env(),
+                # one worker per box: the GEO figures measure the protocol, not the fanout
+                p = host.popen(python_command("stackpep", "run", "-c", str(cfg), "--workers", "1"), env=python_env(),
                                stdout=log, stderr=log, cwd=str(topo.workdir))
             self.procs.append(p)
             started.append((host.short, p, path, start))

@@ -46,16 +46,18 @@ timeout = {handshake_timeout}
 idle_timeout = {idle_timeout}
 max_connections = {max_connections}
 drain_timeout = {drain_timeout}
-"""
+{more_limits}"""
 
 
 def pep_toml(ports=(80, 5201, "8000-8099"), mode="after-server", handshake_timeout=3.0, idle_timeout=600.0,
-             max_connections=4096, extra: str = "", drain_timeout: float = 0.0) -> str:
+             max_connections=4096, extra: str = "", drain_timeout: float = 0.0, limits=None) -> str:
     # drain_timeout 0: SIGTERM resets at once (tests of the stop itself); see docs/operations.md
+    # limits: more [limits] keys (e.g. max_embryonic)
     ports_s = "[" + ", ".join(f'"{p}"' if isinstance(p, str) else str(p) for p in ports) + "]"
+    more = "".join(f"{k} = {v}\n" for k, v in (limits or {}).items())
     return DEFAULT_TOML.format(ports=ports_s, mode=mode, handshake_timeout=handshake_timeout,
                                idle_timeout=idle_timeout, max_connections=max_connections,
-                               drain_timeout=drain_timeout) + extra
+                               drain_timeout=drain_timeout, more_limits=more) + extra
 
 
 def env_with_path() -> dict:
@@ -124,7 +126,9 @@ class SplitterTopology:
         argv = python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats_file))
         if stats_interval:
             argv += ["--stats-interval", str(stats_interval)]
-        argv += list(args)  # e.g. ("--pcap", FILE)
+        argv += list(args)  # e.g. ("--pcap", FILE), ("--workers", "2")
+        if "--workers" not in args:
+            argv += ["--workers", "1"]  # one process unless a test asks for workers (tests/test_workers_netns.py)
         self.pep = self.box.popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env_with_path(),
                                   cwd=str(self.tmp))
         line = self.pep.stdout.readline().strip()
