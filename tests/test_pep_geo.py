@@ -146,6 +146,7 @@ def test_wan_congestion_loss_type_vegas_and_outage_keys(tmp_path):
         vegas = { alpha = 2, beta = 4, gamma = 1.5 }
         outage_rtos = 4
         outage_probe_interval = 0.5
+        keepalive = 0
     """)
     cfg, problems = check_file(p)
     assert problems == []

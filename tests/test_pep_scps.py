@@ -43,7 +43,8 @@ SNACK_BITS = 0x40
 
 
 def box_config(wan_leg, **over):
-    d = {"interfaces": {"client": ["c"], "server": ["s"]},
+    d = {"pep": {"workers": 1},
+         "interfaces": {"client": ["c"], "server": ["s"]},
          "intercept": {"prefixes": ["198.18.0.0/15", "fd00::/14"]},
          "handshake": {"timeout": 5.0},
          "wan": {"leg": wan_leg, "rate": 20_000_000, "rtt": 2 * ONE_WAY},
