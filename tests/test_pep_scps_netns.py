@@ -26,6 +26,7 @@ pytestmark = pytest.mark.netns
 BOX = """
 [pep]
 log_level = "info"
+workers = 1
 [interfaces]
 client = ["{client_if}"]
 server = ["{server_if}"]
