@@ -304,3 +304,78 @@ def test_far_box_restarted_mid_transfer_resets_the_client():
                     p.wait()
         finally:
             boxes.stop_all()
+
+
+ZERO_RTT = """zero_rtt = true
+tfo_key = "000102030405060708090a0b0c0d0e0f"
+"""
+
+FETCH = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 8000), timeout=30)
+s.sendall(b"GET /100k\\r\\n")
+got = 0
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += len(d)
+print(got)
+"""
+
+RESPOND = """
+import socket, sys
+l = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], 8000)); l.listen(8); print("LISTENING", flush=True)
+for _ in range(1):
+    c, _ = l.accept()
+    req = c.recv(100)
+    assert req == b"GET /100k\\r\\n", req
+    c.sendall(b"x" * 100000); c.close()
+"""
+
+
+def payload_syns(path):
+    """[(is SYN-ACK, payload bytes, TFO option present)] of the SYNs in a pcap."""
+    out = []
+    with open(path, "rb") as f:
+        for _, buf in dpkt.pcap.Reader(f):
+            ip = dpkt.ethernet.Ethernet(buf).data
+            t = getattr(ip, "data", None)
+            if isinstance(t, dpkt.tcp.TCP) and t.flags & dpkt.tcp.TH_SYN:
+                fo = any(kind == 34 for kind, _ in dpkt.tcp.parse_opts(t.opts))
+                out.append((bool(t.flags & dpkt.tcp.TH_ACK), bytes(t.data), fo))
+    return out
+
+
+def test_zero_rtt_fetch_first_bytes_ride_in_the_syn():
+    with Topology() as topo:
+        delay = DirectionParams.parse("delay=10ms")
+        topo.start_link(LinkSpec(delay, delay))
+        topo.warm_up()
+        boxes = Boxes(topo)
+        try:
+            boxes.start("pep-a", ZERO_RTT)
+            boxes.start("pep-b", ZERO_RTT)
+            cap = capture(topo.link, "la", topo.workdir / "link.pcap")
+            for server_addr in (SERVER4, SERVER6):
+                srv = topo.server.popen([sys.executable, "-c", RESPOND, server_addr], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+                try:
+                    assert srv.stdout.readline().strip() == "LISTENING"
+                    res = topo.client.run([sys.executable, "-c", FETCH, server_addr], timeout=30, check=False)
+                    assert res.stdout.split() == ["100000"], res.stderr[-2000:]
+                finally:
+                    srv.kill()
+                    srv.wait()
+            stop_capture(cap)
+            sa = boxes.wait_stats("pep-a", lambda s: s["zero_rtt_syn_data_acked"] == 2)
+            sb = boxes.wait_stats("pep-b", lambda s: s["zero_rtt_accepted"] == 2)
+            assert (sa["zero_rtt_syn_data"], sa["zero_rtt_no_data"], sa["scps_peers"]) == (2, 0, 2), sa
+            assert (sb["scps_peers"], sb["zero_rtt_syn_data"]) == (2, 0), sb
+        finally:
+            boxes.stop_all()
+        syns = payload_syns(topo.workdir / "link.pcap")
+        # the long leg's SYN carries the cookie and the request; the SYN-ACK acknowledges it
+        assert syns == [(False, b"GET /100k\r\n", True), (True, b"", False)] * 2, syns
