@@ -31,11 +31,17 @@ def test_geo_examples_put_the_rate_on_the_link_side():
                             "outage_rtos": 3, "outage_probe_us": 1_000_000,
                             # [wan] keepalive = 15 s: a far box that restarted answers the probe with RST
                             "keepalive": True, "keepalive_idle_us": 15_000_000,
-                            "keepalive_interval_us": 3_750_000, "keepalive_count": 4}
+                            "keepalive_interval_us": 3_750_000, "keepalive_count": 4,
+                            # zero_rtt: Fast Open with the shared key, both roles, answer in SYN-RECEIVED
+                            "tfo_key": bytes.fromhex("5c1f0e6d2b8a47a39e04d1c7b6f25a80"), "tfo_client": True,
+                            "tfo_server": True, "tfo_synrcvd_send": 6_000_000}
     assert a.tcp_client == {}            # the short leg keeps the engine defaults
+    assert a.wan_zero_rtt and a.wan_scps == {"snack": True, "bets": False, "compression": False,
+                                             "record_boundary": False}
     b, problems = check_file(ROOT / "examples" / "geo-pep-b.toml")
     assert problems == []
     assert b.wan_leg == "client" and b.tcp_client["congestion"] == "rate" and b.tcp_server == {}
+    assert b.wan_zero_rtt and b.tcp_client["tfo_key"] == a.tcp_server["tfo_key"]  # the shared key
 
 
 def test_engine_built_from_the_wan_leg_paces_at_the_rate():
@@ -89,6 +95,8 @@ def test_small_links_keep_the_engine_minimum_buffers():
     ('leg = "server"\nrate = 20000000\nscps = "yes"', "wan.scps", 7),
     ('leg = "server"\nrate = 20000000\nscps_refusal_ttl = 0', "wan.scps_refusal_ttl", 7),
     ('leg = "server"\nrate = 20000000\nkeepalive = 0.5', "wan.keepalive", 7),
+    ('leg = "server"\nrate = 20000000\nzero_rtt = true', "wan.zero_rtt", 7),
+    ('leg = "server"\nrate = 20000000\nzero_rtt = true\ntfo_key = "00"', "wan.tfo_key", 8),
 ])
 def test_problems_name_the_key_and_line(tmp_path, wan, key, line):
     text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\n" + wan + "\n"
