@@ -55,7 +55,7 @@ def test_readme_main_command_from_a_fresh_clone(tmp_path):
     assert f"results: {out / 'results.json'}" in res.stdout, report
     cells = json.loads((out / "results.json").read_text())["cells"]
     assert [c["configuration"] for c in cells] == ["e2e-cubic", "e2e-bbr", "stackpep-one-box",
-                                                   "stackpep-two-boxes"], report
+                                                   "stackpep-two-boxes", "stackpep-two-boxes-0rtt"], report
     for c in cells:
         assert c["available"] or c["configuration"] == "e2e-bbr", (c, report)
         assert c["error"] is None, (c, report)

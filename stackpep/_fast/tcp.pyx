@@ -1720,9 +1720,11 @@ cdef class TcpConnection:
             if win_avail > length or length * 2 < self.max_snd_wnd:
                 return self._output_blocked(buf, cap, now)
         if ((length == avail or rec_cut) and 0 < length < mss and self.cfg_nagle and not rexmit
-                and not self.fin_requested and self.snd_sml > self.snd_una and not self.force_send):
+                and not self.fin_requested and self.snd_sml > self.snd_una and self.snd_sml > 0
+                and not self.force_send):
             # RFC 9293 §3.7.4 Nagle, in Minshall's form (as Linux): hold a small segment
-            # while an earlier small segment is unacknowledged
+            # while an earlier small segment is unacknowledged (snd_sml 0: none was sent;
+            # in SYN-RECEIVED SND.UNA is still -1, the SYN-ACK, tfo_synrcvd_send)
             return self._output_probe(buf, cap, now)
         if 0 < length < mss and not rexmit:
             self.snd_sml = off + length

@@ -33,7 +33,8 @@ def _testbed(sub) -> None:
     run = tsub.add_parser("run", help="run scenarios side by side and report (exit 1 if any cell failed)")
     run.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="geo, meo, leo, geo-matrix, demo")
     run.add_argument("--configs", default=None,
-                     help="comma-separated: e2e-cubic,e2e-bbr,stackpep-one-box,stackpep-two-boxes (default all)")
+                     help="comma-separated: e2e-cubic,e2e-bbr,stackpep-one-box,stackpep-two-boxes,"
+                          "stackpep-two-boxes-0rtt (default all)")
     run.add_argument("--workloads", default="default",
                      help="default | all | comma list of bulk-download,bulk-upload,fetch-100KB,fetch-1MB,"
                      "parallel-100,web-mix")

@@ -11,7 +11,7 @@ from stackpep.testbed.report import failure_report
 from stackpep.testbed.run import default_out_dir, execute, require_root, terminate_as_interrupt
 from stackpep.testbed.scenarios import demo_scenario, resolve_configs
 
-DEMO_CONFIGS = ("e2e-cubic", "e2e-bbr", "stackpep-one-box", "stackpep-two-boxes")
+DEMO_CONFIGS = ("e2e-cubic", "e2e-bbr", "stackpep-one-box", "stackpep-two-boxes", "stackpep-two-boxes-0rtt")
 
 
 def run_demo(out: Optional[str] = None, bulk_s: float = 20.0, pep_config: Optional[str] = None,

@@ -189,6 +189,13 @@ rtt = {rtt_s}
 """
 
 
+# Zero-RTT on both boxes (docs/configuration.md "Zero-RTT"): appended to the [wan] table
+# with one key the two boxes of a configuration share.
+ZERO_RTT_KEYS = """zero_rtt = true
+tfo_key = "{key}"
+"""
+
+
 def wan_block(host: str, link: Optional[LinkSpec]) -> str:
     """The [wan] table for a PEP host's config, or "" when the link has no rate limit."""
     if link is None:
@@ -210,9 +217,12 @@ class StackpepPep(Configuration):
     Offered only if `stackpep.pep` imports and `stackpep check-config` accepts the
     configuration the testbed writes; otherwise reported as not available."""
 
-    def __init__(self, boxes: int = 1, template: Optional[str] = None):
+    def __init__(self, boxes: int = 1, template: Optional[str] = None, zero_rtt: bool = False):
         self.boxes = boxes
-        self.name = f"stackpep-{'one' if boxes == 1 else 'two'}-box{'es' if boxes > 1 else ''}"
+        self.zero_rtt = zero_rtt
+        self.tfo_key = os.urandom(16).hex()  # shared by this configuration's boxes
+        self.name = f"stackpep-{'one' if boxes == 1 else 'two'}-box{'es' if boxes > 1 else ''}" + \
+            ("-0rtt" if zero_rtt else "")
         self.template = template or os.environ.get("STACKPEP_TESTBED_PEP_CONFIG")
         self.procs: List[subprocess.Popen] = []
         self._reason: Optional[str] = None
@@ -223,6 +233,8 @@ class StackpepPep(Configuration):
         # pep-a: lan0 faces the client, wan0 the link; pep-b the other way round.
         client_if, server_if = ("lan0", "wan0") if host == "pep-a" else ("wan0", "lan0")
         wan = wan_block(host, link)
+        if wan and self.zero_rtt:
+            wan += ZERO_RTT_KEYS.format(key=self.tfo_key)
         return tpl.format(client_if=client_if, server_if=server_if, host=host, boxes=self.boxes, wan=wan)
 
     def _write_config(self, host: str, workdir: Path, link: Optional[LinkSpec] = None) -> Path:
@@ -314,10 +326,11 @@ def configuration_registry() -> Dict[str, Callable[[], Configuration]]:
         "e2e-bbr": lambda: KernelTcp("bbr"),
         "stackpep-one-box": lambda: StackpepPep(1),
         "stackpep-two-boxes": lambda: StackpepPep(2),
+        "stackpep-two-boxes-0rtt": lambda: StackpepPep(2, zero_rtt=True),
     }
 
 
-DEFAULT_CONFIGS = ("e2e-cubic", "e2e-bbr", "stackpep-one-box", "stackpep-two-boxes")
+DEFAULT_CONFIGS = ("e2e-cubic", "e2e-bbr", "stackpep-one-box", "stackpep-two-boxes", "stackpep-two-boxes-0rtt")
 
 
 def resolve_configs(names: Sequence[str], pep_template: Optional[str] = None) -> List[Configuration]:
