@@ -147,17 +147,20 @@ class Network:
 
     # -- teardown -------------------------------------------------------------
     def close(self) -> None:
+        # Every host's processes get SIGTERM at once and share one 3 s grace
+        # period (not 3 s a host, one after the other), then SIGKILL.
+        procs = [p for host in self.hosts.values() for p in host.procs]
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 3
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         for host in self.hosts.values():
-            for p in host.procs:
-                if p.poll() is None:
-                    p.terminate()
-            deadline = time.monotonic() + 3
-            for p in host.procs:
-                try:
-                    p.wait(timeout=max(0.05, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
             kill_namespace_processes(host.name)
             run(["ip", "netns", "del", host.name], check=False)
         self.hosts.clear()
