@@ -95,11 +95,15 @@ def test_syn_cookie_mode_spoofed_syns_never_reach_the_server(topo):
     loop = fetches_during(topo, lambda: sent.update(flood(topo, 2000, 10000)))
     assert sent["sent"] == 2000
     assert loop["failed"] == 0 and loop["ok"] > 0, loop
-    st = topo.stats()
-    assert st["syncookies_valid"] == loop["ok"] == st["connections_opened"]
     # every spoofed SYN got a cookie or was counted: answers waiting for a route lookup are
-    # bounded, and what the capture ring could not hold is counted by the port
-    ring_full = sum(p["rx_drop_ring_full"] for p in st["ports"].values())
-    assert st["syncookies_sent"] - st["syncookies_valid"] + st["syncookie_drop_lookups_pending"] + ring_full >= 2000
+    # bounded, and what the capture ring could not hold is counted by the port (a loaded
+    # box may still be working through its ring when the flood ends: wait for it)
+    def accounted(st):
+        ring_full = sum(p["rx_drop_ring_full"] for p in st["ports"].values())
+        return st["syncookies_sent"] - st["syncookies_valid"] + st["syncookie_drop_lookups_pending"] \
+            + ring_full >= 2000 and st["syncookies_valid"] >= loop["ok"]
+
+    st = topo.wait_stats(accounted, timeout=120)
+    assert st["syncookies_valid"] == loop["ok"] == st["connections_opened"]
     assert syns_counted(topo.server) == 0 and opens_seen(topo.server) == 0  # not one spoofed SYN got through
     assert topo.stop_pep() == 0, topo.pep_log.read_text()
