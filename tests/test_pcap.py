@@ -314,6 +314,19 @@ def test_config_pcap_problems(capture, key, message):
     assert [(p.key, p.message) for p in _problems(capture)] == [(key, message)]
 
 
+def test_a_device_node_is_never_a_capture_file(tmp_path):
+    # Rotation renames FILE to FILE.1: with FILE = /dev/null that would move the
+    # device node away.  Refused before anything is renamed; /dev/null is untouched.
+    assert path_problem("/dev/null") == "'/dev/null' is not a regular file (the capture files rotate by renaming)"
+    with pytest.raises(ValueError, match="not a regular file"):
+        RotatingPcap("/dev/null", IFS)
+    fifo = tmp_path / "f.pcapng"
+    os.mkfifo(fifo)
+    assert path_problem(str(fifo)) == f"{str(fifo)!r} is not a regular file (the capture files rotate by renaming)"
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    assert not os.path.exists("/dev/null.1")
+
+
 def test_path_problem_unwritable(tmp_path, monkeypatch):
     # as a user without write permission on the directory would see it
     monkeypatch.setattr(os, "access", lambda p, mode: p != str(tmp_path))

@@ -159,6 +159,10 @@ def path_problem(path: str) -> Optional[str]:
         return f"directory {d!r} does not exist"
     if not os.access(d, os.W_OK | os.X_OK):
         return f"directory {d!r} is not writable (the files rotate by renaming in it)"
+    for name in rotated_names(path, 2):
+        # rotation renames: a device node (/dev/null), FIFO or socket must never be moved
+        if os.path.exists(name) and not os.path.isfile(name):
+            return f"{name!r} is not a regular file (the capture files rotate by renaming)"
     if os.path.exists(path) and not os.access(path, os.W_OK):
         return f"{path!r} exists and is not writable"
     return None
@@ -181,6 +185,9 @@ class RotatingPcap:
                  files: int = DEFAULT_FILES) -> None:
         if files < 1:
             raise ValueError("files must be >= 1")
+        for name in rotated_names(path, files):
+            if os.path.exists(name) and not os.path.isfile(name):
+                raise ValueError(f"{name!r} is not a regular file (the capture files rotate by renaming)")
         self.path = path
         self.files = files
         self.max_bytes = max_bytes
