@@ -14,8 +14,8 @@ from stackpep.tcp import events as ev
 from stackpep.tcp.config import TcpConfig
 from stackpep.tcp.linkmodel import A_ADDR4, B_ADDR4, LinkModel, run_pair
 
-tcp = pytest.importorskip("stackpep._fast.tcp")
-wire = pytest.importorskip("stackpep._fast.wire")
+import stackpep._fast.tcp as tcp  # noqa: E402
+import stackpep._fast.wire as wire  # noqa: E402
 TcpConnection = tcp.TcpConnection
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
