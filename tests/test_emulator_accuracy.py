@@ -3,7 +3,7 @@ machine: every probe arrives, in order, no earlier than the configured delay and
 within a generous 500 ms of it; the rate is never exceeded by more than the
 bytes the emulator's own send lateness lets through back to back; the surplus of
 an overdriven link is dropped at the queue, by name (every frame in is a frame
-out or a named drop).
+out, a named drop or still queued).
 
 How *accurate* the emulator is (delay error in µs, rate error, frames late under
 TCP) depends on the machine's load: `stackpep testbed selftest` and
@@ -35,7 +35,9 @@ def test_probes_arrive_in_order_after_the_delay_and_the_rate_is_never_exceeded()
         assert r.measured_rate_mbit <= r.rate_mbit + r.rate_allowance_mbit(), r
         # The stream is sent 10 % above the link rate; whatever surplus reached the
         # queue (how much depends on how fast a loaded machine could send) was dropped
-        # there, by name: every frame that came in went out or is counted as a drop.
+        # there, by name: every frame that came in went out, is counted as a drop, or
+        # was still in the delay line when the statistics were taken.
         ret = r.link["return"]
-        assert ret["frames_in"] == ret["frames_out"] + sum(ret["drops"].values()), ret
+        in_link = ret["frames_in"] - ret["frames_out"] - sum(ret["drops"].values())
+        assert 0 <= in_link <= r.link["queued_frames"], r.link
         assert ret["drops"]["oversize"] == 0 and ret["drops"]["send_error"] == 0, ret
