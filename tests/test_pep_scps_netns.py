@@ -9,7 +9,6 @@ What is on the link is read from a tcpdump capture on the link host.
 """
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import dpkt
 import pytest
 
 from stackpep.testbed.emulator import DirectionParams
+from stackpep.testbed.splitbox import wait_stats_file
 from stackpep.testbed.topology import CLIENT4, CLIENT6, SERVER4, SERVER6, LinkSpec, Topology, python_env
 
 pytestmark = pytest.mark.netns
@@ -116,17 +116,7 @@ class Boxes:
         return self.topo.workdir / f"{name}-stats.json"
 
     def wait_stats(self, name, pred, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        st = {}
-        while time.monotonic() < deadline:
-            try:
-                st = json.loads(self.stats_path(name).read_text())
-                if pred(st):
-                    return st
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{name}: statistics never satisfied the condition: {st}")
+        return wait_stats_file(self.stats_path(name), pred, timeout, what=f"{name}: statistics")
 
     def stop_all(self):
         for p in self.procs.values():

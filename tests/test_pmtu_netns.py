@@ -15,11 +15,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
-from stackpep.testbed.splitbox import CLIENT4, CLIENT6, SERVER4, SERVER6, SplitterTopology, env_with_path, pep_toml
+from stackpep.testbed.splitbox import (CLIENT4, CLIENT6, SERVER4, SERVER6, SplitterTopology, env_with_path, pep_toml,
+                                       wait_stats_file)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
@@ -186,20 +186,6 @@ def _start_pep(host, cfg_text, workdir, name):
     return p, stats
 
 
-def _wait_stats(path, pred, timeout=10.0):
-    import json
-
-    deadline = time.monotonic() + timeout
-    st = {}
-    while time.monotonic() < deadline:
-        try:
-            st = json.loads(path.read_text())
-            if pred(st):
-                return st
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"statistics never satisfied the condition: {st}")
 
 
 @pytest.mark.parametrize("family", ["v4", "v6"])
@@ -252,8 +238,8 @@ def test_two_box_geo_path_with_narrow_hops_in_front_and_behind(family):
             assert (up_ok, down_ok, total) == ("True", "True", "3000000")
             # pep-a's client leg sends the download towards the client through ra1;
             # pep-b's server leg sends the upload towards the server through rb1.
-            sa = _wait_stats(stats_a, lambda s: s["icmp_ptb_client_leg"] >= 1)
-            sb = _wait_stats(stats_b, lambda s: s["icmp_ptb_server_leg"] >= 1)
+            sa = wait_stats_file(stats_a, lambda s: s["icmp_ptb_client_leg"] >= 1)
+            sb = wait_stats_file(stats_b, lambda s: s["icmp_ptb_server_leg"] >= 1)
             assert (sa["icmp_ptb_client_leg"], sa["icmp_ptb_server_leg"]) == (1, 0), sa
             assert (sb["icmp_ptb_client_leg"], sb["icmp_ptb_server_leg"]) == (0, 1), sb
             for st in (sa, sb):

@@ -60,6 +60,21 @@ def pep_toml(ports=(80, 5201, "8000-8099"), mode="after-server", handshake_timeo
                                drain_timeout=drain_timeout, more_limits=more) + extra
 
 
+def wait_stats_file(path, pred, timeout: float = 10.0, what: str = "statistics") -> dict:
+    """The `--stats-file` a running box rewrites, once `pred` holds for it."""
+    deadline = time.monotonic() + timeout
+    st = {}
+    while time.monotonic() < deadline:
+        try:
+            st = json.loads(Path(path).read_text())
+            if pred(st):
+                return st
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{what} never satisfied the condition: {st}")
+
+
 def env_with_path() -> dict:
     """Environment for `python -m stackpep ...` in a namespace (the stackpep this process runs)."""
     from stackpep.testbed.topology import python_env
@@ -163,17 +178,7 @@ class SplitterTopology:
         raise RuntimeError("no fresh statistics file")
 
     def wait_stats(self, pred, timeout: float = 10.0) -> dict:
-        deadline = time.monotonic() + timeout
-        st = {}
-        while time.monotonic() < deadline:
-            try:
-                st = json.loads(self.stats_file.read_text())
-                if pred(st):
-                    return st
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"statistics never satisfied the condition: {st}")
+        return wait_stats_file(self.stats_file, pred, timeout)
 
     def nft_ruleset(self) -> str:
         return self.box.run(["nft", "list", "ruleset"]).stdout
