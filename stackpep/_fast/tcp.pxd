@@ -112,6 +112,16 @@ cdef struct ivset_t:
     uint64_t clock
     int n
 
+# A byte ring of lazily held chunks (chunkbuf.pxi): the send and receive buffers
+cdef enum:
+    CB_CHUNK = 16384            # bytes per chunk
+    CB_POOL_MAX = 256           # free chunks the process keeps for reuse (4 MiB)
+
+cdef struct chunkbuf_t:
+    uint8_t** chunks            # nchunks pointers (NULL: not held); NULL while no chunk is held
+    int64_t nchunks
+    int64_t held                # chunks held
+
 # RTT estimator and RTO (RFC 6298), rtt.pxi
 cdef struct rtt_t:
     int64_t srtt, rttvar, last, min   # µs; -1 = no sample yet
@@ -215,9 +225,10 @@ cdef class TcpConnection:
     cdef uint32_t adv_mss             # MSS option we send
     cdef uint32_t pmtu                # path MTU (RFC 1191 / RFC 8201)
     cdef uint32_t smss                # full-size payload with the negotiated options
-    # send buffer: ring holding offsets [sb_head, wr_end)
-    cdef uint8_t* sbuf
+    # send buffer: ring holding offsets [sb_head, wr_end), chunks held only while data is queued
+    cdef chunkbuf_t sbuf
     cdef int64_t sb_cap
+    cdef int64_t sb_rel               # sb_head when chunks were last given back (cb_release)
     cdef int64_t wr_end
     cdef bint fin_requested           # send_eof(): FIN at offset wr_end
     cdef bint send_blocked            # a send() was short: SendSpace when room again
@@ -228,7 +239,7 @@ cdef class TcpConnection:
     cdef bint fin_rcvd
     cdef int64_t rcv_fin_off          # offset of an out-of-order FIN (-1 = none)
     cdef int64_t last_ack_sent        # RFC 7323 §4.3 Last.ACK.sent
-    cdef uint8_t* rbuf
+    cdef chunkbuf_t rbuf              # holds [rd_off, rcv_nxt) and the out-of-order data
     cdef int64_t rb_cap
     cdef ivset_t ofo                  # out-of-order data held in rbuf (RFC 9293 §3.10.7.4)
     cdef bint readable_notified
@@ -287,10 +298,8 @@ cdef class TcpConnection:
     # -- events ---------------------------------------------------------------------------------------
     cdef int evq[EVQ_SIZE]
     cdef int ev_head, ev_n
-    # -- scratch ----------------------------------------------------------------------------------------
-    cdef uint8_t* out_buf
+    # -- scratch (the buffers themselves are the module's, shared by every engine) --------------------------
     cdef Py_ssize_t out_cap
-    cdef uint8_t* pl_buf              # contiguous copy of payload that wraps the ring
     # -- statistics ---------------------------------------------------------------------------------------
     cdef uint64_t drops[D_COUNT]
     cdef uint64_t segs_out, segs_in, bytes_out, bytes_rexmit, bytes_acked, bytes_in
@@ -415,6 +424,8 @@ cdef class TcpConnection:
     cdef int64_t _ack_seq(self) noexcept
     cdef int64_t _readable(self) noexcept
     cdef int64_t _recv_copy(self, uint8_t* dst, int64_t n)
+    cdef void _rb_release(self, int64_t old_lo)
+    cdef void _sb_release(self)
     cdef void _window_update_check(self)
     cdef int receive_seg(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now) except -1
     cdef void _input_closed(self, tcp_seg_t* s)
