@@ -241,7 +241,7 @@ cdef class TcpConnection:
     cdef int64_t last_ack_sent        # RFC 7323 §4.3 Last.ACK.sent
     cdef chunkbuf_t rbuf              # holds [rd_off, rcv_nxt) and the out-of-order data
     cdef int64_t rb_cap
-    cdef ivset_t ofo                  # out-of-order data held in rbuf (RFC 9293 §3.10.7.4)
+    cdef ivset_t* ofo                 # out-of-order data held in rbuf (RFC 9293 §3.10.7.4); the shared empty set until used
     cdef bint readable_notified
     cdef bint syn_data                # data arrived on the SYN: readable once ESTABLISHED
     # -- timestamps (RFC 7323) ----------------------------------------------------------------
@@ -271,7 +271,7 @@ cdef class TcpConnection:
     cdef bint rexmit_pending          # NewReno: retransmit the segment at SND.UNA
     cdef int64_t high_rxt             # RFC 6675 HighRxt
     cdef int64_t rescue_rxt           # RFC 6675 RescueRxt
-    cdef ivset_t sb                   # SACK scoreboard (RFC 6675 §3)
+    cdef ivset_t* sb                  # SACK scoreboard (RFC 6675 §3); the shared empty set until used
     cdef int64_t sacked_bytes
     cdef uint64_t next_send_time      # pacing gate (rate-based controllers)
     # -- link outage (CCSDS 714.0-B-2 §3.2; outage.pxi) ---------------------------------------------

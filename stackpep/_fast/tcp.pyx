@@ -166,10 +166,40 @@ def release_memory():
     return n * CB_CHUNK
 
 
+# The out-of-order queue and the SACK scoreboard of a connection that has none
+# (~1.5 KB each): every engine points here until it adds an interval (_ivset_own);
+# nothing writes to a set with no interval.
+cdef ivset_t g_ivset_empty
+
+
+cdef ivset_t* ivset_new() except NULL:
+    cdef ivset_t* s = <ivset_t*>malloc(sizeof(ivset_t))
+    if s == NULL:
+        raise MemoryError()
+    s.n = 0
+    s.clock = 0
+    return s
+
+
+cdef inline void ivset_release(ivset_t** p) noexcept:
+    # back to the shared empty set once no interval is left
+    if p[0] != &g_ivset_empty and p[0].n == 0:
+        free(p[0])
+        p[0] = &g_ivset_empty
+
+
 cdef class TcpConnection:
+    def __cinit__(self):
+        self.ofo = &g_ivset_empty
+        self.sb = &g_ivset_empty
+
     def __dealloc__(self):
         cb_free_all(&self.sbuf)
         cb_free_all(&self.rbuf)
+        if self.ofo != &g_ivset_empty:
+            free(self.ofo)
+        if self.sb != &g_ivset_empty:
+            free(self.sb)
 
     def __init__(self, config, bytes local_addr, int local_port, bytes remote_addr, int remote_port,
                  iss, ts_offset=0):
@@ -386,6 +416,7 @@ cdef class TcpConnection:
         if lo > self.sb_rel or lo >= self.wr_end:
             cb_release(&self.sbuf, self.sb_rel, lo, self.wr_end)
             self.sb_rel = lo
+        ivset_release(&self.sb)
 
     cdef void _rb_release(self, int64_t old_lo):
         # chunks of bytes the application read back to the pool; out-of-order data
@@ -394,6 +425,7 @@ cdef class TcpConnection:
         if self.ofo.n and self.ofo.r[self.ofo.n - 1] > hi:
             hi = self.ofo.r[self.ofo.n - 1]
         cb_release(&self.rbuf, old_lo, self.rd_off, hi)
+        ivset_release(&self.ofo)
 
     @property
     def buffer_bytes(self):
@@ -645,7 +677,7 @@ cdef class TcpConnection:
             self._input_sync(s, pkt, now)
             if self.scps_bets and self.cfg_bets_timeout:
                 self._scps_after_input(now)
-        if self.sbuf.held:
+        if self.sbuf.held or self.sb.n == 0 and self.sb != &g_ivset_empty:
             self._sb_release()
         return 0
 
@@ -1010,6 +1042,7 @@ cdef class TcpConnection:
         self.have_irs = 0
         self.rd_off = 0
         self.ofo.n = 0
+        ivset_release(&self.ofo)
         cb_free_all(&self.rbuf)         # (SYN data of the connection that went)
         self.fin_rcvd = 0
         self.rcv_fin_off = -1
@@ -1090,7 +1123,7 @@ cdef class TcpConnection:
                 # the gap is not closed (its sender times the repair from this ACK)
                 self.ack_now = 1
                 before = self.rcv_nxt
-                if ivset_merge_front(&self.ofo, &self.rcv_nxt):
+                if ivset_merge_front(self.ofo, &self.rcv_nxt):
                     self.bytes_in += self.rcv_nxt - before
             if self.rcv_fin_off >= 0 and self.rcv_fin_off == self.rcv_nxt:
                 self._rcv_fin(self.rcv_fin_off, now)
@@ -1105,7 +1138,9 @@ cdef class TcpConnection:
                 elif self.tm.delack == 0:
                     self.tm.delack = now + self.cfg_delack_us
         else:
-            if not ivset_add(&self.ofo, off, end):
+            if self.ofo == &g_ivset_empty:
+                self.ofo = ivset_new()
+            if not ivset_add(self.ofo, off, end):
                 self._drop(D_OFO_FULL)
             self.ack_now = 1               # out of order: duplicate ACK at once (RFC 5681 §4.2)
 
@@ -1131,7 +1166,7 @@ cdef class TcpConnection:
                 self.tm.persist = 0
         if self.sack_ok and s.opts.n_sack:
             newly_sacked = self._sack_update(s, ack_off)
-            if newly_sacked > 0 and self.rtt.timing and ivset_skip(&self.sb, self.rtt.timed_off) > self.rtt.timed_off:
+            if newly_sacked > 0 and self.rtt.timing and ivset_skip(self.sb, self.rtt.timed_off) > self.rtt.timed_off:
                 # the timed segment arrived (SACKed now): sample it now, not when a hole
                 # below it is repaired, which would add the repair time to SRTT and the
                 # RTO (Linux tcp_sacktag_one does the same; Karn's rule still holds)
@@ -1153,7 +1188,7 @@ cdef class TcpConnection:
             self.una_time = now
             self.retries = 0
             if self.sb.n:
-                trimmed = ivset_trim_below(&self.sb, self.snd_una)
+                trimmed = ivset_trim_below(self.sb, self.snd_una)
                 self.sacked_bytes -= trimmed
             # RTT (RFC 6298 §3 Karn: timed segment not retransmitted; RFC 7323 §4 RTTM otherwise)
             if self.rtt.timing and ack_off > self.rtt.timed_off:
@@ -1284,8 +1319,10 @@ cdef class TcpConnection:
                 l = ack_off               # D-SACK or stale part (RFC 2883): ignored
             if r > self.snd_max or r <= l:
                 continue
-            ivset_add(&self.sb, l, r)     # full: the block is not kept (it is sent again)
-        self.sacked_bytes = ivset_total(&self.sb)
+            if self.sb == &g_ivset_empty:
+                self.sb = ivset_new()
+            ivset_add(self.sb, l, r)     # full: the block is not kept (it is sent again)
+        self.sacked_bytes = ivset_total(self.sb)
         return self.sacked_bytes - before
 
     cdef int64_t _lost_edge(self):
@@ -1302,7 +1339,7 @@ cdef class TcpConnection:
     cdef int64_t _unsacked_in(self, int64_t a, int64_t b):
         if b <= a:
             return 0
-        return b - a - ivset_covered(&self.sb, a, b)
+        return b - a - ivset_covered(self.sb, a, b)
 
     cdef int64_t _pipe(self):
         # RFC 6675 §4 SetPipe(), by ranges: every unSACKed octet counts once if not
@@ -1663,10 +1700,10 @@ cdef class TcpConnection:
             off = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
             if self.n_snack_rxt:
                 off = self._scps_recent_repair(off, now)    # not what a SNACK repair just sent
-            off = ivset_skip(&self.sb, off)
+            off = ivset_skip(self.sb, off)
             end = self._lost_edge()
             if off < end and off < self.snd_nxt:
-                hole_end = ivset_next_start(&self.sb, off)
+                hole_end = ivset_next_start(self.sb, off)
                 if hole_end > end:
                     hole_end = end
                 length = hole_end - off
@@ -1683,7 +1720,7 @@ cdef class TcpConnection:
                 # octet above HighRxt below the highest SACKed one, even if not lost
                 end = self.sb.r[self.sb.n - 1] if self.sb.n else self.snd_una
                 if off < end and off < self.snd_nxt:
-                    hole_end = ivset_next_start(&self.sb, off)
+                    hole_end = ivset_next_start(self.sb, off)
                     if hole_end > end:
                         hole_end = end
                     length = hole_end - off
@@ -1713,7 +1750,7 @@ cdef class TcpConnection:
         # 3. new data (or go-back-N after an RTO / PMTU drop), then the FIN
         off = self.snd_nxt
         if off < self.snd_max and self.sb.n:
-            off = ivset_skip(&self.sb, off)      # RFC 6675 §5.1: SACKed data is not resent
+            off = ivset_skip(self.sb, off)      # RFC 6675 §5.1: SACKed data is not resent
             if off > self.snd_max:
                 off = self.snd_max
             self.snd_nxt = off
@@ -2103,7 +2140,7 @@ cdef class TcpConnection:
             # a record ends with this segment's data: reported once, when the data is new
             end = seg_off + s.payload_len
             start = seg_off if seg_off > self.rcv_nxt else self.rcv_nxt
-            if end > start and ivset_covered(&self.ofo, start, end) < end - start:
+            if end > start and ivset_covered(self.ofo, start, end) < end - start:
                 self.n_rec_in += 1
                 self._push_event_ab(EV_RECORD, end, 0)
         if s.opts.n_snack and self.scps_snack:
@@ -2156,7 +2193,7 @@ cdef class TcpConnection:
         cb_write(&self.rbuf, off, NULL, n)
         self.rcv_nxt = off + n
         before = self.rcv_nxt
-        ivset_merge_front(&self.ofo, &self.rcv_nxt)
+        ivset_merge_front(self.ofo, &self.rcv_nxt)
         self.bytes_in += self.rcv_nxt - before
         self.n_bets_skips += 1
         self.n_bytes_skipped += n
@@ -2262,7 +2299,7 @@ cdef class TcpConnection:
                 off = self.snd_una
             off = self._scps_recent_repair(off, now)
             if self.sb.n:
-                off = ivset_skip(&self.sb, off)
+                off = ivset_skip(self.sb, off)
             if end > self.snd_max:
                 end = self.snd_max
             if end > self.wr_end:
@@ -2280,7 +2317,7 @@ cdef class TcpConnection:
             if length > mss:
                 length = mss
             if self.sb.n:
-                hole_end = ivset_next_start(&self.sb, off)
+                hole_end = ivset_next_start(self.sb, off)
                 if off + length > hole_end:
                     length = hole_end - off
             self.snkq_l[0] = off + length

@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set
 import trio
 
 from stackpep._fast.capture import split_key
+from stackpep._fast.tcp import buffer_statistics, release_memory
 from stackpep.io.ports import PacketPort, Router
 from stackpep.io.rules import InterceptSpec
 from stackpep.pep import engine as eng
@@ -443,5 +444,6 @@ class Dispatcher:
             **self.counters,
             **(self.scps.statistics() if self.scps is not None else {}),
             "leg_states": states,
+            "buffers": buffer_statistics(),
             "ports": {p.name: p.statistics() for p in self.ports},
         }
