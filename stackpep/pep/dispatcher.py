@@ -56,6 +56,7 @@ COUNTERS = (
     "rst_sent_unknown_flow",
     "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
     "rst_suppressed_total",  # ... the box's bucket was empty
+    "memory_releases",  # free buffer chunks and heap pages handed back to the kernel (_release_memory)
 ) + SPLIT_COUNTERS + ADMISSION_COUNTERS + SYNCOOKIE_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) \
     + ICMP_COUNTERS + SCPS_COUNTERS
 
@@ -66,6 +67,14 @@ _WAN_SIDE = {"client": CLIENT, "server": SERVER}
 #: are dropped (syncookie_drop_lookups_pending): a flood from fresh sources
 #: must not pile up tasks.
 COOKIE_LOOKUPS_MAX = 256
+
+#: How often the box looks whether its table shrank enough to hand free memory
+#: back (seconds), and by how many connections it must have shrunk since the last
+#: time (or to none at all): the engines' free buffer chunks and the heap's free
+#: pages go back to the kernel (stackpep._fast.tcp.release_memory, malloc_trim),
+#: so RSS follows the connection count down rather than staying at its peak.
+RELEASE_CHECK_S = 5.0
+RELEASE_SHRINK = 1000
 
 
 class Dispatcher:
@@ -80,6 +89,7 @@ class Dispatcher:
         self.router = router
         self.spec = spec
         self.table: Dict[bytes, SplitConnection] = {}
+        self._table_peak = 0  # most entries since memory was last released
         self.counters: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.shared_rates: Dict[tuple, object] = {}   # this box's rate shares (TcpConfig.rate_share)
         self.tcp_config = (eng.tcp_config(config.tcp_client, self.shared_rates),
@@ -119,6 +129,7 @@ class Dispatcher:
                     nursery.start_soon(self._refresh_local)
                 for port in self.ports:
                     nursery.start_soon(self._read_port, port)
+                nursery.start_soon(self._release_memory)
                 task_status.started()
         finally:
             self.closed_event.set()
@@ -152,6 +163,15 @@ class Dispatcher:
                     counters["packets_to_connections"] += 1
                 else:
                     self._new_flow(port, key, pkt, flags, now)
+
+    async def _release_memory(self) -> None:
+        while True:
+            await trio.sleep(RELEASE_CHECK_S)
+            n = len(self.table)
+            if self._table_peak - n >= RELEASE_SHRINK or (n == 0 and self._table_peak > 0):
+                release_memory()
+                self.counters["memory_releases"] += 1
+                self._table_peak = n
 
     async def _refresh_local(self) -> None:
         while True:
@@ -244,6 +264,8 @@ class Dispatcher:
 
     def _open(self, conn: SplitConnection, source: bytes) -> None:
         self.table[conn.key] = conn
+        if len(self.table) > self._table_peak:
+            self._table_peak = len(self.table)  # (_release_memory)
         self.embryonic.add(conn.key, conn, source)
         self.recently_closed.discard(conn.key)
         self.counters["connections_opened"] += 1

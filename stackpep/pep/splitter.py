@@ -187,7 +187,14 @@ class SplitConnection:
     addresses.  Which leg takes the SYN is the connection's own matter: the
     *passive* leg faces the side the SYN arrived from (the connection's client),
     the *active* leg opens towards the other (its server).  A connection opened
-    from the server side (`intercept.server_initiated`) has passive = SERVER."""
+    from the server side (`intercept.server_initiated`) has passive = SERVER.
+
+    Slotted: a box holds 10,000 of these (docs/BENCHMARKS-connections.md)."""
+
+    __slots__ = ("ctx", "key", "client_addr", "client_port", "server_addr", "server_port", "immediate",
+                 "relay_buffer", "passive", "active", "legs", "scps_conn_id", "scps_fell_back", "zero_rtt",
+                 "zero_rtt_at", "phase", "outcome", "held_syn", "backlog", "_wake", "_now", "created",
+                 "last_activity", "last_soft_error", "cookie", "_resolving")
 
     def __init__(self, ctx: SplitContext, key: bytes, syn: bytes, arrival_port: Any, from_client: bool = True) -> None:
         self.ctx = ctx
@@ -219,7 +226,7 @@ class SplitConnection:
         self.last_activity = self.created  # µs: last packet received or byte relayed
         self.last_soft_error: Optional[str] = None
         self.cookie: Optional[Tuple[int, bytes, bytes]] = None  # syn-cookie mode: (our ISS, canonical SYN, ACK)
-        self._resolving = trio.CancelScope()
+        self._resolving: Optional[trio.CancelScope] = trio.CancelScope()  # None once the routes are known
 
     @classmethod
     def from_cookie(cls, ctx: SplitContext, key: bytes, iss: int, syn: bytes, ack: bytes,
@@ -268,7 +275,8 @@ class SplitConnection:
     def shutdown(self, outcome: Outcome) -> None:
         """Abort both legs (RST to both peers) and end."""
         self._finish(outcome, abort=True)
-        self._resolving.cancel()
+        if self._resolving is not None:
+            self._resolving.cancel()
         self._wake.set()
 
     @property
@@ -302,8 +310,10 @@ class SplitConnection:
     async def run(self) -> Outcome:
         """The connection's whole life; returns how it ended."""
         try:
+            assert self._resolving is not None
             with self._resolving:  # shutdown() (an eviction) while RESOLVING cancels the route lookups
                 await self._start()
+            self._resolving = None
             if not self.done:
                 await self._pump()
         except Exception:
