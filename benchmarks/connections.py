@@ -81,9 +81,11 @@ def start_server(topo: SplitterTopology, family: int, size: int) -> subprocess.P
     return srv
 
 
-def box_toml(count: int, max_connections: int) -> str:
+def box_toml(count: int, max_connections: int, block_count: int = 0) -> str:
     limits = {"max_embryonic_per_source": max(256, count), "server_opens_per_second_per_source": max(1000, count)}
     extra = f"[tcp.server]\ntime_wait_us = {TIME_WAIT_S * 1_000_000}\n"
+    if block_count:
+        extra += f"[capture]\nblock_count = {block_count}\n"
     return pep_toml(ports=(PORT,), max_connections=max_connections, idle_timeout=600.0, handshake_timeout=30.0,
                     limits=limits, extra=extra)
 
@@ -94,12 +96,12 @@ def ring_drops(st: dict) -> dict:
 
 
 def run(count: int, family: int, size: int = 100 * 1024, window: float = 5.0, max_connections: int = 0,
-        concurrency: int = 200, timeout: float = 120.0) -> dict:
+        concurrency: int = 200, timeout: float = 120.0, block_count: int = 0) -> dict:
     r: dict = {"count": count, "family": f"IPv{family}", "size": size}
     with SplitterTopology() as topo:
         prepare(topo, family)
         srv = start_server(topo, family, size)
-        pep = topo.start_pep(box_toml(count, max_connections or max(count, 10000)), stats_interval=0.5)
+        pep = topo.start_pep(box_toml(count, max_connections or max(count, 10000), block_count), stats_interval=0.5)
         pid = pep.pid
         try:
             time.sleep(1.5)
@@ -147,6 +149,12 @@ def run(count: int, family: int, size: int = 100 * 1024, window: float = 5.0, ma
             r["rss_closed_kb"] = proc_kb(pid)
             st = topo.wait_stats(lambda s: len(s.get("leg_states", {})) == 0 and s["connections_time_wait"] == 0,
                                  timeout=TIME_WAIT_S + 60)
+            if "memory_releases" in st:  # the box hands free memory back within its check interval
+                releases = st["memory_releases"]
+                try:
+                    topo.wait_stats(lambda s: s["memory_releases"] > releases, timeout=15)
+                except AssertionError:
+                    pass
             time.sleep(1.5)
             st = topo.stats()
             r["rss_empty_kb"] = proc_kb(pid)
@@ -204,6 +212,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=100 * 1024)
     ap.add_argument("--window", type=float, default=5.0, help="CPU window while idle (s)")
     ap.add_argument("--max-connections", type=int, default=0, help="limits.max_connections (0: max(N, 10000))")
+    ap.add_argument("--block-count", type=int, default=0, help="[capture] block_count (0: the default)")
     ap.add_argument("--save", help="write the runs as JSON")
     ap.add_argument("--baseline", help="saved runs to print side by side")
     ap.add_argument("--label", default="this build")
@@ -212,7 +221,7 @@ def main() -> int:
     runs = []
     for n in a.count:
         for fam in a.family:
-            r = run(n, fam, a.size, a.window, a.max_connections)
+            r = run(n, fam, a.size, a.window, a.max_connections, block_count=a.block_count)
             r["label"] = a.label
             runs.append(r)
             print(json.dumps(r), flush=True)
