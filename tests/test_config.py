@@ -207,3 +207,12 @@ def test_run_refuses_a_bad_config_before_touching_anything(tmp_path):
     assert res.returncode == 2
     assert f"{p}:5: limits.relay_buffer" in res.stderr
     assert "not starting" in res.stderr
+
+
+def test_default_table_holds_ten_thousand_connections():
+    # issue 11: 10,000 split connections a box by default, with the embryonic and
+    # server-open limits below it (a flood is bounded before the table is)
+    cfg = from_dict({"interfaces": {"client": ["c"], "server": ["s"]}})
+    assert cfg.max_connections == 10000
+    assert cfg.max_embryonic < cfg.max_connections
+    assert cfg.max_embryonic_per_source < cfg.max_embryonic

@@ -211,7 +211,7 @@ def test_reload_applies_live_keys_and_refuses_the_rest(caplog):
                 assert not res.ok and res.applied == ()
                 assert res.refused == (("interfaces.client", "the capture rings are bound to the interfaces"),)
                 assert pep.config is old and pep.dispatcher.config is old
-                assert pep.dispatcher.config.max_connections == 4096
+                assert pep.dispatcher.config.max_connections == 10000
                 # accepted: limits, timeouts, logging
                 res = await pep.reload(pep_config(limits={"max_connections": 1, "idle_timeout": 99.0},
                                                   handshake={"timeout": 4.0}, log={"format": "json"}))

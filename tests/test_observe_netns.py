@@ -67,7 +67,7 @@ def test_stats_metrics_scrape_and_reload():
 
         # SIGHUP: a live change is applied ...
         cfg = t.tmp / "pep.toml"
-        cfg.write_text(cfg.read_text().replace("max_connections = 4096", "max_connections = 77"))
+        cfg.write_text(cfg.read_text().replace("max_connections = 10000", "max_connections = 77"))
         t.pep.send_signal(signal.SIGHUP)
         _wait_log(t, "configuration reloaded from")
         assert _stats(t)["max_connections"] == 77

@@ -72,7 +72,7 @@ def test_both_families_spread_over_both_workers_none_broken(two):
     assert st["counters"]["drop_server_side_syn"] == 0
     assert [w["answered"] for w in st["workers"]] == [True, True]
     # both families on each worker: the connection list says which worker holds each
-    assert st["max_connections"] == 4096
+    assert st["max_connections"] == 10000
 
 
 def test_a_killed_worker_is_started_again(two):

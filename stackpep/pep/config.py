@@ -60,7 +60,7 @@ class PepConfig:
     handshake_mode: str = "after-server"
     handshake_timeout: float = 10.0
     idle_timeout: float = 600.0
-    max_connections: int = 4096
+    max_connections: int = 10000      # 10,000 split connections (20,000 engines) at ~13 KB each idle (docs/BENCHMARKS-connections.md)
     max_embryonic: int = 2048          # split connections not yet established both ways (oldest evicted first)
     max_embryonic_per_source: int = 256  # ... from one source (IPv4 address, IPv6 /64)
     server_opens_per_second: float = 5000.0  # server legs opened per second, whole box
@@ -472,7 +472,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     lim = ck.table(data, "limits", {"max_connections": 1, "idle_timeout": 1, "relay_buffer": 1, "drain_timeout": 1,
                                     "max_embryonic": 1, "max_embryonic_per_source": 1, "server_opens_per_second": 1,
                                     "server_opens_per_second_per_source": 1})
-    maxc = ck.typed(lim, "limits", "max_connections", int, 4096, lambda v: 1 <= v <= 1_000_000,
+    maxc = ck.typed(lim, "limits", "max_connections", int, 10000, lambda v: 1 <= v <= 1_000_000,
                     "must be between 1 and 1000000")
     idle = ck.typed(lim, "limits", "idle_timeout", (int, float), 600.0, lambda v: 0 < v <= 86400,
                     "must be > 0 and <= 86400 seconds")

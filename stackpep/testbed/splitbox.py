@@ -50,7 +50,7 @@ drain_timeout = {drain_timeout}
 
 
 def pep_toml(ports=(80, 5201, "8000-8099"), mode="after-server", handshake_timeout=3.0, idle_timeout=600.0,
-             max_connections=4096, extra: str = "", drain_timeout: float = 0.0, limits=None) -> str:
+             max_connections=10000, extra: str = "", drain_timeout: float = 0.0, limits=None) -> str:
     # drain_timeout 0: SIGTERM resets at once (tests of the stop itself); see docs/operations.md
     # limits: more [limits] keys (e.g. max_embryonic)
     ports_s = "[" + ", ".join(f'"{p}"' if isinstance(p, str) else str(p) for p in ports) + "]"
