@@ -68,6 +68,14 @@ class SharedRate:
 
 RateShare = SharedRate
 
+def buffer_statistics() -> dict[str, int]:
+    """Send/receive buffer storage of every engine of the process: bytes and chunks
+    held, chunk_size, pool_chunks (free, kept for reuse), chunks_allocated and
+    chunks_freed (taken from / given back to malloc so far)."""
+def release_memory() -> int:
+    """Free the pooled chunks and return free heap pages to the kernel
+    (malloc_trim); returns the bytes of chunks freed."""
+
 def rate_share(name: str, rate_bps: int) -> SharedRate:
     """The SharedRate for (name, rate_bps) in a weak registry: created on first use,
     forgotten when no connection holds it (TcpConfig.rate_share given as a name)."""
@@ -183,3 +191,7 @@ class TcpConnection:
     @property
     def send_buffered(self) -> int:
         """Bytes in the send buffer (unacknowledged + unsent)."""
+    @property
+    def buffer_bytes(self) -> int:
+        """Buffer storage held now: whole chunks of the send and receive buffers
+        (and their chunk tables) while data is queued or unread; 0 when both are empty."""
