@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import List
 
-from stackpep.testbed.splitbox import SERVER4, SERVER6, SplitterTopology, env_with_path, pep_toml
-from stackpep.testbed.topology import python_command
+from stackpep.testbed import manyconn
+from stackpep.testbed.splitbox import SERVER4, SERVER6, SplitterTopology, pep_toml
 
 PORT = 8000
 SOURCES = 8
@@ -55,32 +54,6 @@ def proc_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def sources(family: int, n: int = SOURCES) -> List[str]:
-    return [f"198.18.0.{100 + i}" for i in range(n)] if family == 4 else [f"fd00:1::{100 + i:x}" for i in range(n)]
-
-
-def prepare(topo: SplitterTopology, family: int) -> None:
-    for a in sources(family):
-        if family == 4:
-            topo.client.run(f"ip addr add {a}/24 dev eth0")
-        else:
-            topo.client.run(f"ip addr add {a}/64 dev eth0 nodad")
-    topo.client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")
-    for h in (topo.client, topo.server):
-        h.sysctl("net.core.somaxconn", 65535)
-        h.sysctl("net.ipv4.tcp_max_syn_backlog", 65535)
-
-
-def start_server(topo: SplitterTopology, family: int, size: int) -> subprocess.Popen:
-    bind = SERVER4 if family == 4 else SERVER6
-    srv = topo.server.popen(python_command("stackpep.testbed.manyconn", "server", "--bind", bind, "--port", str(PORT),
-                                           "--size", str(size)), stdout=subprocess.PIPE, text=True, env=env_with_path())
-    line = srv.stdout.readline().strip()
-    if line != "READY":
-        raise RuntimeError(f"server did not start: {line!r}")
-    return srv
-
-
 def box_toml(count: int, max_connections: int, block_count: int = 0) -> str:
     limits = {"max_embryonic_per_source": max(256, count), "server_opens_per_second_per_source": max(1000, count)}
     extra = f"[tcp.server]\ntime_wait_us = {TIME_WAIT_S * 1_000_000}\n"
@@ -99,29 +72,16 @@ def run(count: int, family: int, size: int = 100 * 1024, window: float = 5.0, ma
         concurrency: int = 200, timeout: float = 120.0, block_count: int = 0) -> dict:
     r: dict = {"count": count, "family": f"IPv{family}", "size": size}
     with SplitterTopology() as topo:
-        prepare(topo, family)
-        srv = start_server(topo, family, size)
+        srcs = manyconn.prepare(topo, family, SOURCES)
+        srv = manyconn.start_server(topo.server, SERVER4 if family == 4 else SERVER6, PORT, size)
         pep = topo.start_pep(box_toml(count, max_connections or max(count, 10000), block_count), stats_interval=0.5)
         pid = pep.pid
         try:
             time.sleep(1.5)
             r["rss_before_kb"] = proc_kb(pid)
             dst = SERVER4 if family == 4 else SERVER6
-            cl = topo.client.popen(python_command("stackpep.testbed.manyconn", "client", "--dst", dst, "--port",
-                                                  str(PORT), "--count", str(count), "--src",
-                                                  ",".join(sources(family)), "--size", str(size), "--concurrency",
-                                                  str(concurrency), "--timeout", str(timeout)),
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_with_path())
-
-            def phase(word: str = "") -> dict:
-                if word:
-                    cl.stdin.write(word + "\n")
-                    cl.stdin.flush()
-                line = cl.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"client ended before phase {word or 'open'}")
-                return json.loads(line)
-
+            cl = manyconn.ClientRun(topo.client, dst, PORT, count, srcs, size, concurrency, timeout)
+            phase = cl.phase
             r["open"] = phase()
             opened = r["open"]["ok"]
             try:
@@ -171,7 +131,7 @@ def run(count: int, family: int, size: int = 100 * 1024, window: float = 5.0, ma
             r["ended"] = {k[6:]: v for k, v in st.items() if k.startswith("ended_") and v}
             r["drops"] = {k: v for k, v in st.items() if k.startswith(("drop_", "evicted")) and v and isinstance(v, int)}
             r["window_budget"] = st.get("window_budget")
-            cl.wait(timeout=30)
+            cl.close()
         finally:
             topo.stop_pep()
             srv.terminate()

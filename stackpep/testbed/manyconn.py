@@ -161,6 +161,73 @@ async def client(dst: str, port: int, count: int, sources: List[str], size: int,
     report("close", sum(done), errors, t0)
 
 
+# -- driving it from a topology (benchmarks/connections.py, tests/test_connections_netns.py) --------------
+
+def source_addresses(family: int, n: int) -> List[str]:
+    """n client addresses of the one-box topology's client subnet (198.18.0.0/24, fd00:1::/64)."""
+    return [f"198.18.0.{100 + i}" for i in range(n)] if family == 4 else [f"fd00:1::{100 + i:x}" for i in range(n)]
+
+
+def prepare(topo, family: int, n_sources: int) -> List[str]:
+    """Source addresses on the client, and room for many connections: the whole
+    ephemeral port range on the client, deep accept queues on the server."""
+    srcs = source_addresses(family, n_sources)
+    for a in srcs:
+        topo.client.run(f"ip addr add {a}/24 dev eth0" if family == 4 else f"ip addr add {a}/64 dev eth0 nodad")
+    topo.client.sysctl("net.ipv4.ip_local_port_range", "1024 65535")
+    for h in (topo.client, topo.server):
+        h.sysctl("net.core.somaxconn", 65535)
+        h.sysctl("net.ipv4.tcp_max_syn_backlog", 65535)
+    return srcs
+
+
+def start_server(host, bind: str, port: int, size: int):
+    import subprocess
+
+    from stackpep.testbed.topology import python_command, python_env
+
+    srv = host.popen(python_command("stackpep.testbed.manyconn", "server", "--bind", bind, "--port", str(port),
+                                    "--size", str(size)), stdout=subprocess.PIPE, text=True, env=python_env())
+    line = srv.stdout.readline().strip()
+    if line != "READY":
+        srv.kill()
+        raise RuntimeError(f"manyconn server did not start: {line!r}")
+    return srv
+
+
+class ClientRun:
+    """The client in its namespace; `phase()` reads the open report, `phase("fetch")`
+    and `phase("close")` start the next phase and return its report."""
+
+    def __init__(self, host, dst: str, port: int, count: int, sources: List[str], size: int,
+                 concurrency: int = 200, timeout: float = 60.0) -> None:
+        import subprocess
+
+        from stackpep.testbed.topology import python_command, python_env
+
+        self.proc = host.popen(python_command("stackpep.testbed.manyconn", "client", "--dst", dst, "--port", str(port),
+                                              "--count", str(count), "--src", ",".join(sources), "--size", str(size),
+                                              "--concurrency", str(concurrency), "--timeout", str(timeout)),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=python_env())
+
+    def phase(self, word: str = "") -> dict:
+        if word:
+            self.proc.stdin.write(word + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"manyconn client ended before phase {word or 'open'}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=30)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
