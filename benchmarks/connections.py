@@ -69,7 +69,7 @@ def ring_drops(st: dict) -> dict:
 
 
 def run(count: int, family: int, size: int = 100 * 1024, window: float = 5.0, max_connections: int = 0,
-        concurrency: int = 200, timeout: float = 120.0, block_count: int = 0) -> dict:
+        concurrency: int = 200, timeout: float = 120.0, block_count: int = 0, idle_only: bool = False) -> dict:
     r: dict = {"count": count, "family": f"IPv{family}", "size": size}
     with SplitterTopology() as topo:
         srcs = manyconn.prepare(topo, family, SOURCES)
@@ -98,6 +98,10 @@ def run(count: int, family: int, size: int = 100 * 1024, window: float = 5.0, ma
             c0, t0 = proc_cpu(pid), time.monotonic()
             time.sleep(window)
             r["cpu_idle"] = (proc_cpu(pid) - c0) / (time.monotonic() - t0)
+            if idle_only:  # (a baseline's idle figures without its fetch phase)
+                cl.proc.kill()
+                cl.proc.wait()
+                return r
             c0 = proc_cpu(pid)
             r["fetch"] = phase("fetch")
             r["fetch_cpu_s"] = proc_cpu(pid) - c0
@@ -185,6 +189,7 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=5.0, help="CPU window while idle (s)")
     ap.add_argument("--max-connections", type=int, default=0, help="limits.max_connections (0: max(N, 10000))")
     ap.add_argument("--block-count", type=int, default=0, help="[capture] block_count (0: the default)")
+    ap.add_argument("--idle-only", action="store_true", help="stop after the idle figures")
     ap.add_argument("--save", help="write the runs as JSON")
     ap.add_argument("--baseline", help="saved runs to print side by side")
     ap.add_argument("--label", default="this build")
@@ -193,7 +198,7 @@ def main() -> int:
     runs = []
     for n in a.count:
         for fam in a.family:
-            r = run(n, fam, a.size, a.window, a.max_connections, block_count=a.block_count)
+            r = run(n, fam, a.size, a.window, a.max_connections, block_count=a.block_count, idle_only=a.idle_only)
             r["label"] = a.label
             runs.append(r)
             print(json.dumps(r), flush=True)

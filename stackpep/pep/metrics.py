@@ -83,6 +83,11 @@ def render_stats(counters: Dict[str, int], st: Dict[str, Any], max_connections: 
     e.add("stackpep_connections_embryonic", "gauge", "Split connections not yet established on both legs "
           "(part of the active ones).", st.get("connections_embryonic", 0))
     e.add("stackpep_draining", "gauge", "1 while the box drains (SIGTERM) or stops.", int(draining))
+    buf = st.get("buffers")
+    if buf:  # (the engines' buffer storage: chunks held only while data is in them)
+        e.add("stackpep_buffer_bytes", "gauge", "Send/receive buffer storage the engines hold now.", buf["bytes"])
+        e.add("stackpep_buffer_pool_bytes", "gauge", "Free buffer chunks kept for reuse.",
+              buf["pool_chunks"] * buf["chunk_size"])
     for pname, pst in st["ports"].items():
         for k, v in pst.items():
             e.add(f"stackpep_port_{k}_total", "counter", f"Capture port counter {k}.", v, {"port": pname})
