@@ -54,11 +54,12 @@ def proc_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def box_toml(count: int, max_connections: int, block_count: int = 0) -> str:
+def box_toml(count: int, max_connections: int, block_count: int = 0, block_size: int = 0) -> str:
     limits = {"max_embryonic_per_source": max(256, count), "server_opens_per_second_per_source": max(1000, count)}
     extra = f"[tcp.server]\ntime_wait_us = {TIME_WAIT_S * 1_000_000}\n"
-    if block_count:
-        extra += f"[capture]\nblock_count = {block_count}\n"
+    if block_count or block_size:
+        extra += "[capture]\n" + (f"block_count = {block_count}\n" if block_count else "") + (
+            f"block_size = {block_size}\n" if block_size else "")
     return pep_toml(ports=(PORT,), max_connections=max_connections, idle_timeout=600.0, handshake_timeout=30.0,
                     limits=limits, extra=extra)
 
@@ -69,12 +70,14 @@ def ring_drops(st: dict) -> dict:
 
 
 def run(count: int, family: int, size: int = 100 * 1024, window: float = 5.0, max_connections: int = 0,
-        concurrency: int = 200, timeout: float = 120.0, block_count: int = 0, idle_only: bool = False) -> dict:
-    r: dict = {"count": count, "family": f"IPv{family}", "size": size}
+        concurrency: int = 200, timeout: float = 120.0, block_count: int = 0, idle_only: bool = False,
+        block_size: int = 0) -> dict:
+    r: dict = {"count": count, "family": f"IPv{family}", "size": size, "block_count": block_count,
+               "block_size": block_size}
     with SplitterTopology() as topo:
         srcs = manyconn.prepare(topo, family, SOURCES)
         srv = manyconn.start_server(topo.server, SERVER4 if family == 4 else SERVER6, PORT, size)
-        pep = topo.start_pep(box_toml(count, max_connections or max(count, 10000), block_count), stats_interval=0.5)
+        pep = topo.start_pep(box_toml(count, max_connections or max(count, 10000), block_count, block_size), stats_interval=0.5)
         pid = pep.pid
         try:
             time.sleep(1.5)
@@ -189,6 +192,7 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=5.0, help="CPU window while idle (s)")
     ap.add_argument("--max-connections", type=int, default=0, help="limits.max_connections (0: max(N, 10000))")
     ap.add_argument("--block-count", type=int, default=0, help="[capture] block_count (0: the default)")
+    ap.add_argument("--block-size", type=int, default=0, help="[capture] block_size (0: the default)")
     ap.add_argument("--idle-only", action="store_true", help="stop after the idle figures")
     ap.add_argument("--save", help="write the runs as JSON")
     ap.add_argument("--baseline", help="saved runs to print side by side")
@@ -198,7 +202,8 @@ def main() -> int:
     runs = []
     for n in a.count:
         for fam in a.family:
-            r = run(n, fam, a.size, a.window, a.max_connections, block_count=a.block_count, idle_only=a.idle_only)
+            r = run(n, fam, a.size, a.window, a.max_connections, block_count=a.block_count, idle_only=a.idle_only,
+                    block_size=a.block_size)
             r["label"] = a.label
             runs.append(r)
             print(json.dumps(r), flush=True)
