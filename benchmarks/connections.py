@@ -137,7 +137,6 @@ def run(count: int, family: int, size: int = 100 * 1024, window: float = 5.0, ma
             r["ring_drops"] = ring_drops(st)
             r["ended"] = {k[6:]: v for k, v in st.items() if k.startswith("ended_") and v}
             r["drops"] = {k: v for k, v in st.items() if k.startswith(("drop_", "evicted")) and v and isinstance(v, int)}
-            r["window_budget"] = st.get("window_budget")
             cl.close()
         finally:
             topo.stop_pep()
@@ -164,8 +163,7 @@ ROWS = (("connections opened", lambda r: f"{r['open']['ok']} ({r['open']['failed
         ("ended", lambda r: ", ".join(f"{k} {v}" for k, v in r["ended"].items())),
         ("other drops", lambda r: ", ".join(f"{k} {v}" for k, v in r["drops"].items()) or "–"),
         ("left unfinished", lambda r: ", ".join(f"{k} {v}" for k, v in r.get("unfinished", {}).items()) or "–"),
-        ("window budget per side (MB) / clamped announcements", lambda r: " / ".join(
-            f"{b['limit'] / 2**20:.0f}, {b['clamped']}" for b in r["window_budget"].values()) if r.get("window_budget") else "–"),
+
         ("engine buffer storage idle / table empty", lambda r: (
             f"{r['buffers_idle']['bytes']} / {r['buffers_empty']['bytes']} B" if r.get("buffers_idle") else "–")))
 
