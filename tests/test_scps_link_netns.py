@@ -251,3 +251,132 @@ def test_tshark_decodes_capabilities_snack_record_boundary_and_fast_open_cookie(
     assert warned == {} and set(ooo) <= resent, (warned, sorted(set(ooo) - resent))
     assert warnings(frames_a)["Malformed Packet (Exception occurred)"] == \
         [int(f["frame.number"]) for f in frames_a if values(f, "tcp.options.snack.offset")]
+
+
+# -- 2. header compression end to end ------------------------------------------------------
+ECHO_SERVER = r"""
+import socket, sys
+l = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], 9000)); l.listen(1); print("LISTENING", flush=True)
+c, _ = l.accept()
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    c.sendall(d)
+c.close()
+"""
+
+HELD_CLIENT = r"""
+import os, socket, sys
+s = socket.create_connection((sys.argv[1], 9000), timeout=30)
+def echo(n):
+    data = os.urandom(n); s.sendall(data); got = b""
+    while len(got) < n:
+        got += s.recv(65536)
+    return got == data
+first = echo(20000)
+print("HELD", first, flush=True)
+sys.stdin.readline()
+print("AGAIN", echo(20000), flush=True)
+s.close()
+"""
+
+INJECT = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+s.send(bytes.fromhex(sys.argv[2]))
+"""
+
+
+def compressed_frames(path):
+    """[(source address, Ethernet frame)] of the IP protocol 105 frames of a pcap
+    that is still being written (a record cut short at the end is left out)."""
+    out = []
+    with open(path, "rb") as f:
+        reader = dpkt.pcap.Reader(f)
+        try:
+            for _, buf in reader:
+                eth = dpkt.ethernet.Ethernet(buf)
+                ip = eth.data
+                if isinstance(ip, dpkt.ip.IP) and ip.p == 105 or isinstance(ip, dpkt.ip6.IP6) and ip.nxt == 105:
+                    out.append((ip.src, buf))
+        except (dpkt.NeedData, dpkt.UnpackError):
+            pass
+    return out
+
+
+def test_header_compression_end_to_end_both_families_and_a_corrupted_packet_is_dropped():
+    """Both boxes offer header compression (capability 0x10): after the SYNs every
+    frame of the long legs is IP protocol 105, v4 and v6, the transfers are
+    sha256-intact both ways, and every compressed packet one box sent was expanded
+    by the other.  A copy of one of pep-a's compressed packets with a data byte
+    flipped, injected towards pep-b, fails the compressed header's checksum:
+    counted, and not expanded."""
+    extra = "scps_compression = true\n"
+    with Topology() as topo:
+        delay = DirectionParams.parse("delay=10ms")
+        topo.start_link(LinkSpec(delay, delay))
+        topo.warm_up()
+        boxes = twobox.TwoBoxes(topo)
+        try:
+            boxes.start("pep-a", extra)
+            boxes.start("pep-b", extra)
+            pcap = topo.workdir / "la.pcap"
+            cap = twobox.capture(topo.link, "la", pcap)
+            for server in (SERVER4, SERVER6):
+                srv = twobox.serve(topo.server, server, 8000, 1, 1_000_000)
+                assert twobox.transfer(topo.client, server, 8000, 1, 1_000_000) == ["OK"]
+                assert srv.stdout.read().split() == ["SERVED", "1"]
+            # a third connection held open while the corrupted packet arrives
+            srv = topo.server.popen([sys.executable, "-c", ECHO_SERVER, SERVER4], stdout=subprocess.PIPE, text=True)
+            assert srv.stdout.readline().strip() == "LISTENING"
+            cl = topo.client.popen([sys.executable, "-c", HELD_CLIENT, SERVER4], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert cl.stdout.readline().split() == ["HELD", "True"]
+            time.sleep(0.5)  # the held connection's last frames are in the capture
+            mine = [buf for src, buf in compressed_frames(pcap) if src == packed(CLIENT4)]
+            frame = bytearray([buf for buf in mine if len(buf) > 1000][-1])  # data: the echo's request
+            frame[-1] ^= 0xFF  # the last data byte
+            sb = boxes.wait_stats("pep-b", lambda s: s["ports"]["wan0"]["rx_hc_expanded"] > 0)
+            topo.link.run([sys.executable, "-c", INJECT, "lb", bytes(frame).hex()])
+            sb = boxes.wait_stats("pep-b", lambda s: s["hc_drop_checksum"] == 1)
+            cl.stdin.write("\n")
+            cl.stdin.flush()
+            assert cl.stdout.readline().split() == ["AGAIN", "True"]
+            assert cl.wait(timeout=30) == 0 and srv.wait(timeout=30) == 0
+            twobox.stop_capture(cap)
+            frames = compressed_frames(pcap)
+            sent_a = sum(src in (packed(CLIENT4), packed(CLIENT6)) for src, _ in frames)
+            sent_b = len(frames) - sent_a
+            sa = boxes.wait_stats("pep-a", lambda s: s["ports"]["wan0"]["rx_hc_expanded"] == sent_b)
+            sb = boxes.wait_stats("pep-b", lambda s: s["ports"]["wan0"]["rx_hc_expanded"] == sent_a)
+        finally:
+            boxes.stop_all()
+        # What crossed the link: SYN and SYN-ACK as TCP (option 20 rides in them), all
+        # else as protocol 105, in both families and both directions.
+        plain, hc = {}, {}
+        with open(pcap, "rb") as f:
+            for _, buf in dpkt.pcap.Reader(f):
+                ip = dpkt.ethernet.Ethernet(buf).data
+                if isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
+                    proto = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
+                    key = (type(ip).__name__, ip.src)
+                    if proto == 6:
+                        plain.setdefault(key, []).append(ip.data.flags)
+                    else:
+                        assert proto == 105
+                        hc[key] = hc.get(key, 0) + 1
+    syn, synack = dpkt.tcp.TH_SYN, dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK
+    assert plain == {("IP", packed(CLIENT4)): [syn, syn], ("IP", packed(SERVER4)): [synack, synack],
+                     ("IP6", packed(CLIENT6)): [syn], ("IP6", packed(SERVER6)): [synack]}, plain
+    assert set(hc) == {("IP", packed(CLIENT4)), ("IP", packed(SERVER4)), ("IP6", packed(CLIENT6)),
+                       ("IP6", packed(SERVER6))} and min(hc.values()) > 100, hc
+    # Nothing that crossed the link was left unexpanded; the injected copy was dropped.
+    assert (sa["hc_drop_checksum"], sa["hc_drop_no_context"], sa["hc_drop_malformed"]) == (0, 0, 0), sa
+    assert sa["ports"]["wan0"]["rx_hc_dropped"] == 0
+    assert (sb["hc_drop_checksum"], sb["hc_drop_no_context"], sb["hc_drop_malformed"]) == (1, 0, 0), sb
+    assert sb["ports"]["wan0"]["rx_hc_dropped"] == 1
+    assert sa["scps_compressed_legs"] == sb["scps_compressed_legs"] == 3
