@@ -380,3 +380,53 @@ def test_header_compression_end_to_end_both_families_and_a_corrupted_packet_is_d
     assert (sb["hc_drop_checksum"], sb["hc_drop_no_context"], sb["hc_drop_malformed"]) == (1, 0, 0), sb
     assert sb["ports"]["wan0"]["rx_hc_dropped"] == 1
     assert sa["scps_compressed_legs"] == sb["scps_compressed_legs"] == 3
+
+
+# -- 3. a link outage in the middle of a transfer ------------------------------------------
+def _outage(n: int, rate: str, after: float, outage: float):
+    """Two boxes with the shipped [wan] keep-alive (15 s) and outage handling (after 3
+    RTOs, a probe a second); n bytes each way over one connection; `after` seconds
+    into it the link drops everything for `outage` seconds.  The connection must
+    come through sha256-intact, with no reset anywhere."""
+    with Topology() as topo:
+        link = DirectionParams.parse(f"delay=10ms,rate={rate},queue=100ms")
+        topo.start_link(LinkSpec(link, link))
+        topo.warm_up()
+        boxes = twobox.TwoBoxes(topo)
+        try:
+            boxes.start("pep-a", keepalive=15)
+            boxes.start("pep-b", keepalive=15)
+            srv = twobox.serve(topo.server, SERVER4, 8000, 1, n)
+            cl = topo.client.popen([sys.executable, "-c", twobox.SHA_CLIENTS, SERVER4, "8000", "1", str(n)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(after)
+            assert cl.poll() is None, cl.communicate()
+            topo.link_down()
+            time.sleep(outage)
+            topo.link_up()
+            out, err = cl.communicate(timeout=600)  # a hang detector, not a timing bound
+            assert out.split() == ["OK", "DONE"], (out, err[-2000:])
+            assert srv.stdout.read().split() == ["SERVED", "1"]
+            sa = boxes.wait_stats("pep-a", lambda s: s["connections_active"] == 0)
+            sb = boxes.wait_stats("pep-b", lambda s: s["connections_active"] == 0)
+        finally:
+            boxes.stop_all()
+        emu = topo.stop_link()
+    for st in (sa, sb):
+        # closed with FINs: ended_closed, or still in TIME-WAIT (counted when it ends)
+        ended = {k: v for k, v in st.items() if k.startswith("ended_") and v}
+        assert ended in ({}, {"ended_closed": 1}) and st["connections_opened"] == 1, ended
+        assert {state.split("_")[-1] for state, n in st["leg_states"].items() if n} <= {"TIME-WAIT", "CLOSED"}
+        assert st["rst_sent_unknown_flow"] == 0 and st["scps_peers"] == 1
+    # the outage met the transfer: frames offered meanwhile were dropped
+    assert emu["forward"]["drops"]["outage"] + emu["return"]["drops"]["outage"] > 0, emu
+
+
+def test_link_outage_of_10s_in_a_10MB_transfer_completes_without_reset():
+    _outage(5_000_000, "20mbit", after=1.0, outage=10.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_link_outage_of_30s_in_a_100MB_transfer_completes_without_reset():
+    _outage(50_000_000, "50mbit", after=4.0, outage=30.0)

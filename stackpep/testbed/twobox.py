@@ -38,7 +38,7 @@ drain_timeout = 0
 interface = "wan0"
 rate = 20000000
 rtt = 0.02
-keepalive = 2
+keepalive = {keepalive}
 """
 
 
@@ -49,11 +49,12 @@ class TwoBoxes:
         self.topo = topo
         self.procs: Dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, extra: str = "", args: Tuple[str, ...] = ()) -> subprocess.Popen:
+    def start(self, name: str, extra: str = "", args: Tuple[str, ...] = (), keepalive: float = 2) -> subprocess.Popen:
+        """keepalive: [wan] keepalive (2 s: a restarted far box is found quickly)."""
         host = self.topo.pep_a if name == "pep-a" else self.topo.pep_b
         cif, sif = ("lan0", "wan0") if name == "pep-a" else ("wan0", "lan0")
         cfg = self.topo.workdir / f"{name}.toml"
-        cfg.write_text(BOX_TOML.format(client_if=cif, server_if=sif) + extra)
+        cfg.write_text(BOX_TOML.format(client_if=cif, server_if=sif, keepalive=keepalive) + extra)
         stats = self.stats_path(name)
         if stats.exists():
             stats.unlink()
