@@ -430,3 +430,32 @@ def test_link_outage_of_10s_in_a_10MB_transfer_completes_without_reset():
 @pytest.mark.timeout(900)
 def test_link_outage_of_30s_in_a_100MB_transfer_completes_without_reset():
     _outage(50_000_000, "50mbit", after=4.0, outage=30.0)
+
+
+# -- 4. 100 parallel connections ---------------------------------------------------------------
+def test_100_parallel_connections_through_two_boxes_both_families():
+    """100 connections at once, each 50 KB each way with its own random bytes, v4
+    then v6: every one sha256-intact; each long leg found its SCPS peer, each with a
+    connection id of its own (no id shared between live connections)."""
+    k, n = 100, 50_000
+    with Topology() as topo:
+        delay = DirectionParams.parse("delay=10ms")
+        topo.start_link(LinkSpec(delay, delay))
+        topo.warm_up()
+        boxes = twobox.TwoBoxes(topo)
+        try:
+            boxes.start("pep-a")
+            boxes.start("pep-b")
+            for server in (SERVER4, SERVER6):
+                srv = twobox.serve(topo.server, server, 8000, k, n)
+                assert twobox.transfer(topo.client, server, 8000, k, n) == ["OK"] * k
+                assert srv.stdout.read().split() == ["SERVED", str(k)]
+            sa = boxes.wait_stats("pep-a", lambda s: s["connections_active"] == 0)
+            sb = boxes.wait_stats("pep-b", lambda s: s["connections_active"] == 0)
+        finally:
+            boxes.stop_all()
+    for st in (sa, sb):
+        assert (st["connections_opened"], st["scps_offered"], st["scps_peers"]) == (2 * k, 2 * k, 2 * k), st
+        assert (st["scps_one_sided"], st["scps_fallbacks"], st["scps_conn_ids_shared"]) == (0, 0, 0), st
+        ended = {key: v for key, v in st.items() if key.startswith("ended_") and v and key != "ended_closed"}
+        assert ended == {} and st["rst_sent_unknown_flow"] == 0, ended
