@@ -31,7 +31,7 @@ cdef enum:
     EV_SCPS_FALLBACK = 8
     EV_RECORD = 9
     EV_SKIPPED = 10
-    EV_OUTAGE_ENTERED = 11    # link outage (CCSDS 714.0-B-2 §3.2): stackpep.tcp.events.OutageEntered
+    EV_OUTAGE_ENTERED = 11    # link outage (CCSDS 714.0-B-2, notes "Loss-type handling"): events.OutageEntered
     EV_OUTAGE_EXITED = 12
     EV_TFO_ACCEPTED = 20    # TCP Fast Open events (RFC 7413; arguments in evq_a / evq_b)
     EV_TFO_RESULT = 21
@@ -81,7 +81,7 @@ cdef enum:
     DUPTHRESH = 3           # RFC 5681 §3.2, RFC 6675 §2
     TS_OPT_LEN = 12         # NOP NOP TS (RFC 7323 Appendix A layout)
 
-# SCPS-TP (CCSDS 714.0-B-2 §3.2): capability bits of option 20, engine limits
+# SCPS-TP (CCSDS 714.0-B-2 §3.2.3): capability bits of option 20, engine limits
 cdef enum:
     SCPS_BIT_BETS = 0x80
     SCPS_BIT_SNACK1 = 0x40
@@ -263,7 +263,7 @@ cdef class TcpConnection:
     cdef ivset_t sb                   # SACK scoreboard (RFC 6675 §3)
     cdef int64_t sacked_bytes
     cdef uint64_t next_send_time      # pacing gate (rate-based controllers)
-    # -- link outage (CCSDS 714.0-B-2 §3.2; outage.pxi) ---------------------------------------------
+    # -- link outage (CCSDS 714.0-B-2, notes "Loss-type handling"; outage.pxi) -------------------------
     cdef bint outage                  # no new data; snd_una probed every cfg_outage_probe µs
     cdef int cfg_outage_rtos          # consecutive RTOs that mean an outage (0 = never)
     cdef uint64_t cfg_outage_probe, cfg_outage_silence, cfg_outage_max

@@ -205,7 +205,7 @@ cdef class TcpConnection:
         self.cfg_chal_limit = config.challenge_ack_limit
         self.cc = make_cc(config.congestion, config, self.ipver)
         self.loss_corruption = config.loss_response == "corruption"
-        # link outage (CCSDS 714.0-B-2 §3.2): off unless outage_rtos / outage_silence_us
+        # link outage (CCSDS 714.0-B-2, notes "Loss-type handling"): off unless outage_rtos / outage_silence_us
         self.cfg_outage_rtos = config.outage_rtos or 0
         self.cfg_outage_probe = config.outage_probe_us
         self.cfg_outage_silence = config.outage_silence_us or 0
@@ -1193,7 +1193,7 @@ cdef class TcpConnection:
                         self._enter_recovery(now)
 
     cdef void _corruption_growth(self, uint64_t now, int64_t delivered, int64_t prior_flight):
-        # SACK recovery from a loss taken as corruption (CCSDS 714.0-B-2 §3.2) only
+        # SACK recovery from a loss taken as corruption (CCSDS 714.0-B-2, notes "Loss-type handling") only
         # repairs: the path is not congested, so the controller keeps growing on what
         # was delivered (at 1 % loss on a GEO window recovery hardly ever ends, and a
         # window frozen in it stays where the first loss happened)
@@ -1373,7 +1373,7 @@ cdef class TcpConnection:
             rtt_backoff(&self.rtt)
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
         else:
-            # Loss taken as corruption (CCSDS 714.0-B-2 §3.2): the RTO is not backed
+            # Loss taken as corruption (CCSDS 714.0-B-2, notes "Loss-type handling"): the RTO is not backed
             # off and the window is kept, so go-back-N would resend the whole flight
             # at once, a bandwidth-delay product still on its way.  Resend the first
             # segment (RFC 6298 §5.4) as a loss recovery: with SACK the RTO means a
@@ -1402,7 +1402,7 @@ cdef class TcpConnection:
         rtt_timeout(&self.rtt, self._ts_now(now))
 
     # ================================================================================
-    # link outage (CCSDS 714.0-B-2 §3.2): persist through it, resume where it began
+    # link outage (CCSDS 714.0-B-2, notes "Loss-type handling"): persist through it, resume where it began
     # ================================================================================
     cdef bint _outage_due(self, uint64_t now) noexcept:
         # this expiry is the outage_rtos-th in a row, or nothing came for outage_silence_us
@@ -1972,7 +1972,7 @@ cdef class TcpConnection:
         return n
 
     # ================================================================================
-    # SCPS-TP (CCSDS 714.0-B-2 §3.2): capabilities (option 20), SNACK (21), record
+    # SCPS-TP (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)"): capabilities (option 20), SNACK (21), record
     # boundary (22), corruption experienced (23), BETS.  Everything here is off (and
     # costs one flag test on the paths that call it) unless TcpConfig.scps is set and,
     # for all but option 20 itself, the peer answered option 20.  docs/scps.md says
@@ -1995,7 +1995,7 @@ cdef class TcpConnection:
 
     cdef void _scps_syn_opts(self, tcp_seg_t* seg):
         """Option 20 on our SYN (active) or SYN-ACK (only answering a SYN that had it).
-        CCSDS 714.0-B-2 §3.2: capabilities are exchanged in the SYN segments only."""
+        CCSDS 714.0-B-2 §3.2.3: capabilities are exchanged in the SYN segments only."""
         if self.st == SYN_SENT:
             if self.scps_syn_opt and self.retries > self.scps_syn_tries:
                 # the SYNs with option 20 went unanswered: some stacks and middleboxes
@@ -2048,7 +2048,7 @@ cdef class TcpConnection:
 
     cdef int64_t _scps_unit(self) noexcept:
         # SNACK offsets and sizes count segments of the peer's full-size payload: the MSS
-        # we advertised less the timestamp option (CCSDS 714.0-B-2 §3.2, SNACK option)
+        # we advertised less the timestamp option (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", SNACK option)
         return self.adv_mss - (TS_OPT_LEN if self.ts_ok else 0)
 
     cdef void _scps_input(self, tcp_seg_t* s, int64_t seg_off, int64_t ack_off, uint64_t now):
@@ -2104,7 +2104,7 @@ cdef class TcpConnection:
         self._scps_after_input(now)
 
     cdef void _scps_bets_skip(self, uint64_t now):
-        """BETS (CCSDS 714.0-B-2 §3.2, best-effort transport service): deliver past the
+        """BETS (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", best-effort transport service): deliver past the
         hole at RCV.NXT; its bytes read as zeros and BytesSkipped says where."""
         cdef int64_t off = self.rcv_nxt
         cdef int64_t n = self.ofo.l[0] - off
@@ -2214,7 +2214,7 @@ cdef class TcpConnection:
 
     cdef Py_ssize_t _scps_output(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, uint64_t now):
         """Repair the holes a SNACK reported, at once: no duplicate ACKs, RTO, cwnd or
-        pacing gate is waited for (CCSDS 714.0-B-2 §3.2, SNACK).  SACKed data and what a
+        pacing gate is waited for (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", SNACK).  SACKed data and what a
         SNACK repair sent less than a round trip ago (the receiver repeats its SNACK)
         are not sent again; RFC 6675 HighRxt moves past a repair at its edge."""
         cdef int64_t off, end, length, hole_end
@@ -2334,7 +2334,7 @@ cdef class TcpConnection:
 
     def report_corruption(self):
         """The link below reported corruption: the next ACK carries the corruption-
-        experienced option (kind 23, CCSDS 714.0-B-2 §3.2) when the peer is SCPS and
+        experienced option (kind 23, CCSDS 714.0-B-2, notes "TCP option kinds (IANA)") when the peer is SCPS and
         ``scps.corruption_experienced`` is set; returns whether it will."""
         if not (self.scps_on and self.scps_ce_cfg):
             return False
@@ -2344,7 +2344,7 @@ cdef class TcpConnection:
 
     @property
     def scps_peer(self):
-        """The peer answered option 20 (an SCPS-TP peer, CCSDS 714.0-B-2 §3.2)."""
+        """The peer answered option 20 (an SCPS-TP peer, CCSDS 714.0-B-2, notes "Peer detection")."""
         return bool(self.scps_on)
 
     @property

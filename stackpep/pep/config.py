@@ -257,8 +257,8 @@ def _check_tcp_leg(ck: _Checker, data: dict, leg: str) -> Dict[str, Any]:
     return out
 
 
-#: [wan] congestion -> TcpConfig.congestion (CCSDS 714.0-B-2 §3.2; the reference
-#: gateway's modes 0 pure rate, 2 Vegas, 1 Van Jacobson = standard TCP)
+#: [wan] congestion -> TcpConfig.congestion (CCSDS 714.0-B-2, notes "Congestion control modes (reference gateway)";
+#: the reference gateway's modes 0 pure rate, 2 Vegas, 1 Van Jacobson = standard TCP)
 WAN_CONGESTION = {"rate": "rate", "vegas": "vegas", "tcp": "newreno"}
 WAN_LOSS_TYPES = ("corruption", "congestion")
 
@@ -269,8 +269,8 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", congestion
                      outage_probe_interval: float = 1.0, keepalive_s: float = 0.0) -> Dict[str, Any]:
     """Engine settings of the leg that crosses a long, lossy link of known rate
     (docs/configuration.md "The long leg"): SCPS-TP congestion control (CCSDS
-    714.0-B-2 §3.2: by default rate control, the reference gateway's mode 0) with
-    loss treated as corruption, link-outage persistence after ``outage_rtos``
+    714.0-B-2, notes "Congestion control modes (reference gateway)": by default rate control, the
+    reference gateway's mode 0) with loss treated as corruption, link-outage persistence after ``outage_rtos``
     RTOs (0: off), and buffers of 4 × the bandwidth-delay product (at least the
     engine's 4 MiB): a lost retransmission holds the left edge of the window for
     an RTO and more while the rate keeps sending.  With rate control all the box's

@@ -105,7 +105,7 @@ class TcpStatistics:
     bytes_skipped: int = 0            # BETS: bytes delivered as zeros (receiver)
     bets_abandoned: int = 0           # BETS: retransmissions not sent after bets_max_retransmits (sender)
     records_merged: int = 0           # record ends not marked: 64 unacknowledged records already kept
-    # link outage (CCSDS 714.0-B-2 §3.2; TcpConfig.outage_rtos / outage_silence_us)
+    # link outage (CCSDS 714.0-B-2, notes "Loss-type handling"; TcpConfig.outage_rtos / outage_silence_us)
     outage: bool = False
     """In a link outage now: no new data, SND.UNA probed every outage_probe_us."""
     outage_entered: int = 0
