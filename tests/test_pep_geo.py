@@ -34,7 +34,9 @@ def test_geo_examples_put_the_rate_on_the_link_side():
                             "keepalive_interval_us": 3_750_000, "keepalive_count": 4,
                             # zero_rtt: Fast Open with the shared key, both roles, answer in SYN-RECEIVED
                             "tfo_key": bytes.fromhex("5c1f0e6d2b8a47a39e04d1c7b6f25a80"), "tfo_client": True,
-                            "tfo_server": True, "tfo_synrcvd_send": 6_000_000}
+                            "tfo_server": True, "tfo_synrcvd_send": 6_000_000,
+                            # the first 128 KiB of every long-leg connection go twice
+                            "first_flight_redundancy": 131072}
     assert a.tcp_client == {}            # the short leg keeps the engine defaults
     assert a.wan_zero_rtt and a.wan_scps == {"snack": True, "bets": False, "compression": False,
                                              "record_boundary": False}
@@ -97,6 +99,11 @@ def test_small_links_keep_the_engine_minimum_buffers():
     ('leg = "server"\nrate = 20000000\nkeepalive = 0.5', "wan.keepalive", 7),
     ('leg = "server"\nrate = 20000000\nzero_rtt = true', "wan.zero_rtt", 7),
     ('leg = "server"\nrate = 20000000\nzero_rtt = true\ntfo_key = "00"', "wan.tfo_key", 8),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = -1', "wan.first_flight_redundancy", 7),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = 2147483648', "wan.first_flight_redundancy", 7),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = true', "wan.first_flight_redundancy", 7),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = "128k"', "wan.first_flight_redundancy", 7),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = 1.5', "wan.first_flight_redundancy", 7),
 ])
 def test_problems_name_the_key_and_line(tmp_path, wan, key, line):
     text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\n" + wan + "\n"
@@ -217,3 +224,26 @@ def test_wan_scps_keys_are_checked(tmp_path, wan, key, words):
     assert cfg is None
     hits = [x for x in problems if x.key == key]
     assert hits and words in hits[0].message, problems
+
+
+@pytest.mark.parametrize("extra, want", [
+    ("", None),                                                    # no zero_rtt: off
+    ('zero_rtt = true\ntfo_key = "' + "ab" * 16 + '"', 131072),     # on with zero_rtt
+    ('zero_rtt = true\ntfo_key = "' + "ab" * 16 + '"\nfirst_flight_redundancy = 0', None),
+    ("first_flight_redundancy = 65536", 65536),                    # also without zero_rtt
+])
+def test_first_flight_redundancy_default_follows_zero_rtt(tmp_path, extra, want):
+    text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\nleg = \"server\"\nrate = 20000000\n" + extra + "\n"
+    cfg, problems = check_file(write(tmp_path, text))
+    assert problems == []
+    assert cfg.tcp_server.get("first_flight_redundancy") == want
+    assert TcpConfig(**cfg.tcp_server).first_flight_redundancy == (want or 0)
+
+
+def test_first_flight_redundancy_problem_says_what_is_allowed(tmp_path):
+    text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\nleg = \"server\"\nrate = 20000000\n" \
+           "first_flight_redundancy = -5\n"
+    cfg, problems = check_file(write(tmp_path, text))
+    assert cfg is None
+    [p] = [x for x in problems if x.key == "wan.first_flight_redundancy"]
+    assert "0 (off) .. 1073741824" in p.message and "-5" in p.message
