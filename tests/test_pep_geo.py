@@ -28,6 +28,7 @@ def test_geo_examples_put_the_rate_on_the_link_side():
     # 4 x BDP = 4 x 20e6/8 x 0.6 = 6 MB, both ways
     assert a.tcp_server == {"congestion": "rate", "rate_bps": 20_000_000, "rate_share": "wan",
                             "loss_response": "corruption", "snd_buf": 6_000_000, "rcv_buf": 6_000_000,
+                            "nagle": False,   # a relayed stream: no partial segment held for a round trip
                             "outage_rtos": 3, "outage_probe_us": 1_000_000,
                             # [wan] keepalive = 15 s: a far box that restarted answers the probe with RST
                             "keepalive": True, "keepalive_idle_us": 15_000_000,
@@ -79,7 +80,7 @@ def test_interface_names_the_leg_and_explicit_settings_win(tmp_path):
     # 4 x 50e6/8 x 0.5 = 12.5 MB; rcv_buf and loss_response as written; keepalive off
     assert cfg.tcp_client == {"congestion": "rate", "rate_bps": 50_000_000, "rate_share": "wanx1",
                               "loss_response": "congestion", "snd_buf": 12_500_000, "rcv_buf": 16_777_216,
-                              "outage_rtos": 3, "outage_probe_us": 1_000_000}
+                              "nagle": False, "outage_rtos": 3, "outage_probe_us": 1_000_000}
 
 
 def test_small_links_keep_the_engine_minimum_buffers():
@@ -166,7 +167,7 @@ def test_wan_congestion_loss_type_vegas_and_outage_keys(tmp_path):
     cfg, problems = check_file(p)
     assert problems == []
     assert cfg.tcp_server == {"congestion": "vegas", "loss_response": "corruption", "snd_buf": 6_000_000,
-                              "rcv_buf": 6_000_000, "vegas_alpha": 2.0, "vegas_beta": 4.0, "vegas_gamma": 1.5,
+                              "rcv_buf": 6_000_000, "nagle": False, "vegas_alpha": 2.0, "vegas_beta": 4.0, "vegas_gamma": 1.5,
                               "outage_rtos": 4, "outage_probe_us": 500_000}
     conn = eng.new_connection(eng.tcp_config(cfg.tcp_server), bytes([198, 18, 3, 2]), 80,
                               bytes([198, 18, 1, 2]), 40000, 1)

@@ -26,9 +26,9 @@ ANSWER = bytes(i * 7 % 251 for i in range(100_000))
 ISS_A, ISS_B = 1_000_000, 5_000_000
 
 
-def _cfg(redundancy: int) -> TcpConfig:
+def _cfg(redundancy: int, nagle: bool = False) -> TcpConfig:
     # what stackpep.pep.config makes of [wan] rate/rtt/zero_rtt (wan_leg_settings)
-    return TcpConfig(congestion="rate", rate_bps=RATE, loss_response="corruption", snd_buf=4 << 20,
+    return TcpConfig(congestion="rate", rate_bps=RATE, loss_response="corruption", snd_buf=4 << 20, nagle=nagle,
                      rcv_buf=4 << 20, min_rto_us=200_000, initial_rto_us=1_000_000, tfo_key=KEY,
                      tfo_client=True, tfo_server=True, tfo_synrcvd_send=4 << 20,
                      first_flight_redundancy=redundancy)
@@ -60,9 +60,11 @@ class _Link:
 
 class _Run:
     def __init__(self, redundancy: int, drop_ab: Sequence[int] = (), drop_ba: Sequence[int] = (),
-                 answer: bytes = ANSWER):
-        self.a = tcp.TcpConnection(_cfg(redundancy), A_ADDR4, 40000, B_ADDR4, 80, ISS_A)   # near box
-        self.b = tcp.TcpConnection(_cfg(redundancy), B_ADDR4, 80, A_ADDR4, 40000, ISS_B)   # far box
+                 answer: bytes = ANSWER, nagle: bool = False, first_chunk: int = len(ANSWER)):
+        """``first_chunk``: the far box's application has only that much of the answer
+        at first, the rest 20 ms later (a server's first burst ending mid-segment)."""
+        self.a = tcp.TcpConnection(_cfg(redundancy, nagle), A_ADDR4, 40000, B_ADDR4, 80, ISS_A)   # near box
+        self.b = tcp.TcpConnection(_cfg(redundancy, nagle), B_ADDR4, 80, A_ADDR4, 40000, ISS_B)   # far box
         self.ab, self.ba = _Link(drop_ab), _Link(drop_ba)
         self.got = bytearray()
         self.done_at: Optional[int] = None
@@ -70,7 +72,7 @@ class _Run:
         b.listen()
         a.send(REQUEST)
         a.connect(0)
-        now, req, answered = 0, bytearray(), 0
+        now, req, answered, asked_at = 0, bytearray(), 0, None
         while now <= 6_000_000:
             for conn, link in ((a, self.ab), (b, self.ba)):
                 for p in conn.packets_to_send(now):
@@ -80,14 +82,18 @@ class _Run:
             while (e := b.next_event()) is not None:
                 pass
             req += b.recv(1 << 20)
-            if len(req) >= len(REQUEST) and answered < len(answer):
-                answered += b.send(answer[answered:])
+            if len(req) >= len(REQUEST) and asked_at is None:
+                asked_at = now
+            if asked_at is not None and answered < len(answer):
+                upto = len(answer) if now >= asked_at + 20_000 else first_chunk
+                answered += b.send(answer[answered:upto])
                 for p in b.packets_to_send(now):
                     self.ba.send(p, now)
             self.got += a.recv(1 << 20)
             if self.done_at is None and len(self.got) == len(answer):
                 self.done_at = now
             cands = [t for t in (a.get_timer(), b.get_timer(),
+                                 asked_at + 20_000 if asked_at is not None and now < asked_at + 20_000 else None,
                                  self.ab.heap[0][0] if self.ab.heap else None,
                                  self.ba.heap[0][0] if self.ba.heap else None) if t is not None]
             if not cands:
@@ -215,3 +221,24 @@ def test_a_lost_syn_ack_costs_no_round_trip(clean):
 def test_config_rejects_bad_redundancy(bad):
     with pytest.raises(ValueError, match="first_flight_redundancy"):
         TcpConfig(first_flight_redundancy=bad)
+
+
+def test_a_partial_segment_mid_answer_holds_neither_the_tail_nor_the_copies(clean):
+    # the far box's application has the first 13189 bytes (9 segments and 157 bytes), the
+    # rest 20 ms later, when that partial segment has left.  With Nagle (RFC 9293 §3.7.4,
+    # Minshall's form) the 100 KB answer's partial tail would wait for the partial
+    # segment's ACK, a round trip; the long leg runs without it (wan_leg_settings), and
+    # even with it the copies go out while the tail is held.
+    no_nagle = _Run(131072, first_chunk=13189)
+    with_nagle = _Run(131072, first_chunk=13189, nagle=True)
+    # without Nagle the application's own 20 ms is all the answer loses
+    assert no_nagle.done_at <= clean[131072].done_at + 20_000
+    assert with_nagle.done_at > clean[131072].done_at + 2 * ONE_WAY - 50_000
+    # while the tail was held every full segment was copied already
+    segs = with_nagle.data_from_b()
+    t_tail, tail, _ = next(x for x in segs if x[1] + x[2] == len(ANSWER))
+    before = [off for t, off, _ in segs if t < t_tail]
+    # every segment below the tail went out twice before the tail was released
+    assert set(before) == {off for _, off, _ in segs if off < tail}
+    assert all(before.count(o) == 2 for o in set(before))
+    assert t_tail >= clean[131072].done_at    # (only once the partial segment's ACK came)

@@ -1741,6 +1741,10 @@ cdef class TcpConnection:
             # RFC 9293 §3.8.6.2.1 sender SWS avoidance: a partial segment only when the
             # window (not cwnd) limits it and it is at least half the largest window offered
             if win_avail > length or length * 2 < self.max_snd_wnd:
+                if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                    n = self._output_redundant(buf, cap, mss, may_fin, now)
+                    if n:
+                        return n
                 return self._output_blocked(buf, cap, now)
         if ((length == avail or rec_cut) and 0 < length < mss and self.cfg_nagle and not rexmit
                 and not self.fin_requested and self.snd_sml > self.snd_una and self.snd_sml > 0
@@ -1748,6 +1752,10 @@ cdef class TcpConnection:
             # RFC 9293 §3.7.4 Nagle, in Minshall's form (as Linux): hold a small segment
             # while an earlier small segment is unacknowledged (snd_sml 0: none was sent;
             # in SYN-RECEIVED SND.UNA is still -1, the SYN-ACK, tfo_synrcvd_send)
+            if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                n = self._output_redundant(buf, cap, mss, may_fin, now)
+                if n:
+                    return n
             return self._output_probe(buf, cap, now)
         if 0 < length < mss and not rexmit:
             self.snd_sml = off + length
