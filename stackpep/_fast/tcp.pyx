@@ -128,12 +128,14 @@ cdef class TcpConnection:
         self.rbuf = NULL
         self.out_buf = NULL
         self.pl_buf = NULL
+        self.rd_pkt = NULL
 
     def __dealloc__(self):
         free(self.sbuf)
         free(self.rbuf)
         free(self.out_buf)
         free(self.pl_buf)
+        free(self.rd_pkt)
 
     def __init__(self, config, bytes local_addr, int local_port, bytes remote_addr, int remote_port,
                  iss, ts_offset=0):
@@ -221,6 +223,11 @@ cdef class TcpConnection:
         self.cc.init(self.smss, self.cfg_iw)
         self._scps_init(getattr(config, "scps", None))
         self._tfo_init(config)
+        self.cfg_rd = getattr(config, "first_flight_redundancy", 0) or 0
+        if self.cfg_rd:
+            self.rd_pkt = <uint8_t*>malloc(self.out_cap)
+            if self.rd_pkt == NULL:
+                raise MemoryError()
 
     # ================================================================================
     # helpers
@@ -1180,7 +1187,13 @@ cdef class TcpConnection:
             # duplicate ACK, RFC 5681 §2 (RFC 6675 §2: or one that SACKs new data)
             # (outstanding data: SND.NXT, which a zero-window probe does not move)
             if self.snd_nxt > self.snd_una and plen == 0 and not (f & (TH_SYN | TH_FIN)):
-                if (self.sack_ok and newly_sacked > 0) or (not window_changed and not (self.sack_ok and s.opts.n_sack)):
+                if (self.rd_dup_credit > 0 and newly_sacked == 0 and not (self.sack_ok and s.opts.n_sack)
+                        and not window_changed and now < self.rd_credit_until):
+                    # the receiver's answer to a redundant copy (first-flight redundancy)
+                    # is a duplicate ACK that reports no loss: not counted (RFC 5681 §2)
+                    self.rd_dup_credit -= 1
+                    self.n_rd_dupacks += 1
+                elif (self.sack_ok and newly_sacked > 0) or (not window_changed and not (self.sack_ok and s.opts.n_sack)):
                     self.dupacks += 1
                     self.n_dupacks += 1
                     if self.in_recovery:
@@ -1548,6 +1561,8 @@ cdef class TcpConnection:
             return n
         if st == CLOSED or st == LISTEN:
             return 0
+        if self.rd_pkt_len:
+            return self._output_rd_pkt(buf, cap, now)
         if self.syn_pending:
             return self._emit_syn(buf, cap, now)
         if st == SYN_SENT or st == SYN_RECEIVED:
@@ -1694,6 +1709,10 @@ cdef class TcpConnection:
             self.snd_nxt = off
         avail = self.wr_end - off
         if not (avail > 0 or (may_fin and off == self.wr_end)):
+            if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                n = self._output_redundant(buf, cap, mss, may_fin, now)
+                if n:
+                    return n
             return self._output_probe(buf, cap, now)
         if avail < 0:
             avail = 0
@@ -1718,6 +1737,10 @@ cdef class TcpConnection:
         if length > cw_avail:
             length = cw_avail if cw_avail > 0 else 0
         if avail > 0 and length == 0:
+            if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                n = self._output_redundant(buf, cap, mss, may_fin, now)
+                if n:
+                    return n
             return self._output_blocked(buf, cap, now)
         rec_cut = 0
         if self.scps_rb and length > 0:
@@ -1729,6 +1752,10 @@ cdef class TcpConnection:
             # RFC 9293 §3.8.6.2.1 sender SWS avoidance: a partial segment only when the
             # window (not cwnd) limits it and it is at least half the largest window offered
             if win_avail > length or length * 2 < self.max_snd_wnd:
+                if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                    n = self._output_redundant(buf, cap, mss, may_fin, now)
+                    if n:
+                        return n
                 return self._output_blocked(buf, cap, now)
         if ((length == avail or rec_cut) and 0 < length < mss and self.cfg_nagle and not rexmit
                 and not self.fin_requested and self.snd_sml > self.snd_una and self.snd_sml > 0
@@ -1736,6 +1763,10 @@ cdef class TcpConnection:
             # RFC 9293 §3.7.4 Nagle, in Minshall's form (as Linux): hold a small segment
             # while an earlier small segment is unacknowledged (snd_sml 0: none was sent;
             # in SYN-RECEIVED SND.UNA is still -1, the SYN-ACK, tfo_synrcvd_send)
+            if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                n = self._output_redundant(buf, cap, mss, may_fin, now)
+                if n:
+                    return n
             return self._output_probe(buf, cap, now)
         if 0 < length < mss and not rexmit:
             self.snd_sml = off + length
@@ -1870,13 +1901,24 @@ cdef class TcpConnection:
             rtt_time(&self.rtt, -1, now)
         if self.tm.rtx == 0:
             self.tm.rtx = now + self.rtt.rto
+        cdef Py_ssize_t n
         if tfo_len:
             # RFC 7413 §4.2: the data rides in the SYN (send offsets 0..tfo_len)
             self.snd_nxt = self.snd_max = self.snd_hi = tfo_len
             self.bytes_out += tfo_len
             self.una_time = now
-            return self._finish(buf, cap, &seg, self.sbuf, tfo_len)
-        return self._finish(buf, cap, &seg, NULL, 0)
+            n = self._finish(buf, cap, &seg, self.sbuf, tfo_len)
+        else:
+            n = self._finish(buf, cap, &seg, NULL, 0)
+        if self.cfg_rd and not self.rd_syn_done and not self.syn_retransmitted:
+            # first-flight redundancy: our first SYN (with its Fast Open data) or
+            # SYN-ACK goes out twice; its data needs no second copy
+            self.rd_syn_done = 1
+            memcpy(self.rd_pkt, buf, n)
+            self.rd_pkt_len = n
+            if self.rd_nxt < tfo_len:
+                self.rd_nxt = tfo_len
+        return n
 
     cdef Py_ssize_t _emit_ctl(self, uint8_t* buf, Py_ssize_t cap, uint32_t seq, uint32_t ack, uint8_t flags):
         cdef tcp_seg_t seg = self.tmpl
@@ -1980,6 +2022,86 @@ cdef class TcpConnection:
         if n < 0:
             raise RuntimeError("output buffer too small for a segment")
         self.segs_out += 1
+        return n
+
+    # ================================================================================
+    # First-flight redundancy (TcpConfig.first_flight_redundancy, docs/scps.md
+    # "First-flight redundancy"): on a lossy long-delay leg one lost segment of a short
+    # transfer costs a round trip (SACK / SNACK) or an RTO (a lost SYN or tail).  The
+    # first cfg_rd bytes of a connection are therefore each sent a second time, after
+    # the new data (when nothing new may go: the send buffer is empty or the window
+    # is full), and the first SYN / SYN-ACK twice in a row.  Proactive redundancy in
+    # the sense of Flach et al., "Reducing Web Latency: the Virtue of Gentle
+    # Aggression" (SIGCOMM 2013, "Reactive / Proactive TCP").  Copies are paced and
+    # charged to the rate controller like any segment; a receiver trims them as
+    # duplicates (RFC 9293 §3.10.7.4).  Off (one flag test) unless cfg_rd > 0.
+    # ================================================================================
+    cdef void _rd_pace(self, int64_t nbytes, uint64_t now):
+        # the token bucket of _emit_data: a copy uses the link as much as an original
+        cdef uint64_t rate = self.cc.pacing_rate()
+        if rate and nbytes > 0:
+            if self.next_send_time + PACE_SLACK_US < now:
+                self.next_send_time = now
+            self.next_send_time += <uint64_t>(nbytes * 1000000 // rate)
+            if self.next_send_time > now:
+                self.tm.pace = self.next_send_time
+
+    cdef Py_ssize_t _output_rd_pkt(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
+        """The second copy of our first SYN / SYN-ACK, byte for byte (the receiver takes
+        it as a retransmitted SYN, RFC 9293 §3.10.7.3/§3.10.7.4: no data twice)."""
+        cdef Py_ssize_t n = self.rd_pkt_len
+        self.rd_pkt_len = 0
+        if n > cap:
+            raise RuntimeError("output buffer too small for a segment")
+        memcpy(buf, self.rd_pkt, n)
+        self.segs_out += 1
+        self.n_rd_segs += 1
+        self.n_rd_bytes += n
+        self._rd_pace(n, now)
+        return n
+
+    cdef Py_ssize_t _output_redundant(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, bint may_fin, uint64_t now):
+        """The second copy of the next segment of the first cfg_rd bytes already sent and
+        neither acknowledged nor SACKed; 0 when none is due or pacing holds it."""
+        cdef int64_t off = self.rd_nxt, end, length
+        cdef uint8_t flags = TH_ACK
+        cdef bint fin
+        cdef Py_ssize_t n
+        if self.tm.pace > now:
+            return 0
+        if off < self.snd_una:
+            off = self.snd_una
+        if off < 0:
+            off = 0
+        if self.sb.n:
+            off = ivset_skip(&self.sb, off)
+        end = self.snd_nxt if self.snd_nxt < self.wr_end else self.wr_end
+        if off >= end or off >= self.cfg_rd:
+            # nothing sent yet to copy (or all of it copied, acknowledged or SACKed)
+            if off >= self.cfg_rd:
+                self.rd_nxt = self.cfg_rd
+            return 0
+        length = end - off
+        if length > mss:
+            length = mss
+        if self.sb.n:
+            end = ivset_next_start(&self.sb, off)
+            if off + length > end:
+                length = end - off
+        fin = may_fin and off + length == self.wr_end and self.snd_max > self.wr_end
+        if fin:
+            flags |= TH_FIN
+        if off + length == self.wr_end:
+            flags |= TH_PSH
+        self.rd_nxt = off + length
+        n = self._emit(buf, cap, off, length, flags, 1, now)
+        self.n_rd_segs += 1
+        self.n_rd_bytes += length
+        self.cc.post_transmit(now, <uint64_t>length)
+        self._rd_pace(length, now)
+        # its duplicate ACK at the receiver tells nothing about loss
+        self.rd_dup_credit += 1
+        self.rd_credit_until = now + self.rtt.rto
         return n
 
     # ================================================================================
@@ -2576,6 +2698,9 @@ cdef class TcpConnection:
             tfo_syn_data_accepted=self.n_tfo_accepted,
             tfo_cookie_rejected=self.n_tfo_rejected,
             tfo_data_retransmitted_after_handshake=self.n_tfo_rexmit,
+            tx_redundant_segments=self.n_rd_segs,
+            tx_redundant_bytes=self.n_rd_bytes,
+            redundant_dupacks_ignored=self.n_rd_dupacks,
         )
 
     @property

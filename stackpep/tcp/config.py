@@ -214,6 +214,13 @@ class TcpConfig:
     before the handshake's final ACK (RFC 7413 §4.2.2 lets a server send then).  The
     peer's SYN window is unscaled (RFC 7323 §2.2, at most 64 KiB), so this stands for
     the receive window the key holder is configured with.  None = nothing before the ACK."""
+
+    # -- first-flight redundancy (docs/scps.md "First-flight redundancy") ---------------
+    first_flight_redundancy: int = 0
+    """Bytes at the start of the connection that are each sent twice (the second copy
+    after the new data, paced like it), and the first SYN / SYN-ACK twice: on a lossy
+    long-delay leg a single loss in a short transfer then costs no round trip.  Meant
+    for the long leg between two boxes; 0 = off."""
     """Most data bytes in a SYN; None = one MSS (the MSS we advertise).  Always capped
     so that the SYN fits the MTU."""
 
@@ -271,5 +278,8 @@ class TcpConfig:
             raise ValueError("tfo_client / tfo_server need tfo_key (the cookie is derived from it)")
         if self.tfo_synrcvd_send is not None and not 1 <= self.tfo_synrcvd_send <= 1 << 30:
             raise ValueError("tfo_synrcvd_send must be 1..2**30 bytes or None")
+        if isinstance(self.first_flight_redundancy, bool) or not isinstance(self.first_flight_redundancy, int) \
+                or not 0 <= self.first_flight_redundancy <= 1 << 30:
+            raise ValueError("first_flight_redundancy must be 0..2**30 bytes (0 = off)")
         if self.tfo_max_syn_data is not None and not 1 <= self.tfo_max_syn_data <= 65535:
             raise ValueError("tfo_max_syn_data must be 1..65535 bytes or None (one MSS)")
