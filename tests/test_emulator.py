@@ -119,6 +119,17 @@ def test_outages_drop_only_inside_their_windows():
         [False, True, True, False, False, True, True]
 
 
+def test_an_operator_outage_drops_until_released():
+    # Topology.link_down()/link_up() (SIGUSR1/SIGUSR2 to the emulator) set `down`
+    d = link("delay=1ms")
+    assert d.admit(FRAME, 1.0) == 1.001
+    d.down = True
+    assert d.admit(FRAME, 2.0) is None and d.admit(FRAME, 500.0) is None
+    d.down = False
+    assert d.admit(FRAME, 501.0) == 501.001
+    assert d.drops["outage"] == 2 and d.frames_in == 4
+
+
 def test_oversize_super_frames_are_dropped_and_counted():
     d = link("delay=1ms")
     assert d.admit(65000, 0.0) is None

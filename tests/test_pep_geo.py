@@ -28,13 +28,16 @@ def test_geo_examples_put_the_rate_on_the_link_side():
     # 4 x BDP = 4 x 20e6/8 x 0.6 = 6 MB, both ways
     assert a.tcp_server == {"congestion": "rate", "rate_bps": 20_000_000, "rate_share": "wan",
                             "loss_response": "corruption", "snd_buf": 6_000_000, "rcv_buf": 6_000_000,
+                            "nagle": False,   # a relayed stream: no partial segment held for a round trip
                             "outage_rtos": 3, "outage_probe_us": 1_000_000,
                             # [wan] keepalive = 15 s: a far box that restarted answers the probe with RST
                             "keepalive": True, "keepalive_idle_us": 15_000_000,
                             "keepalive_interval_us": 3_750_000, "keepalive_count": 4,
                             # zero_rtt: Fast Open with the shared key, both roles, answer in SYN-RECEIVED
                             "tfo_key": bytes.fromhex("5c1f0e6d2b8a47a39e04d1c7b6f25a80"), "tfo_client": True,
-                            "tfo_server": True, "tfo_synrcvd_send": 6_000_000}
+                            "tfo_server": True, "tfo_synrcvd_send": 6_000_000,
+                            # the first 128 KiB of every long-leg connection go twice
+                            "first_flight_redundancy": 131072}
     assert a.tcp_client == {}            # the short leg keeps the engine defaults
     assert a.wan_zero_rtt and a.wan_scps == {"snack": True, "bets": False, "compression": False,
                                              "record_boundary": False}
@@ -77,7 +80,7 @@ def test_interface_names_the_leg_and_explicit_settings_win(tmp_path):
     # 4 x 50e6/8 x 0.5 = 12.5 MB; rcv_buf and loss_response as written; keepalive off
     assert cfg.tcp_client == {"congestion": "rate", "rate_bps": 50_000_000, "rate_share": "wanx1",
                               "loss_response": "congestion", "snd_buf": 12_500_000, "rcv_buf": 16_777_216,
-                              "outage_rtos": 3, "outage_probe_us": 1_000_000}
+                              "nagle": False, "outage_rtos": 3, "outage_probe_us": 1_000_000}
 
 
 def test_small_links_keep_the_engine_minimum_buffers():
@@ -97,6 +100,11 @@ def test_small_links_keep_the_engine_minimum_buffers():
     ('leg = "server"\nrate = 20000000\nkeepalive = 0.5', "wan.keepalive", 7),
     ('leg = "server"\nrate = 20000000\nzero_rtt = true', "wan.zero_rtt", 7),
     ('leg = "server"\nrate = 20000000\nzero_rtt = true\ntfo_key = "00"', "wan.tfo_key", 8),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = -1', "wan.first_flight_redundancy", 7),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = 2147483648', "wan.first_flight_redundancy", 7),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = true', "wan.first_flight_redundancy", 7),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = "128k"', "wan.first_flight_redundancy", 7),
+    ('leg = "server"\nrate = 20000000\nfirst_flight_redundancy = 1.5', "wan.first_flight_redundancy", 7),
 ])
 def test_problems_name_the_key_and_line(tmp_path, wan, key, line):
     text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\n" + wan + "\n"
@@ -159,7 +167,7 @@ def test_wan_congestion_loss_type_vegas_and_outage_keys(tmp_path):
     cfg, problems = check_file(p)
     assert problems == []
     assert cfg.tcp_server == {"congestion": "vegas", "loss_response": "corruption", "snd_buf": 6_000_000,
-                              "rcv_buf": 6_000_000, "vegas_alpha": 2.0, "vegas_beta": 4.0, "vegas_gamma": 1.5,
+                              "rcv_buf": 6_000_000, "nagle": False, "vegas_alpha": 2.0, "vegas_beta": 4.0, "vegas_gamma": 1.5,
                               "outage_rtos": 4, "outage_probe_us": 500_000}
     conn = eng.new_connection(eng.tcp_config(cfg.tcp_server), bytes([198, 18, 3, 2]), 80,
                               bytes([198, 18, 1, 2]), 40000, 1)
@@ -217,3 +225,26 @@ def test_wan_scps_keys_are_checked(tmp_path, wan, key, words):
     assert cfg is None
     hits = [x for x in problems if x.key == key]
     assert hits and words in hits[0].message, problems
+
+
+@pytest.mark.parametrize("extra, want", [
+    ("", None),                                                    # no zero_rtt: off
+    ('zero_rtt = true\ntfo_key = "' + "ab" * 16 + '"', 131072),     # on with zero_rtt
+    ('zero_rtt = true\ntfo_key = "' + "ab" * 16 + '"\nfirst_flight_redundancy = 0', None),
+    ("first_flight_redundancy = 65536", 65536),                    # also without zero_rtt
+])
+def test_first_flight_redundancy_default_follows_zero_rtt(tmp_path, extra, want):
+    text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\nleg = \"server\"\nrate = 20000000\n" + extra + "\n"
+    cfg, problems = check_file(write(tmp_path, text))
+    assert problems == []
+    assert cfg.tcp_server.get("first_flight_redundancy") == want
+    assert TcpConfig(**cfg.tcp_server).first_flight_redundancy == (want or 0)
+
+
+def test_first_flight_redundancy_problem_says_what_is_allowed(tmp_path):
+    text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\nleg = \"server\"\nrate = 20000000\n" \
+           "first_flight_redundancy = -5\n"
+    cfg, problems = check_file(write(tmp_path, text))
+    assert cfg is None
+    [p] = [x for x in problems if x.key == "wan.first_flight_redundancy"]
+    assert "0 (off) .. 1073741824" in p.message and "-5" in p.message

@@ -1,4 +1,4 @@
-"""SCPS-TP header compression (CCSDS 714.0-B-2 §4, IP protocol 105):
+"""SCPS-TP header compression (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", IP protocol 105):
 compress then expand gives back the exact packet (IPv4 and IPv6, every flag
 and option the compressed header carries); fields are absolute, so losing one
 compressed packet never spoils the next; a corrupted compressed packet, one for

@@ -1,7 +1,7 @@
 """The rate-based congestion controller (``congestion="rate"``, stackpep/_fast/cc.pxi).
 
-SCPS-TP rate control (CCSDS 714.0-B-2 §3.2, "mode 0" of the reference gateway):
-a token bucket at a configured rate counted on IP bytes, cwnd never the limit,
+SCPS-TP rate control (CCSDS 714.0-B-2, notes "Congestion control modes (reference gateway)",
+"mode 0" of the reference gateway): a token bucket at a configured rate counted on IP bytes, cwnd never the limit,
 and with ``loss_response="corruption"`` losses repaired by SACK (RFC 6675)
 without slowing down.  Two engines run over ``stackpep.tcp.linkmodel`` on a
 virtual clock with a GEO path (300 ms each way), a 20 Mbit/s bottleneck and

@@ -1,4 +1,4 @@
-"""SCPS-TP in the engine (CCSDS 714.0-B-2 §3.2; docs/scps.md): what the scripts in
+"""SCPS-TP in the engine (CCSDS 714.0-B-2; docs/scps.md): what the scripts in
 vectors/tcp/scps/ cannot say — exact option bytes, bytes read after a BETS skip,
 corruption-experienced generation, the refusal cache, and two SCPS engines over a
 lossy, delayed link with byte-exact results."""
@@ -59,7 +59,7 @@ def passive(scps, **cfg):
 
 
 def test_snack_option_bytes_exact():
-    # CCSDS 714.0-B-2 §3.2: NOP NOP, kind 21, length 6, hole offset 0, hole size 2
+    # CCSDS 714.0-B-2, notes "TCP option kinds (IANA)": NOP NOP, kind 21, length 6, hole offset 0, hole size 2
     # (two 1460-byte segments missing at RCV.NXT); layout as the reference sends it
     conn, peer = passive(ScpsSettings(snack=True), sack=False)
     [synack] = peer.send(SYN, 0, options=[("mss", 1460), ("scps", 0x40, 1)])

@@ -1,4 +1,4 @@
-"""SCPS-TP congestion control, loss type and link outage (CCSDS 714.0-B-2 §3.2):
+"""SCPS-TP congestion control, loss type and link outage (CCSDS 714.0-B-2, notes "Loss-type handling"):
 Vegas (``congestion="vegas"``), the rate controller's guaranteed minimum
 (``min_rate_bps``), ``loss_response="corruption"`` and link-outage persistence
 (``outage_rtos``), over ``stackpep.tcp.linkmodel`` on a virtual clock: a GEO path
@@ -77,8 +77,8 @@ def vegas_cfg(**kw):
 @pytest.mark.parametrize("seed", [1, 2])
 def test_vegas_corruption_keeps_a_lossy_geo_link_busy(seed):
     # 60 MB at 1 % loss each way: slow start (doubling every other round, CCSDS
-    # 714.0-B-2 §3.2 / Brakmo & Peterson §3.3) takes ~12 s to reach the 1000-segment
-    # BDP; from then on losses are repaired without touching cwnd
+    # 714.0-B-2, notes "Congestion control modes (reference gateway)" / Brakmo & Peterson §3.3) takes
+    # ~12 s to reach the 1000-segment BDP; from then on losses are repaired without touching cwnd
     r, link, data = geo_transfer(seed, 60_000_000, vegas_cfg())
     assert r.received_by_a == data                          # byte-exact
     st = r.stats_b

@@ -37,7 +37,7 @@ ICMP errors (RFC 792, RFC 4443) come out of read_batch() as
 quotes, a packet this box sent (see _icmp_error_key), and the ICMP checksum was
 verified here.  stackpep.pep.icmp reads the rest.
 
-SCPS-TP compressed headers (IP protocol 105, CCSDS 714.0-B-2 §4): a ring made
+SCPS-TP compressed headers (IP protocol 105, CCSDS 714.0-B-2, notes "TCP option kinds (IANA)"): a ring made
 with `hc_table` (a stackpep._fast.scpshc.HcTable) also takes IPv4 protocol 105
 and IPv6 next header 105 (an 8-instruction BPF prefix), expands each such packet
 in C through the table's contexts, and hands on the expanded IP/TCP packet as
@@ -247,7 +247,7 @@ _ICMP_PREFIX[11] = sock_filter(0x35, 0, 1, 1)        # jge #1 ? next : TCP
 _ICMP_PREFIX[12] = sock_filter(0x25, 0, _ACCEPT - 13, 4)  # jgt #4 ? TCP : accept
 # TCP: _TCP_ONLY follows the prefix (PacketRing.__init__ copies both)
 
-# SCPS-TP compressed headers (CCSDS 714.0-B-2 §4): IPv4 protocol 105 or IPv6 next
+# SCPS-TP compressed headers (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)"): IPv4 protocol 105 or IPv6 next
 # header 105 is accepted; anything else falls through to the filter that follows
 # (the ICMP prefix, or _TCP_ONLY).  Jumps are relative, so prefixes stack.
 DEF HC_PREFIX_LEN = 8

@@ -99,7 +99,7 @@ cdef class CongestionControl:
         effects (post_transmit is where sending is counted)."""
         return 0
 
-    # -- loss taken as corruption (loss_response="corruption", CCSDS 714.0-B-2 §3.2) --
+    # -- loss taken as corruption (loss_response="corruption", CCSDS 714.0-B-2, notes "Loss-type handling") --
     cdef void on_corruption_loss(self, uint64_t now):
         """Entering loss recovery for a loss that is not a congestion signal: no
         reduction; the window is remembered so that RFC 6582's inflation (the
@@ -111,7 +111,7 @@ cdef class CongestionControl:
             self.cwnd = self.rec_cwnd
             self.rec_cwnd = 0
 
-    # -- link outage (CCSDS 714.0-B-2 §3.2, link-outage response) ----------------
+    # -- link outage (CCSDS 714.0-B-2, notes "Loss-type handling", link-outage response) ----------------
     cdef void hold(self):
         """The first RTO of a series: remember what the path carried, so a link
         outage that follows can resume there (``resume``) instead of slow start."""
@@ -120,7 +120,7 @@ cdef class CongestionControl:
 
     cdef void resume(self, uint64_t now):
         """The link answered after an outage: back to the window held before it
-        (no slow start; CCSDS 714.0-B-2 §3.2)."""
+        (no slow start; CCSDS 714.0-B-2, notes "Loss-type handling")."""
         if self.held_cwnd > self.cwnd:
             self.cwnd = self.held_cwnd
         if self.held_ssthresh > 0:
@@ -248,8 +248,8 @@ cdef class Cubic(CongestionControl):
         return "cubic"
 
 
-# Vegas defaults of the SCPS reference gateway (CCSDS 714.0-B-2 §3.2 allows
-# Vegas; Brakmo & Peterson 1995 §3.2 use alpha 1 / beta 3, in segments)
+# Vegas defaults of the SCPS reference gateway (CCSDS 714.0-B-2 allows Vegas: notes
+# "Congestion control modes (reference gateway)"; Brakmo & Peterson 1995 §3.2 use alpha 1 / beta 3, in segments)
 VEGAS_ALPHA = 3
 VEGAS_BETA = 5
 VEGAS_GAMMA = 4
@@ -258,7 +258,7 @@ VEGAS_GAMMA = 4
 cdef class Vegas(CongestionControl):
     """TCP Vegas: L. Brakmo, L. Peterson, "TCP Vegas: End to End Congestion
     Avoidance on a Global Internet", IEEE JSAC 13(8), 1995; an SCPS-TP congestion
-    control option (CCSDS 714.0-B-2 §3.2).
+    control option (CCSDS 714.0-B-2, notes "Congestion control modes (reference gateway)").
 
     Once per round trip, with BaseRTT the smallest RTT seen and RTT the smallest
     of the round (§3.2), Diff = (Expected - Actual) * BaseRTT
@@ -525,8 +525,8 @@ def named_shares_count():
 
 
 cdef class RateBased(CongestionControl):
-    """SCPS-TP rate control, "mode 0" of the reference gateway (CCSDS 714.0-B-2 §3.2):
-    an open-loop token bucket at a configured rate; cwnd is never the limit, only the
+    """SCPS-TP rate control, "mode 0" of the reference gateway (CCSDS 714.0-B-2,
+    notes "Congestion control modes (reference gateway)"): an open-loop token bucket at a configured rate; cwnd is never the limit, only the
     peer's window and the rate are.  The engine paces every segment, retransmissions
     included, at pacing_rate(); with loss_response="corruption" losses are repaired by
     SACK (RFC 6675) without any reduction.  Meant for a link whose rate is known and

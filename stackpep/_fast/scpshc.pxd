@@ -1,4 +1,4 @@
-# SCPS-TP header compression (CCSDS 714.0-B-2 §4, IP protocol 105), C level.
+# SCPS-TP header compression (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", IP protocol 105), C level.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 # hc_expand() results below 0 (and hc_compress()'s refusals)

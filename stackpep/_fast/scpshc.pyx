@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""SCPS-TP header compression (CCSDS 714.0-B-2 §4): IP protocol 105.
+"""SCPS-TP header compression (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)"): IP protocol 105.
 
 When both ends of a connection offered capability bit 0x10 in option 20, the
 TCP header of each segment may travel as a compressed header instead: the IP

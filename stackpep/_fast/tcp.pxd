@@ -31,7 +31,7 @@ cdef enum:
     EV_SCPS_FALLBACK = 8
     EV_RECORD = 9
     EV_SKIPPED = 10
-    EV_OUTAGE_ENTERED = 11    # link outage (CCSDS 714.0-B-2 §3.2): stackpep.tcp.events.OutageEntered
+    EV_OUTAGE_ENTERED = 11    # link outage (CCSDS 714.0-B-2, notes "Loss-type handling"): events.OutageEntered
     EV_OUTAGE_EXITED = 12
     EV_TFO_ACCEPTED = 20    # TCP Fast Open events (RFC 7413; arguments in evq_a / evq_b)
     EV_TFO_RESULT = 21
@@ -81,7 +81,7 @@ cdef enum:
     DUPTHRESH = 3           # RFC 5681 §3.2, RFC 6675 §2
     TS_OPT_LEN = 12         # NOP NOP TS (RFC 7323 Appendix A layout)
 
-# SCPS-TP (CCSDS 714.0-B-2 §3.2): capability bits of option 20, engine limits
+# SCPS-TP (CCSDS 714.0-B-2 §3.2.3): capability bits of option 20, engine limits
 cdef enum:
     SCPS_BIT_BETS = 0x80
     SCPS_BIT_SNACK1 = 0x40
@@ -274,12 +274,21 @@ cdef class TcpConnection:
     cdef ivset_t* sb                  # SACK scoreboard (RFC 6675 §3); the shared empty set until used
     cdef int64_t sacked_bytes
     cdef uint64_t next_send_time      # pacing gate (rate-based controllers)
-    # -- link outage (CCSDS 714.0-B-2 §3.2; outage.pxi) ---------------------------------------------
+    # -- link outage (CCSDS 714.0-B-2, notes "Loss-type handling"; outage.pxi) -------------------------
     cdef bint outage                  # no new data; snd_una probed every cfg_outage_probe µs
     cdef int cfg_outage_rtos          # consecutive RTOs that mean an outage (0 = never)
     cdef uint64_t cfg_outage_probe, cfg_outage_silence, cfg_outage_max
     cdef uint64_t outage_start
     cdef uint64_t n_outage_entered, n_outage_probes, n_outage_exited
+    # -- first-flight redundancy (TcpConfig.first_flight_redundancy; tcp.pyx "First-flight redundancy") ----
+    cdef int64_t cfg_rd               # the first cfg_rd bytes are each sent twice (0 = off)
+    cdef int64_t rd_nxt               # next send offset whose second copy is due
+    cdef bint rd_syn_done             # our first SYN / SYN-ACK was copied already
+    cdef uint8_t* rd_pkt              # that SYN / SYN-ACK, byte for byte, until its copy goes out
+    cdef Py_ssize_t rd_pkt_len        # (0: no copy pending)
+    cdef int rd_dup_credit            # pure duplicate ACKs our copies may still cause (not dupacks)
+    cdef uint64_t rd_credit_until     # ... until this time
+    cdef uint64_t n_rd_segs, n_rd_bytes, n_rd_dupacks
     # -- control flags for the output routine --------------------------------------------------------
     cdef bint syn_pending
     cdef bint probe_pending
@@ -406,6 +415,9 @@ cdef class TcpConnection:
     cdef void _scps_bets_skip(self, uint64_t now)
     # TCP Fast Open (the TFO section of tcp.pyx)
     cdef void _tfo_init(self, object config)
+    cdef Py_ssize_t _output_redundant(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, bint may_fin, uint64_t now)
+    cdef Py_ssize_t _output_rd_pkt(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
+    cdef void _rd_pace(self, int64_t nbytes, uint64_t now)
     cdef void _tfo_cookie_of(self, bint active, uint8_t* out) noexcept
     cdef int64_t _tfo_syn_data(self, tcp_seg_t* seg)
     cdef void _tfo_synack_opts(self, tcp_seg_t* seg)

@@ -44,12 +44,12 @@ class Cubic(CongestionControl):
     """RFC 9438."""
 
 class RateBased(CongestionControl):
-    """SCPS-TP rate control (CCSDS 714.0-B-2 §3.2, reference gateway mode 0): paced at
-    a configured rate counted on IP bytes; cwnd never limits."""
+    """SCPS-TP rate control (CCSDS 714.0-B-2, notes "Congestion control modes (reference gateway)",
+    reference gateway mode 0): paced at a configured rate counted on IP bytes; cwnd never limits."""
 
 class Vegas(CongestionControl):
-    """TCP Vegas (Brakmo & Peterson 1995; CCSDS 714.0-B-2 §3.2): delay-based, keeps
-    alpha..beta segments queued in the path."""
+    """TCP Vegas (Brakmo & Peterson 1995; CCSDS 714.0-B-2, notes "Congestion control modes (reference gateway)"):
+    delay-based, keeps alpha..beta segments queued in the path."""
 
 class SharedRate:
     """One rate divided between the active connections whose TcpConfig.rate_share
@@ -111,7 +111,7 @@ class TcpConnection:
         """Half-close: FIN after all queued data (RFC 9293 §3.10.4)."""
     def abort(self) -> None:
         """RST now (in synchronized states) and go to CLOSED (RFC 9293 §3.10.5)."""
-    # -- SCPS-TP (CCSDS 714.0-B-2 §3.2, docs/scps.md) ----------------------------
+    # -- SCPS-TP (CCSDS 714.0-B-2, docs/scps.md) ----------------------------
     def report_corruption(self) -> bool:
         """Next ACK carries corruption-experienced (kind 23) if negotiated and configured."""
     @property

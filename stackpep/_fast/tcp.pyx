@@ -192,6 +192,7 @@ cdef class TcpConnection:
     def __cinit__(self):
         self.ofo = &g_ivset_empty
         self.sb = &g_ivset_empty
+        self.rd_pkt = NULL
 
     def __dealloc__(self):
         cb_free_all(&self.sbuf)
@@ -200,6 +201,7 @@ cdef class TcpConnection:
             free(self.ofo)
         if self.sb != &g_ivset_empty:
             free(self.sb)
+        free(self.rd_pkt)
 
     def __init__(self, config, bytes local_addr, int local_port, bytes remote_addr, int remote_port,
                  iss, ts_offset=0):
@@ -268,7 +270,7 @@ cdef class TcpConnection:
         self.cfg_chal_limit = config.challenge_ack_limit
         self.cc = make_cc(config.congestion, config, self.ipver)
         self.loss_corruption = config.loss_response == "corruption"
-        # link outage (CCSDS 714.0-B-2 §3.2): off unless outage_rtos / outage_silence_us
+        # link outage (CCSDS 714.0-B-2, notes "Loss-type handling"): off unless outage_rtos / outage_silence_us
         self.cfg_outage_rtos = config.outage_rtos or 0
         self.cfg_outage_probe = config.outage_probe_us
         self.cfg_outage_silence = config.outage_silence_us or 0
@@ -284,6 +286,11 @@ cdef class TcpConnection:
         self.cc.init(self.smss, self.cfg_iw)
         self._scps_init(getattr(config, "scps", None))
         self._tfo_init(config)
+        self.cfg_rd = getattr(config, "first_flight_redundancy", 0) or 0
+        if self.cfg_rd:
+            self.rd_pkt = <uint8_t*>malloc(self.out_cap)
+            if self.rd_pkt == NULL:
+                raise MemoryError()
 
     # ================================================================================
     # helpers
@@ -1256,7 +1263,13 @@ cdef class TcpConnection:
             # duplicate ACK, RFC 5681 §2 (RFC 6675 §2: or one that SACKs new data)
             # (outstanding data: SND.NXT, which a zero-window probe does not move)
             if self.snd_nxt > self.snd_una and plen == 0 and not (f & (TH_SYN | TH_FIN)):
-                if (self.sack_ok and newly_sacked > 0) or (not window_changed and not (self.sack_ok and s.opts.n_sack)):
+                if (self.rd_dup_credit > 0 and newly_sacked == 0 and not (self.sack_ok and s.opts.n_sack)
+                        and not window_changed and now < self.rd_credit_until):
+                    # the receiver's answer to a redundant copy (first-flight redundancy)
+                    # is a duplicate ACK that reports no loss: not counted (RFC 5681 §2)
+                    self.rd_dup_credit -= 1
+                    self.n_rd_dupacks += 1
+                elif (self.sack_ok and newly_sacked > 0) or (not window_changed and not (self.sack_ok and s.opts.n_sack)):
                     self.dupacks += 1
                     self.n_dupacks += 1
                     if self.in_recovery:
@@ -1269,7 +1282,7 @@ cdef class TcpConnection:
                         self._enter_recovery(now)
 
     cdef void _corruption_growth(self, uint64_t now, int64_t delivered, int64_t prior_flight):
-        # SACK recovery from a loss taken as corruption (CCSDS 714.0-B-2 §3.2) only
+        # SACK recovery from a loss taken as corruption (CCSDS 714.0-B-2, notes "Loss-type handling") only
         # repairs: the path is not congested, so the controller keeps growing on what
         # was delivered (at 1 % loss on a GEO window recovery hardly ever ends, and a
         # window frozen in it stays where the first loss happened)
@@ -1404,6 +1417,17 @@ cdef class TcpConnection:
                 self.persist_backoff += 1
         t = self._keepalive_deadline()
         if t and now >= t:
+            if self.ka_probes >= self.cfg_ka_count and (self.cfg_outage_rtos or self.cfg_outage_silence):
+                # link-outage persistence (CCSDS 714.0-B-2, notes "Loss-type handling"): unanswered
+                # probes mean the link is out, not that the peer died (a restarted peer answers a
+                # probe with RST, RFC 9293 §3.10.7.1).  Keep probing every keepalive_interval
+                # without giving up; outage_max_us of silence, or the owner's idle limit, ends it.
+                if self.cfg_outage_max and now - self.last_rcv_time >= self.cfg_outage_max:
+                    self._enter_closed(CR_TIMEOUT)
+                    return
+                self.ka_last_probe = now
+                self.keepalive_pending = 1
+                return
             if self.ka_probes >= self.cfg_ka_count:
                 self.n_rstq = 0
                 self._queue_rst(self._sseq(self._ack_seq()), self._rseq(self.rcv_nxt), TH_RST | TH_ACK)
@@ -1451,7 +1475,7 @@ cdef class TcpConnection:
             rtt_backoff(&self.rtt)
             self.cc.on_rto(now, <uint64_t>self._flight(), self.retries == 1)
         else:
-            # Loss taken as corruption (CCSDS 714.0-B-2 §3.2): the RTO is not backed
+            # Loss taken as corruption (CCSDS 714.0-B-2, notes "Loss-type handling"): the RTO is not backed
             # off and the window is kept, so go-back-N would resend the whole flight
             # at once, a bandwidth-delay product still on its way.  Resend the first
             # segment (RFC 6298 §5.4) as a loss recovery: with SACK the RTO means a
@@ -1480,7 +1504,7 @@ cdef class TcpConnection:
         rtt_timeout(&self.rtt, self._ts_now(now))
 
     # ================================================================================
-    # link outage (CCSDS 714.0-B-2 §3.2): persist through it, resume where it began
+    # link outage (CCSDS 714.0-B-2, notes "Loss-type handling"): persist through it, resume where it began
     # ================================================================================
     cdef bint _outage_due(self, uint64_t now) noexcept:
         # this expiry is the outage_rtos-th in a row, or nothing came for outage_silence_us
@@ -1615,6 +1639,8 @@ cdef class TcpConnection:
             return n
         if st == CLOSED or st == LISTEN:
             return 0
+        if self.rd_pkt_len:
+            return self._output_rd_pkt(buf, cap, now)
         if self.syn_pending:
             return self._emit_syn(buf, cap, now)
         if st == SYN_SENT or st == SYN_RECEIVED:
@@ -1761,6 +1787,10 @@ cdef class TcpConnection:
             self.snd_nxt = off
         avail = self.wr_end - off
         if not (avail > 0 or (may_fin and off == self.wr_end)):
+            if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                n = self._output_redundant(buf, cap, mss, may_fin, now)
+                if n:
+                    return n
             return self._output_probe(buf, cap, now)
         if avail < 0:
             avail = 0
@@ -1785,6 +1815,10 @@ cdef class TcpConnection:
         if length > cw_avail:
             length = cw_avail if cw_avail > 0 else 0
         if avail > 0 and length == 0:
+            if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                n = self._output_redundant(buf, cap, mss, may_fin, now)
+                if n:
+                    return n
             return self._output_blocked(buf, cap, now)
         rec_cut = 0
         if self.scps_rb and length > 0:
@@ -1796,6 +1830,10 @@ cdef class TcpConnection:
             # RFC 9293 §3.8.6.2.1 sender SWS avoidance: a partial segment only when the
             # window (not cwnd) limits it and it is at least half the largest window offered
             if win_avail > length or length * 2 < self.max_snd_wnd:
+                if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                    n = self._output_redundant(buf, cap, mss, may_fin, now)
+                    if n:
+                        return n
                 return self._output_blocked(buf, cap, now)
         if ((length == avail or rec_cut) and 0 < length < mss and self.cfg_nagle and not rexmit
                 and not self.fin_requested and self.snd_sml > self.snd_una and self.snd_sml > 0
@@ -1803,6 +1841,10 @@ cdef class TcpConnection:
             # RFC 9293 §3.7.4 Nagle, in Minshall's form (as Linux): hold a small segment
             # while an earlier small segment is unacknowledged (snd_sml 0: none was sent;
             # in SYN-RECEIVED SND.UNA is still -1, the SYN-ACK, tfo_synrcvd_send)
+            if self.cfg_rd and self.rd_nxt < self.cfg_rd:
+                n = self._output_redundant(buf, cap, mss, may_fin, now)
+                if n:
+                    return n
             return self._output_probe(buf, cap, now)
         if 0 < length < mss and not rexmit:
             self.snd_sml = off + length
@@ -1938,6 +1980,7 @@ cdef class TcpConnection:
             rtt_time(&self.rtt, -1, now)
         if self.tm.rtx == 0:
             self.tm.rtx = now + self.rtt.rto
+        cdef Py_ssize_t n
         if tfo_len:
             # RFC 7413 §4.2: the data rides in the SYN (send offsets 0..tfo_len)
             self.snd_nxt = self.snd_max = self.snd_hi = tfo_len
@@ -1947,8 +1990,18 @@ cdef class TcpConnection:
             if payload == NULL:
                 cb_read(&self.sbuf, 0, g_pl_buf, tfo_len)
                 payload = g_pl_buf
-            return self._finish(buf, cap, &seg, payload, tfo_len)
-        return self._finish(buf, cap, &seg, NULL, 0)
+            n = self._finish(buf, cap, &seg, payload, tfo_len)
+        else:
+            n = self._finish(buf, cap, &seg, NULL, 0)
+        if self.cfg_rd and not self.rd_syn_done and not self.syn_retransmitted:
+            # first-flight redundancy: our first SYN (with its Fast Open data) or
+            # SYN-ACK goes out twice; its data needs no second copy
+            self.rd_syn_done = 1
+            memcpy(self.rd_pkt, buf, n)
+            self.rd_pkt_len = n
+            if self.rd_nxt < tfo_len:
+                self.rd_nxt = tfo_len
+        return n
 
     cdef Py_ssize_t _emit_ctl(self, uint8_t* buf, Py_ssize_t cap, uint32_t seq, uint32_t ack, uint8_t flags):
         cdef tcp_seg_t seg = self.tmpl
@@ -2051,7 +2104,87 @@ cdef class TcpConnection:
         return n
 
     # ================================================================================
-    # SCPS-TP (CCSDS 714.0-B-2 §3.2): capabilities (option 20), SNACK (21), record
+    # First-flight redundancy (TcpConfig.first_flight_redundancy, docs/scps.md
+    # "First-flight redundancy"): on a lossy long-delay leg one lost segment of a short
+    # transfer costs a round trip (SACK / SNACK) or an RTO (a lost SYN or tail).  The
+    # first cfg_rd bytes of a connection are therefore each sent a second time, after
+    # the new data (when nothing new may go: the send buffer is empty or the window
+    # is full), and the first SYN / SYN-ACK twice in a row.  Proactive redundancy in
+    # the sense of Flach et al., "Reducing Web Latency: the Virtue of Gentle
+    # Aggression" (SIGCOMM 2013, "Reactive / Proactive TCP").  Copies are paced and
+    # charged to the rate controller like any segment; a receiver trims them as
+    # duplicates (RFC 9293 §3.10.7.4).  Off (one flag test) unless cfg_rd > 0.
+    # ================================================================================
+    cdef void _rd_pace(self, int64_t nbytes, uint64_t now):
+        # the token bucket of _emit_data: a copy uses the link as much as an original
+        cdef uint64_t rate = self.cc.pacing_rate()
+        if rate and nbytes > 0:
+            if self.next_send_time + PACE_SLACK_US < now:
+                self.next_send_time = now
+            self.next_send_time += <uint64_t>(nbytes * 1000000 // rate)
+            if self.next_send_time > now:
+                self.tm.pace = self.next_send_time
+
+    cdef Py_ssize_t _output_rd_pkt(self, uint8_t* buf, Py_ssize_t cap, uint64_t now):
+        """The second copy of our first SYN / SYN-ACK, byte for byte (the receiver takes
+        it as a retransmitted SYN, RFC 9293 §3.10.7.3/§3.10.7.4: no data twice)."""
+        cdef Py_ssize_t n = self.rd_pkt_len
+        self.rd_pkt_len = 0
+        if n > cap:
+            raise RuntimeError("output buffer too small for a segment")
+        memcpy(buf, self.rd_pkt, n)
+        self.segs_out += 1
+        self.n_rd_segs += 1
+        self.n_rd_bytes += n
+        self._rd_pace(n, now)
+        return n
+
+    cdef Py_ssize_t _output_redundant(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, bint may_fin, uint64_t now):
+        """The second copy of the next segment of the first cfg_rd bytes already sent and
+        neither acknowledged nor SACKed; 0 when none is due or pacing holds it."""
+        cdef int64_t off = self.rd_nxt, end, length
+        cdef uint8_t flags = TH_ACK
+        cdef bint fin
+        cdef Py_ssize_t n
+        if self.tm.pace > now:
+            return 0
+        if off < self.snd_una:
+            off = self.snd_una
+        if off < 0:
+            off = 0
+        if self.sb.n:
+            off = ivset_skip(self.sb, off)
+        end = self.snd_nxt if self.snd_nxt < self.wr_end else self.wr_end
+        if off >= end or off >= self.cfg_rd:
+            # nothing sent yet to copy (or all of it copied, acknowledged or SACKed)
+            if off >= self.cfg_rd:
+                self.rd_nxt = self.cfg_rd
+            return 0
+        length = end - off
+        if length > mss:
+            length = mss
+        if self.sb.n:
+            end = ivset_next_start(self.sb, off)
+            if off + length > end:
+                length = end - off
+        fin = may_fin and off + length == self.wr_end and self.snd_max > self.wr_end
+        if fin:
+            flags |= TH_FIN
+        if off + length == self.wr_end:
+            flags |= TH_PSH
+        self.rd_nxt = off + length
+        n = self._emit(buf, cap, off, length, flags, 1, now)
+        self.n_rd_segs += 1
+        self.n_rd_bytes += length
+        self.cc.post_transmit(now, <uint64_t>length)
+        self._rd_pace(length, now)
+        # its duplicate ACK at the receiver tells nothing about loss
+        self.rd_dup_credit += 1
+        self.rd_credit_until = now + self.rtt.rto
+        return n
+
+    # ================================================================================
+    # SCPS-TP (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)"): capabilities (option 20), SNACK (21), record
     # boundary (22), corruption experienced (23), BETS.  Everything here is off (and
     # costs one flag test on the paths that call it) unless TcpConfig.scps is set and,
     # for all but option 20 itself, the peer answered option 20.  docs/scps.md says
@@ -2074,7 +2207,7 @@ cdef class TcpConnection:
 
     cdef void _scps_syn_opts(self, tcp_seg_t* seg):
         """Option 20 on our SYN (active) or SYN-ACK (only answering a SYN that had it).
-        CCSDS 714.0-B-2 §3.2: capabilities are exchanged in the SYN segments only."""
+        CCSDS 714.0-B-2 §3.2.3: capabilities are exchanged in the SYN segments only."""
         if self.st == SYN_SENT:
             if self.scps_syn_opt and self.retries > self.scps_syn_tries:
                 # the SYNs with option 20 went unanswered: some stacks and middleboxes
@@ -2127,7 +2260,7 @@ cdef class TcpConnection:
 
     cdef int64_t _scps_unit(self) noexcept:
         # SNACK offsets and sizes count segments of the peer's full-size payload: the MSS
-        # we advertised less the timestamp option (CCSDS 714.0-B-2 §3.2, SNACK option)
+        # we advertised less the timestamp option (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", SNACK option)
         return self.adv_mss - (TS_OPT_LEN if self.ts_ok else 0)
 
     cdef void _scps_input(self, tcp_seg_t* s, int64_t seg_off, int64_t ack_off, uint64_t now):
@@ -2183,7 +2316,7 @@ cdef class TcpConnection:
         self._scps_after_input(now)
 
     cdef void _scps_bets_skip(self, uint64_t now):
-        """BETS (CCSDS 714.0-B-2 §3.2, best-effort transport service): deliver past the
+        """BETS (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", best-effort transport service): deliver past the
         hole at RCV.NXT; its bytes read as zeros and BytesSkipped says where."""
         cdef int64_t off = self.rcv_nxt
         cdef int64_t n = self.ofo.l[0] - off
@@ -2287,7 +2420,7 @@ cdef class TcpConnection:
 
     cdef Py_ssize_t _scps_output(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, uint64_t now):
         """Repair the holes a SNACK reported, at once: no duplicate ACKs, RTO, cwnd or
-        pacing gate is waited for (CCSDS 714.0-B-2 §3.2, SNACK).  SACKed data and what a
+        pacing gate is waited for (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", SNACK).  SACKed data and what a
         SNACK repair sent less than a round trip ago (the receiver repeats its SNACK)
         are not sent again; RFC 6675 HighRxt moves past a repair at its edge."""
         cdef int64_t off, end, length, hole_end
@@ -2407,7 +2540,7 @@ cdef class TcpConnection:
 
     def report_corruption(self):
         """The link below reported corruption: the next ACK carries the corruption-
-        experienced option (kind 23, CCSDS 714.0-B-2 §3.2) when the peer is SCPS and
+        experienced option (kind 23, CCSDS 714.0-B-2, notes "TCP option kinds (IANA)") when the peer is SCPS and
         ``scps.corruption_experienced`` is set; returns whether it will."""
         if not (self.scps_on and self.scps_ce_cfg):
             return False
@@ -2417,7 +2550,7 @@ cdef class TcpConnection:
 
     @property
     def scps_peer(self):
-        """The peer answered option 20 (an SCPS-TP peer, CCSDS 714.0-B-2 §3.2)."""
+        """The peer answered option 20 (an SCPS-TP peer, CCSDS 714.0-B-2, notes "Peer detection")."""
         return bool(self.scps_on)
 
     @property
@@ -2638,6 +2771,9 @@ cdef class TcpConnection:
             tfo_syn_data_accepted=self.n_tfo_accepted,
             tfo_cookie_rejected=self.n_tfo_rejected,
             tfo_data_retransmitted_after_handshake=self.n_tfo_rexmit,
+            tx_redundant_segments=self.n_rd_segs,
+            tx_redundant_bytes=self.n_rd_bytes,
+            redundant_dupacks_ignored=self.n_rd_dupacks,
         )
 
     @property

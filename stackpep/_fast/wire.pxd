@@ -36,7 +36,7 @@ cdef struct tcp_opts_t:
     uint8_t n_sack          # RFC 2018 §3, 0..4 blocks
     uint32_t sack_left[4]
     uint32_t sack_right[4]
-    uint8_t has_scps        # SCPS capabilities, kind 20 (CCSDS 714.0-B-2)
+    uint8_t has_scps        # SCPS capabilities, kind 20 (CCSDS 714.0-B-2 §3.2.3)
     uint8_t scps_bits
     uint8_t scps_conn_id
     uint8_t scps_ext_len    # bytes of the extended-capabilities option after its kind/len (0 = none);

@@ -412,7 +412,7 @@ cdef int _parse_tcp_opts(const uint8_t* o, Py_ssize_t olen, tcp_opts_t* t) noexc
                 memcpy(t.scps_ext, o + i + 2, l - 2)
             else:
                 return WIRE_TCP_OPT_BAD_LEN
-        elif kind == OPT_SNACK:                # CCSDS 714.0-B-2: hole offset, hole size
+        elif kind == OPT_SNACK:                # CCSDS 714.0-B-2, notes "TCP option kinds (IANA)": hole offset, hole size
             if l != 6:
                 return WIRE_TCP_OPT_BAD_LEN
             # one hole an option, several options a segment: keep them all, in
@@ -609,7 +609,7 @@ cdef int _write_tcp_opts(uint8_t* w, const tcp_opts_t* o) noexcept nogil:
         for j in range(pad):
             w[0] = OPT_NOP; w += 1
     if o.has_scps:
-        # CCSDS 714.0-B-2: kind 20, len 4, capability bitmap, connection id
+        # CCSDS 714.0-B-2 §3.2.3: kind 20, len 4, capability bitmap, connection id
         w[0] = OPT_SCPS; w[1] = 4; w[2] = o.scps_bits; w[3] = o.scps_conn_id; w += 4
     if o.scps_ext_len:
         # extended capabilities (a second kind-20 option), NOP-padded to 4 bytes

@@ -19,7 +19,7 @@ Two backends:
   rule per hook that carries the comment `stackpep`; removal deletes only
   rules with that comment and chains with that name.
 With `scps_compressed`, SCPS-TP compressed headers (IP protocol 105, CCSDS
-714.0-B-2 §4) to or from the intercepted prefixes are dropped the same way: the
+714.0-B-2, notes "TCP option kinds (IANA)") to or from the intercepted prefixes are dropped the same way: the
 capture expands them (stackpep._fast.scpshc), the kernel must not forward them.
 They carry no ports, so the port ranges do not narrow these rules; like the
 capture, they take protocol 105 only directly after the IP header (never an

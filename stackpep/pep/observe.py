@@ -26,7 +26,8 @@ conn_log = logging.getLogger("stackpep.connections")
 #: the engine figures a connection's snapshot carries per leg
 LEG_FIELDS = ("state", "srtt_us", "rttvar_us", "min_rtt_us", "rto_us", "congestion", "cwnd", "ssthresh",
               "in_flight", "mss", "bytes_sent", "bytes_received", "bytes_acked", "bytes_retransmitted",
-              "retransmits", "timeouts", "fast_retransmits", "send_buffered", "recv_buffered")
+              "retransmits", "timeouts", "fast_retransmits", "tx_redundant_segments", "send_buffered",
+              "recv_buffered")
 
 
 def endpoint(addr: bytes, port: int) -> str:
@@ -120,7 +121,11 @@ def connection_record(conn: SplitConnection, now: int) -> Dict[str, Any]:
         "duration_s": round((now - conn.created) / 1e6, 6),
     }
     for i, leg in enumerate(conn.legs if conn.ready else ()):
-        rec[f"retransmits_{LEG_NAMES[i]}_leg"] = leg.statistics().retransmits
+        st = leg.statistics()
+        rec[f"retransmits_{LEG_NAMES[i]}_leg"] = st.retransmits
+        if st.tx_redundant_segments:
+            # first-flight redundancy (the long leg): second copies sent
+            rec[f"tx_redundant_segments_{LEG_NAMES[i]}_leg"] = st.tx_redundant_segments
     return rec
 
 

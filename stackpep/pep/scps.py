@@ -1,7 +1,7 @@
 """What a box keeps about SCPS-TP on its long link (the `[wan]` leg): connection
 ids, destinations that refused option 20, and the counters (docs/scps.md, "The PEP").
 
-Peer detection needs no protocol of its own (CCSDS 714.0-B-2 §3.2): the long
+Peer detection needs no protocol of its own (CCSDS 714.0-B-2, notes "Peer detection"): the long
 leg's SYN offers the capabilities option (20); a far end that answers it in its
 SYN-ACK is another box or any SCPS gateway, and the features both offered apply;
 no option 20 in the SYN-ACK means a plain TCP end, and the leg runs as tuned TCP
@@ -19,7 +19,7 @@ from stackpep.tcp.scps import ScpsRefusals
 
 __all__ = ["ScpsLink", "SCPS_COUNTERS", "CONN_IDS"]
 
-#: Option 20 carries the connection id in one byte (CCSDS 714.0-B-2 §3.2); header
+#: Option 20 carries the connection id in one byte (CCSDS 714.0-B-2 §3.2.3); header
 #: compression names the connection by it.
 CONN_IDS = 256
 

@@ -459,7 +459,7 @@ class SplitConnection:
         return True
 
     def _on_scps_event(self, leg: Leg, ev: TcpEvent) -> None:
-        """ScpsNegotiated / ScpsFallback of the long leg (CCSDS 714.0-B-2 §3.2)."""
+        """ScpsNegotiated / ScpsFallback of the long leg (CCSDS 714.0-B-2, notes "Peer detection")."""
         scps = self.ctx.scps
         if scps is None:
             return

@@ -15,11 +15,11 @@ __all__ = ["TcpConfig", "ScpsSettings", "CONGESTION_CONTROLS", "LOSS_RESPONSES",
 CONGESTION_CONTROLS = ("newreno", "cubic", "rate", "vegas")
 #: how a detected loss is answered (the SCPS-TP "loss type"): "congestion" (RFC 5681
 #: §3.2: reduce cwnd; RFC 6298 §5.5 RTO backoff) or "corruption" (retransmit keeping
-#: cwnd / the rate and the RTO; CCSDS 714.0-B-2 §3.2).  ECE is congestion either way.
+#: cwnd / the rate and the RTO; CCSDS 714.0-B-2, notes "Loss-type handling").  ECE is congestion either way.
 LOSS_RESPONSES = ("congestion", "corruption")
 
 
-# -- SCPS-TP capability bits (CCSDS 714.0-B-2 §3.2, SCPS capabilities option, kind 20) --------
+# -- SCPS-TP capability bits (CCSDS 714.0-B-2 §3.2.3, SCPS capabilities option, kind 20) --------
 SCPS_BETS = 0x80       # best-effort transport service
 SCPS_SNACK1 = 0x40     # selective negative acknowledgement (the 6-byte SNACK option, kind 21)
 SCPS_SNACK2 = 0x20     # (long-form SNACK; offered only if asked for, never used by the engine)
@@ -132,18 +132,19 @@ class TcpConfig:
     congestion: str = "cubic"            # one of CONGESTION_CONTROLS
     loss_response: str = "congestion"    # one of LOSS_RESPONSES
     rate_bps: Optional[int] = None
-    """For ``congestion="rate"`` (SCPS-TP rate control, CCSDS 714.0-B-2 §3.2): the
-    sending rate in bits/s counted on IP bytes (headers included), as a link rate
+    """For ``congestion="rate"`` (SCPS-TP rate control, CCSDS 714.0-B-2,
+    notes "Congestion control modes (reference gateway)"): the sending rate in bits/s counted on IP bytes (headers included), as a link rate
     is; cwnd is then not the limit.  Required with "rate", ignored otherwise."""
     rate_share: Optional[Any] = None
     """With "rate": connections whose configs give the same
     ``stackpep._fast.tcp.SharedRate`` (owned by whoever creates the engines, e.g. the
     PEP dispatcher) share its rate, each active one pacing at rate / active (CCSDS
-    714.0-B-2 §3.2; the reference gateway's bucket is per route).  A name (str) is
-    looked up in a process-wide weak registry by (name, rate_bps) instead.  None =
+    714.0-B-2, notes "Congestion control modes (reference gateway)"; the reference gateway's bucket
+    is per route).  A name (str) is looked up in a process-wide weak registry by (name, rate_bps) instead.  None =
     the rate is per connection."""
 
-    # -- SCPS-TP congestion control, loss type, link outage (CCSDS 714.0-B-2 §3.2) ------
+    # -- SCPS-TP congestion control, loss type, link outage ---------------------------------
+    # (CCSDS 714.0-B-2, notes "Congestion control modes (reference gateway)", "Loss-type handling")
     # (the loss type is ``loss_response`` above: "corruption" retransmits without
     # reducing cwnd / the rate and without backing off the RTO)
     vegas_alpha: float = 3.0
@@ -213,6 +214,13 @@ class TcpConfig:
     before the handshake's final ACK (RFC 7413 §4.2.2 lets a server send then).  The
     peer's SYN window is unscaled (RFC 7323 §2.2, at most 64 KiB), so this stands for
     the receive window the key holder is configured with.  None = nothing before the ACK."""
+
+    # -- first-flight redundancy (docs/scps.md "First-flight redundancy") ---------------
+    first_flight_redundancy: int = 0
+    """Bytes at the start of the connection that are each sent twice (the second copy
+    after the new data, paced like it), and the first SYN / SYN-ACK twice: on a lossy
+    long-delay leg a single loss in a short transfer then costs no round trip.  Meant
+    for the long leg between two boxes; 0 = off."""
     """Most data bytes in a SYN; None = one MSS (the MSS we advertise).  Always capped
     so that the SYN fits the MTU."""
 
@@ -270,5 +278,8 @@ class TcpConfig:
             raise ValueError("tfo_client / tfo_server need tfo_key (the cookie is derived from it)")
         if self.tfo_synrcvd_send is not None and not 1 <= self.tfo_synrcvd_send <= 1 << 30:
             raise ValueError("tfo_synrcvd_send must be 1..2**30 bytes or None")
+        if isinstance(self.first_flight_redundancy, bool) or not isinstance(self.first_flight_redundancy, int) \
+                or not 0 <= self.first_flight_redundancy <= 1 << 30:
+            raise ValueError("first_flight_redundancy must be 0..2**30 bytes (0 = off)")
         if self.tfo_max_syn_data is not None and not 1 <= self.tfo_max_syn_data <= 65535:
             raise ValueError("tfo_max_syn_data must be 1..65535 bytes or None (one MSS)")

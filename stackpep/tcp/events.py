@@ -66,7 +66,7 @@ class ConnectionClosed(TcpEvent):
 @dataclass(frozen=True, slots=True)
 class ScpsNegotiated(TcpEvent):
     """The peer's SYN / SYN-ACK carried the SCPS capabilities option (CCSDS 714.0-B-2
-    §3.2): it is an SCPS-TP peer.  ``features`` = the bits both ends offered (AND),
+    §3.2.3): it is an SCPS-TP peer.  ``features`` = the bits both ends offered (AND),
     ``peer_conn_id`` = the connection id it sent."""
     features: int
     peer_conn_id: int
@@ -91,14 +91,14 @@ class RecordBoundary(TcpEvent):
 @dataclass(frozen=True, slots=True)
 class BytesSkipped(TcpEvent):
     """BETS: ``n`` bytes at receive-stream ``offset`` were never repaired and were
-    delivered as zeros (CCSDS 714.0-B-2 §3.2, best-effort transport service)."""
+    delivered as zeros (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", best-effort transport service)."""
     n: int
     offset: int
 
 
 @dataclass(frozen=True, slots=True)
 class OutageEntered(TcpEvent):
-    """Link outage (CCSDS 714.0-B-2 §3.2; TcpConfig.outage_rtos): no new data is
+    """Link outage (CCSDS 714.0-B-2, notes "Loss-type handling"; TcpConfig.outage_rtos): no new data is
     sent, SND.UNA is probed every outage_probe_us until the link answers."""
 
 

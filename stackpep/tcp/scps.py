@@ -1,7 +1,7 @@
 """Destinations that refused SCPS-TP's option 20, remembered for a while (sans-IO).
 
 Some end hosts or middleboxes reset or drop a SYN that carries the SCPS
-capabilities option (CCSDS 714.0-B-2 §3.2; see docs/scps.md).  The engine
+capabilities option (CCSDS 714.0-B-2 §3.2.3; see docs/scps.md).  The engine
 retries such a SYN without the option by itself and reports it with a
 ``ScpsFallback`` event; a caller that opens many connections keeps the
 destination here, so that the next connections to it go out without option 20

@@ -52,7 +52,7 @@ _FLAG_ORDER = "SFRPU.EW"
 
 # TCP option kinds (RFC 9293 §3.2, RFC 7323, RFC 2018)
 OPT_EOL, OPT_NOP, OPT_MSS, OPT_WS, OPT_SACK_PERM, OPT_SACK, OPT_TS = 0, 1, 2, 3, 4, 5, 8
-# SCPS-TP options (CCSDS 714.0-B-2 §3.2; IANA kinds 20-23): capabilities (bitmap,
+# SCPS-TP options (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)"; IANA kinds 20-23): capabilities (bitmap,
 # connection id), SNACK (hole offset, hole size in segments), record boundary,
 # corruption experienced
 OPT_SCPS, OPT_SNACK, OPT_RB, OPT_CE = 20, 21, 22, 23

@@ -105,7 +105,7 @@ class TcpStatistics:
     bytes_skipped: int = 0            # BETS: bytes delivered as zeros (receiver)
     bets_abandoned: int = 0           # BETS: retransmissions not sent after bets_max_retransmits (sender)
     records_merged: int = 0           # record ends not marked: 64 unacknowledged records already kept
-    # link outage (CCSDS 714.0-B-2 §3.2; TcpConfig.outage_rtos / outage_silence_us)
+    # link outage (CCSDS 714.0-B-2, notes "Loss-type handling"; TcpConfig.outage_rtos / outage_silence_us)
     outage: bool = False
     """In a link outage now: no new data, SND.UNA probed every outage_probe_us."""
     outage_entered: int = 0
@@ -117,3 +117,6 @@ class TcpStatistics:
     tfo_syn_data_accepted: int = 0    # bytes accepted from a SYN whose cookie verified (passive)
     tfo_cookie_rejected: int = 0      # SYNs with data or a cookie whose cookie did not verify (passive)
     tfo_data_retransmitted_after_handshake: int = 0   # SYN bytes not acknowledged, sent again (active)
+    tx_redundant_segments: int = 0   # second copies sent by first-flight redundancy (SYN / SYN-ACK included)
+    tx_redundant_bytes: int = 0      # ... their bytes (payload; whole packet for a SYN copy)
+    redundant_dupacks_ignored: int = 0   # duplicate ACKs answering those copies, not taken as dupacks

@@ -17,8 +17,9 @@ interface when its time has come.
 
 Per direction, applied in this order to each frame arriving at time t:
 
-1. outage   -- the link is down during scheduled windows: frames arriving then are
-               dropped ("outage").
+1. outage   -- the link is down during scheduled windows, or while an operator holds
+               it down (SIGUSR1 down, SIGUSR2 up: `Topology.link_down()` /
+               `link_up()`): frames arriving then are dropped ("outage").
 2. queue    -- a drop-tail FIFO in front of a serializer of `rate` bit/s counted on
                IP bytes (frame length - 14).  The backlog is what is still to be
                serialized; a frame that would push it over `queue` (bytes, or ms
@@ -242,6 +243,7 @@ class LinkDirection:
         self.frames_out = self.bytes_out = 0
         self.drops: Dict[str, int] = {r: 0 for r in DROP_REASONS}
         self.max_backlog_bytes = 0.0
+        self.down = False  # held down by the operator (SIGUSR1 .. SIGUSR2), beside the scheduled outages
 
     def admit(self, frame_len: int, now: float) -> Optional[float]:
         self.frames_in += 1
@@ -249,6 +251,9 @@ class LinkDirection:
         self.bytes_in += ip_len
         if frame_len > self.max_frame:
             self.drops["oversize"] += 1
+            return None
+        if self.down:
+            self.drops["outage"] += 1
             return None
         if self.outages:
             t = now - self.t0
@@ -317,6 +322,7 @@ class LinkDirection:
             "ip_bytes_out": self.bytes_out,
             "drops": dict(self.drops),
             "max_backlog_bytes": int(self.max_backlog_bytes),
+            "down": self.down,
         }
 
 
@@ -578,8 +584,16 @@ def main(argv=None) -> int:
     def stop(signum, frame):
         relay.stop = True
 
+    def hold(down: bool):
+        def handler(signum, frame):
+            fwd.down = ret.down = down
+        return handler
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # an outage of any length, on command: both directions drop until SIGUSR2
+    signal.signal(signal.SIGUSR1, hold(True))
+    signal.signal(signal.SIGUSR2, hold(False))
     # The relay makes no reference cycles: a collector pass over the delay line's
     # thousands of queued frames would only add milliseconds of lateness.
     gc.collect()

@@ -190,9 +190,12 @@ rtt = {rtt_s}
 
 
 # Zero-RTT on both boxes (docs/configuration.md "Zero-RTT"): appended to the [wan] table
-# with one key the two boxes of a configuration share.
+# with one key the two boxes of a configuration share, and the first 128 KiB of every
+# long-leg connection sent twice (docs/scps.md "First-flight redundancy"; the default
+# with zero_rtt, written out so that the configuration shows it).
 ZERO_RTT_KEYS = """zero_rtt = true
 tfo_key = "{key}"
+first_flight_redundancy = 131072
 """
 
 

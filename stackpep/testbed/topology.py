@@ -16,6 +16,7 @@ import importlib.machinery
 import json
 import os
 import shutil
+import signal
 import site
 import sys
 import tempfile
@@ -283,6 +284,20 @@ class Topology:
             if stats.get("uptime_s"):
                 stats["cpu_share"] = round(cpu_s / stats["uptime_s"], 3)
         return stats
+
+    def link_down(self) -> None:
+        """Black-hole the emulated link, both directions, until link_up() (frames
+        already on their way still arrive; the ones offered meanwhile count as
+        "outage" drops)."""
+        self._hold(signal.SIGUSR1)
+
+    def link_up(self) -> None:
+        self._hold(signal.SIGUSR2)
+
+    def _hold(self, sig) -> None:
+        if self.emulator is None or self.emulator.poll() is not None:
+            raise RuntimeError("the built-in link emulator is not running")
+        self.emulator.send_signal(sig)
 
     def link_statistics(self) -> Optional[dict]:
         try:

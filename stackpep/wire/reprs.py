@@ -253,7 +253,7 @@ class Ipv6Repr:
 # ---- TCP ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScpsCapabilities:
-    """SCPS capabilities option, kind 20 (CCSDS 714.0-B-2; facts in docs/scps-tp-notes)."""
+    """SCPS capabilities option, kind 20 (CCSDS 714.0-B-2 §3.2.3; facts in docs/scps-tp-notes)."""
 
     bitmap: Optional[int] = 0            # None: the 4-byte capabilities option is absent
     connection_id: Optional[int] = 0
