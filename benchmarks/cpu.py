@@ -41,11 +41,12 @@ IPERF_PORT = 5201
 IDLE_PORT = 8001
 
 
-def proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int, part: slice = slice(11, 13)) -> float:
+    """user+system CPU-seconds (part=slice(11, 12): user only)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / HZ
+        return sum(int(x) for x in fields[part]) / HZ
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -64,9 +65,9 @@ def descendants(pid: int) -> List[int]:
     return out
 
 
-def tree_cpu(pid: int) -> float:
+def tree_cpu(pid: int, part: slice = slice(11, 13)) -> float:
     """CPU-seconds of a process and all its descendants (a box's workers)."""
-    return sum(proc_cpu(p) for p in descendants(pid))
+    return sum(proc_cpu(p, part) for p in descendants(pid))
 
 
 class CpuWindow:
@@ -78,9 +79,11 @@ class CpuWindow:
     def start(self) -> None:
         self.t0 = time.monotonic()
         self.c0 = {k: tree_cpu(p) for k, p in self.pids.items()}
+        self.u0 = {k: tree_cpu(p, slice(11, 12)) for k, p in self.pids.items()}
 
     def stop(self) -> Dict[str, float]:
         wall = time.monotonic() - self.t0
+        self.user = {k: (tree_cpu(p, slice(11, 12)) - self.u0[k]) / wall for k, p in self.pids.items()}
         return {k: (tree_cpu(p) - self.c0[k]) / wall for k, p in self.pids.items()}
 
 
@@ -123,7 +126,7 @@ def bulk_case(topo, cfg, rate: float, seconds: float, skip: float) -> Dict:
         goodput = float(j["end"]["sum_received"]["bits_per_second"])
     except (ValueError, KeyError):
         goodput = 0.0
-    return {"rate_mbit": rate, "config": cfg.name, "goodput_bps": goodput, "cpu": cpu,
+    return {"rate_mbit": rate, "config": cfg.name, "goodput_bps": goodput, "cpu": cpu, "cpu_user": win.user,
             "window_s": round(max(1.0, seconds - skip - 2), 1)}
 
 
@@ -138,7 +141,8 @@ def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float
             for cfg in configs:
                 r = bulk_case(topo, cfg, rate, seconds, skip)
                 print(f"# {rate:g} Mbit/s {cfg.name}: {r['goodput_bps'] / 1e6:.2f} Mbit/s, "
-                      + ", ".join(f"{k} {v * 100:.1f} %" for k, v in r["cpu"].items()), flush=True)
+                      + ", ".join(f"{k} {v * 100:.1f} % (user {r['cpu_user'][k] * 100:.1f})"
+                                  for k, v in r["cpu"].items()), flush=True)
                 rows.append(r)
     return rows
 

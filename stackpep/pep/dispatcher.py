@@ -130,6 +130,7 @@ class Dispatcher:
             batch = await port.receive_batch()
             now = now_us()
             counters["packets_in"] += len(batch)
+            touched: Dict[bytes, SplitConnection] = {}  # connections whose engines took packets
             for key, pkt, flags in batch:
                 if flags & ICMP_ERROR:
                     self._icmp_error(port, key, pkt, now)
@@ -143,7 +144,8 @@ class Dispatcher:
                         self._new_flow(port, key, pkt, flags, now)
                         continue
                     try:
-                        conn.deliver(client_side, pkt, flags, now)
+                        if conn.deliver(client_side, pkt, flags, now):
+                            touched[key] = conn
                     except Exception:
                         log.exception("%s: delivering a packet failed; resetting both legs", conn)
                         conn.fail()
@@ -151,6 +153,13 @@ class Dispatcher:
                     counters["packets_to_connections"] += 1
                 else:
                     self._new_flow(port, key, pkt, flags, now)
+            # One turn per connection per batch, here: no task switch per batch.
+            for conn in touched.values():
+                try:
+                    conn.turn(now)
+                except Exception:
+                    log.exception("%s: a turn failed; resetting both legs", conn)
+                    conn.fail()
 
     async def _refresh_local(self) -> None:
         while True:
