@@ -130,14 +130,22 @@ def bulk_case(topo, cfg, rate: float, seconds: float, skip: float) -> Dict:
             "window_s": round(max(1.0, seconds - skip - 2), 1)}
 
 
-def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float) -> List[Dict]:
+def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float,
+             baseline_python: Optional[str] = None) -> List[Dict]:
     from stackpep.testbed.scenarios import KernelTcp, StackpepPep
     from stackpep.testbed.topology import Topology
 
     rows = []
     with Topology() as topo:
         for rate in rates:
-            configs = [KernelTcp("cubic")] + [StackpepPep(2, workers=w) for w in workers]
+            configs = [KernelTcp("cubic")]
+            for w in workers:
+                if baseline_python:  # the other build first, then this one: side by side in one run
+                    base = StackpepPep(2, workers=w)
+                    base.python = baseline_python
+                    base.name += " (baseline build)"
+                    configs.append(base)
+                configs.append(StackpepPep(2, workers=w))
             for cfg in configs:
                 r = bulk_case(topo, cfg, rate, seconds, skip)
                 print(f"# {rate:g} Mbit/s {cfg.name}: {r['goodput_bps'] / 1e6:.2f} Mbit/s, "
@@ -255,11 +263,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bulk", action="store_true")
     ap.add_argument("--no-idle", action="store_true")
     ap.add_argument("--json", help="write the measurements here")
+    ap.add_argument("--baseline-python", help="also run the boxes with this interpreter (a venv with another "
+                    "build of stackpep), beside this one's, for before/after in one run")
     args = ap.parse_args(argv)
     cmd = "benchmarks/cpu.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     load = os.getloadavg()
     bulk = [] if args.no_bulk else run_bulk([float(x) for x in args.rates.split(",")],
-                                            [int(x) for x in args.workers.split(",")], args.seconds, args.skip)
+                                            [int(x) for x in args.workers.split(",")], args.seconds, args.skip,
+                                            args.baseline_python)
     idle = [] if args.no_idle else run_idle(args.idle_connections, args.idle_seconds)
     print(f"\nCommand: `{cmd.strip()}`  ")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {platform.release()}, {os.cpu_count()} CPUs, "

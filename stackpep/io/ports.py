@@ -47,6 +47,16 @@ class PacketPort(abc.ABC):
     def close(self) -> None:
         pass
 
+    # -- batching what goes out --------------------------------------------------------
+    def defer(self) -> None:
+        """From now until `flush()`, `send()` may queue instead of sending: the
+        caller is about to hand over a whole batch's worth of packets (several
+        connections' turns) and `flush()` emits them in one go."""
+
+    def flush(self) -> int:
+        """Emit what `send()` queued since `defer()`; returns the number sent."""
+        return 0
+
     # -- the last packets (a PEP stopping: its resets must reach every peer) ----------
     def hold_failed_sends(self) -> None:
         """From now on keep every packet the device refuses (a full queue) for
@@ -90,7 +100,7 @@ class AfPacketPort(PacketPort):
 
     def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
                  retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None, hc_table=None,
-                 hold_us: int = 2000) -> None:
+                 hold_us: int = 4000) -> None:
         self.name = ifname
         self.hold = hold_us / 1_000_000
         self._rx_bytes = 0
@@ -103,6 +113,7 @@ class AfPacketPort(PacketPort):
                                hc_table=hc_table)
         self.ifindex = self.ring.ifindex
         self._held: Optional[List[Tuple[bytes, object]]] = None
+        self._txq: Optional[Dict[bytes, List[bytes]]] = None  # deferred packets by link-level header (defer)
 
     async def receive_batch(self) -> Batch:
         ring = self.ring
@@ -123,6 +134,17 @@ class AfPacketPort(PacketPort):
     def send(self, packets: List[bytes], hop) -> int:
         held = self._held
         if held is None:
+            q = self._txq
+            if q is not None:
+                # one sendmmsg() per batch instead of one per connection turn; runs
+                # of segments queued by several turns merge into GSO super-frames
+                macs = hop.macs
+                pending = q.get(macs)
+                if pending is None:
+                    q[macs] = list(packets)
+                else:
+                    pending.extend(packets)
+                return len(packets)
             return self.ring.send_batch(packets, hop.macs)
         # One at a time, so a refused packet is known; once one is held the rest
         # queue behind it (a RST must not overtake the data before it).
@@ -134,7 +156,22 @@ class AfPacketPort(PacketPort):
                 sent += 1
         return sent
 
+    def defer(self) -> None:
+        if self._txq is None:
+            self._txq = {}
+
+    def flush(self) -> int:
+        q = self._txq
+        if q is None:
+            return 0
+        self._txq = None
+        sent = 0
+        for macs, pkts in q.items():
+            sent += self.ring.send_batch(pkts, macs)
+        return sent
+
     def hold_failed_sends(self) -> None:
+        self.flush()
         if self._held is None:
             self._held = []
 

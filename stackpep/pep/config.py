@@ -72,7 +72,7 @@ class PepConfig:
     block_size: int = 1 << 18
     block_count: int = 64
     retire_ms: int = 1
-    hold_us: int = 2000  # capture.hold_us: stackpep.io.ports.AfPacketPort (wake-up coalescing)
+    hold_us: int = 4000  # capture.hold_us: stackpep.io.ports.AfPacketPort (wake-up coalescing)
     gso: bool = True
     pcap: Optional[str] = None         # pcapng of every packet captured and emitted (None = off)
     pcap_max_bytes: int = 64 << 20     # ... each file at most this long
@@ -517,7 +517,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
                      "must be a multiple of 4096 between 128 KiB and 16 MiB")
     bcount = ck.typed(cap, "capture", "block_count", int, 64, lambda v: 2 <= v <= 4096, "must be 2 .. 4096")
     retire = ck.typed(cap, "capture", "retire_ms", int, 1, lambda v: 1 <= v <= 1000, "must be 1 .. 1000")
-    hold = ck.typed(cap, "capture", "hold_us", int, 2000, lambda v: 0 <= v <= 20000, "must be 0 .. 20000")
+    hold = ck.typed(cap, "capture", "hold_us", int, 4000, lambda v: 0 <= v <= 20000, "must be 0 .. 20000")
     gso = ck.typed(cap, "capture", "gso", bool, True)
     pcap, pcap_max, pcap_files = _check_pcap(ck, cap)
 

@@ -69,11 +69,11 @@ LEG_NAMES = ("client", "server")
 #: connection (and of all connections) due within one slot are served in one
 #: turn, as a kernel's timer slack does.  A paced sender (rate-based [wan]) so
 #: sends a burst of at most this much time's worth of bytes per wake-up instead
-#: of one packet per wake-up; it is below the engine's PACE_SLACK_US (4 ms), so a
+#: of one packet per wake-up; it is below the engine's PACE_SLACK_US (8 ms), so a
 #: pacing deadline served this late is made up in full, and far below any
 #: retransmission or delayed-ACK timer (RFC 6298 §2.4: RTO >= 1 s by default;
 #: RFC 9293 §3.8.6.3: delayed ACK).
-TIMER_GRANULARITY_US = 2000
+TIMER_GRANULARITY_US = 4000
 
 #: Packets from the server side kept while the routes are looked up (RESOLVING);
 #: more are dropped and counted (drop_backlog_full).
@@ -531,10 +531,17 @@ class SplitConnection:
         (`_limit_deadline`) -- or `wake()` is called; packets get their turn from
         the dispatcher (`turn`), which moves the deadline of the sleep.  No
         polling, so an idle or embryonic connection costs nothing until then."""
+        ports = list({id(leg.port): leg.port for leg in self.legs if leg.port is not None}.values())
         while True:
             now = now_us()
-            self._check_limits(now)
-            self._service(now)
+            for p in ports:  # both legs' output of this turn in one send per port
+                p.defer()
+            try:
+                self._check_limits(now)
+                self._service(now)
+            finally:
+                for p in ports:
+                    p.flush()
             if self.done:
                 return
             with trio.CancelScope(deadline=self._wake_time()) as scope:

@@ -223,6 +223,7 @@ class StackpepPep(Configuration):
         # worker processes per box (`stackpep run --workers N`); 1 by default: the GEO
         # figures measure the protocol, not the fanout (benchmarks/cpu.py compares 1 and 2)
         self.workers = workers
+        self.python: Optional[str] = None  # another interpreter (another build) for the boxes: benchmarks/cpu.py
         self.tfo_key = os.urandom(16).hex()  # shared by this configuration's boxes
         self.name = f"stackpep-{'one' if boxes == 1 else 'two'}-box{'es' if boxes > 1 else ''}" + \
             ("-0rtt" if zero_rtt else "") + (f"-{workers}workers" if workers != 1 else "")
@@ -285,7 +286,10 @@ class StackpepPep(Configuration):
             path = self._log(topo, host.short)
             start = path.stat().st_size if path.exists() else 0
             with open(path, "ab") as log:
-                p = host.popen(python_command("stackpep", "run", "-c", str(cfg), "--workers", str(self.workers)),
+                argv = python_command("stackpep", "run", "-c", str(cfg), "--workers", str(self.workers))
+                if self.python:
+                    argv[0] = self.python
+                p = host.popen(argv,
                                env=python_env(),
                                stdout=log, stderr=log, cwd=str(topo.workdir))
             self.procs.append(p)
