@@ -204,8 +204,8 @@ class KernelRouter(Router):
         self._lock = trio.Lock()
 
     async def next_hop(self, addr: bytes):
-        # Fast path: cached entries need no thread hop.
-        nh = self.cache.cached(addr)
+        # Fast path: cached entries (or a known route and gateway) need no thread hop.
+        nh = self.cache.lookup_nowait(addr)
         if nh is None:
             async with self._lock:
                 nh = await trio.to_thread.run_sync(self.cache.lookup, addr)
@@ -216,7 +216,7 @@ class KernelRouter(Router):
 
     def next_hop_nowait(self, addr: bytes):
         """(port, hop) if the cache knows addr, else None (then: await next_hop)."""
-        nh = self.cache.cached(addr)
+        nh = self.cache.lookup_nowait(addr)
         if nh is None:
             return None
         port = self.by_index.get(nh.ifindex)
