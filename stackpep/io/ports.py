@@ -100,7 +100,7 @@ class AfPacketPort(PacketPort):
 
     def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
                  retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None, hc_table=None,
-                 hold_us: int = 4000) -> None:
+                 hold_us: int = 0) -> None:
         self.name = ifname
         self.hold = hold_us / 1_000_000
         self._rx_bytes = 0

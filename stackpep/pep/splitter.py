@@ -65,7 +65,8 @@ log = logging.getLogger("stackpep.pep")
 CLIENT, SERVER = 0, 1
 LEG_NAMES = ("client", "server")
 
-#: The pump's wake-ups are rounded up to this grid (µs): deadlines of one
+#: The pump's wake-ups are rounded up to a grid (µs; capture.hold_us of the box's
+#: configuration, this without one): deadlines of one
 #: connection (and of all connections) due within one slot are served in one
 #: turn, as a kernel's timer slack does.  A paced sender (rate-based [wan]) so
 #: sends a burst of at most this much time's worth of bytes per wake-up instead
@@ -226,6 +227,8 @@ class SplitConnection:
         self.held_syn: Optional[bytes] = syn  # the client's SYN, until the passive leg takes it
         self.backlog: List[bytes] = []  # the active side's packets that arrived while RESOLVING
         self._sleep: Optional[trio.CancelScope] = None  # the pump's sleep, while it sleeps (_pump)
+        # the pump's wake-up grid (µs): the capture ports' hold (capture.hold_us), else 1 (none)
+        self._grid = max(1, int(getattr(cfg, "hold_us", TIMER_GRANULARITY_US)))
         self._now = 0  # the time of the current _service turn (for event handlers)
         self.created = now_us()
         self.last_activity = self.created  # µs: last packet received or byte relayed
@@ -564,7 +567,7 @@ class SplitConnection:
             deadline = t
         if deadline is None:
             return float("inf")
-        g = TIMER_GRANULARITY_US
+        g = self._grid
         return ((deadline + g - 1) // g * g) / 1_000_000
 
     @property
