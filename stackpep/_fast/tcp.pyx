@@ -113,7 +113,7 @@ assert len(DROP_NAMES) == D_COUNT, "tcp.pxd D_* codes and statistics.DROP_REASON
 # how late a pacing deadline may be served and still be made up (timer slack of the
 # event loop driving the engine); see _emit_data
 cdef enum:
-    PACE_SLACK_US = 4000
+    PACE_SLACK_US = 8000
 
 cdef inline int64_t i64min(int64_t a, int64_t b) noexcept nogil:
     return a if a < b else b

@@ -309,6 +309,12 @@ class PcapTap(PacketPort):
         self.pcap.write(self.if_id, OUTBOUND, packets, self._clock() // 1000)
         return self.port.send(packets, hop)
 
+    def defer(self) -> None:
+        self.port.defer()
+
+    def flush(self) -> int:
+        return self.port.flush()
+
     def statistics(self) -> Dict[str, int]:
         st = dict(self.port.statistics())
         st.update(self.pcap.counters)

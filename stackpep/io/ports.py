@@ -47,6 +47,16 @@ class PacketPort(abc.ABC):
     def close(self) -> None:
         pass
 
+    # -- batching what goes out --------------------------------------------------------
+    def defer(self) -> None:
+        """From now until `flush()`, `send()` may queue instead of sending: the
+        caller is about to hand over a whole batch's worth of packets (several
+        connections' turns) and `flush()` emits them in one go."""
+
+    def flush(self) -> int:
+        """Emit what `send()` queued since `defer()`; returns the number sent."""
+        return 0
+
     # -- the last packets (a PEP stopping: its resets must reach every peer) ----------
     def hold_failed_sends(self) -> None:
         """From now on keep every packet the device refuses (a full queue) for
@@ -67,10 +77,34 @@ class Router(abc.ABC):
 
 
 # ------------------------------------------------------------------ AF_PACKET
+#: A batch that brought less than this many bytes means a low packet rate: the
+#: port then holds its next look at the ring for `hold_us` (AfPacketPort).
+HOLD_MAX_BYTES = 64 * 1024
+
+
 class AfPacketPort(PacketPort):
+    """A TPACKET_V3 ring (stackpep._fast.capture.PacketRing) as a port.
+
+    Wake-up coalescing (interrupt moderation, as NAPI does for a NIC): the ring
+    hands over a partly filled block after `retire_ms`, so a steady low-rate
+    stream (a GEO link's 20-50 Mbit/s is a few packets a millisecond) would wake
+    the box every millisecond on each port for a handful of packets.  After a
+    batch of fewer than HOLD_MAX_BYTES the port looks again only at the next
+    multiple of `hold_us` on the event loop's clock -- every port and every
+    connection timer (stackpep.pep.splitter.TIMER_GRANULARITY_US) on one grid, so
+    one wake-up serves them all -- and sleeps on the ring's fd only when nothing
+    came meanwhile: the first packet after a quiet spell is taken at once, a
+    packet of a steady stream waits at most `hold_us` more.  A fast stream
+    (bigger batches) is read as soon as blocks retire: there waiting would only
+    add to the window the senders need.  hold_us = 0 turns it off."""
+
     def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
-                 retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None, hc_table=None) -> None:
+                 retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None, hc_table=None,
+                 hold_us: int = 0) -> None:
         self.name = ifname
+        self.hold = hold_us / 1_000_000
+        self._rx_bytes = 0
+        self._hold_next = False  # the last batch was small: hold before the next look
         self.client_side = client_side
         self.hc_table = hc_table  # SCPS compressed headers (IP protocol 105) are expanded through it
         # fanout_group: None, "new" or a group id (PacketRing; stackpep.pep.workers)
@@ -79,18 +113,38 @@ class AfPacketPort(PacketPort):
                                hc_table=hc_table)
         self.ifindex = self.ring.ifindex
         self._held: Optional[List[Tuple[bytes, object]]] = None
+        self._txq: Optional[Dict[bytes, List[bytes]]] = None  # deferred packets by link-level header (defer)
 
     async def receive_batch(self) -> Batch:
+        ring = self.ring
         while True:
-            batch = self.ring.read_batch()
+            batch = ring.read_batch()
             if batch:
+                rx = ring.rx_bytes
+                self._hold_next = self.hold > 0 and rx - self._rx_bytes < HOLD_MAX_BYTES
+                self._rx_bytes = rx
                 return batch
-            if not self.ring.pending():
-                await trio.lowlevel.wait_readable(self.ring.fileno())
+            if self._hold_next:
+                self._hold_next = False
+                g = self.hold
+                await trio.sleep_until((trio.current_time() // g + 1) * g)
+            elif not ring.pending():
+                await trio.lowlevel.wait_readable(ring.fileno())
 
     def send(self, packets: List[bytes], hop) -> int:
         held = self._held
         if held is None:
+            q = self._txq
+            if q is not None:
+                # one sendmmsg() per batch instead of one per connection turn; runs
+                # of segments queued by several turns merge into GSO super-frames
+                macs = hop.macs
+                pending = q.get(macs)
+                if pending is None:
+                    q[macs] = list(packets)
+                else:
+                    pending.extend(packets)
+                return len(packets)
             return self.ring.send_batch(packets, hop.macs)
         # One at a time, so a refused packet is known; once one is held the rest
         # queue behind it (a RST must not overtake the data before it).
@@ -102,7 +156,22 @@ class AfPacketPort(PacketPort):
                 sent += 1
         return sent
 
+    def defer(self) -> None:
+        if self._txq is None:
+            self._txq = {}
+
+    def flush(self) -> int:
+        q = self._txq
+        if q is None:
+            return 0
+        self._txq = None
+        sent = 0
+        for macs, pkts in q.items():
+            sent += self.ring.send_batch(pkts, macs)
+        return sent
+
     def hold_failed_sends(self) -> None:
+        self.flush()
         if self._held is None:
             self._held = []
 
@@ -135,8 +204,8 @@ class KernelRouter(Router):
         self._lock = trio.Lock()
 
     async def next_hop(self, addr: bytes):
-        # Fast path: cached entries need no thread hop.
-        nh = self.cache.cached(addr)
+        # Fast path: cached entries (or a known route and gateway) need no thread hop.
+        nh = self.cache.lookup_nowait(addr)
         if nh is None:
             async with self._lock:
                 nh = await trio.to_thread.run_sync(self.cache.lookup, addr)
@@ -147,7 +216,7 @@ class KernelRouter(Router):
 
     def next_hop_nowait(self, addr: bytes):
         """(port, hop) if the cache knows addr, else None (then: await next_hop)."""
-        nh = self.cache.cached(addr)
+        nh = self.cache.lookup_nowait(addr)
         if nh is None:
             return None
         port = self.by_index.get(nh.ifindex)

@@ -138,31 +138,52 @@ class Dispatcher:
         client_side = port.client_side
         table = self.table
         counters = self.counters
+        ports = self.ports
         while True:
             batch = await port.receive_batch()
             now = now_us()
-            counters["packets_in"] += len(batch)
-            for key, pkt, flags in batch:
-                if flags & ICMP_ERROR:
-                    self._icmp_error(port, key, pkt, now)
-                    continue
-                conn = table.get(key)
-                if conn is not None:
-                    if (flags & eng.TH_SYN and not flags & eng.TH_ACK and conn.passive == (CLIENT if client_side else SERVER)
-                            and conn.reusable_by_new_syn()):
-                        conn.shutdown(Outcome.SUPERSEDED)
-                        self._forget(conn)
-                        self._new_flow(port, key, pkt, flags, now)
-                        continue
-                    try:
-                        conn.deliver(client_side, pkt, flags, now)
-                    except Exception:
-                        log.exception("%s: delivering a packet failed; resetting both legs", conn)
-                        conn.fail()
-                        continue
-                    counters["packets_to_connections"] += 1
-                else:
+            for p in ports:  # what the batch makes the connections send leaves in one go (flush below)
+                p.defer()
+            try:
+                self._take_batch(port, client_side, batch, now, table, counters)
+            finally:
+                for p in ports:
+                    p.flush()
+
+    def _take_batch(self, port: PacketPort, client_side: bool, batch, now: int, table, counters) -> None:
+        """Each packet of one batch to its connection, then one turn of every
+        connection that took packets."""
+        counters["packets_in"] += len(batch)
+        touched: Dict[bytes, SplitConnection] = {}  # connections whose engines took packets
+        for key, pkt, flags in batch:
+            if flags & ICMP_ERROR:
+                self._icmp_error(port, key, pkt, now)
+                continue
+            conn = table.get(key)
+            if conn is not None:
+                if (flags & eng.TH_SYN and not flags & eng.TH_ACK and conn.passive == (CLIENT if client_side else SERVER)
+                        and conn.reusable_by_new_syn()):
+                    conn.shutdown(Outcome.SUPERSEDED)
+                    self._forget(conn)
                     self._new_flow(port, key, pkt, flags, now)
+                    continue
+                try:
+                    if conn.deliver(client_side, pkt, flags, now):
+                        touched[key] = conn
+                except Exception:
+                    log.exception("%s: delivering a packet failed; resetting both legs", conn)
+                    conn.fail()
+                    continue
+                counters["packets_to_connections"] += 1
+            else:
+                self._new_flow(port, key, pkt, flags, now)
+        # One turn per connection per batch, here: no task switch per batch.
+        for conn in touched.values():
+            try:
+                conn.turn(now)
+            except Exception:
+                log.exception("%s: a turn failed; resetting both legs", conn)
+                conn.fail()
 
     async def _release_memory(self) -> None:
         while True:

@@ -46,6 +46,7 @@ KEYS: Dict[str, Tuple[str, bool, str]] = {
     "block_size": ("capture.block_size", False, "the capture rings are mapped"),
     "block_count": ("capture.block_count", False, "the capture rings are mapped"),
     "retire_ms": ("capture.retire_ms", False, "the capture rings are mapped"),
+    "hold_us": ("capture.hold_us", False, "the capture ports are open"),
     "gso": ("capture.gso", False, "the transmit sockets are open"),
     "pcap": ("capture.pcap", False, "the ports are wrapped by the packet capture when they open"),
     "pcap_max_bytes": ("capture.pcap_max_bytes", False, "the capture files are open"),

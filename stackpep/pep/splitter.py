@@ -10,9 +10,11 @@ Structure (trio): `SplitConnection.run()` is one task owning both legs: the
 pump (`_service`: each `Leg`'s ConnectionDriver fires the engine's timers and
 drains its events, then the relay, then the output).  It sleeps until the
 earliest deadline -- the engines' timers and the connection's own handshake
-and idle limits (`_limit_deadline`) -- or a packet; nothing polls.  The dispatcher feeds received
-packets straight into the engines (`deliver`) and wakes the pump once per
-batch.  The connection sees the box only through a `SplitContext` (route
+and idle limits (`_limit_deadline`), on a TIMER_GRANULARITY_US grid -- in one
+cancel scope whose deadline is trio's one timer heap entry for the connection;
+nothing polls.  The dispatcher feeds received packets straight into the
+engines (`deliver`) and, once per batch, runs the connection's turn itself
+(`turn`: no task switch) and moves that deadline.  The connection sees the box only through a `SplitContext` (route
 lookup, leg settings, ICMP validation, counters) and reports its `Outcome`
 through it once decided; `run()` returns it.
 
@@ -62,6 +64,17 @@ log = logging.getLogger("stackpep.pep")
 
 CLIENT, SERVER = 0, 1
 LEG_NAMES = ("client", "server")
+
+#: The pump's wake-ups are rounded up to a grid (µs; capture.hold_us of the box's
+#: configuration, this without one): deadlines of one
+#: connection (and of all connections) due within one slot are served in one
+#: turn, as a kernel's timer slack does.  A paced sender (rate-based [wan]) so
+#: sends a burst of at most this much time's worth of bytes per wake-up instead
+#: of one packet per wake-up; it is below the engine's PACE_SLACK_US (8 ms), so a
+#: pacing deadline served this late is made up in full, and far below any
+#: retransmission or delayed-ACK timer (RFC 6298 §2.4: RTO >= 1 s by default;
+#: RFC 9293 §3.8.6.3: delayed ACK).
+TIMER_GRANULARITY_US = 4000
 
 #: Packets from the server side kept while the routes are looked up (RESOLVING);
 #: more are dropped and counted (drop_backlog_full).
@@ -193,7 +206,7 @@ class SplitConnection:
 
     __slots__ = ("ctx", "key", "client_addr", "client_port", "server_addr", "server_port", "immediate",
                  "relay_buffer", "passive", "active", "legs", "scps_conn_id", "scps_fell_back", "zero_rtt",
-                 "zero_rtt_at", "phase", "outcome", "held_syn", "backlog", "_wake", "_now", "created",
+                 "zero_rtt_at", "phase", "outcome", "held_syn", "backlog", "_sleep", "_grid", "_now", "created",
                  "last_activity", "last_soft_error", "cookie", "_resolving")
 
     def __init__(self, ctx: SplitContext, key: bytes, syn: bytes, arrival_port: Any, from_client: bool = True) -> None:
@@ -220,7 +233,9 @@ class SplitConnection:
         self.outcome: Optional[Outcome] = None
         self.held_syn: Optional[bytes] = syn  # the client's SYN, until the passive leg takes it
         self.backlog: List[bytes] = []  # the active side's packets that arrived while RESOLVING
-        self._wake = trio.Event()
+        self._sleep: Optional[trio.CancelScope] = None  # the pump's sleep, while it sleeps (_pump)
+        # the pump's wake-up grid (µs): the capture ports' hold (capture.hold_us), else 1 (none)
+        self._grid = max(1, int(getattr(cfg, "hold_us", TIMER_GRANULARITY_US)))
         self._now = 0  # the time of the current _service turn (for event handlers)
         self.created = now_us()
         self.last_activity = self.created  # µs: last packet received or byte relayed
@@ -239,7 +254,9 @@ class SplitConnection:
         return conn
 
     # -- from the dispatcher ---------------------------------------------------
-    def deliver(self, from_client: bool, packet: bytes, flags: int, now: int) -> None:
+    def deliver(self, from_client: bool, packet: bytes, flags: int, now: int) -> bool:
+        """A packet for one of the legs; True if an engine took it (then a `turn`
+        is due: the dispatcher runs it once its batch is delivered)."""
         self.last_activity = now
         leg = self.legs[CLIENT if from_client else SERVER]
         if not leg.opened:
@@ -254,12 +271,29 @@ class SplitConnection:
                 self.backlog.append(packet)
             else:
                 self.ctx.counters["drop_backlog_full"] += 1
-            return
+            return False
         leg.engine.receive_packet(packet, now)
-        self._wake.set()
+        return True
+
+    def turn(self, now: int) -> None:
+        """What the pump does when woken, done by the caller (the dispatcher, after
+        a batch): timers, events, relay, output; then the pump's deadline moves.
+        While the pump is not asleep (resolving, or already woken) it is left to
+        the pump's own next turn."""
+        scope = self._sleep
+        if scope is None:
+            return
+        self._check_limits(now)
+        self._service(now)
+        if self.done:
+            scope.cancel()  # the pump winds down
+        else:
+            scope.deadline = self._wake_time()
 
     def wake(self) -> None:
-        self._wake.set()
+        """Have the pump take a turn now."""
+        if self._sleep is not None:
+            self._sleep.cancel()
 
     def fail(self) -> None:
         """A bug surfaced while handling this connection: reset both legs, end it."""
@@ -270,14 +304,14 @@ class SplitConnection:
             if self.outcome is None:
                 self.outcome = Outcome.ERROR
                 self.phase = Phase.ENDED
-        self._wake.set()
+        self.wake()
 
     def shutdown(self, outcome: Outcome) -> None:
         """Abort both legs (RST to both peers) and end."""
         self._finish(outcome, abort=True)
         if self._resolving is not None:
             self._resolving.cancel()
-        self._wake.set()
+        self.wake()
 
     @property
     def done(self) -> bool:
@@ -505,24 +539,46 @@ class SplitConnection:
         self.backlog = []
 
     async def _pump(self) -> None:
-        """The connection's one task: a turn of `_service` whenever a packet came
-        (`deliver` sets the wake event) or the earliest deadline is due -- the
-        engines' timers and the connection's own limits (`_limit_deadline`); no
+        """The connection's one task: a turn of `_service` whenever the earliest
+        deadline is due -- the engines' timers and the connection's own limits
+        (`_limit_deadline`) -- or `wake()` is called; packets get their turn from
+        the dispatcher (`turn`), which moves the deadline of the sleep.  No
         polling, so an idle or embryonic connection costs nothing until then."""
-        drivers = [leg.driver for leg in self.legs]
+        ports = list({id(leg.port): leg.port for leg in self.legs if leg.port is not None}.values())
         while True:
             now = now_us()
-            self._check_limits(now)
-            self._service(now)
+            for p in ports:  # both legs' output of this turn in one send per port
+                p.defer()
+            try:
+                self._check_limits(now)
+                self._service(now)
+            finally:
+                for p in ports:
+                    p.flush()
             if self.done:
                 return
-            deadline = self._limit_deadline()
-            for t in [d.deadline() for d in drivers] + [self.extra_deadline()]:
-                if t is not None and (deadline is None or t < deadline):
-                    deadline = t
-            with trio.move_on_at(deadline / 1_000_000 if deadline is not None else float("inf")):
-                await self._wake.wait()
-            self._wake = trio.Event()
+            with trio.CancelScope(deadline=self._wake_time()) as scope:
+                self._sleep = scope
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._sleep = None
+
+    def _wake_time(self) -> float:
+        """When the pump must take its next turn (trio seconds): the earliest
+        deadline, rounded up to the TIMER_GRANULARITY_US grid."""
+        deadline = self._limit_deadline()
+        for leg in self.legs:
+            t = leg.engine.get_timer()
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
+        t = self.extra_deadline()
+        if t is not None and (deadline is None or t < deadline):
+            deadline = t
+        if deadline is None:
+            return float("inf")
+        g = self._grid
+        return ((deadline + g - 1) // g * g) / 1_000_000
 
     @property
     def embryonic(self) -> bool:
@@ -731,7 +787,7 @@ class SplitConnection:
             if engine.icmp_packet_too_big(err.path_mtu(), now, err.quoted_seq):
                 c[f"icmp_ptb_{name}_leg"] += 1
                 log.info("%s: %s leg path MTU lowered to %d (%s)", self, name, err.path_mtu(), err.describe())
-                self._wake.set()
+                self.wake()
             else:
                 c["icmp_ptb_no_change"] += 1
             return

@@ -43,6 +43,8 @@ def _testbed(sub) -> None:
     run.add_argument("--seed", type=int, default=None, help="emulator seed (default 1)")
     run.add_argument("--out", help="output directory (default /tmp/stackpep-run-<time>)")
     run.add_argument("--pep-config", help="TOML template for `stackpep run` ({client_if}, {server_if}, {host}, {boxes})")
+    run.add_argument("--pep-workers", type=int, default=None, metavar="N",
+                     help="worker processes of each stackpep box (`stackpep run --workers N`; default 1)")
     run.add_argument("--link-backend", choices=("builtin", "netem"), default="builtin",
                      help="stackpep's emulator (default) or the kernel's netem where it exists")
     run.set_defaults(handler=_run)
@@ -170,7 +172,8 @@ def _run(args) -> int:
             sc.workloads = chosen
         if args.seed is not None:
             sc.link.seed = args.seed
-    configs = resolve_configs(args.configs.split(",") if args.configs else DEFAULT_CONFIGS, args.pep_config)
+    configs = resolve_configs(args.configs.split(",") if args.configs else DEFAULT_CONFIGS, args.pep_config,
+                              getattr(args, "pep_workers", None))
     out_dir = Path(args.out) if args.out else default_out_dir("run")
     res = execute(scenarios, configs, out_dir, ["stackpep", *sys.argv[1:]], link_backend=args.link_backend)
     print()

@@ -220,12 +220,16 @@ class StackpepPep(Configuration):
     Offered only if `stackpep.pep` imports and `stackpep check-config` accepts the
     configuration the testbed writes; otherwise reported as not available."""
 
-    def __init__(self, boxes: int = 1, template: Optional[str] = None, zero_rtt: bool = False):
+    def __init__(self, boxes: int = 1, template: Optional[str] = None, zero_rtt: bool = False, workers: int = 1):
         self.boxes = boxes
         self.zero_rtt = zero_rtt
+        # worker processes per box (`stackpep run --workers N`); 1 by default: the GEO
+        # figures measure the protocol, not the fanout (benchmarks/cpu.py compares 1 and 2)
+        self.workers = workers
+        self.python: Optional[str] = None  # another interpreter (another build) for the boxes: benchmarks/cpu.py
         self.tfo_key = os.urandom(16).hex()  # shared by this configuration's boxes
         self.name = f"stackpep-{'one' if boxes == 1 else 'two'}-box{'es' if boxes > 1 else ''}" + \
-            ("-0rtt" if zero_rtt else "")
+            ("-0rtt" if zero_rtt else "") + (f"-{workers}workers" if workers != 1 else "")
         self.template = template or os.environ.get("STACKPEP_TESTBED_PEP_CONFIG")
         self.procs: List[subprocess.Popen] = []
         self._reason: Optional[str] = None
@@ -285,8 +289,11 @@ class StackpepPep(Configuration):
             path = self._log(topo, host.short)
             start = path.stat().st_size if path.exists() else 0
             with open(path, "ab") as log:
-                # one worker per box: the GEO figures measure the protocol, not the fanout
-                p = host.popen(python_command("stackpep", "run", "-c", str(cfg), "--workers", "1"), env=python_env(),
+                argv = python_command("stackpep", "run", "-c", str(cfg), "--workers", str(self.workers))
+                if self.python:
+                    argv[0] = self.python
+                p = host.popen(argv,
+                               env=python_env(),
                                stdout=log, stderr=log, cwd=str(topo.workdir))
             self.procs.append(p)
             started.append((host.short, p, path, start))
@@ -330,13 +337,17 @@ def configuration_registry() -> Dict[str, Callable[[], Configuration]]:
         "stackpep-one-box": lambda: StackpepPep(1),
         "stackpep-two-boxes": lambda: StackpepPep(2),
         "stackpep-two-boxes-0rtt": lambda: StackpepPep(2, zero_rtt=True),
+        "stackpep-two-boxes-2workers": lambda: StackpepPep(2, workers=2),
     }
 
 
 DEFAULT_CONFIGS = ("e2e-cubic", "e2e-bbr", "stackpep-one-box", "stackpep-two-boxes", "stackpep-two-boxes-0rtt")
 
 
-def resolve_configs(names: Sequence[str], pep_template: Optional[str] = None) -> List[Configuration]:
+def resolve_configs(names: Sequence[str], pep_template: Optional[str] = None,
+                    workers: Optional[int] = None) -> List[Configuration]:
+    """The named configurations; `workers` (testbed run --pep-workers) sets the
+    worker processes of every stackpep box (else each configuration's own, 1)."""
     reg = configuration_registry()
     out = []
     for n in names:
@@ -345,6 +356,8 @@ def resolve_configs(names: Sequence[str], pep_template: Optional[str] = None) ->
         cfg = reg[n]()
         if isinstance(cfg, StackpepPep) and pep_template:
             cfg.template = pep_template
+        if isinstance(cfg, StackpepPep) and workers:
+            cfg.workers = workers
         out.append(cfg)
     return out
 
