@@ -1,7 +1,7 @@
 """The lossy GEO matrix (20 and 50 Mbit/s x loss 0, 0.1 %, 1 %; 600 ms RTT; IPv4
 and IPv6) as a Markdown table of ratios, for docs/BENCHMARKS-testbed.md.
 
-    sudo python benchmarks/geo_matrix.py --out /tmp/geo-matrix      # run it (~30 min)
+    sudo python benchmarks/geo_matrix.py --out /tmp/geo-matrix      # run it (~40 min)
     python benchmarks/geo_matrix.py --from-json /tmp/geo-matrix/results.json   # render only
 
 Running is `stackpep testbed run geo-matrix` with the options below; rendering reads
