@@ -168,6 +168,9 @@ def test_wan_congestion_loss_type_vegas_and_outage_keys(tmp_path):
     assert problems == []
     assert cfg.tcp_server == {"congestion": "vegas", "loss_response": "corruption", "snd_buf": 6_000_000,
                               "rcv_buf": 6_000_000, "nagle": False, "vegas_alpha": 2.0, "vegas_beta": 4.0, "vegas_gamma": 1.5,
+                              # Vegas over a link of known rate: never paced above it, and
+                              # the first window is 1.25 x the BDP (20 Mbit/s x 0.6 s = 1.5 MB)
+                              "rate_bps": 20_000_000, "initial_window_segments": 1_875_000 // 1448 + 1,
                               "outage_rtos": 4, "outage_probe_us": 500_000}
     conn = eng.new_connection(eng.tcp_config(cfg.tcp_server), bytes([198, 18, 3, 2]), 80,
                               bytes([198, 18, 1, 2]), 40000, 1)

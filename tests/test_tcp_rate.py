@@ -292,6 +292,18 @@ def test_many_short_transfers_arriving_one_after_another_share_the_rate():
     assert link.max_backlog_us >= 500_000, link.max_backlog_us
 
 
+def test_finished_fetches_do_not_slow_the_next_transfers_first_round_trip():
+    # two 100 KB responses leave in a 40 ms burst each and end; 5 s later an 8 MB
+    # transfer starts on the same share.  The share's clock also runs on sending,
+    # so its first segments recount at once and it has the whole rate from the
+    # start, not a third of it until its first RTT sample 600 ms later
+    got, link, data, done = _run_shared(3, "test-share-stale", 0, sizes=[100_000, 100_000, 8_000_000],
+                                        starts=[0, 0, 5_000_000])
+    assert got[0] == data[:100_000] and got[2] == data
+    _, _, _, done_alone = _run_shared(1, "test-share-stale-alone", 8_000_000)
+    assert abs((done[2] - 5_000_000) - done_alone[0]) <= 50_000, (done, done_alone)
+
+
 def test_a_shared_rate_object_divides_the_rate_as_a_named_share_does():
     # the owner (the PEP dispatcher) passes a SharedRate instead of a name: same pacing
     from stackpep._fast.tcp import SharedRate

@@ -97,6 +97,25 @@ def test_vegas_corruption_keeps_a_lossy_geo_link_busy(seed):
     assert 0.8 * BDP_SEGMENTS * st.mss <= st.cwnd <= 1.2 * BDP_SEGMENTS * st.mss, st.cwnd
 
 
+def test_vegas_on_a_wan_leg_starts_at_the_links_bdp_paced_at_its_rate():
+    # the [wan] leg's Vegas (stackpep.pep.config.wan_leg_settings): rate_bps caps
+    # the pacing, the first window is 1.25 x the BDP.  20 MB at 1 % loss each way
+    # then fills the link from the first round trip: no 12 s slow start
+    from stackpep.pep.config import wan_leg_settings
+
+    leg = wan_leg_settings(RATE, 0.6, congestion="vegas")
+    assert leg["rate_bps"] == RATE and leg["initial_window_segments"] == 1_875_000 // 1448 + 1
+    cfg = TcpConfig(congestion="vegas", loss_response="corruption", snd_buf=BUF, rcv_buf=BUF,
+                    rate_bps=RATE, initial_window_segments=leg["initial_window_segments"])
+    r, link, data = geo_transfer(1, 20_000_000, cfg)
+    assert r.received_by_a == data
+    # never paced above the link: the first window does not burst into the queue
+    assert link.max_backlog_us <= 20_000, link.max_backlog_us
+    span = link.data_times[-1] - link.data_times[0]
+    assert len(data) * 8 / (span / 1e6) >= 0.9 * capacity_bps(RATE, 0.01)
+    assert r.stats_b.congestion == "vegas"
+
+
 def test_vegas_as_congestion_is_the_reference_collapse():
     # the same link with the loss type "congestion": every loss halves cwnd; the
     # corruption loss type is what keeps Vegas fast (6 MB, seed 4)

@@ -135,7 +135,10 @@ def test_short_scenario_end_to_end(tmp_path):
         late_s = c.link["send_late_max_us"] / 1e6
         assert 0.3 * cap < bulk["goodput_bps"] <= cap * (1.01 + late_s / 4), (bulk, c.link)
         assert bulk["ratios"]["capacity"] == pytest.approx(bulk["goodput_bps"] / cap, rel=1e-3)
-        assert len(bulk["series"]) == 4
+        # one point a second from the first byte; the sender's 4 s plus what its
+        # buffers still held (a last partial interval) -- and every byte verified
+        assert [p[0] for p in bulk["series"][:4]] == [1.0, 2.0, 3.0, 4.0]
+        assert bulk["sha256_ok"] is True and bulk["bytes"] == bulk["sent_bytes"]
         assert fetch["complete"] == 2 and fetch["incomplete"] == 0
         # a 100 KB fetch over a 40 ms RTT takes a few round trips, not less than two
         assert fetch["median_s"] > 0.08, fetch

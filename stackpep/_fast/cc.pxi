@@ -282,6 +282,11 @@ cdef class Vegas(CongestionControl):
     cdef uint64_t hold_min                 # µs, smallest RTT of a segment sent in it
     cdef double hold_cwnd
     cdef uint32_t hold_samples
+    # the long link's rate (TcpConfig.rate_bps, IP bytes; 0 = unknown): never paced
+    # faster, as the reference gateway's token bucket holds in every mode (CCSDS
+    # 714.0-B-2 §3.2; notes "Congestion control modes")
+    cdef public uint64_t link_rate_bps
+    cdef public uint32_t hdr_bytes          # IP + TCP headers + options per full segment
 
     def __cinit__(self):
         self.delay_based = 1
@@ -315,9 +320,18 @@ cdef class Vegas(CongestionControl):
         # path's (on a GEO path an early exit leaves cwnd far below the BDP, and
         # congestion avoidance adds one segment per round trip).  BaseRTT, not
         # SRTT: never slower than cwnd per round trip, whatever the queue.
+        # With the link's rate known, at most that (payload bytes/s of full segments,
+        # as RateBased): a first window sized to the link (wan_leg_settings) leaves
+        # at link speed rather than as one burst into the link's queue.
+        cdef uint64_t cap = 0, own
+        if self.link_rate_bps:
+            cap = <uint64_t>(self.link_rate_bps / 8.0 * self.mss / (self.mss + self.hdr_bytes))
+            if cap < 1:
+                cap = 1
         if self.base_rtt == 0:
-            return 0
-        return <uint64_t>(self.cwnd * (2.0 if self.cwnd < self.ssthresh else 1.25) * 1e6 / self.base_rtt)
+            return cap
+        own = <uint64_t>(self.cwnd * (2.0 if self.cwnd < self.ssthresh else 1.25) * 1e6 / self.base_rtt)
+        return cap if cap and own > cap else own
 
     cdef void _leave_slow_start(self):
         # §3.3: Diff for the window held last round, from the RTTs of what it sent;
@@ -630,6 +644,11 @@ cdef class RateBased(CongestionControl):
     cdef void post_transmit(self, uint64_t now, uint64_t nbytes):
         if self.share is None:
             return
+        # the share's clock runs on sending too, not only on RTT samples: after a
+        # quiet spell the first segments of a new transfer recount at once, so
+        # members that finished (closed fetches) stop halving it for its whole
+        # first round trip (there is no RTT sample before then)
+        self.share._touch(now)
         self.sent_segs += 1
         if not self.counted:
             self.share._join(self)     # sending again: counts at once (the others slow down)
@@ -658,6 +677,9 @@ cdef CongestionControl make_cc(str name, object config=None, int ipver=4):
             vg.alpha = getattr(config, "vegas_alpha", VEGAS_ALPHA)
             vg.beta = getattr(config, "vegas_beta", VEGAS_BETA)
             vg.gamma = getattr(config, "vegas_gamma", VEGAS_GAMMA)
+            if getattr(config, "rate_bps", None):
+                vg.link_rate_bps = config.rate_bps
+                vg.hdr_bytes = (20 if ipver == 4 else 40) + 20 + (12 if config.timestamps else 0)
         return vg
     if name == "rate":
         rb = RateBased()

@@ -304,8 +304,15 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", congestion
         out.update(rate_bps=int(rate_bps), rate_share=share)
         if min_rate is not None:
             out["min_rate_bps"] = int(min_rate)
-    if congestion == "vegas" and vegas:
-        out.update({f"vegas_{k}": float(v) for k, v in vegas.items()})
+    if congestion == "vegas":
+        # Vegas on a link of known rate and RTT: paced at most at the link's rate, and
+        # the first window is the link's bandwidth-delay product (+25 %, Vegas's own
+        # pacing margin), not RFC 6928's 10 segments: slow start doubling every other
+        # 600 ms round trip would take ~14 s to fill 50 Mbit/s.  Vegas then keeps
+        # alpha..beta segments queued from there (Brakmo & Peterson §3.2).
+        out.update(rate_bps=int(rate_bps), initial_window_segments=max(10, int(bdp * 1.25) // 1448 + 1))
+        if vegas:
+            out.update({f"vegas_{k}": float(v) for k, v in vegas.items()})
     if outage_rtos:
         out.update(outage_rtos=int(outage_rtos), outage_probe_us=int(round(outage_probe_interval * 1_000_000)))
     if keepalive_s > 0:

@@ -31,10 +31,11 @@ def _testbed(sub) -> None:
     down.set_defaults(handler=_down)
 
     run = tsub.add_parser("run", help="run scenarios side by side and report (exit 1 if any cell failed)")
-    run.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="geo, meo, leo, geo-matrix, demo")
+    run.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="geo, meo, leo, geo-matrix (IPv4), geo-matrix-v6, geo-matrix-46 (both, side by "
+                     "side), demo")
     run.add_argument("--configs", default=None,
                      help="comma-separated: e2e-cubic,e2e-bbr,stackpep-one-box,stackpep-two-boxes,"
-                          "stackpep-two-boxes-0rtt (default all)")
+                          "stackpep-two-boxes-0rtt,stackpep-two-boxes-vegas (default all but -vegas)")
     run.add_argument("--workloads", default="default",
                      help="default | all | comma list of bulk-download,bulk-upload,fetch-100KB,fetch-1MB,"
                      "parallel-100,web-mix")
@@ -169,7 +170,7 @@ def _run(args) -> int:
                     return 2
                 if all(c.name != n for c in chosen):
                     chosen.append(w)
-            sc.workloads = chosen
+            sc.set_workloads(chosen)
         if args.seed is not None:
             sc.link.seed = args.seed
     configs = resolve_configs(args.configs.split(",") if args.configs else DEFAULT_CONFIGS, args.pep_config,

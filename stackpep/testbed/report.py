@@ -1,7 +1,7 @@
 """Results of a testbed run: progress on the terminal, ratios, the table, JSON, plots.
 
 Every figure carries ratios (higher is always better):
-* `capacity`: goodput / (rate x (1 - loss) x 1448/1500) for bulk transfers;
+* `capacity`: goodput / (rate x (1 - loss) x payload share: 1448/1500, IPv6 1428/1500) for bulk transfers;
 * `vs_<baseline>`: goodput / baseline goodput, or baseline time / time for
   fetches and page loads, against each end-to-end kernel configuration that ran
   in the same scenario.
@@ -125,7 +125,7 @@ def table(cells, scenarios) -> str:
     if first_base:
         legend.append(f"xN = gain over {first_base} in the same scenario (goodput ratio, or time ratio "
                       "for fetches; > 1 is better)")
-    legend.append("%cap = goodput / (rate x (1 - loss) x 1448/1500)")
+    legend.append("%cap = goodput / (rate x (1 - loss) x payload share: 1448/1500, IPv6 1428/1500)")
     unavailable = {c.configuration: c.reason for c in cells if not c.available}
     for name, reason in unavailable.items():
         legend.append(f"{name}: not available: {reason}")

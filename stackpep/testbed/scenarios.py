@@ -25,6 +25,8 @@ from stackpep.testbed.workloads import Workload, start_http_server
 # IP packet carries 1448 bytes of TCP payload with timestamps (RFC 7323 §3:
 # 20 IP + 20 TCP + 12 option bytes).
 PAYLOAD_SHARE = 1448 / 1500
+# ... and with IPv6's 40-byte header (RFC 8200 §3), 1428 of 1500.
+PAYLOAD_SHARE_V6 = 1428 / 1500
 
 
 # -- scenarios ---------------------------------------------------------------------
@@ -34,20 +36,29 @@ class Scenario:
     description: str
     link: LinkSpec
     workloads: List[Workload]
+    family: int = 4  # the address family the workloads use (4 or 6)
+
+    def __post_init__(self):
+        self.set_workloads(self.workloads)
+
+    def set_workloads(self, workloads: Sequence[Workload]) -> None:
+        """Use these workloads, over this scenario's address family."""
+        self.workloads = [replace(w, family=self.family) for w in workloads]
 
     def capacity_bps(self, direction: str = "download") -> float:
-        """rate x (1 - loss) x payload share: the most any TCP can deliver."""
+        """rate x (1 - loss) x payload share (of the scenario's family): the most any
+        TCP can deliver."""
         p = self.link.forward if direction == "download" else self.link.ret
         if not p.rate_bps:
             return 0.0
-        return p.rate_bps * (1 - p.loss) * PAYLOAD_SHARE
+        return p.rate_bps * (1 - p.loss) * (PAYLOAD_SHARE_V6 if self.family == 6 else PAYLOAD_SHARE)
 
     def as_dict(self) -> Dict:
         return {
             "name": self.name, "description": self.description,
             "forward": self.link.forward.spec(), "return": self.link.ret.spec(),
             "outages": [o.spec() for o in self.link.outages], "seed": self.link.seed,
-            "rtt_ms": self.link.rtt_ms(), "workloads": [w.name for w in self.workloads],
+            "rtt_ms": self.link.rtt_ms(), "family": self.family, "workloads": [w.name for w in self.workloads],
             "capacity_download_bps": self.capacity_bps("download"),
             "capacity_upload_bps": self.capacity_bps("upload"),
         }
@@ -68,12 +79,18 @@ def all_workloads(bulk_s: float = 30.0, fetches: int = 5) -> List[Workload]:
         Workload("web-mix", count=max(1, fetches // 2))]
 
 
-def geo(rate_mbit: float = 20, loss: float = 0.0, return_mbit: Optional[float] = None) -> Scenario:
+def geo(rate_mbit: float = 20, loss: float = 0.0, return_mbit: Optional[float] = None, family: int = 4) -> Scenario:
+    """The GEO link; IPv6 scenarios are named with a `-v6` suffix."""
     ret = return_mbit if return_mbit is not None else rate_mbit
-    name = f"geo-{rate_mbit:g}M-loss{loss * 100:g}%"
+    name = f"geo-{rate_mbit:g}M-loss{loss * 100:g}%" + ("-v6" if family == 6 else "")
     return Scenario(name, f"GEO: 600 ms RTT, {rate_mbit:g}/{ret:g} Mbit/s, {loss * 100:g} % loss each way, "
-                    "250 ms drop-tail queue",
-                    LinkSpec(_dir(300, rate_mbit, loss), _dir(300, ret, loss)), default_workloads())
+                    f"250 ms drop-tail queue, IPv{family}",
+                    LinkSpec(_dir(300, rate_mbit, loss), _dir(300, ret, loss)), default_workloads(), family=family)
+
+
+def geo_matrix(families: Sequence[int] = (4,)) -> List[Scenario]:
+    """20 and 50 Mbit/s x loss 0, 0.1 %, 1 %; each cell in every family, side by side."""
+    return [geo(r, l, family=f) for r in (20, 50) for l in (0.0, 0.001, 0.01) for f in families]
 
 
 def scenario_registry() -> Dict[str, Callable[[], List[Scenario]]]:
@@ -87,7 +104,9 @@ def scenario_registry() -> Dict[str, Callable[[], List[Scenario]]]:
                                  "a 300 ms handover outage every 15 s",
                                  LinkSpec(_dir(20, 100, 0.001, 50), _dir(20, 20, 0.001, 50),
                                           outages=[Outage(5.0, 0.3, 15.0)]), default_workloads())],
-        "geo-matrix": lambda: [geo(r, l) for r in (20, 50) for l in (0.0, 0.001, 0.01)],
+        "geo-matrix": lambda: geo_matrix((4,)),
+        "geo-matrix-v6": lambda: geo_matrix((6,)),
+        "geo-matrix-46": lambda: geo_matrix((4, 6)),
         "demo": lambda: [demo_scenario()],
     }
 
@@ -95,7 +114,7 @@ def scenario_registry() -> Dict[str, Callable[[], List[Scenario]]]:
 def demo_scenario(bulk_s: float = 20.0) -> Scenario:
     sc = geo(20, 0.01)
     sc.name = "demo-geo-20M-loss1%"
-    sc.workloads = [Workload("fetch", size=100_000, count=3), Workload("bulk-download", seconds=bulk_s)]
+    sc.set_workloads([Workload("fetch", size=100_000, count=3), Workload("bulk-download", seconds=bulk_s)])
     return sc
 
 
@@ -198,6 +217,11 @@ tfo_key = "{key}"
 first_flight_redundancy = 131072
 """
 
+# The long leg's congestion control when it is not the default rate control
+# (docs/configuration.md `wan.congestion`; Vegas with its default alpha/beta/gamma).
+CONGESTION_KEY = """congestion = "{mode}"
+"""
+
 
 def wan_block(host: str, link: Optional[LinkSpec]) -> str:
     """The [wan] table for a PEP host's config, or "" when the link has no rate limit."""
@@ -220,16 +244,19 @@ class StackpepPep(Configuration):
     Offered only if `stackpep.pep` imports and `stackpep check-config` accepts the
     configuration the testbed writes; otherwise reported as not available."""
 
-    def __init__(self, boxes: int = 1, template: Optional[str] = None, zero_rtt: bool = False, workers: int = 1):
+    def __init__(self, boxes: int = 1, template: Optional[str] = None, zero_rtt: bool = False, workers: int = 1,
+                 congestion: str = "rate"):
         self.boxes = boxes
         self.zero_rtt = zero_rtt
+        self.congestion = congestion  # the long leg's [wan] congestion (rate | vegas | tcp)
         # worker processes per box (`stackpep run --workers N`); 1 by default: the GEO
         # figures measure the protocol, not the fanout (benchmarks/cpu.py compares 1 and 2)
         self.workers = workers
         self.python: Optional[str] = None  # another interpreter (another build) for the boxes: benchmarks/cpu.py
         self.tfo_key = os.urandom(16).hex()  # shared by this configuration's boxes
         self.name = f"stackpep-{'one' if boxes == 1 else 'two'}-box{'es' if boxes > 1 else ''}" + \
-            ("-0rtt" if zero_rtt else "") + (f"-{workers}workers" if workers != 1 else "")
+            ("-0rtt" if zero_rtt else "") + ("" if congestion == "rate" else f"-{congestion}") + \
+            (f"-{workers}workers" if workers != 1 else "")
         self.template = template or os.environ.get("STACKPEP_TESTBED_PEP_CONFIG")
         self.procs: List[subprocess.Popen] = []
         self._reason: Optional[str] = None
@@ -240,6 +267,8 @@ class StackpepPep(Configuration):
         # pep-a: lan0 faces the client, wan0 the link; pep-b the other way round.
         client_if, server_if = ("lan0", "wan0") if host == "pep-a" else ("wan0", "lan0")
         wan = wan_block(host, link)
+        if wan and self.congestion != "rate":
+            wan += CONGESTION_KEY.format(mode=self.congestion)
         if wan and self.zero_rtt:
             wan += ZERO_RTT_KEYS.format(key=self.tfo_key)
         return tpl.format(client_if=client_if, server_if=server_if, host=host, boxes=self.boxes, wan=wan)
@@ -338,6 +367,7 @@ def configuration_registry() -> Dict[str, Callable[[], Configuration]]:
         "stackpep-two-boxes": lambda: StackpepPep(2),
         "stackpep-two-boxes-0rtt": lambda: StackpepPep(2, zero_rtt=True),
         "stackpep-two-boxes-2workers": lambda: StackpepPep(2, workers=2),
+        "stackpep-two-boxes-vegas": lambda: StackpepPep(2, congestion="vegas"),
     }
 
 

@@ -1,5 +1,6 @@
-"""Traffic for the testbed: bulk transfers (iperf3), object fetches (curl against
-a real HTTP server), 100 parallel connections and a web-like page load.
+"""Traffic for the testbed: sha256-verified bulk transfers (`bulk` below, our own
+sender and receiver), object fetches (curl against a real HTTP server), 100
+parallel connections and a web-like page load.
 
 Each workload runs its client in the client namespace against servers in the
 server namespace and returns a plain dict of what it measured.  The HTTP server
@@ -22,7 +23,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Sequence
 
 HTTP_PORT = 8080
-IPERF_PORT = 5201
 _PATTERN = hashlib.sha256(b"stackpep").digest() * 2048  # 64 KiB of fixed bytes
 
 
@@ -108,46 +108,159 @@ def _url(family: int, size: int) -> str:
 
 
 # -- bulk transfer -----------------------------------------------------------------
-def bulk(topo, direction: str = "download", seconds: float = 20.0, family: int = 4) -> Dict:
-    """iperf3 for `seconds`; goodput from the receiver's count, per-second series."""
-    srv = topo.server.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
+BULK_PORT = 5202
+_CHUNK = 65536
+
+
+def stream_chunk(seed: int, index: int) -> bytes:
+    """Chunk `index` of the bulk stream of `seed`: pseudo-random and never repeating,
+    so a PEP that drops, duplicates or reorders any run of bytes changes the hash."""
+    return random.Random(seed * 1_000_003 + index).randbytes(_CHUNK)
+
+
+def stream_sha256(seed: int, nbytes: int) -> str:
+    """sha256 of the first `nbytes` of the bulk stream of `seed` (for tests)."""
+    h = hashlib.sha256()
+    i = 0
+    while nbytes > 0:
+        c = stream_chunk(seed, i)[:nbytes]
+        h.update(c)
+        nbytes -= len(c)
+        i += 1
+    return h.hexdigest()
+
+
+def send_stream(sock, seconds: float, seed: int, clock=time.monotonic) -> Dict:
+    """Send the stream of `seed` for `seconds`, then FIN; wait for the peer's FIN.
+    Returns the count and sha256 of every byte handed to the socket."""
+    h = hashlib.sha256()
+    sent = 0
+    i = 0
+    end = clock() + seconds
+    while clock() < end:
+        c = stream_chunk(seed, i)
+        sock.sendall(c)
+        h.update(c)
+        sent += len(c)
+        i += 1
+    import socket as _s
+
+    sock.shutdown(_s.SHUT_WR)
+    while sock.recv(65536):  # the receiver closes once it has read our FIN
+        pass
+    return {"role": "sender", "bytes": sent, "sha256": h.hexdigest()}
+
+
+def receive_stream(sock, clock=time.monotonic) -> Dict:
+    """Read to EOF, hashing; per-second goodput series from the first byte."""
+    h = hashlib.sha256()
+    got = 0
+    t0 = clock()
+    first = last = None
+    series: List[List[float]] = []
+    mark, mark_bytes = None, 0
+    while True:
+        data = sock.recv(262144)
+        now = clock()
+        if not data:
+            break
+        if first is None:
+            first = mark = now
+        while now - mark >= 1.0:  # close the intervals that ended before this read
+            mark += 1.0
+            series.append([round(mark - first, 3), round((got - mark_bytes) * 8 / 1.0, 1)])
+            mark_bytes = got
+        h.update(data)
+        got += len(data)
+        last = now
+    if first is not None and last - mark >= 0.2:  # a last partial interval, if not a sliver
+        series.append([round(last - first, 3), round((got - mark_bytes) * 8 / (last - mark), 1)])
+    return {"role": "receiver", "bytes": got, "sha256": h.hexdigest(),
+            "first_byte_s": None if first is None else round(first - t0, 4),
+            "transfer_s": None if first is None else round(last - first, 4), "series": series}
+
+
+def _bulk_main(args) -> int:
+    import socket
+
+    if args.listen is not None:
+        ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ls.bind(("::", args.listen))
+        ls.listen(1)
+        print("LISTENING", flush=True)
+        ls.settimeout(args.timeout)
+        sock, _ = ls.accept()
+        ls.close()
+    else:
+        sock = socket.create_connection((args.connect, args.port), timeout=args.timeout)
+    sock.settimeout(args.timeout)
+    if args.send is not None:
+        out = send_stream(sock, args.send, args.seed)
+    else:
+        out = receive_stream(sock)
+    sock.close()
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def bulk(topo, direction: str = "download", seconds: float = 20.0, family: int = 4, seed: int = 1) -> Dict:
+    """A `seconds`-long transfer of a seeded pseudo-random stream, server to client
+    (download) or client to server (upload), by `python -m stackpep.testbed.workloads
+    bulk` at both ends.  The receiver's bytes must hash (sha256) to what the sender
+    sent, or the result is an error.  Goodput = received bytes / (last byte - first
+    byte) at the receiver: the time to the first byte is reported beside it
+    (`first_byte_s`), and the tail (the last losses repaired) is counted."""
+    from stackpep.testbed.topology import python_command, python_env
+
+    sender_host, receiver_host = (topo.server, topo.client) if direction == "download" else (topo.client, topo.server)
+    tmo = str(seconds + 90)
+    role = ["--send", f"{seconds:g}", "--seed", str(seed)]
+    srv_argv = python_command("stackpep.testbed.workloads", "bulk", "--listen", str(BULK_PORT), "--timeout", tmo,
+                              *(role if direction == "download" else []))
+    srv = topo.server.popen(srv_argv, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out: Dict = {"workload": f"bulk-{direction}", "seconds": seconds, "family": family}
     try:
-        _wait_listening(topo.server, IPERF_PORT)
-        argv = ["iperf3", "-c", _target(family), "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J",
-                "-i", "1", "--connect-timeout", "15000"]
-        if direction == "download":
-            argv.append("-R")
-        else:
-            argv.append("--get-server-output")
+        _wait_listening(topo.server, BULK_PORT)
+        cli_argv = python_command("stackpep.testbed.workloads", "bulk", "--connect", _target(family),
+                                  "--port", str(BULK_PORT), "--timeout", tmo,
+                                  *(role if direction == "upload" else []))
         t0 = time.monotonic()
-        res = topo.client.run(argv, check=False, timeout=seconds + 90)
-        wall = time.monotonic() - t0
+        res = topo.client.run(cli_argv, check=False, timeout=seconds + 120, env=python_env())
+        out["wall_s"] = round(time.monotonic() - t0, 2)
+        try:
+            srv_out, srv_err = srv.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv_out, srv_err = srv.communicate()
     finally:
         if srv.poll() is None:
-            srv.terminate()
-            try:
-                srv.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                srv.kill()
-    out: Dict = {"workload": f"bulk-{direction}", "seconds": seconds, "family": family, "wall_s": round(wall, 2)}
-    try:
-        j = json.loads(res.stdout)
-    except ValueError:
-        out["error"] = (res.stderr or res.stdout).strip()[-300:] or f"iperf3 exited {res.returncode}"
+            srv.kill()
+            srv.wait()
+    ends = {}
+    for text, err, rc in ((res.stdout, res.stderr, res.returncode), (srv_out, srv_err, srv.returncode)):
+        line = [l for l in (text or "").splitlines() if l.startswith("{")]
+        if rc != 0 or not line:
+            out["error"] = f"bulk end exited {rc}: {(err or text or '').strip()[-300:]}"
+            return out
+        d = json.loads(line[-1])
+        ends[d["role"]] = d
+    snd, rcv = ends.get("sender"), ends.get("receiver")
+    return bulk_result(out, snd, rcv)
+
+
+def bulk_result(out: Dict, snd: Dict, rcv: Dict) -> Dict:
+    """The workload result from the two ends' reports; a hash or count mismatch is an error."""
+    out.update({"bytes": rcv["bytes"], "sent_bytes": snd["bytes"], "sha256": rcv["sha256"],
+                "sha256_ok": rcv["sha256"] == snd["sha256"] and rcv["bytes"] == snd["bytes"],
+                "first_byte_s": rcv["first_byte_s"], "transfer_s": rcv["transfer_s"], "series": rcv["series"]})
+    if not out["sha256_ok"]:
+        out["error"] = (f"sha256 mismatch: received {rcv['bytes']} bytes {rcv['sha256'][:16]}…, "
+                        f"sent {snd['bytes']} bytes {snd['sha256'][:16]}…")
+        out["goodput_bps"] = 0.0
         return out
-    if "error" in j:
-        out["error"] = j["error"]
-        return out
-    end = j.get("end", {})
-    recv = end.get("sum_received", {})
-    out["bytes"] = int(recv.get("bytes", 0))
-    out["goodput_bps"] = float(recv.get("bits_per_second", 0.0))
-    out["retransmits"] = end.get("sum_sent", {}).get("retransmits")
-    if direction == "download":
-        intervals = j.get("intervals", [])
-    else:
-        intervals = (j.get("server_output_json") or {}).get("intervals", [])
-    out["series"] = [[round(iv["sum"]["end"], 3), round(iv["sum"]["bits_per_second"], 1)] for iv in intervals]
+    out["goodput_bps"] = rcv["bytes"] * 8 / rcv["transfer_s"] if rcv["transfer_s"] else 0.0
     return out
 
 
@@ -296,7 +409,17 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("serve-http", help="serve /obj/N (N bytes) on [::]:PORT")
     p.add_argument("--port", type=int, default=HTTP_PORT)
+    b = sub.add_parser("bulk", help="one end of a sha256-verified bulk transfer (prints JSON)")
+    g = b.add_mutually_exclusive_group(required=True)
+    g.add_argument("--listen", type=int, metavar="PORT", help="accept one connection on [::]:PORT")
+    g.add_argument("--connect", metavar="HOST", help="connect to HOST --port")
+    b.add_argument("--port", type=int, default=BULK_PORT)
+    b.add_argument("--send", type=float, metavar="SECONDS", help="send for this long (else receive to EOF)")
+    b.add_argument("--seed", type=int, default=1)
+    b.add_argument("--timeout", type=float, default=120.0, help="socket timeout, seconds")
     args = ap.parse_args(argv)
+    if args.cmd == "bulk":
+        return _bulk_main(args)
     if args.cmd == "serve-http":
         serve_http(args.port)
     return 0
