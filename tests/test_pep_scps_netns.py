@@ -17,31 +17,14 @@ import time
 import dpkt
 import pytest
 
+from stackpep.testbed import twobox
 from stackpep.testbed.emulator import DirectionParams
 from stackpep.testbed.splitbox import wait_stats_file
 from stackpep.testbed.topology import CLIENT4, CLIENT6, SERVER4, SERVER6, LinkSpec, Topology, python_env
 
 pytestmark = pytest.mark.netns
 
-BOX = """
-[pep]
-log_level = "info"
-workers = 1
-[interfaces]
-client = ["{client_if}"]
-server = ["{server_if}"]
-[intercept]
-prefixes = ["198.18.0.0/15", "fd00:5e::/32"]
-[control]
-socket = ""
-[limits]
-drain_timeout = 0
-[wan]
-interface = "wan0"
-rate = 20000000
-rtt = 0.02
-keepalive = 2
-"""
+BOX = twobox.BOX_TOML.replace("{keepalive}", "2")  # keepalive 2 s: a restarted far box is found quickly
 
 SERVER = """
 import hashlib, os, socket, sys, time

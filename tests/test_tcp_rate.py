@@ -173,7 +173,7 @@ def test_late_timer_is_made_up_but_idle_time_is_not_banked():
     assert len(a.packets_to_send(50_000)) == 1
     assert a.get_timer() == 51_000
     # the driver serves the pacing timer 3 ms late: the 3 ms owed leave at once
-    # (within PACE_SLACK_US = 8 ms), so the average rate holds
+    # (within TcpConfig.pace_slack_us = 8 ms), so the average rate holds
     assert len(a.packets_to_send(54_000)) == 4       # due at 51, 52, 53, 54 ms
     assert a.get_timer() == 55_000
     # 10 ms late is beyond the slack: the lost time is not made up by a burst

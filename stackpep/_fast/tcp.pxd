@@ -282,6 +282,7 @@ cdef class TcpConnection:
     cdef uint64_t n_outage_entered, n_outage_probes, n_outage_exited
     # -- first-flight redundancy (TcpConfig.first_flight_redundancy; tcp.pyx "First-flight redundancy") ----
     cdef int64_t cfg_rd               # the first cfg_rd bytes are each sent twice (0 = off)
+    cdef uint64_t cfg_pace_slack      # TcpConfig.pace_slack_us
     cdef int64_t rd_nxt               # next send offset whose second copy is due
     cdef bint rd_syn_done             # our first SYN / SYN-ACK was copied already
     cdef uint8_t* rd_pkt              # that SYN / SYN-ACK, byte for byte, until its copy goes out
@@ -417,7 +418,7 @@ cdef class TcpConnection:
     cdef void _tfo_init(self, object config)
     cdef Py_ssize_t _output_redundant(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, bint may_fin, uint64_t now)
     cdef Py_ssize_t _output_rd_pkt(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
-    cdef void _rd_pace(self, int64_t nbytes, uint64_t now)
+    cdef void _pace_spend(self, int64_t nbytes, uint64_t now)
     cdef void _tfo_cookie_of(self, bint active, uint8_t* out) noexcept
     cdef int64_t _tfo_syn_data(self, tcp_seg_t* seg)
     cdef void _tfo_synack_opts(self, tcp_seg_t* seg)

@@ -109,18 +109,11 @@ DROP_NAMES = _stats.DROP_REASONS
 assert len(DROP_NAMES) == D_COUNT, "tcp.pxd D_* codes and statistics.DROP_REASONS differ"
 
 
-
-# how late a pacing deadline may be served and still be made up (timer slack of the
-# event loop driving the engine); see _emit_data
-cdef enum:
-    PACE_SLACK_US = 8000
-
 cdef inline int64_t i64min(int64_t a, int64_t b) noexcept nogil:
     return a if a < b else b
 
 cdef inline int64_t i64max(int64_t a, int64_t b) noexcept nogil:
     return a if a > b else b
-
 
 
 # Scratch shared by every engine (one runs at a time, under the GIL): the packet
@@ -287,6 +280,7 @@ cdef class TcpConnection:
         self._scps_init(getattr(config, "scps", None))
         self._tfo_init(config)
         self.cfg_rd = getattr(config, "first_flight_redundancy", 0) or 0
+        self.cfg_pace_slack = getattr(config, "pace_slack_us", 8000)
         if self.cfg_rd:
             self.rd_pkt = <uint8_t*>malloc(self.out_cap)
             if self.rd_pkt == NULL:
@@ -1913,16 +1907,7 @@ cdef class TcpConnection:
         n = self._emit(buf, cap, off, length, flags, rexmit, now)
         self.bytes_out += length
         self.cc.post_transmit(now, <uint64_t>length)
-        cdef uint64_t rate = self.cc.pacing_rate()
-        if rate and length > 0:
-            # A token bucket: retransmissions spend it too (they use the link as new
-            # data does); a pacing timer served late by up to PACE_SLACK_US is made up,
-            # idle time is not banked (no burst after idle)
-            if self.next_send_time + PACE_SLACK_US < now:
-                self.next_send_time = now
-            self.next_send_time += <uint64_t>(length * 1000000 // rate)
-            if self.next_send_time > now:
-                self.tm.pace = self.next_send_time
+        self._pace_spend(length, now)
         if self.tm.rtx == 0:
             self.tm.rtx = now + self.rtt.rto     # RFC 6298 §5.1
         return n
@@ -2115,11 +2100,13 @@ cdef class TcpConnection:
     # charged to the rate controller like any segment; a receiver trims them as
     # duplicates (RFC 9293 §3.10.7.4).  Off (one flag test) unless cfg_rd > 0.
     # ================================================================================
-    cdef void _rd_pace(self, int64_t nbytes, uint64_t now):
-        # the token bucket of _emit_data: a copy uses the link as much as an original
+    cdef void _pace_spend(self, int64_t nbytes, uint64_t now):
+        # The pacing token bucket (_emit_data, and a redundant copy, which uses the link as
+        # much as an original): retransmissions spend it too; a pacing timer served late by
+        # up to cfg_pace_slack (TcpConfig.pace_slack_us) is made up, idle time is not banked (no burst after idle)
         cdef uint64_t rate = self.cc.pacing_rate()
         if rate and nbytes > 0:
-            if self.next_send_time + PACE_SLACK_US < now:
+            if self.next_send_time + self.cfg_pace_slack < now:
                 self.next_send_time = now
             self.next_send_time += <uint64_t>(nbytes * 1000000 // rate)
             if self.next_send_time > now:
@@ -2136,7 +2123,7 @@ cdef class TcpConnection:
         self.segs_out += 1
         self.n_rd_segs += 1
         self.n_rd_bytes += n
-        self._rd_pace(n, now)
+        self._pace_spend(n, now)
         return n
 
     cdef Py_ssize_t _output_redundant(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, bint may_fin, uint64_t now):
@@ -2177,7 +2164,7 @@ cdef class TcpConnection:
         self.n_rd_segs += 1
         self.n_rd_bytes += length
         self.cc.post_transmit(now, <uint64_t>length)
-        self._rd_pace(length, now)
+        self._pace_spend(length, now)
         # its duplicate ACK at the receiver tells nothing about loss
         self.rd_dup_credit += 1
         self.rd_credit_until = now + self.rtt.rto

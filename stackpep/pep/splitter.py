@@ -70,7 +70,7 @@ LEG_NAMES = ("client", "server")
 #: connection (and of all connections) due within one slot are served in one
 #: turn, as a kernel's timer slack does.  A paced sender (rate-based [wan]) so
 #: sends a burst of at most this much time's worth of bytes per wake-up instead
-#: of one packet per wake-up; it is below the engine's PACE_SLACK_US (8 ms), so a
+#: of one packet per wake-up; it is below the engine's TcpConfig.pace_slack_us (8 ms), so a
 #: pacing deadline served this late is made up in full, and far below any
 #: retransmission or delayed-ACK timer (RFC 6298 §2.4: RTO >= 1 s by default;
 #: RFC 9293 §3.8.6.3: delayed ACK).

@@ -215,6 +215,11 @@ class TcpConfig:
     peer's SYN window is unscaled (RFC 7323 §2.2, at most 64 KiB), so this stands for
     the receive window the key holder is configured with.  None = nothing before the ACK."""
 
+    pace_slack_us: int = 8000
+    """How late a pacing deadline may be served and still be made up (the timer slack of
+    the loop that drives the engine: the splitter wakes on a grid of up to 4 ms,
+    ``capture.hold_us``); a sender idle for longer banks nothing (no burst after idle)."""
+
     # -- first-flight redundancy (docs/scps.md "First-flight redundancy") ---------------
     first_flight_redundancy: int = 0
     """Bytes at the start of the connection that are each sent twice (the second copy
@@ -278,6 +283,9 @@ class TcpConfig:
             raise ValueError("tfo_client / tfo_server need tfo_key (the cookie is derived from it)")
         if self.tfo_synrcvd_send is not None and not 1 <= self.tfo_synrcvd_send <= 1 << 30:
             raise ValueError("tfo_synrcvd_send must be 1..2**30 bytes or None")
+        if isinstance(self.pace_slack_us, bool) or not isinstance(self.pace_slack_us, int) \
+                or not 0 <= self.pace_slack_us <= 1_000_000:
+            raise ValueError("pace_slack_us must be 0..1000000 µs")
         if isinstance(self.first_flight_redundancy, bool) or not isinstance(self.first_flight_redundancy, int) \
                 or not 0 <= self.first_flight_redundancy <= 1 << 30:
             raise ValueError("first_flight_redundancy must be 0..2**30 bytes (0 = off)")
