@@ -71,6 +71,7 @@ cdef enum:
     D_OFO_FULL
     D_CHALLENGE_ACK_LIMIT
     D_ICMP_STALE
+    D_SYN_COPY
     D_COUNT
 
 cdef enum:
@@ -283,6 +284,7 @@ cdef class TcpConnection:
     # -- first-flight redundancy (TcpConfig.first_flight_redundancy; tcp.pyx "First-flight redundancy") ----
     cdef int64_t cfg_rd               # the first cfg_rd bytes are each sent twice (0 = off)
     cdef uint64_t cfg_pace_slack      # TcpConfig.pace_slack_us
+    cdef uint64_t rd_syn_time         # when our first SYN / SYN-ACK went out
     cdef int64_t rd_nxt               # next send offset whose second copy is due
     cdef bint rd_syn_done             # our first SYN / SYN-ACK was copied already
     cdef uint8_t* rd_pkt              # that SYN / SYN-ACK, byte for byte, until its copy goes out

@@ -883,6 +883,14 @@ cdef class TcpConnection:
                 if (f & TH_ACK) and self._soff(s.ack) == self.snd_max and self.snd_max >= 0 and not self.passive:
                     seg_off += 1
                     f = f & ~TH_SYN
+                elif self.cfg_rd and self.rd_syn_done and not self.syn_retransmitted \
+                        and now - self.rd_syn_time < <uint64_t>self.rtt.min_rto:
+                    # first-flight redundancy on both ends: the peer's second copy of its SYN,
+                    # sent with the first; our SYN-ACK and its copy answered it already.  A
+                    # real retransmission comes no sooner than the peer's RTO (RFC 6298 §2.1,
+                    # §2.4: at least min_rto), and our own SYN-ACK timer covers their loss.
+                    self._drop(D_SYN_COPY)
+                    return
                 else:
                     # a retransmitted SYN: send the SYN-ACK again
                     self.syn_pending = 1
@@ -1982,6 +1990,7 @@ cdef class TcpConnection:
             # first-flight redundancy: our first SYN (with its Fast Open data) or
             # SYN-ACK goes out twice; its data needs no second copy
             self.rd_syn_done = 1
+            self.rd_syn_time = now
             memcpy(self.rd_pkt, buf, n)
             self.rd_pkt_len = n
             if self.rd_nxt < tfo_len:

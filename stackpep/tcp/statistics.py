@@ -35,6 +35,7 @@ DROP_REASONS = (
     "ofo_full",           # out-of-order queue full
     "challenge_ack_limit",  # challenge ACK not sent: rate limit (RFC 5961 §7)
     "icmp_stale",         # packet-too-big ignored: no connection yet, or quoted SEQ not in flight (RFC 5927 §4.1)
+    "syn_copy",           # the peer's redundant SYN copy in SYN-RECEIVED, already answered (first-flight redundancy)
 )
 
 
