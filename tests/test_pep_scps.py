@@ -618,8 +618,7 @@ async def relayed_answer(tb, gap=0.005):
     write, the body in the next.  `gap` (s) lets box B's pacer send the header before
     the body reaches it: a partial segment in the middle of the stream, as when a
     server's first burst ends mid-segment.  The connection stays open (keep-alive).
-    Returns (first byte, last byte) times at
-    the client."""
+    Returns the (first byte, last byte) times at the client."""
     c = await tb.client.connect(tb.sa, 80, lport=43000)
     await c.send_all(b"GET /obj/100000 HTTP/1.1\r\n\r\n")
     s = await tb.server.accept()
