@@ -1,10 +1,12 @@
 """The link emulator's sans-IO core: frame sizes and times in, departures or drop
 reasons out.  Times are seconds; 1500-byte IP packets are 1514-byte frames."""
+import json
 import math
+import threading
 
 import pytest
 
-from stackpep.testbed.emulator import DirectionParams, LinkDirection, Outage, netem_args
+from stackpep.testbed.emulator import DirectionParams, LinkDirection, Outage, StatsFile, netem_args
 
 FRAME = 1514  # 1500 IP bytes + 14 Ethernet
 
@@ -166,3 +168,32 @@ def test_netem_arguments_cover_delay_rate_loss_and_limit():
     assert args[args.index("rate") + 1] == "20000000bit"
     # the packet limit holds the queue plus the delay line (~1.2 MB at 20 Mbit/s)
     assert int(args[args.index("limit") + 1]) > 1_000_000 // 1500
+
+
+def test_a_stalled_statistics_write_does_not_hold_the_relay(tmp_path):
+    # The relay wrote its counters itself, once a second: a file system stall of
+    # 121 ms (678 ms in another run) held every frame in the delay line that long,
+    # and a 100 KB fetch over the GEO link took a round trip more.  Now a thread
+    # writes them; the relay only hands over the newest text.
+    path = tmp_path / "emulator-stats.json"
+    sf = StatsFile(str(path))
+    gate, writing, written = threading.Event(), threading.Event(), []
+    real = sf._write
+
+    def stalled(text):  # the file system, stuck until the test lets it go
+        writing.set()
+        gate.wait()
+        written.append(text)
+        real(text)
+
+    sf._write = stalled
+    sf.submit(json.dumps({"n": 1}))
+    assert writing.wait(10)           # the thread is inside the stalled write ...
+    sf.submit(json.dumps({"n": 2}))   # ... and the relay goes on handing over counters:
+    sf.submit(json.dumps({"n": 3}))   # submit() returned while the write is stuck
+    assert written == [] and not path.exists()
+    gate.set()
+    sf.close(json.dumps({"n": 4}))    # what was pending, then the final counters, synchronously
+    assert [json.loads(t)["n"] for t in written] == [1, 3, 4]  # 2 was replaced by 3 while stuck
+    assert json.loads(path.read_text()) == {"n": 4}
+    assert not (tmp_path / "emulator-stats.json.tmp").exists()

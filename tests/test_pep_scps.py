@@ -107,22 +107,25 @@ class EndHost:
 class Link:
     """Two memory ports joined with a fixed delay each way; every packet recorded."""
 
-    def __init__(self, nursery, a, b):
+    def __init__(self, nursery, a, b, one_way=ONE_WAY):
         self.nursery = nursery
+        self.one_way = one_way
         self.wire = []  # (direction "a->b" / "b->a", packet)
+        self.sent_at = []  # virtual time each packet of `wire` entered the link
         self.ends = {"a->b": b, "b->a": a}
         self.queues = {}
         self.cut = False
 
     def send(self, direction, pkt):
         self.wire.append((direction, pkt))
+        self.sent_at.append(trio.current_time())
         if self.cut:
             return
         q = self.queues.get(direction)
         if q is None:  # one FIFO per direction: a link does not reorder
             q = self.queues[direction] = trio.open_memory_channel(100000)
             self.nursery.start_soon(self._deliver, direction, q[1])
-        q[0].send_nowait((trio.current_time() + ONE_WAY, pkt))
+        q[0].send_nowait((trio.current_time() + self.one_way, pkt))
 
     async def _deliver(self, direction, rx):
         async for due, pkt in rx:
@@ -160,8 +163,9 @@ def router_for(cport, sport):
 class TwoBoxLink:
     """client -- A -- link -- B -- server; `boxes=1` leaves B out (the link ends at the server)."""
 
-    def __init__(self, nursery, fam="v4", boxes=2, drop_scps_syn=False, compression=False):
+    def __init__(self, nursery, fam="v4", boxes=2, drop_scps_syn=False, compression=False, one_way=ONE_WAY):
         self.ca, self.sa = (C4, S4) if fam == "v4" else (C6, S6)
+        self.one_way = one_way
         self.nursery = nursery
         self.compression = compression
         # the link-side ports expand compressed headers (what api.open_pep gives AF_PACKET ports)
@@ -172,12 +176,12 @@ class TwoBoxLink:
         self.client = EndHost(nursery, self.ca, self.a_c.inject)
         if boxes == 2:
             self.server = EndHost(nursery, self.sa, self.b_s.inject, drop_scps_syn)
-            self.link = Link(nursery, self.a_s, self.b_c)
+            self.link = Link(nursery, self.a_s, self.b_c, one_way)
             self.b_c.on_send = lambda p: self.link.send("b->a", p)
             self.b_s.on_send = self.server.receive
         else:
             # the server sits at the far end of the link itself
-            self.link = Link(nursery, self.a_s, None)
+            self.link = Link(nursery, self.a_s, None, one_way)
             self.server = EndHost(nursery, self.sa, lambda p: self.link.send("b->a", p), drop_scps_syn)
             self.link.ends["a->b"] = _Receiver(self.server)
         self.a_c.on_send = self.client.receive
@@ -602,3 +606,94 @@ def test_refusal_through_two_boxes_is_a_refusal_and_scps_stays():
             n.cancel_scope.cancel()
 
     run_virtual(main)
+
+
+# -- a relayed answer's tail on a GEO link (docs/BENCHMARKS-geo.md "The extra round trip") --
+GEO_ONE_WAY = 0.3  # s: the testbed's GEO link, 600 ms RTT
+HEADER = 156       # the testbed's HTTP server: its response header, written alone, then the body
+
+
+async def relayed_answer(tb, gap=0.005):
+    """A 100 KB fetch the way the testbed's http.server answers it: the header in one
+    write, the body in the next.  `gap` (s) lets box B's pacer send the header before
+    the body reaches it: a partial segment in the middle of the stream, as when a
+    server's first burst ends mid-segment.  The connection stays open (keep-alive).
+    Returns the (first byte, last byte) times at the client."""
+    c = await tb.client.connect(tb.sa, 80, lport=43000)
+    await c.send_all(b"GET /obj/100000 HTTP/1.1\r\n\r\n")
+    s = await tb.server.accept()
+    await s.receive_some(1 << 16)
+    await s.send_all(b"h" * HEADER)
+    await trio.sleep(gap)
+    await s.send_all(b"b" * 100_000)
+    # no FIN: an HTTP/1.1 server keeps the connection open after the answer, so
+    # nothing but the rules below decides when the last partial segment leaves
+    first = None
+    got = 0
+    while got < HEADER + 100_000:
+        d = await c.receive_some(1 << 16)
+        assert d
+        if first is None:
+            first = trio.current_time()
+        got += len(d)
+    return first, trio.current_time()
+
+
+def b_to_a_data(tb):
+    """(virtual time it entered the link, payload length) of each data segment box B
+    sent towards A, in order (first transmissions only: no loss on this link)."""
+    out = []
+    for (d, p), t in zip(tb.link.wire, tb.link.sent_at):
+        if d == "b->a":
+            s = tcp_of(p)
+            if s.payload_len:
+                out.append((t, s.payload_len))
+    return out
+
+
+@pytest.mark.parametrize("fam", ["v4", "v6"])
+@pytest.mark.parametrize("nagle", [None, True])
+def test_relayed_tail_after_a_partial_segment_is_not_held_a_round_trip(fam, nagle):
+    # The extra 600 ms of the testbed's slow 100 KB fetches (first byte on time, last
+    # byte one link round trip late, at 0 % loss): box B sent a partial segment in the
+    # middle of the answer (the header, or the end of the server's first burst, sent
+    # before more data arrived), then the answer's partial tail; Nagle in Minshall's
+    # form (RFC 9293 §3.7.4, as Linux) held the tail until that earlier small segment
+    # was acknowledged -- a whole link round trip.  The [wan] leg runs without Nagle
+    # (pep/config.py wan_leg_settings); `[tcp.client] nagle = true` on box B brings the
+    # hold back, which is what this test shows exactly.
+    geo = {"wan": {"rtt": 2 * GEO_ONE_WAY}}
+    b_over = dict(geo, tcp={"client": {"nagle": True}}) if nagle else geo
+    out = {}
+
+    async def main():
+        async with trio.open_nursery() as n:
+            tb = TwoBoxLink(n, fam, one_way=GEO_ONE_WAY)
+            async with tb.pep_a(**geo), tb.pep_b(**b_over):
+                out["times"] = await relayed_answer(tb)
+            n.cancel_scope.cancel()
+        out["data"] = b_to_a_data(tb)
+
+    run_virtual(main)
+    first, last = out["times"]
+    data = out["data"]
+    mss = 1448 if fam == "v4" else 1428  # 1500 - IP header - 20 TCP - 12 timestamps
+    # on the link: the header alone, full segments, and the body's remainder last
+    assert data[0][1] == HEADER
+    assert [ln for _, ln in data[1:-1]] == [mss] * (100_000 // mss)
+    assert data[-1][1] == 100_000 % mss
+    header_sent, (before_tail, _), (tail_sent, _) = data[0][0], data[-2], data[-1]
+    # the body follows the header after the server's gap, paced at 20 Mbit/s
+    assert data[1][0] - header_sent == pytest.approx(0.005, abs=1e-4)
+    if nagle:
+        # held until box A's ACK of the header came back: one round trip after it left
+        assert tail_sent - header_sent >= 2 * GEO_ONE_WAY
+        assert tail_sent - before_tail > 0.5
+        assert last - first > 0.5 + 0.04
+    else:
+        # right behind the last full segment (the pacer's next slot: 1500 B at
+        # 20 Mbit/s = 0.6 ms), long before any ACK could have come back
+        assert tail_sent - before_tail < 0.0006
+        # the whole answer within its serialization (100 KB at 20 Mbit/s = 42 ms)
+        # after the first byte, not a round trip later
+        assert last - first < 0.05

@@ -22,6 +22,16 @@ def test_matrix_46_puts_each_cell_in_both_families_side_by_side():
     assert [s.as_dict()["family"] for s in resolve_scenarios(["geo-matrix"])] == [4] * 6
 
 
+def test_one_cell_of_the_matrix_by_its_name():
+    # `stackpep testbed run geo-20M-loss0%-v6 geo-20M-loss0%`: those cells, in that order
+    v6, v4 = resolve_scenarios(["geo-20M-loss0%-v6", "geo-20M-loss0%"])
+    assert (v6.name, v6.family, v4.name, v4.family) == ("geo-20M-loss0%-v6", 6, "geo-20M-loss0%", 4)
+    assert v6.link.forward.spec() == v4.link.forward.spec() == resolve_scenarios(["geo-matrix"])[0].link.forward.spec()
+    with pytest.raises(SystemExit) as exc:
+        resolve_scenarios(["geo-30M-loss0%"])
+    assert "geo-20M-loss0%-v6" in str(exc.value)
+
+
 def test_replaced_workloads_keep_the_scenarios_family():
     # `stackpep testbed run --bulk-seconds/--workloads` replaces the workloads
     sc = resolve_scenarios(["geo-matrix-v6"])[0]

@@ -32,7 +32,7 @@ def _testbed(sub) -> None:
 
     run = tsub.add_parser("run", help="run scenarios side by side and report (exit 1 if any cell failed)")
     run.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="geo, meo, leo, geo-matrix (IPv4), geo-matrix-v6, geo-matrix-46 (both, side by "
-                     "side), demo")
+                     "side), demo, or one cell of the matrix (geo-20M-loss0%%-v6)")
     run.add_argument("--configs", default=None,
                      help="comma-separated: e2e-cubic,e2e-bbr,stackpep-one-box,stackpep-two-boxes,"
                           "stackpep-two-boxes-0rtt,stackpep-two-boxes-vegas (default all but -vegas)")

@@ -119,12 +119,18 @@ def demo_scenario(bulk_s: float = 20.0) -> Scenario:
 
 
 def resolve_scenarios(names: Sequence[str]) -> List[Scenario]:
+    """Registry names, or one cell of the GEO matrix by its own name (`geo-20M-loss0%-v6`)."""
     reg = scenario_registry()
+    cells = {sc.name: sc for sc in geo_matrix((4, 6))}
     out: List[Scenario] = []
     for n in names:
-        if n not in reg:
-            raise SystemExit(f"unknown scenario {n!r}; known: {', '.join(sorted(reg))}")
-        out.extend(reg[n]())
+        if n in reg:
+            out.extend(reg[n]())
+        elif n in cells:
+            out.append(cells[n])
+        else:
+            raise SystemExit(f"unknown scenario {n!r}; known: {', '.join(sorted(reg))}, or one cell of "
+                             f"geo-matrix-46 ({', '.join(cells)})")
     return out
 
 
