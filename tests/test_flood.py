@@ -91,6 +91,33 @@ def test_embryonic_table_oldest_first_per_source():
     assert t.oldest(b) is None and t.sources() == 1
 
 
+class _Emb:
+    def __init__(self, name, awaits_peer):
+        self.name, self.awaits_peer = name, awaits_peer
+
+
+def test_embryonic_victim_is_the_oldest_whose_syn_ack_is_unanswered():
+    """max_embryonic evicts, among the `scan` oldest, the oldest that holds an
+    unanswered SYN-ACK (a spoofed source), not a real client waiting on a slow
+    server; with none such within the scan, the oldest."""
+    t = EmbryonicTable()
+    src = source_prefix(bytes([198, 18, 0, 2]))
+    waiting = [_Emb(f"w{i}", False) for i in range(3)]
+    for i, c in enumerate(waiting):
+        t.add(b"w%d" % i, c, src)
+    spoofed_ = _Emb("s0", True)
+    t.add(b"s0", spoofed_, src)
+    t.add(b"s1", _Emb("s1", True), src)
+    assert t.oldest().name == "w0"
+    assert t.victim().name == "s0"
+    assert t.victim(scan=3).name == "w0"  # not within the scan: the oldest
+    t.discard(b"s0")
+    assert t.victim().name == "s1"
+    t.discard(b"s1")
+    assert t.victim().name == "w0"
+    assert EmbryonicTable().victim() is None
+
+
 # ------------------------------------------------------------- eviction, limits
 def silent_box_config(**limits):
     return pep_config(limits=limits, handshake={"timeout": 30.0})

@@ -88,6 +88,22 @@ class EmbryonicTable:
                 return conn
         return None
 
+    def victim(self, scan: int = 64) -> Any:
+        """Whom max_embryonic evicts: among the `scan` oldest, the oldest whose SYN-ACK
+        is unanswered (`awaits_peer`: what a SYN flood leaves), else the oldest.  A
+        real client held up by a slow server is thus not evicted before a spoofed
+        source that never answered (RFC 4987 §3.4 "SYN cache": evict the least
+        likely to complete); the scan is bounded, so a SYN costs O(scan) at most."""
+        first = None
+        for i, (conn, _) in enumerate(self._entries.values()):
+            if first is None:
+                first = conn
+            if getattr(conn, "awaits_peer", False):
+                return conn
+            if i + 1 >= scan:
+                break
+        return first
+
     def sources(self) -> int:
         return len(self._per_source)
 

@@ -248,8 +248,9 @@ class Dispatcher:
     def _admit(self, source: bytes, now: int) -> bool:
         """May a new split connection from `source` open its server leg now?  The
         rate of server-leg opens first (a SYN over it is dropped: its
-        retransmission tries again), then room: the oldest embryonic connection
-        (of this source, of the box) is evicted rather than the new SYN refused."""
+        retransmission tries again), then room: an embryonic connection is evicted
+        rather than the new SYN refused -- this source's oldest, or the box's oldest
+        whose SYN-ACK is unanswered (EmbryonicTable.victim), else its oldest."""
         c = self.counters
         verdict = self.open_limiter.allow(source, now)
         if verdict != "sent":
@@ -260,10 +261,10 @@ class Dispatcher:
         if emb.count(source) >= lim.max_embryonic_per_source:
             self._evict(emb.oldest(source), "evicted_embryonic_per_source")
         elif len(emb) >= lim.max_embryonic:
-            self._evict(emb.oldest(), "evicted_embryonic")
+            self._evict(emb.victim(), "evicted_embryonic")
         # len(table) first: counting the lingering connections walks the table
         if len(self.table) >= self.config.max_connections:
-            victim = emb.oldest()
+            victim = emb.victim()
             if victim is not None:
                 self._evict(victim, "evicted_embryonic_table_full")
             elif self.active_connections() >= self.config.max_connections:

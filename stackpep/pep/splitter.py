@@ -586,6 +586,14 @@ class SplitConnection:
         flood makes, the first the dispatcher evicts."""
         return not self.done and not (self.legs[CLIENT].established and self.legs[SERVER].established)
 
+    @property
+    def awaits_peer(self) -> bool:
+        """Our SYN-ACK went to the one who opened (the passive leg is started) and its
+        ACK has not come: what a spoofed SYN leaves behind.  A real client answers
+        within a round trip; one still waiting for the server is not suspect."""
+        leg = self.legs[self.passive]
+        return leg.opened and not leg.established and not self.done
+
     def _limit_deadline(self) -> Optional[int]:
         """When the connection's own limit runs out (µs): the handshake timeout
         while embryonic, then the idle timeout; None while only TIME-WAIT is left
