@@ -56,6 +56,8 @@ COUNTERS = (
     "rst_sent_unknown_flow",
     "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
     "rst_suppressed_total",  # ... the box's bucket was empty
+    "dispatch_ring_rereads",  # a pass read the rings again between slices of turns (Dispatcher._pass)
+    "dispatch_reread_packets",  # ... and took this many packets that way
     "memory_releases",  # free buffer chunks and heap pages handed back to the kernel (_release_memory)
 ) + SPLIT_COUNTERS + ADMISSION_COUNTERS + SYNCOOKIE_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) \
     + ICMP_COUNTERS + SCPS_COUNTERS
@@ -67,6 +69,15 @@ _WAN_SIDE = {"client": CLIENT, "server": SERVER}
 #: are dropped (syncookie_drop_lookups_pending): a flood from fresh sources
 #: must not pile up tasks.
 COOKIE_LOOKUPS_MAX = 256
+
+#: Connection turns a dispatcher pass runs before it flushes what they emitted
+#: and reads every ring again (Dispatcher._pass).  A turn costs some tens of
+#: microseconds, so a slice is a few milliseconds: a 16 MiB ring filling at
+#: veth speed (GB/s) lasts ~10-20 ms.
+TURNS_PER_PASS = 128
+#: Re-reads a pass makes at most before it only finishes its turns (and yields
+#: to the event loop).
+REREADS_PER_PASS = 64
 
 #: How often the box looks whether its table shrank enough to hand free memory
 #: back (seconds), and by how many connections it must have shrunk since the last
@@ -135,26 +146,63 @@ class Dispatcher:
             self.closed_event.set()
 
     async def _read_port(self, port: PacketPort) -> None:
-        client_side = port.client_side
-        table = self.table
-        counters = self.counters
-        ports = self.ports
         while True:
             batch = await port.receive_batch()
-            now = now_us()
-            for p in ports:  # what the batch makes the connections send leaves in one go (flush below)
-                p.defer()
-            try:
-                self._take_batch(port, client_side, batch, now, table, counters)
-            finally:
+            self._pass(port, batch)
+
+    def _pass(self, port: PacketPort, batch) -> None:
+        """One dispatcher pass: `batch` (from `port`) to its connections, then one
+        turn of every connection that took packets -- TURNS_PER_PASS at a time:
+        after each slice what those turns emitted leaves (flush) and every ring
+        is read again (`PacketPort.poll_batch`) before the next slice, so that a
+        burst touching thousands of connections does not leave the rings unread
+        (and full: rx_drop_ring_full) behind thousands of turns.  What a re-read
+        brings joins the pass (its connections queue behind those already
+        touched); after REREADS_PER_PASS re-reads the pass only finishes its
+        turns, so that the event loop (timers, other tasks) is not starved."""
+        counters = self.counters
+        table = self.table
+        ports = self.ports
+        touched: Dict[bytes, SplitConnection] = {}  # connections whose engines took packets, in order
+        now = now_us()
+        for p in ports:  # what the turns make the connections send leaves in one go per slice (flush below)
+            p.defer()
+        try:
+            self._take_batch(port, port.client_side, batch, now, table, counters, touched)
+            rereads = 0
+            while touched:
+                n = 0
+                while touched and n < TURNS_PER_PASS:
+                    conn = touched.pop(next(iter(touched)))
+                    n += 1
+                    try:
+                        conn.turn(now)
+                    except Exception:
+                        log.exception("%s: a turn failed; resetting both legs", conn)
+                        conn.fail()
+                if not touched or rereads >= REREADS_PER_PASS:
+                    continue
+                # turns are still waiting: let what they emitted go and look at the rings first
                 for p in ports:
                     p.flush()
+                    p.defer()
+                rereads += 1
+                counters["dispatch_ring_rereads"] += 1
+                now = now_us()
+                for p in ports:
+                    more = p.poll_batch()
+                    if more:
+                        counters["dispatch_reread_packets"] += len(more)
+                        self._take_batch(p, p.client_side, more, now, table, counters, touched)
+        finally:
+            for p in ports:
+                p.flush()
 
-    def _take_batch(self, port: PacketPort, client_side: bool, batch, now: int, table, counters) -> None:
-        """Each packet of one batch to its connection, then one turn of every
-        connection that took packets."""
+    def _take_batch(self, port: PacketPort, client_side: bool, batch, now: int, table, counters,
+                    touched: Dict[bytes, SplitConnection]) -> None:
+        """Each packet of one batch to its connection; the connections whose
+        engines took packets are added to `touched` (their turn is due)."""
         counters["packets_in"] += len(batch)
-        touched: Dict[bytes, SplitConnection] = {}  # connections whose engines took packets
         for key, pkt, flags in batch:
             if flags & ICMP_ERROR:
                 self._icmp_error(port, key, pkt, now)
@@ -177,13 +225,6 @@ class Dispatcher:
                 counters["packets_to_connections"] += 1
             else:
                 self._new_flow(port, key, pkt, flags, now)
-        # One turn per connection per batch, here: no task switch per batch.
-        for conn in touched.values():
-            try:
-                conn.turn(now)
-            except Exception:
-                log.exception("%s: a turn failed; resetting both legs", conn)
-                conn.fail()
 
     async def _release_memory(self) -> None:
         while True:
@@ -472,6 +513,12 @@ class Dispatcher:
         for conn in list(self.table.values()):
             conn.shutdown(Outcome.SHUTDOWN)
 
+    def router_statistics(self) -> Dict[str, int]:
+        """The route lookups' counters (stackpep.io.routes.NextHopCache: route_cache_hits,
+        route_cache_misses, route_table_dumps, route_table_invalidations, route_queries)."""
+        stats = getattr(self.router, "statistics", None)
+        return dict(stats()) if stats is not None else {}
+
     def statistics(self) -> Dict[str, object]:
         states: Dict[str, int] = {}
         for conn in self.table.values():
@@ -489,4 +536,5 @@ class Dispatcher:
             "leg_states": states,
             "buffers": buffer_statistics(),
             "ports": {p.name: p.statistics() for p in self.ports},
+            "routes": self.router_statistics(),
         }
