@@ -117,14 +117,17 @@ def test_many_turns_are_sliced_and_every_ring_is_read_between_slices():
     run_pass(d, cport, [(key(i), b"p", ACK) for i in range(n)])
     # every connection took its packet and got exactly one turn, in arrival order
     assert [e[1] for e in log if e[0] == "turn"] == list(range(n))
-    # K turns, then both rings are read, three times; the last slice ends the pass
-    assert turns_between_reads(log) == [k, k, k, 5]
-    assert [e for e in log if e[0] == "read"] == [("read", "c", 0), ("read", "s", 0)] * 3
-    # what a slice's turns emitted left before the rings were read
+    # K turns, then the rings are looked at (twice: before and after the slice's
+    # output left), three times; the last slice ends the pass
+    assert turns_between_reads(log) == [k, 0, k, 0, k, 0, 5]
+    assert [e for e in log if e[0] == "read"] == [("read", "c", 0), ("read", "s", 0)] * 6
+    # between the two looks what the slice emitted leaves
     first_read = log.index(("read", "c", 0))
-    assert log[first_read - 4:first_read] == [("flush", "c"), ("defer", "c"), ("flush", "s"), ("defer", "s")]
+    assert log[first_read:first_read + 8] == [
+        ("read", "c", 0), ("read", "s", 0), ("flush", "c"), ("defer", "c"), ("flush", "s"), ("defer", "s"),
+        ("read", "c", 0), ("read", "s", 0)]
     assert log[-2:] == [("flush", "c"), ("flush", "s")]
-    assert d.counters["dispatch_ring_rereads"] == 3 and d.counters["dispatch_reread_packets"] == 0
+    assert d.counters["dispatch_ring_rereads"] == 6 and d.counters["dispatch_reread_packets"] == 0
     assert d.counters["packets_in"] == n == d.counters["packets_to_connections"]
 
 
@@ -140,21 +143,22 @@ def test_what_a_reread_brings_joins_the_pass_behind_the_waiting_turns():
     n = 2 * k
     d, cport, sport, log = make(n + 2)
     # while the first slice runs, packets arrive on the server ring for connection n
-    # and for one already turned (0): both get a turn after the waiting ones
-    sport.queue = [(key(n), b"q", ACK), (key(0), b"q", ACK)]
+    # and for one already turned (0), and a second packet for one still waiting (k + 1):
+    # the new ones get a turn after the waiting ones, the waiting one only its own
+    sport.queue = [(key(n), b"q", ACK), (key(0), b"q", ACK), (key(k + 1), b"q", ACK)]
     cport.queue = [(key(n + 1), b"r", ACK)]
     run_pass(d, cport, [(key(i), b"p", ACK) for i in range(n)])
     turns = [e[1] for e in log if e[0] == "turn"]
     assert turns == list(range(n)) + [n + 1, n, 0]
-    assert d.counters["dispatch_ring_rereads"] == 2  # after the 1st and 2nd slice (turns were waiting)
-    assert d.counters["dispatch_reread_packets"] == 3
-    assert d.counters["packets_in"] == n + 3
+    assert d.counters["dispatch_ring_rereads"] == 4  # before and after the output of slices 1 and 2
+    assert d.counters["dispatch_reread_packets"] == 4
+    assert d.counters["packets_in"] == n + 4
 
 
-def test_rereads_per_pass_are_bounded(monkeypatch):
+def test_rereads_stop_after_a_bound_of_packets(monkeypatch):
     # a ring that is never empty: the pass still ends (the event loop gets its turn)
     monkeypatch.setattr(dmod, "TURNS_PER_PASS", 2)
-    monkeypatch.setattr(dmod, "REREADS_PER_PASS", 5)
+    monkeypatch.setattr(dmod, "REREAD_PACKETS_PER_PASS", 9)
     d, cport, sport, log = make(100)
     seq = iter(range(4, 100))
 
@@ -165,9 +169,28 @@ def test_rereads_per_pass_are_bounded(monkeypatch):
 
     cport.poll_batch = refill
     run_pass(d, cport, [(key(i), b"p", ACK) for i in range(4)])
-    assert d.counters["dispatch_ring_rereads"] == 5
-    # 4 + 5 x 2 connections, each turned once
-    assert sorted(e[1] for e in log if e[0] == "turn") == list(range(14))
+    # two looks per slice bring 4 packets: after 3 slices 12 >= 9, no more looks
+    assert d.counters["dispatch_ring_rereads"] == 6 and d.counters["dispatch_reread_packets"] == 12
+    # 4 + 12 connections, each turned once
+    assert sorted(e[1] for e in log if e[0] == "turn") == list(range(16))
+
+
+def test_a_superseded_connection_is_not_turned_its_successor_is():
+    # (as the batch loop always did: one turn per key, the connection the key has
+    # when the turns run)
+    d, cport, sport, log = make(2)
+    old = d.table[key(1)]
+    new = FakeConn(99, log)
+
+    def deliver_then_replace(from_client, pkt, flags, now):
+        log.append(("deliver", 1))
+        d.table[key(1)] = new  # (what a SYN that supersedes it does: SplitConnection.reusable_by_new_syn)
+        return True
+
+    old.deliver = deliver_then_replace
+    run_pass(d, cport, [(key(1), b"p", ACK), (key(0), b"p", ACK), (key(1), b"p", ACK)])
+    assert [e for e in log if e[0] in ("turn", "deliver")] == [
+        ("deliver", 1), ("deliver", 0), ("deliver", 99), ("turn", 0), ("turn", 99)]
 
 
 def test_memory_port_poll_batch_takes_what_is_queued_without_waiting():

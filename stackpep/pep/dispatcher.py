@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Set
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import trio
 
@@ -56,7 +57,7 @@ COUNTERS = (
     "rst_sent_unknown_flow",
     "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
     "rst_suppressed_total",  # ... the box's bucket was empty
-    "dispatch_ring_rereads",  # a pass read the rings again between slices of turns (Dispatcher._pass)
+    "dispatch_ring_rereads",  # a pass looked at every ring again between slices of turns (Dispatcher._pass)
     "dispatch_reread_packets",  # ... and took this many packets that way
     "memory_releases",  # free buffer chunks and heap pages handed back to the kernel (_release_memory)
 ) + SPLIT_COUNTERS + ADMISSION_COUNTERS + SYNCOOKIE_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) \
@@ -74,10 +75,10 @@ COOKIE_LOOKUPS_MAX = 256
 #: and reads every ring again (Dispatcher._pass).  A turn costs some tens of
 #: microseconds, so a slice is a few milliseconds: a 16 MiB ring filling at
 #: veth speed (GB/s) lasts ~10-20 ms.
-TURNS_PER_PASS = 128
-#: Re-reads a pass makes at most before it only finishes its turns (and yields
-#: to the event loop).
-REREADS_PER_PASS = 64
+TURNS_PER_PASS = 32
+#: Once a pass's re-reads brought this many packets it stops re-reading and only
+#: finishes its turns (then yields to the event loop: timers, other tasks).
+REREAD_PACKETS_PER_PASS = 65536
 
 #: How often the box looks whether its table shrank enough to hand free memory
 #: back (seconds), and by how many connections it must have shrunk since the last
@@ -158,50 +159,71 @@ class Dispatcher:
         burst touching thousands of connections does not leave the rings unread
         (and full: rx_drop_ring_full) behind thousands of turns.  What a re-read
         brings joins the pass (its connections queue behind those already
-        touched); after REREADS_PER_PASS re-reads the pass only finishes its
-        turns, so that the event loop (timers, other tasks) is not starved."""
+        touched); once re-reads brought REREAD_PACKETS_PER_PASS packets the pass
+        only finishes its turns, so that the event loop (timers, other tasks) is
+        not starved.  The rings are read both before the slice's output leaves
+        and after: on veth the peers' stacks answer that output at once (their
+        ACK-clocked data lands in the ring during the send), so the room is made
+        first."""
         counters = self.counters
         table = self.table
         ports = self.ports
-        touched: Dict[bytes, SplitConnection] = {}  # connections whose engines took packets, in order
+        # connections whose engines took packets: by key (one turn each) and in order
+        touched: Dict[bytes, SplitConnection] = {}
+        due: Deque[Tuple[bytes, SplitConnection]] = deque()
         now = now_us()
         for p in ports:  # what the turns make the connections send leaves in one go per slice (flush below)
             p.defer()
         try:
-            self._take_batch(port, port.client_side, batch, now, table, counters, touched)
-            rereads = 0
-            while touched:
+            self._take_batch(port, port.client_side, batch, now, table, counters, touched, due)
+            taken = 0  # packets the re-reads brought
+            while due:
                 n = 0
-                while touched and n < TURNS_PER_PASS:
-                    conn = touched.pop(next(iter(touched)))
+                while due and n < TURNS_PER_PASS:
+                    key, conn = due.popleft()
+                    if touched.get(key) is not conn:
+                        continue  # superseded by a new connection under the same key (it is due itself)
+                    del touched[key]
                     n += 1
                     try:
                         conn.turn(now)
                     except Exception:
                         log.exception("%s: a turn failed; resetting both legs", conn)
                         conn.fail()
-                if not touched or rereads >= REREADS_PER_PASS:
+                if not due or taken >= REREAD_PACKETS_PER_PASS:
                     continue
-                # turns are still waiting: let what they emitted go and look at the rings first
+                # Turns are still waiting: the rings first (what piled up during
+                # this slice), then what the slice emitted leaves -- on veth the
+                # peers' stacks answer it at once, into the rings -- and the rings
+                # again.
+                now = now_us()
+                taken += self._reread(now, touched, due)
                 for p in ports:
                     p.flush()
                     p.defer()
-                rereads += 1
-                counters["dispatch_ring_rereads"] += 1
-                now = now_us()
-                for p in ports:
-                    more = p.poll_batch()
-                    if more:
-                        counters["dispatch_reread_packets"] += len(more)
-                        self._take_batch(p, p.client_side, more, now, table, counters, touched)
+                taken += self._reread(now, touched, due)
         finally:
             for p in ports:
                 p.flush()
 
+    def _reread(self, now: int, touched: Dict[bytes, SplitConnection], due) -> int:
+        """Every ring once more, without waiting; returns the packets taken."""
+        counters = self.counters
+        counters["dispatch_ring_rereads"] += 1
+        taken = 0
+        for p in self.ports:
+            more = p.poll_batch()
+            if more:
+                taken += len(more)
+                self._take_batch(p, p.client_side, more, now, self.table, counters, touched, due)
+        counters["dispatch_reread_packets"] += taken
+        return taken
+
     def _take_batch(self, port: PacketPort, client_side: bool, batch, now: int, table, counters,
-                    touched: Dict[bytes, SplitConnection]) -> None:
+                    touched: Dict[bytes, SplitConnection], due) -> None:
         """Each packet of one batch to its connection; the connections whose
-        engines took packets are added to `touched` (their turn is due)."""
+        engines took packets are added to `touched` and, once, to the end of
+        `due` (their turn is due)."""
         counters["packets_in"] += len(batch)
         for key, pkt, flags in batch:
             if flags & ICMP_ERROR:
@@ -216,8 +238,9 @@ class Dispatcher:
                     self._new_flow(port, key, pkt, flags, now)
                     continue
                 try:
-                    if conn.deliver(client_side, pkt, flags, now):
+                    if conn.deliver(client_side, pkt, flags, now) and touched.get(key) is not conn:
                         touched[key] = conn
+                        due.append((key, conn))
                 except Exception:
                     log.exception("%s: delivering a packet failed; resetting both legs", conn)
                     conn.fail()
