@@ -363,3 +363,22 @@ def test_run_pcap_flag_is_checked_before_starting(tmp_path):
     assert res.stderr.splitlines() == [
         "--pcap: /nonexistent-stackpep/p.pcapng: directory '/nonexistent-stackpep' does not exist",
         f"{cfg}: 1 problem(s); not starting"]
+
+
+def test_tap_writes_what_a_poll_takes(tmp_path):
+    # the dispatcher's look between slices of a pass (PacketPort.poll_batch) is captured too
+    client = MemoryPort("box1", True)
+    (tc,) = tap_ports([client], str(tmp_path / "tap.pcapng"))
+    tc._clock = lambda: TS * 1000
+
+    async def main():
+        assert tc.poll_batch() == []
+        client.inject(SYN4)
+        client.inject(ICMP4)
+        assert [b[1] for b in tc.poll_batch()] == [SYN4, ICMP4]
+
+    trio.run(main)
+    tc.close()
+    assert tc.statistics()["pcap_packets"] == 2
+    with PcapNgReader(str(tmp_path / "tap.box1.pcapng")) as r:
+        assert [(bytes(p), p.direction) for p in r] == [(SYN4, INBOUND), (ICMP4, INBOUND)]

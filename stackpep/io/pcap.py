@@ -305,6 +305,12 @@ class PcapTap(PacketPort):
         self.pcap.write(self.if_id, INBOUND, [b[1] for b in batch], self._clock() // 1000)
         return batch
 
+    def poll_batch(self) -> Batch:
+        batch = self.port.poll_batch()
+        if batch:
+            self.pcap.write(self.if_id, INBOUND, [b[1] for b in batch], self._clock() // 1000)
+        return batch
+
     def send(self, packets: List[bytes], hop) -> int:
         self.pcap.write(self.if_id, OUTBOUND, packets, self._clock() // 1000)
         return self.port.send(packets, hop)

@@ -36,6 +36,11 @@ class PacketPort(abc.ABC):
     async def receive_batch(self) -> Batch:
         """Wait until packets arrived; return them (never an empty list unless closed)."""
 
+    def poll_batch(self) -> Batch:
+        """What has arrived by now, without waiting (possibly nothing): the
+        dispatcher reads the rings again between slices of a long pass."""
+        return []
+
     @abc.abstractmethod
     def send(self, packets: List[bytes], hop: object) -> int:
         """Emit IP packets towards `hop` (from Router.next_hop); returns the number sent."""
@@ -74,6 +79,10 @@ class Router(abc.ABC):
     @abc.abstractmethod
     async def next_hop(self, addr: bytes) -> Tuple[PacketPort, object]:
         """Raise LookupError if addr is unreachable."""
+
+    def statistics(self) -> Dict[str, int]:
+        """The lookup counters (KernelRouter: stackpep.io.routes.NextHopCache.counters)."""
+        return {}
 
 
 # ------------------------------------------------------------------ AF_PACKET
@@ -130,6 +139,10 @@ class AfPacketPort(PacketPort):
                 await trio.sleep_until((trio.current_time() // g + 1) * g)
             elif not ring.pending():
                 await trio.lowlevel.wait_readable(ring.fileno())
+
+    def poll_batch(self) -> Batch:
+        # (the bytes count towards the next receive_batch's: a busy ring is not held)
+        return self.ring.read_batch()
 
     def send(self, packets: List[bytes], hop) -> int:
         held = self._held
@@ -222,6 +235,11 @@ class KernelRouter(Router):
         port = self.by_index.get(nh.ifindex)
         return None if port is None else (port, nh)
 
+    def statistics(self) -> Dict[str, int]:
+        # route_cache_hits/misses (the route snapshot), route_table_dumps,
+        # route_table_invalidations, route_queries (netlink round trips)
+        return dict(self.cache.counters)
+
     def close(self) -> None:
         self.rtnl.close()
 
@@ -282,6 +300,16 @@ class MemoryPort(PacketPort):
     async def receive_batch(self) -> Batch:
         first = await self._recv.receive()
         batch = [first]
+        while True:
+            try:
+                batch.append(self._recv.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        self.counters["rx_packets"] += len(batch)
+        return batch
+
+    def poll_batch(self) -> Batch:
+        batch = []
         while True:
             try:
                 batch.append(self._recv.receive_nowait())

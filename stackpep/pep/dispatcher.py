@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Set
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import trio
 
@@ -56,6 +57,8 @@ COUNTERS = (
     "rst_sent_unknown_flow",
     "rst_suppressed_per_source",  # unknown-flow RST held back: that source's bucket was empty
     "rst_suppressed_total",  # ... the box's bucket was empty
+    "dispatch_ring_rereads",  # a pass looked at every ring again between slices of turns (Dispatcher._pass)
+    "dispatch_reread_packets",  # ... and took this many packets that way
     "memory_releases",  # free buffer chunks and heap pages handed back to the kernel (_release_memory)
 ) + SPLIT_COUNTERS + ADMISSION_COUNTERS + SYNCOOKIE_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) \
     + ICMP_COUNTERS + SCPS_COUNTERS
@@ -67,6 +70,15 @@ _WAN_SIDE = {"client": CLIENT, "server": SERVER}
 #: are dropped (syncookie_drop_lookups_pending): a flood from fresh sources
 #: must not pile up tasks.
 COOKIE_LOOKUPS_MAX = 256
+
+#: Connection turns a dispatcher pass runs before it flushes what they emitted
+#: and reads every ring again (Dispatcher._pass).  A turn costs some tens of
+#: microseconds, so a slice is a few milliseconds: a 16 MiB ring filling at
+#: veth speed (GB/s) lasts ~10-20 ms.
+TURNS_PER_PASS = 32
+#: Once a pass's re-reads brought this many packets it stops re-reading and only
+#: finishes its turns (then yields to the event loop: timers, other tasks).
+REREAD_PACKETS_PER_PASS = 65536
 
 #: How often the box looks whether its table shrank enough to hand free memory
 #: back (seconds), and by how many connections it must have shrunk since the last
@@ -135,26 +147,84 @@ class Dispatcher:
             self.closed_event.set()
 
     async def _read_port(self, port: PacketPort) -> None:
-        client_side = port.client_side
-        table = self.table
-        counters = self.counters
-        ports = self.ports
         while True:
             batch = await port.receive_batch()
-            now = now_us()
-            for p in ports:  # what the batch makes the connections send leaves in one go (flush below)
-                p.defer()
-            try:
-                self._take_batch(port, client_side, batch, now, table, counters)
-            finally:
+            self._pass(port, batch)
+
+    def _pass(self, port: PacketPort, batch) -> None:
+        """One dispatcher pass: `batch` (from `port`) to its connections, then one
+        turn of every connection that took packets -- TURNS_PER_PASS at a time:
+        after each slice what those turns emitted leaves (flush) and every ring
+        is read again (`PacketPort.poll_batch`) before the next slice, so that a
+        burst touching thousands of connections does not leave the rings unread
+        (and full: rx_drop_ring_full) behind thousands of turns.  What a re-read
+        brings joins the pass (its connections queue behind those already
+        touched); once re-reads brought REREAD_PACKETS_PER_PASS packets the pass
+        only finishes its turns, so that the event loop (timers, other tasks) is
+        not starved.  The rings are read both before the slice's output leaves
+        and after: on veth the peers' stacks answer that output at once (their
+        ACK-clocked data lands in the ring during the send), so the room is made
+        first."""
+        counters = self.counters
+        table = self.table
+        ports = self.ports
+        # connections whose engines took packets: by key (one turn each) and in order
+        touched: Dict[bytes, SplitConnection] = {}
+        due: Deque[Tuple[bytes, SplitConnection]] = deque()
+        now = now_us()
+        for p in ports:  # what the turns make the connections send leaves in one go per slice (flush below)
+            p.defer()
+        try:
+            self._take_batch(port, port.client_side, batch, now, table, counters, touched, due)
+            taken = 0  # packets the re-reads brought
+            while due:
+                n = 0
+                while due and n < TURNS_PER_PASS:
+                    key, conn = due.popleft()
+                    if touched.get(key) is not conn:
+                        continue  # superseded by a new connection under the same key (it is due itself)
+                    del touched[key]
+                    n += 1
+                    try:
+                        conn.turn(now)
+                    except Exception:
+                        log.exception("%s: a turn failed; resetting both legs", conn)
+                        conn.fail()
+                if not due or taken >= REREAD_PACKETS_PER_PASS:
+                    continue
+                # Turns are still waiting: the rings first (what piled up during
+                # this slice), then what the slice emitted leaves -- on veth the
+                # peers' stacks answer it at once, into the rings -- and the rings
+                # again.
+                now = now_us()
+                taken += self._reread(now, touched, due)
                 for p in ports:
                     p.flush()
+                    p.defer()
+                taken += self._reread(now, touched, due)
+        finally:
+            for p in ports:
+                p.flush()
 
-    def _take_batch(self, port: PacketPort, client_side: bool, batch, now: int, table, counters) -> None:
-        """Each packet of one batch to its connection, then one turn of every
-        connection that took packets."""
+    def _reread(self, now: int, touched: Dict[bytes, SplitConnection], due) -> int:
+        """Every ring once more, without waiting; returns the packets taken."""
+        counters = self.counters
+        counters["dispatch_ring_rereads"] += 1
+        taken = 0
+        for p in self.ports:
+            more = p.poll_batch()
+            if more:
+                taken += len(more)
+                self._take_batch(p, p.client_side, more, now, self.table, counters, touched, due)
+        counters["dispatch_reread_packets"] += taken
+        return taken
+
+    def _take_batch(self, port: PacketPort, client_side: bool, batch, now: int, table, counters,
+                    touched: Dict[bytes, SplitConnection], due) -> None:
+        """Each packet of one batch to its connection; the connections whose
+        engines took packets are added to `touched` and, once, to the end of
+        `due` (their turn is due)."""
         counters["packets_in"] += len(batch)
-        touched: Dict[bytes, SplitConnection] = {}  # connections whose engines took packets
         for key, pkt, flags in batch:
             if flags & ICMP_ERROR:
                 self._icmp_error(port, key, pkt, now)
@@ -168,8 +238,9 @@ class Dispatcher:
                     self._new_flow(port, key, pkt, flags, now)
                     continue
                 try:
-                    if conn.deliver(client_side, pkt, flags, now):
+                    if conn.deliver(client_side, pkt, flags, now) and touched.get(key) is not conn:
                         touched[key] = conn
+                        due.append((key, conn))
                 except Exception:
                     log.exception("%s: delivering a packet failed; resetting both legs", conn)
                     conn.fail()
@@ -177,13 +248,6 @@ class Dispatcher:
                 counters["packets_to_connections"] += 1
             else:
                 self._new_flow(port, key, pkt, flags, now)
-        # One turn per connection per batch, here: no task switch per batch.
-        for conn in touched.values():
-            try:
-                conn.turn(now)
-            except Exception:
-                log.exception("%s: a turn failed; resetting both legs", conn)
-                conn.fail()
 
     async def _release_memory(self) -> None:
         while True:
@@ -473,6 +537,12 @@ class Dispatcher:
         for conn in list(self.table.values()):
             conn.shutdown(Outcome.SHUTDOWN)
 
+    def router_statistics(self) -> Dict[str, int]:
+        """The route lookups' counters (stackpep.io.routes.NextHopCache: route_cache_hits,
+        route_cache_misses, route_table_dumps, route_table_invalidations, route_queries)."""
+        stats = getattr(self.router, "statistics", None)
+        return dict(stats()) if stats is not None else {}
+
     def statistics(self) -> Dict[str, object]:
         states: Dict[str, int] = {}
         for conn in self.table.values():
@@ -490,4 +560,5 @@ class Dispatcher:
             "leg_states": states,
             "buffers": buffer_statistics(),
             "ports": {p.name: p.statistics() for p in self.ports},
+            "routes": self.router_statistics(),
         }

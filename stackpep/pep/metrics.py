@@ -88,6 +88,8 @@ def render_stats(counters: Dict[str, int], st: Dict[str, Any], max_connections: 
         e.add("stackpep_buffer_bytes", "gauge", "Send/receive buffer storage the engines hold now.", buf["bytes"])
         e.add("stackpep_buffer_pool_bytes", "gauge", "Free buffer chunks kept for reuse.",
               buf["pool_chunks"] * buf["chunk_size"])
+    for k, v in (st.get("routes") or {}).items():  # route_cache_hits, route_queries, ...
+        e.add(f"stackpep_{k}_total", "counter", f"Route lookup counter {k}.", v)
     for pname, pst in st["ports"].items():
         for k, v in pst.items():
             e.add(f"stackpep_port_{k}_total", "counter", f"Capture port counter {k}.", v, {"port": pname})

@@ -103,6 +103,7 @@ def stats_snapshot(pep: "Pep", connections: bool = True) -> Dict[str, Any]:
         "drops": drops_by_reason(st),
         "engine_drops": engine_drops(disp),
         "ports": st["ports"],
+        "routes": st["routes"],  # route lookup counters (summed over workers like the rest)
     }
     if connections:
         reply["connections"] = [connection_snapshot(c, now) for c in list(disp.table.values())]
@@ -177,6 +178,9 @@ def summary_lines(reply: Dict[str, Any], previous: Optional[Dict[str, Any]] = No
     drops = {k: v for k, v in reply["drops"].items() if v}
     drops.update({f"engine.{k}": v for k, v in reply["engine_drops"].items() if v})
     lines.append("drops: " + (", ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "none"))
+    routes = reply.get("routes") or {}
+    if routes:
+        lines.append("routes: " + ", ".join(f"{k}={v}" for k, v in routes.items()))
     if reply.get("workers"):  # stackpep.pep.workers: the sum above, each worker here
         lines.append("workers: " + ", ".join(
             f"{w['index']} (pid {w['pid']}): " + (f"{w['connections_active']} active, {w['connections_opened']} opened"
