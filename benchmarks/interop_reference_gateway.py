@@ -37,7 +37,6 @@ from typing import Dict, List, Optional
 from stackpep.testbed import twobox
 from stackpep.testbed.emulator import DirectionParams
 from stackpep.testbed.netns import Network
-from stackpep.testbed.splitbox import wait_stats_file
 from stackpep.testbed.topology import LinkSpec, python_command, python_env, set_offloads
 
 MTU = 1500
@@ -114,11 +113,17 @@ s.serve_forever()
 
 
 class Bed:
-    """client, box (stackpep), link, ref (reference gateway), server for one role."""
+    """client, X, link, Y, server; X and Y are each "stackpep" (a router) or "ref" (the
+    reference gateway, a bridge).  A role names the pair: stackpep-a = stackpep X with
+    ref Y, stackpep-b = ref X with stackpep Y; stackpep-pair and ref-pair side by side."""
+
+    PAIRS = {"stackpep-a": ("stackpep", "ref"), "stackpep-b": ("ref", "stackpep"),
+             "stackpep-pair": ("stackpep", "stackpep"), "ref-pair": ("ref", "ref")}
 
     def __init__(self, role: str, gwdir: Path, workdir: Path, rate: int, rtt_ms: float, loss: float,
                  cc: int):
         self.role, self.gwdir, self.workdir = role, gwdir, workdir
+        self.kinds = self.PAIRS[role]
         self.rate, self.rtt_ms, self.loss, self.cc = rate, rtt_ms, loss, cc
         self.net = Network()
         self.procs: List[subprocess.Popen] = []
@@ -127,35 +132,36 @@ class Bed:
     # client ─cl0─lan0─ X ─wan0─la─ link ─lb─wan0─ Y ─lan0─sv0─ server
     def build(self) -> "Bed":
         net = self.net
+        kx, ky = self.kinds
         self.client = net.add_host("client")
         self.x = net.add_host("x", forwarding=True)
         self.link = net.add_host("link")
         self.y = net.add_host("y", forwarding=True)
         self.server = net.add_host("server")
         self.link.sysctl("net.ipv6.conf.all.disable_ipv6", 1)
-        if self.role == "stackpep-a":
-            # X = stackpep (router), Y = reference gateway (bridge): server on the link net
-            self.client_addr, self.server_addr = "198.18.1.2", "198.18.2.3"
-            net.link(self.client, self.x, [f"{self.client_addr}/24"], ["198.18.1.1/24"], a_ifname="cl0",
-                     b_ifname="lan0", mtu=MTU)
-            net.link(self.x, self.link, ["198.18.2.1/24"], [], a_ifname="wan0", b_ifname="la", mtu=MTU)
-            net.link(self.link, self.y, [], [], a_ifname="lb", b_ifname="wan0", mtu=MTU)
-            net.link(self.y, self.server, [], [f"{self.server_addr}/24"], a_ifname="lan0", b_ifname="sv0",
-                     mtu=MTU)
+        # a stackpep X routes the client's subnet; behind a reference gateway (a
+        # bridge) the end host sits on the link's subnet
+        self.client_addr = "198.18.1.2" if kx == "stackpep" else "198.18.2.3"
+        self.server_addr = "198.18.3.2" if ky == "stackpep" else "198.18.2.4"
+        net.link(self.client, self.x, [f"{self.client_addr}/24"], ["198.18.1.1/24"] if kx == "stackpep" else [],
+                 a_ifname="cl0", b_ifname="lan0", mtu=MTU)
+        net.link(self.x, self.link, ["198.18.2.1/24"] if kx == "stackpep" else [], [], a_ifname="wan0",
+                 b_ifname="la", mtu=MTU)
+        net.link(self.link, self.y, [], ["198.18.2.2/24"] if ky == "stackpep" else [], a_ifname="lb",
+                 b_ifname="wan0", mtu=MTU)
+        net.link(self.y, self.server, ["198.18.3.1/24"] if ky == "stackpep" else [], [f"{self.server_addr}/24"],
+                 a_ifname="lan0", b_ifname="sv0", mtu=MTU)
+        if kx == "stackpep":
             self.client.run(["ip", "route", "add", "default", "via", "198.18.1.1"])
-            self.server.run(["ip", "route", "add", CLIENT_NET, "via", "198.18.2.1"])
-            self.box, self.ref = self.x, self.y
-        else:
-            # X = reference gateway (bridge): client on the link net, Y = stackpep (router)
-            self.client_addr, self.server_addr = "198.18.2.3", "198.18.3.2"
-            net.link(self.client, self.x, [f"{self.client_addr}/24"], [], a_ifname="cl0", b_ifname="lan0", mtu=MTU)
-            net.link(self.x, self.link, [], [], a_ifname="wan0", b_ifname="la", mtu=MTU)
-            net.link(self.link, self.y, [], ["198.18.2.2/24"], a_ifname="lb", b_ifname="wan0", mtu=MTU)
-            net.link(self.y, self.server, ["198.18.3.1/24"], [f"{self.server_addr}/24"], a_ifname="lan0",
-                     b_ifname="sv0", mtu=MTU)
+        elif ky == "stackpep":
             self.client.run(["ip", "route", "add", SERVER_NET, "via", "198.18.2.2"])
+        if kx == ky == "stackpep":  # two routers: each reaches the far subnet through the other
+            self.x.run(["ip", "route", "add", SERVER_NET, "via", "198.18.2.2"])
+            self.y.run(["ip", "route", "add", CLIENT_NET, "via", "198.18.2.1"])
+        if ky == "stackpep":
             self.server.run(["ip", "route", "add", "default", "via", "198.18.3.1"])
-            self.box, self.ref = self.y, self.x
+        elif kx == "stackpep":
+            self.server.run(["ip", "route", "add", CLIENT_NET, "via", "198.18.2.1"])
         for host, ifs in ((self.client, ["cl0"]), (self.x, ["lan0", "wan0"]), (self.link, ["la", "lb"]),
                           (self.y, ["wan0", "lan0"]), (self.server, ["sv0"])):
             for ifname in ifs:
@@ -164,6 +170,13 @@ class Bed:
             host.sysctl("net.ipv4.tcp_rmem", "4096 131072 33554432")
             host.sysctl("net.ipv4.tcp_wmem", "4096 16384 33554432")
         return self
+
+    def start_pair(self) -> None:
+        for host, kind, side in ((self.x, self.kinds[0], "x"), (self.y, self.kinds[1], "y")):
+            if kind == "ref":
+                self.start_ref(host, side)
+            else:
+                self.start_box(host, side)
 
     def start_link(self) -> None:
         d = DirectionParams(delay_ms=self.rtt_ms / 2, rate_bps=self.rate, queue_ms=250, loss=self.loss)
@@ -179,39 +192,39 @@ class Bed:
                 raise RuntimeError("link emulator did not start; see emulator.log")
             time.sleep(0.05)
 
-    def start_ref(self) -> None:
+    def start_ref(self, host, side: str) -> None:
         shim = self.workdir / "shim"
         shim.mkdir(exist_ok=True)
         (shim / "brctl").write_text(BRCTL_SHIM)
         (shim / "brctl").chmod(0o755)
-        rfile = self.workdir / "rfile"
-        rfile.write_text(RFILE.format(aif="lan0" if self.role == "stackpep-a" else "lan0", bif="wan0",
+        rundir = self.workdir / f"ref-{side}"  # the gateway reads ./rfile
+        rundir.mkdir(exist_ok=True)
+        rfile = rundir / "rfile"
+        rfile.write_text(RFILE.format(aif="lan0", bif="wan0",
                                       buf=4 * self.rate * self.rtt_ms // 8000, rate=self.rate, cc=self.cc,
                                       minrto_us=int(self.rtt_ms * 1000)))
         env = dict(os.environ, PATH=f"{shim}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}")
-        log = open(self.workdir / "ref-gateway.log", "ab")
-        # it reads ./rfile (its -f takes at most 31 characters)
-        p = self.ref.popen([str(self.gwdir / "apps" / "gateway")], env=env, stdout=log,
-                           stderr=subprocess.STDOUT, cwd=str(self.workdir))
+        log = open(self.workdir / f"ref-gateway-{side}.log", "ab")
+        # it reads ./rfile (its -f takes at most 31 characters); stdbuf: its log survives a kill
+        p = host.popen(["stdbuf", "-oL", str(self.gwdir / "apps" / "gateway")], env=env, stdout=log,
+                       stderr=subprocess.STDOUT, cwd=str(rundir))
         self.procs.append(p)
-        self.ref_proc = p
         deadline = time.monotonic() + 15
-        while "bif" not in self.ref.run(["ip", "-o", "link", "show"], check=False).stdout or \
-                "tap1" not in self.ref.run(["ip", "-o", "link", "show"], check=False).stdout:
+        while "master bif" not in host.run(["ip", "-o", "link", "show", "wan0"], check=False).stdout:
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"reference gateway did not come up (rc {p.poll()}); see ref-gateway.log")
             time.sleep(0.1)
         time.sleep(1.0)
 
-    def start_box(self) -> None:
-        cif, sif = ("lan0", "wan0") if self.role == "stackpep-a" else ("wan0", "lan0")
-        cfg = self.workdir / "stackpep.toml"
+    def start_box(self, host, side: str) -> None:
+        cif, sif = ("lan0", "wan0") if side == "x" else ("wan0", "lan0")
+        cfg = self.workdir / f"stackpep-{side}.toml"
         cfg.write_text(BOX_TOML.format(client_if=cif, server_if=sif, rate=self.rate, rtt=self.rtt_ms / 1000))
-        self.stats = self.workdir / "stackpep-stats.json"
-        p = self.box.popen(python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats),
-                                          "--stats-interval", "0.5"), stdout=subprocess.PIPE,
-                           stderr=open(self.workdir / "stackpep.log", "ab"), text=True, env=python_env(),
-                           cwd=str(self.workdir))
+        self.stats = self.workdir / f"stackpep-{side}-stats.json"
+        p = host.popen(python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats),
+                                      "--stats-interval", "0.5"), stdout=subprocess.PIPE,
+                       stderr=open(self.workdir / f"stackpep-{side}.log", "ab"), text=True, env=python_env(),
+                       cwd=str(self.workdir))
         line = p.stdout.readline().strip()
         if line != "READY":
             raise RuntimeError(f"stackpep did not start: {line!r}; see stackpep.log")
@@ -278,23 +291,24 @@ def bulk(bed: Bed, size: int, port: int = 5201) -> dict:
 TSHARK_FIELDS = ["frame.number", "frame.time_relative", "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport",
                  "tcp.flags.syn", "tcp.flags.ack", "tcp.flags.reset", "tcp.window_size_value", "tcp.len",
                  "tcp.options.scps.vector", "tcp.options.scps.binding", "tcp.options.snack.offset",
-                 "tcp.options.snack.size", "tcp.options.scpsrec", "tcp.option_kind", "_ws.expert.message"]
+                 "tcp.options.snack.size", "tcp.options.scpsrec", "tcp.option_kind", "tcp.analysis.retransmission"]
 
 
-def analyse(pcap: Path, box_src: str) -> dict:
-    """What tshark reads in the link capture: option 20 per direction, SNACKs, RSTs.
+def analyse(pcap: Path, x_src: str) -> dict:
+    """What tshark reads in the link capture: option 20 in each SYN / SYN-ACK, option 20
+    anywhere else, SNACK options, retransmissions and RSTs, per side.
 
     Both PEPs are transparent (they send with the end hosts' addresses), so a segment
-    is stackpep's ("box") when its source is box_src, the end host on stackpep's side."""
+    is X's (the client-side PEP's) when its source is the client, otherwise Y's."""
     r = subprocess.run(["tshark", "-r", str(pcap), "-Y", "tcp", "-T", "fields", "-E", "separator=\t",
                         "-E", "occurrence=a", *sum((["-e", f] for f in TSHARK_FIELDS), [])],
                        capture_output=True, text=True, check=False)
     rows = [dict(zip(TSHARK_FIELDS, line.split("\t"))) for line in r.stdout.splitlines()]
-    out = {"frames": len(rows), "syn": [], "snacks": {"from_box": 0, "from_ref": 0}, "rst": {"from_box": 0,
-                                                                                             "from_ref": 0},
-           "scps_after_syn": 0, "rb": 0, "expert": {}}
+    zero = {"x": 0, "y": 0}
+    out = {"frames": len(rows), "syn": [], "snacks": dict(zero), "snack_holes": {"x": {}, "y": {}},
+           "retransmissions": dict(zero), "rst": dict(zero), "scps_after_syn": 0, "rb": 0}
     for row in rows:
-        who = "box" if row["ip.src"] == box_src else "ref"
+        who = "x" if row["ip.src"] == x_src else "y"
         if row["tcp.flags.syn"] in ("1", "True"):
             out["syn"].append({"t": row["frame.time_relative"], "from": who,
                                "flags": "SYN-ACK" if row["tcp.flags.ack"] in ("1", "True") else "SYN",
@@ -303,16 +317,17 @@ def analyse(pcap: Path, box_src: str) -> dict:
         elif row["tcp.options.scps.vector"]:
             out["scps_after_syn"] += 1
         if row["tcp.options.snack.offset"]:
-            out["snacks"][f"from_{who}"] += 1
+            out["snacks"][who] += 1
+            # how often each hole (connection, ACK + offset) was reported
+            key = f"{row['tcp.srcport']}>{row['tcp.dstport']}"
+            holes = out["snack_holes"][who]
+            holes[key] = holes.get(key, 0) + 1
+        if row["tcp.analysis.retransmission"]:
+            out["retransmissions"][who] += 1
         if row["tcp.flags.reset"] in ("1", "True"):
-            out["rst"][f"from_{who}"] += 1
+            out["rst"][who] += 1
         if row["tcp.options.scpsrec"]:
             out["rb"] += 1
-        msg = row.get("_ws.expert.message", "")
-        for m in filter(None, msg.split(",")):
-            out["expert"][m] = out["expert"].get(m, 0) + 1
-    # keep the expert summary short: the 10 most common messages
-    out["expert"] = dict(sorted(out["expert"].items(), key=lambda kv: -kv[1])[:10])
     return out
 
 
@@ -320,48 +335,58 @@ def run_cell(args, role: str, loss: float) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"interop-{role}-{loss}-", dir=args.out))
     bed = Bed(role, Path(args.gateway), workdir, args.rate, args.rtt_ms, loss, args.cc)
     cell: Dict = {"role": role, "loss": loss, "workdir": str(workdir)}
-    cap = None
+    cap = cap_b = None
     try:
         bed.build()
         bed.start_link()
-        bed.start_ref()
-        bed.start_box()
+        bed.start_pair()
         bed.warm_up()
-        pcap = workdir / "link.pcap"
+        # la: what X sent (before the link's loss) and what reached it; lb: the same for Y
+        pcap, pcap_b = workdir / "link.pcap", workdir / "link-b.pcap"
         cap = twobox.capture(bed.link, "la", pcap, bpf="tcp")
+        cap_b = twobox.capture(bed.link, "lb", pcap_b, bpf="tcp")
         cell["fetch_100k"] = fetches(bed, args.fetches, args.fetch_size)
         cell["bulk"] = bulk(bed, args.bulk_size)
         twobox.stop_capture(cap)
+        twobox.stop_capture(cap_b)
         cap = None
-        cell["link"] = analyse(pcap, bed.client_addr if role == "stackpep-a" else bed.server_addr)
-        try:
-            cell["stackpep_stats"] = json.loads(bed.stats.read_text())
-        except (OSError, ValueError):
-            pass
+        # "box" = X's segments (the client side), "ref" = Y's
+        cell["link"] = analyse(pcap, bed.client_addr)
+        for side in "xy":
+            try:
+                st = json.loads((workdir / f"stackpep-{side}-stats.json").read_text())
+                cell[f"stackpep_{side}"] = {k: st.get(k) for k in ("scps_offered", "scps_peers", "scps_one_sided",
+                                                                    "scps_fallbacks", "connections_opened",
+                                                                    "ended_shutdown", "ended_error")}
+            except (OSError, ValueError):
+                pass
     except Exception as e:  # report the cell, run the next
         cell["error"] = f"{type(e).__name__}: {e}"
     finally:
         if cap is not None:
             twobox.stop_capture(cap)
+            twobox.stop_capture(cap_b)
         bed.close()
     return cell
 
 
 def summary(cells: List[dict]) -> str:
-    out = ["| role | loss | fetch 100 KB (s, each) | bulk (sha256, s, Mbit/s both ways) | SYN option 20 (from → vector, win) | SNACKs box/ref | RST box/ref |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| X ─ link ─ Y | loss | fetch 100 KB (s, each) | 10 MB up then down (sha256, s) | first SYN / SYN-ACK: from, option 20 vector, window | SNACKs X/Y | retransmissions X/Y | RST X/Y |",
+           "|---|---|---|---|---|---|---|---|"]
     for c in cells:
         if "error" in c:
-            out.append(f"| {c['role']} | {c['loss']:.0%} | error: {c['error']} | | | | |")
+            out.append(f"| {c['role']} | {c['loss']:.0%} | error: {c['error']} | | | | | |")
             continue
         f = " ".join(f"{x['s']:.2f}" if x["code"] == "200" and x["bytes"] else f"FAIL({x['rc']},{x['code']})"
                      for x in c["fetch_100k"])
         b = c["bulk"]
-        syns = "; ".join(f"{'stackpep' if s['from'] == 'box' else 'ref'} {s['flags']} {s['scps_vector'] or '-'} "
-                         f"w{s['win']}" for s in c["link"]["syn"][:2])
-        out.append(f"| {c['role']} | {c['loss']:.0%} | {f} | {b['result']} {b['seconds']} s {b['mbit_both_ways']} | "
-                   f"{syns} | {c['link']['snacks']['from_box']}/{c['link']['snacks']['from_ref']} | "
-                   f"{c['link']['rst']['from_box']}/{c['link']['rst']['from_ref']} |")
+        kinds = dict(zip("xy", Bed.PAIRS[c["role"]]))
+        syns = "; ".join(f"{kinds[s['from']]} {s['flags']} {s['scps_vector'] or '-'} w{s['win']}"
+                         for s in c["link"]["syn"][:2])
+        lk = c["link"]
+        out.append(f"| {' ─ '.join(Bed.PAIRS[c['role']])} | {c['loss']:.0%} | {f} | {b['result']} {b['seconds']} | "
+                   f"{syns} | {lk['snacks']['x']}/{lk['snacks']['y']} | "
+                   f"{lk['retransmissions']['x']}/{lk['retransmissions']['y']} | {lk['rst']['x']}/{lk['rst']['y']} |")
     return "\n".join(out)
 
 
@@ -369,7 +394,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gateway", required=True, help="the reference gateway's build directory (holds apps/gateway)")
     ap.add_argument("--out", default="/tmp/interop-ref-gw")
-    ap.add_argument("--roles", default="stackpep-a,stackpep-b")
+    ap.add_argument("--roles", default="stackpep-a,stackpep-b",
+                    help="comma-separated: stackpep-a, stackpep-b, stackpep-pair, ref-pair")
     ap.add_argument("--loss", default="0,0.01")
     ap.add_argument("--rate", type=int, default=20_000_000)
     ap.add_argument("--rtt-ms", type=float, default=600.0)
@@ -388,7 +414,7 @@ def main(argv=None) -> int:
         for loss in (float(x) for x in args.loss.split(",")):
             cell = run_cell(args, role, loss)
             cells.append(cell)
-            print(json.dumps({k: v for k, v in cell.items() if k != "stackpep_stats"}), flush=True)
+            print(json.dumps(cell), flush=True)
     doc = {"command": ["python", "benchmarks/interop_reference_gateway.py", *(argv or sys.argv[1:])],
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cells": cells}
     (Path(args.out) / "results.json").write_text(json.dumps(doc, indent=1))
