@@ -1,24 +1,28 @@
 """One stackpep box against the SCPS-TP reference gateway (MITRE's SCPS RI 1.1.146,
-GitHub `Linjay/SCPS_Project`) across the emulated GEO link (issue 10, "Peers and roles").
+GitHub `Linjay/SCPS_Project`) across the emulated GEO link (issue 10, "Peers and roles";
+docs/scps.md "Interoperability with the reference gateway").
 
-    role "stackpep-a":  client ─ stackpep ─ link (emulator) ─ ref-gw ─ server
-    role "stackpep-b":  client ─ ref-gw ─ link (emulator) ─ stackpep ─ server
+    stackpep-a:     client ─ stackpep ─ link (emulator) ─ ref-gw ─ server
+    stackpep-b:     client ─ ref-gw ─ link (emulator) ─ stackpep ─ server
+    stackpep-pair / ref-pair: the same link with two stackpep boxes / two gateways
 
 The reference gateway is built outside this repository (its source carries a
-restrictive notice: it is run here as a black-box peer, never copied); pass the build
-directory (the one holding apps/gateway).  Its Linux tap mode bridges each of its two
-interfaces with a tap device it reads (README.GATEWAY.LINUX.TAP), so it is a bump in
-the wire: the host on its LAN side shares the link's subnet with the stackpep box.
-It calls `brctl`, which this machine lacks: a shim on iproute2 is put first on its PATH.
+restrictive notice: it is run here as a black-box peer, never copied) by
+scripts/build-scps-reference-gateway.sh; pass the build directory (the one holding
+apps/gateway).  Its Linux tap mode bridges each of its two interfaces with a tap
+device it reads (README.GATEWAY.LINUX.TAP), so it is a bump in the wire: the host on
+its LAN side shares the link's subnet.  It calls `brctl`, which this machine lacks: a
+shim on iproute2 is put first on its PATH.
 
-    sudo python benchmarks/interop_reference_gateway.py --gateway /tmp/scpsgw --out /tmp/interop
+    sudo .venv/bin/python benchmarks/interop_reference_gateway.py --gateway /tmp/scpsgw32 --out /tmp/interop
 
-For each role and loss: a 100 KB curl fetch (new connection, median of N) and a
-sha256-checked transfer each way (twobox SHA_SERVER/SHA_CLIENTS), a capture of the link
-(`la`, the link host's port towards the client-side box), and what tshark reads in it:
-option 20 in each direction's SYN/SYN-ACK, the bits, SNACKs per direction.  Writes
-results.json and prints a Markdown summary.  Not a test: CI cannot fetch the gateway
-(tests/test_interop_reference_gateway.py runs one cell when STACKPEP_SCPS_GATEWAY is set).
+For each pairing and loss: N 100 KB curl fetches (new connections) and one
+sha256-checked transfer, up then down (twobox SHA_SERVER/SHA_CLIENTS); captures of
+both link ports (`la` towards X, `lb` towards Y); what tshark reads in `la`: option 20
+in every SYN / SYN-ACK, option 20 anywhere else, SNACKs, retransmissions and RSTs per
+side.  Writes results.json and prints a Markdown summary.  Not a test: CI cannot
+fetch the gateway (tests/test_interop_reference_gateway.py runs one cell per role
+when STACKPEP_SCPS_GATEWAY is set).
 """
 from __future__ import annotations
 
