@@ -132,6 +132,7 @@ class Bed:
         self.net = Network()
         self.procs: List[subprocess.Popen] = []
         self.emulator: Optional[subprocess.Popen] = None
+        self.snack_repeat: Optional[int] = None  # [wan] scps_snack_repeat of the stackpep boxes
 
     # client ─cl0─lan0─ X ─wan0─la─ link ─lb─wan0─ Y ─lan0─sv0─ server
     def build(self) -> "Bed":
@@ -223,7 +224,8 @@ class Bed:
     def start_box(self, host, side: str) -> None:
         cif, sif = ("lan0", "wan0") if side == "x" else ("wan0", "lan0")
         cfg = self.workdir / f"stackpep-{side}.toml"
-        cfg.write_text(BOX_TOML.format(client_if=cif, server_if=sif, rate=self.rate, rtt=self.rtt_ms / 1000))
+        cfg.write_text(BOX_TOML.format(client_if=cif, server_if=sif, rate=self.rate, rtt=self.rtt_ms / 1000)
+                       + (f"scps_snack_repeat = {self.snack_repeat}\n" if self.snack_repeat is not None else ""))
         self.stats = self.workdir / f"stackpep-{side}-stats.json"
         p = host.popen(python_command("stackpep", "run", "-c", str(cfg), "--stats-file", str(self.stats),
                                       "--stats-interval", "0.5"), stdout=subprocess.PIPE,
@@ -338,6 +340,7 @@ def analyse(pcap: Path, x_src: str) -> dict:
 def run_cell(args, role: str, loss: float) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"interop-{role}-{loss}-", dir=args.out))
     bed = Bed(role, Path(args.gateway), workdir, args.rate, args.rtt_ms, loss, args.cc)
+    bed.snack_repeat = getattr(args, "snack_repeat", None)
     cell: Dict = {"role": role, "loss": loss, "workdir": str(workdir)}
     cap = cap_b = None
     try:
@@ -404,6 +407,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=int, default=20_000_000)
     ap.add_argument("--rtt-ms", type=float, default=600.0)
     ap.add_argument("--cc", type=int, default=0, help="reference gateway BIF_CC: 0 rate, 1 VJ, 2 Vegas")
+    ap.add_argument("--snack-repeat", type=int, default=None,
+                    help="[wan] scps_snack_repeat of the stackpep boxes (default: not set, the engine's 3)")
     ap.add_argument("--fetches", type=int, default=5)
     ap.add_argument("--fetch-size", type=int, default=100_000)
     ap.add_argument("--bulk-size", type=int, default=10_000_000)
