@@ -219,6 +219,8 @@ def test_wan_min_rate_tcp_mode_and_outage_off(tmp_path):
     ('vegas = 3\ncongestion = "vegas"', "wan.vegas", "must be a table"),
     ('outage_rtos = -1', "wan.outage_rtos", "0 .. 100"),
     ('outage_probe_interval = 0', "wan.outage_probe_interval", "seconds"),
+    ('scps_snack_repeat = 101', "wan.scps_snack_repeat", "0 .. 100"),
+    ('scps_snack_repeat = true', "wan.scps_snack_repeat", "an integer"),
 ])
 def test_wan_scps_keys_are_checked(tmp_path, wan, key, words):
     text = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\nleg = \"server\"\nrate = 20000000\n" + wan + "\n"
@@ -251,3 +253,17 @@ def test_first_flight_redundancy_problem_says_what_is_allowed(tmp_path):
     assert cfg is None
     [p] = [x for x in problems if x.key == "wan.first_flight_redundancy"]
     assert "0 (off) .. 1073741824" in p.message and "-5" in p.message
+
+
+def test_scps_snack_repeat_reaches_the_engine_settings_only_when_given(tmp_path):
+    # docs/scps.md "Interoperability with the reference gateway": 1 against a reference
+    # peer; absent, the engine's default (ScpsSettings.snack_repeat = 3) holds
+    from stackpep.pep.scps import ScpsLink
+
+    base = "[interfaces]\nclient = [\"c0\"]\nserver = [\"s0\"]\n[wan]\nleg = \"server\"\nrate = 20000000\n"
+    cfg, problems = check_file(write(tmp_path, base + "scps_snack_repeat = 1\n"))
+    assert problems == [] and cfg.wan_scps["snack_repeat"] == 1
+    assert ScpsLink(cfg.wan_scps, 1_000_000, {}).settings.snack_repeat == 1
+    cfg, _ = check_file(write(tmp_path, base))
+    assert "snack_repeat" not in cfg.wan_scps
+    assert ScpsLink(cfg.wan_scps, 1_000_000, {}).settings.snack_repeat == 3

@@ -325,7 +325,8 @@ def wan_leg_settings(rate_bps: int, rtt_s: float, share: str = "wan", congestion
 #: [wan] keys of SCPS-TP on the long leg (docs/scps.md, "The PEP").
 WAN_SCPS_KEYS = {"keepalive": 1, "zero_rtt": 1, "tfo_key": 1, "zero_rtt_wait": 1, "first_flight_redundancy": 1,
                  "scps": 1, "scps_snack": 1,
-                 "scps_bets": 1, "scps_compression": 1, "scps_record_boundary": 1, "scps_refusal_ttl": 1}
+                 "scps_bets": 1, "scps_compression": 1, "scps_record_boundary": 1, "scps_refusal_ttl": 1,
+                 "scps_snack_repeat": 1}
 
 
 def _check_wan_scps(ck: "_Checker", wan: dict) -> Tuple[Optional[Dict[str, Any]], float]:
@@ -341,9 +342,15 @@ def _check_wan_scps(ck: "_Checker", wan: dict) -> Tuple[Optional[Dict[str, Any]]
     rb = ck.typed(wan, "wan", "scps_record_boundary", bool, False)
     ttl = ck.typed(wan, "wan", "scps_refusal_ttl", (int, float), 600.0, lambda v: 0 < v <= 7 * 86400,
                    "seconds, > 0 and <= 604800")
+    # ACKs that report the same SNACK hole (ScpsSettings.snack_repeat; docs/scps.md
+    # "Interoperability with the reference gateway": 1 halves the reference's double repairs)
+    repeat = ck.typed(wan, "wan", "scps_snack_repeat", int, None, lambda v: 0 <= v <= 100, "0 .. 100")
     if not wan or not on:
         return None, ttl
-    return {"snack": snack, "bets": bets, "compression": compression, "record_boundary": rb}, ttl
+    out = {"snack": snack, "bets": bets, "compression": compression, "record_boundary": rb}
+    if repeat is not None:  # absent: the engine's default (3, as the reference)
+        out["snack_repeat"] = repeat
+    return out, ttl
 
 
 def _check_wan_zero_rtt(ck: "_Checker", wan: dict) -> Tuple[bool, Optional[bytes], float]:
