@@ -141,6 +141,8 @@ class TcpConnection:
         """Free bytes in the send buffer (0 after send_eof/abort or when closed)."""
     def recv(self, max_bytes: int) -> bytes:
         """Up to max_bytes readable bytes (b'' when none; see recv_available/at_eof)."""
+    def relay_to(self, dst: "TcpConnection", chunk: int) -> int:
+        """Move readable bytes straight into dst's send buffer (as many as it takes, pieces of <= chunk)."""
     def recv_into(self, buffer: Union[bytearray, memoryview]) -> int:
         """Like recv(), into a caller buffer; returns bytes copied."""
     def recv_available(self) -> int:
@@ -151,6 +153,8 @@ class TcpConnection:
     def packets_to_send(self, now: int) -> list[bytes]:
         """IP packets to transmit now (checksums filled), in order."""
     def next_event(self) -> Optional[TcpEvent]: ...
+    def next_event_not_flow(self) -> Optional[TcpEvent]:
+        """next_event() passing over DataReadable and SendSpace."""
     def get_timer(self) -> Optional[int]:
         """Next deadline in µs, or None."""
     def statistics(self) -> TcpStatistics: ...

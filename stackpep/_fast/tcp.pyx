@@ -597,6 +597,55 @@ cdef class TcpConnection:
         self._recv_copy(<uint8_t*>PyBytes_AS_STRING(out), n)
         return out
 
+    def relay_to(self, TcpConnection dst not None, Py_ssize_t chunk):
+        """Move readable bytes straight into dst's send buffer, as many as dst
+        takes now, in pieces of at most ``chunk`` (each piece one send(), so one
+        SCPS record end): recv() + dst.send() without a bytes object in between.
+        Returns how many moved.  The split connection's relay (stackpep.pep.splitter)."""
+        cdef int64_t moved = 0, n, piece, k
+        cdef uint8_t tmp[16384]
+        if chunk <= 0:
+            return 0
+        if dst.fin_requested or (dst.st == CLOSED and dst.opened) or dst.st in (TIME_WAIT, CLOSING, LAST_ACK,
+                                                                                 FIN_WAIT_1, FIN_WAIT_2):
+            return 0
+        while True:
+            n = dst.sb_cap - (dst.wr_end - dst._sb_head())
+            if n <= 0:
+                break
+            piece = self._readable()
+            if piece <= 0:
+                self.readable_notified = 0  # as recv() finding nothing
+                break
+            if piece > chunk:
+                piece = chunk
+            if piece > n:
+                piece = n
+            n = piece
+            while n > 0:
+                k = n if n < <int64_t>sizeof(tmp) else <int64_t>sizeof(tmp)
+                k = self._recv_copy(tmp, k)
+                cb_write(&dst.sbuf, dst.wr_end, tmp, k)
+                dst.wr_end += k
+                n -= k
+            moved += piece
+            if dst.scps_rb or (dst.scps_rb_cfg and not dst.have_irs):
+                dst._scps_record_push()
+        return moved
+
+    def next_event_not_flow(self):
+        """next_event(), passing over DataReadable and SendSpace (a relay that looks
+        at both buffers every turn needs neither): None when nothing else is queued,
+        without making an object for what it passes over."""
+        cdef int code
+        while self.ev_n:
+            code = self.evq[self.ev_head]
+            if code != EV_READABLE and code != EV_SENDSPACE:
+                return self.next_event()
+            self.ev_head = (self.ev_head + 1) % EVQ_SIZE
+            self.ev_n -= 1
+        return None
+
     def recv_into(self, buffer):
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)

@@ -92,6 +92,7 @@ SPLIT_COUNTERS = (
 )
 
 _LINGER_STATES = (TcpState.TIME_WAIT, TcpState.CLOSED)
+_LINGER_NAMES = tuple(s.rfc_name for s in _LINGER_STATES)  # engine.state: a str, no enum made
 _QUIET_STATES = (TcpState.CLOSED, TcpState.TIME_WAIT, TcpState.LISTEN)  # abort() sends nothing useful
 
 
@@ -288,7 +289,9 @@ class SplitConnection:
         if self.done:
             scope.cancel()  # the pump winds down
         else:
-            scope.deadline = self._wake_time()
+            t = self._wake_time()
+            if t != scope.deadline:  # (re-registering in trio's heap costs; often unchanged)
+                scope.deadline = t
 
     def wake(self) -> None:
         """Have the pump take a turn now."""
@@ -325,7 +328,9 @@ class SplitConnection:
     @property
     def lingering(self) -> bool:
         """Both legs are done but one still holds TIME-WAIT (RFC 9293 §3.6.1)."""
-        return self.legs[self.passive].opened and all(leg.engine.tcp_state in _LINGER_STATES for leg in self.legs)
+        client, server = self.legs
+        return (self.legs[self.passive].opened and client.engine.state in _LINGER_NAMES
+                and server.engine.state in _LINGER_NAMES)
 
     @property
     def bytes_relayed(self) -> Tuple[int, int]:
@@ -609,6 +614,9 @@ class SplitConnection:
         """End the connection if its handshake or idle limit ran out by `now`."""
         if self.done:
             return
+        if not self.embryonic and now + TIMER_SLACK_US < self.last_activity + int(
+                self.ctx.config.idle_timeout * 1_000_000):
+            return  # the common case: active, far from the idle limit (lingering not looked at)
         deadline = self._limit_deadline()
         if deadline is None or now + TIMER_SLACK_US < deadline:
             return
@@ -627,27 +635,41 @@ class SplitConnection:
         """One turn: timers, events, relay both ways, output, events again."""
         self._now = now
         client, server = self.legs
-        cd, sd = client.driver, server.driver
-        cd.fire_timer(now)
-        sd.fire_timer(now)
-        cd.drain_events()
-        if self.done:
+        ce, se = client.engine, server.engine
+        t = ce.get_timer()
+        if t is not None and t <= now + TIMER_SLACK_US:
+            ce.handle_timer(now if now > t else t)
+        t = se.get_timer()
+        if t is not None and t <= now + TIMER_SLACK_US:
+            se.handle_timer(now if now > t else t)
+        if self._drain(client) or self.done:
             self._flush(now)
             return
-        sd.drain_events()
-        if self.done:
+        if self._drain(server) or self.done:
             self._flush(now)
             return
-        if self._zero_rtt_due(now):
+        if self.zero_rtt and self._zero_rtt_due(now):
             self._zero_rtt_open(now)
         self._relay(client, server)
         self._relay(server, client)
         self._flush(now)
         # Output can complete a close (e.g. the last ACK): look at events once more.
-        cd.drain_events()
-        sd.drain_events()
+        self._drain(client)
+        self._drain(server)
         if client.closed and server.closed and not self.done:
             self._finish(Outcome.CLOSED, abort=False)
+
+    def _drain(self, leg: Leg) -> bool:
+        """The leg's events into _on_event (as its driver's drain_events), passing
+        over DataReadable and SendSpace in C: the relay looks at both buffers
+        every turn.  True if _on_event stopped it (the connection is ending)."""
+        nxt = leg.engine.next_event_not_flow
+        ev = nxt()
+        while ev is not None:
+            if self._on_event(leg, ev):
+                return True
+            ev = nxt()
+        return False
 
     def _event_handler(self, leg: Leg) -> Callable[[TcpEvent], bool]:
         def on_event(ev: TcpEvent) -> bool:
@@ -738,22 +760,12 @@ class SplitConnection:
             moved += n
             pend = pend[n:]
         if not pend:
-            space = d.send_space()
-            chunk = self.relay_buffer
-            while space > 0:
-                data = s.recv(space if space < chunk else chunk)
-                if not data:
-                    break
-                n = d.send(data)
-                moved += n
-                space -= n
-                if n < len(data):  # the engine took less than it said it had room for
-                    pend = data[n:]
-                    break
+            # receive buffer straight into send buffer, as much as d takes, in C
+            moved += s.relay_to(d, self.relay_buffer)
         src.pending = pend
         if moved:
             src.bytes_relayed += moved
-            self.last_activity = now_us()
+            self.last_activity = self._now
         if not pend and s.at_eof() and dst.established:
             # Every byte before the FIN went on: pass the FIN on (half-close, RFC 9293 §3.6);
             # not before the leg is ESTABLISHED (send_eof() in SYN-SENT closes it unsent,
@@ -764,7 +776,9 @@ class SplitConnection:
     def _flush(self, now: int) -> None:
         if self.ready:
             for leg in self.legs:
-                leg.driver.flush(now)
+                pkts = leg.engine.packets_to_send(now)
+                if pkts:
+                    leg.transmit(pkts)
 
     def _finish(self, outcome: Outcome, abort: bool) -> None:
         if self.outcome is not None:
