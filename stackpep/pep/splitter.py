@@ -260,21 +260,21 @@ class SplitConnection:
         is due: the dispatcher runs it once its batch is delivered)."""
         self.last_activity = now
         leg = self.legs[CLIENT if from_client else SERVER]
-        if not leg.opened:
-            if leg.side == self.passive:
-                if flags & eng.TH_SYN and not flags & eng.TH_ACK:
-                    self.held_syn = packet  # keep the newest retransmission
-                elif self.cookie is not None and len(self.backlog) < BACKLOG_LIMIT:
-                    self.backlog.append(packet)  # syn-cookie: the client is established already
-                else:  # before our SYN-ACK it means nothing to a LISTEN leg
-                    self.ctx.counters["drop_before_client_leg"] += 1
-            elif len(self.backlog) < BACKLOG_LIMIT and self.cookie is None:
-                self.backlog.append(packet)
-            else:
-                self.ctx.counters["drop_backlog_full"] += 1
-            return False
-        leg.engine.receive_packet(packet, now)
-        return True
+        if leg.opened:  # (the common case first)
+            leg.engine.receive_packet(packet, now)
+            return True
+        if leg.side == self.passive:
+            if flags & eng.TH_SYN and not flags & eng.TH_ACK:
+                self.held_syn = packet  # keep the newest retransmission
+            elif self.cookie is not None and len(self.backlog) < BACKLOG_LIMIT:
+                self.backlog.append(packet)  # syn-cookie: the client is established already
+            else:  # before our SYN-ACK it means nothing to a LISTEN leg
+                self.ctx.counters["drop_before_client_leg"] += 1
+        elif len(self.backlog) < BACKLOG_LIMIT and self.cookie is None:
+            self.backlog.append(packet)
+        else:
+            self.ctx.counters["drop_backlog_full"] += 1
+        return False
 
     def turn(self, now: int) -> None:
         """What the pump does when woken, done by the caller (the dispatcher, after
@@ -577,9 +577,10 @@ class SplitConnection:
             t = leg.engine.get_timer()
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
-        t = self.extra_deadline()
-        if t is not None and (deadline is None or t < deadline):
-            deadline = t
+        if self.zero_rtt:
+            t = self.extra_deadline()
+            if t is not None and (deadline is None or t < deadline):
+                deadline = t
         if deadline is None:
             return float("inf")
         g = self._grid
