@@ -7,8 +7,9 @@ sides carries only the original addresses (a transparent proxy; RFC 3135 §2.4
 calls this a split-connection TCP PEP).
 
 Structure (trio): `SplitConnection.run()` is one task owning both legs: the
-pump (`_service`: each `Leg`'s ConnectionDriver fires the engine's timers and
-drains its events, then the relay, then the output).  It sleeps until the
+pump (`_service`: each leg's engine fires its due timers and its events are
+drained -- DataReadable / SendSpace passed over in C -- then the relay, engine to
+engine in C (`TcpConnection.relay_to`), then the output).  It sleeps until the
 earliest deadline -- the engines' timers and the connection's own handshake
 and idle limits (`_limit_deadline`), on a TIMER_GRANULARITY_US grid -- in one
 cancel scope whose deadline is trio's one timer heap entry for the connection;
