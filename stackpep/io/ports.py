@@ -299,17 +299,10 @@ class MemoryPort(PacketPort):
 
     async def receive_batch(self) -> Batch:
         first = await self._recv.receive()
-        batch = [first]
-        while True:
-            try:
-                batch.append(self._recv.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-        self.counters["rx_packets"] += len(batch)
-        return batch
+        return self.poll_batch([first])
 
-    def poll_batch(self) -> Batch:
-        batch = []
+    def poll_batch(self, batch: Optional[Batch] = None) -> Batch:
+        batch = [] if batch is None else batch
         while True:
             try:
                 batch.append(self._recv.receive_nowait())
