@@ -421,6 +421,7 @@ cdef class TcpConnection:
     cdef Py_ssize_t _output_redundant(self, uint8_t* buf, Py_ssize_t cap, int64_t mss, bint may_fin, uint64_t now)
     cdef Py_ssize_t _output_rd_pkt(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
     cdef void _pace_spend(self, int64_t nbytes, uint64_t now)
+    cdef int64_t _unsacked_len(self, int64_t off, int64_t end, int64_t mss) noexcept
     cdef void _tfo_cookie_of(self, bint active, uint8_t* out) noexcept
     cdef int64_t _tfo_syn_data(self, tcp_seg_t* seg)
     cdef void _tfo_synack_opts(self, tcp_seg_t* seg)

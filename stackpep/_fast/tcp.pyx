@@ -2158,6 +2158,18 @@ cdef class TcpConnection:
     # charged to the rate controller like any segment; a receiver trims them as
     # duplicates (RFC 9293 §3.10.7.4).  Off (one flag test) unless cfg_rd > 0.
     # ================================================================================
+    cdef int64_t _unsacked_len(self, int64_t off, int64_t end, int64_t mss) noexcept:
+        # one segment's bytes from off: up to end, one MSS, and the next SACKed block
+        # (RFC 6675 §5.1: SACKed data is not sent again)
+        cdef int64_t length = end - off, sacked
+        if length > mss:
+            length = mss
+        if self.sb.n:
+            sacked = ivset_next_start(self.sb, off)
+            if off + length > sacked:
+                length = sacked - off
+        return length
+
     cdef void _pace_spend(self, int64_t nbytes, uint64_t now):
         # The pacing token bucket (_emit_data, and a redundant copy, which uses the link as
         # much as an original): retransmissions spend it too; a pacing timer served late by
@@ -2205,13 +2217,7 @@ cdef class TcpConnection:
             if off >= self.cfg_rd:
                 self.rd_nxt = self.cfg_rd
             return 0
-        length = end - off
-        if length > mss:
-            length = mss
-        if self.sb.n:
-            end = ivset_next_start(self.sb, off)
-            if off + length > end:
-                length = end - off
+        length = self._unsacked_len(off, end, mss)
         fin = may_fin and off + length == self.wr_end and self.snd_max > self.wr_end
         if fin:
             flags |= TH_FIN
@@ -2468,7 +2474,7 @@ cdef class TcpConnection:
         pacing gate is waited for (CCSDS 714.0-B-2, notes "TCP option kinds (IANA)", SNACK).  SACKed data and what a
         SNACK repair sent less than a round trip ago (the receiver repeats its SNACK)
         are not sent again; RFC 6675 HighRxt moves past a repair at its edge."""
-        cdef int64_t off, end, length, hole_end
+        cdef int64_t off, end, length
         cdef int i
         while self.n_snkq:
             off = self.snkq_l[0]
@@ -2491,13 +2497,7 @@ cdef class TcpConnection:
             if self.cfg_bets_max_rxt and self._scps_rxt_suppressed(off, now):
                 self.snkq_l[0] = off + (self.una_rxt_len if self.una_rxt_len > 0 else mss)
                 continue
-            length = end - off
-            if length > mss:
-                length = mss
-            if self.sb.n:
-                hole_end = ivset_next_start(self.sb, off)
-                if off + length > hole_end:
-                    length = hole_end - off
+            length = self._unsacked_len(off, end, mss)
             self.snkq_l[0] = off + length
             i = (self.srep_i + SREP_MAX - 1) % SREP_MAX
             if self.srep_t[i] and self.srep_r[i] == off and now - self.srep_t[i] < self._scps_rtt_window():
