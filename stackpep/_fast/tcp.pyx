@@ -1468,23 +1468,22 @@ cdef class TcpConnection:
                 self.persist_backoff += 1
         t = self._keepalive_deadline()
         if t and now >= t:
-            if self.ka_probes >= self.cfg_ka_count and (self.cfg_outage_rtos or self.cfg_outage_silence):
-                # link-outage persistence (CCSDS 714.0-B-2, notes "Loss-type handling"): unanswered
-                # probes mean the link is out, not that the peer died (a restarted peer answers a
-                # probe with RST, RFC 9293 §3.10.7.1).  Keep probing every keepalive_interval
-                # without giving up; outage_max_us of silence, or the owner's idle limit, ends it.
-                if self.cfg_outage_max and now - self.last_rcv_time >= self.cfg_outage_max:
-                    self._enter_closed(CR_TIMEOUT)
-                    return
-                self.ka_last_probe = now
-                self.keepalive_pending = 1
-                return
-            if self.ka_probes >= self.cfg_ka_count:
+            if self.ka_probes < self.cfg_ka_count:
+                self.ka_probes += 1
+            elif not (self.cfg_outage_rtos or self.cfg_outage_silence):
+                # RFC 1122 §4.2.3.6: the peer is taken for dead
                 self.n_rstq = 0
                 self._queue_rst(self._sseq(self._ack_seq()), self._rseq(self.rcv_nxt), TH_RST | TH_ACK)
                 self._enter_closed(CR_KEEPALIVE)
                 return
-            self.ka_probes += 1
+            elif self.cfg_outage_max and now - self.last_rcv_time >= self.cfg_outage_max:
+                self._enter_closed(CR_TIMEOUT)
+                return
+            # else link-outage persistence (CCSDS 714.0-B-2, notes "Loss-type handling"):
+            # unanswered probes mean the link is out, not that the peer died (a restarted
+            # peer answers a probe with RST, RFC 9293 §3.10.7.1).  Keep probing every
+            # keepalive_interval without giving up; outage_max_us of silence, or the
+            # owner's idle limit, ends it.
             self.ka_last_probe = now
             self.keepalive_pending = 1
 

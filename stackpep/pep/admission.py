@@ -98,7 +98,7 @@ class EmbryonicTable:
         for i, (conn, _) in enumerate(self._entries.values()):
             if first is None:
                 first = conn
-            if getattr(conn, "awaits_peer", False):
+            if conn.awaits_peer:
                 return conn
             if i + 1 >= scan:
                 break
