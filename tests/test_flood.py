@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from stackpep._fast.syncookie import COOKIE_PERIOD_US, MSS_TABLE, SynCookies, siphash
-from stackpep.pep.admission import EmbryonicTable, source_prefix
+from stackpep.pep.admission import EVICT_GRACE_US, EmbryonicTable, source_prefix
 from stackpep.pep.api import open_pep
 from stackpep.tcp.config import TcpConfig
 from stackpep.wire import parse_packet
@@ -92,8 +92,8 @@ def test_embryonic_table_oldest_first_per_source():
 
 
 class _Emb:
-    def __init__(self, name, awaits_peer):
-        self.name, self.awaits_peer = name, awaits_peer
+    def __init__(self, name, awaits_peer, created=0):
+        self.name, self.awaits_peer, self.created = name, awaits_peer, created
 
 
 def test_embryonic_victim_is_the_oldest_whose_syn_ack_is_unanswered():
@@ -108,14 +108,30 @@ def test_embryonic_victim_is_the_oldest_whose_syn_ack_is_unanswered():
     spoofed_ = _Emb("s0", True)
     t.add(b"s0", spoofed_, src)
     t.add(b"s1", _Emb("s1", True), src)
+    now = EVICT_GRACE_US
     assert t.oldest().name == "w0"
-    assert t.victim().name == "s0"
-    assert t.victim(scan=3).name == "w0"  # not within the scan: the oldest
+    assert t.victim(now).name == "s0"
+    assert t.victim(now, scan=3).name == "w0"  # not within the scan: the oldest
     t.discard(b"s0")
-    assert t.victim().name == "s1"
+    assert t.victim(now).name == "s1"
     t.discard(b"s1")
-    assert t.victim().name == "w0"
-    assert EmbryonicTable().victim() is None
+    assert t.victim(now).name == "w0"
+    assert EmbryonicTable().victim(now) is None
+
+
+def test_embryonic_victim_has_had_its_grace_period():
+    """No embryonic connection younger than EVICT_GRACE_US is evicted (a burst of
+    SYNs read in one batch would push out the real client whose SYN came just
+    before it): the oldest old enough, awaiting its peer first; else none."""
+    t = EmbryonicTable()
+    src = source_prefix(bytes([198, 18, 0, 2]))
+    t.add(b"a", _Emb("a", False, created=1_000), src)
+    t.add(b"b", _Emb("b", True, created=2_000), src)
+    t.add(b"c", _Emb("c", True, created=3_000), src)
+    assert t.victim(1_000 + EVICT_GRACE_US - 1) is None
+    assert t.victim(1_000 + EVICT_GRACE_US).name == "a"  # b is still within its grace
+    assert t.victim(2_000 + EVICT_GRACE_US).name == "b"  # awaiting its peer: before a
+    assert t.victim(2_000 + EVICT_GRACE_US, grace_us=EVICT_GRACE_US + 1).name == "a"
 
 
 # ------------------------------------------------------------- eviction, limits

@@ -6,7 +6,9 @@ state every spoofed SYN makes).  `EmbryonicTable` keeps them in the order they
 arrived, counted per source; when a limit is reached the dispatcher evicts the
 oldest one (of the box, or of that source) rather than refusing the new SYN
 (RFC 4987 §3.4, "random drop" / oldest-first: a real client's SYN is answered
-within an RTT, a spoofed one never, so the oldest is the likeliest spoofed).
+within an RTT, a spoofed one never, so the oldest is the likeliest spoofed);
+only when every candidate is younger than EVICT_GRACE_US is the new SYN dropped
+instead (its sender retransmits).
 A source is the client's IPv4 address or IPv6 /64 (one host's usual share).
 
 `OpenLimiter` bounds the rate at which the box opens server legs, in total
@@ -29,9 +31,16 @@ ADMISSION_COUNTERS = (
     "evicted_embryonic",  # max_embryonic reached: the box's oldest embryonic connection made room
     "evicted_embryonic_per_source",  # max_embryonic_per_source reached: that source's oldest made room
     "evicted_embryonic_table_full",  # max_connections reached: the oldest embryonic connection made room
+    "drop_embryonic_full",  # max_embryonic (or max_connections) reached and no embryonic connection past its grace period
     "drop_server_open_rate_total",  # SYN (or verified cookie ACK) over server_opens_per_second
     "drop_server_open_rate_per_source",  # ... over server_opens_per_second_per_source
 )
+
+
+#: An embryonic connection is not evicted before it is this old (µs): a real client
+#: on a LAN answers a SYN-ACK well within it, and a burst of SYNs read in one
+#: batch cannot push out the real client whose SYN came just before it.
+EVICT_GRACE_US = 100_000
 
 
 def source_prefix(addr: bytes) -> bytes:
@@ -88,20 +97,25 @@ class EmbryonicTable:
                 return conn
         return None
 
-    def victim(self, scan: int = 64) -> Any:
-        """Whom max_embryonic evicts: among the `scan` oldest, the oldest whose SYN-ACK
-        is unanswered (`awaits_peer`: what a SYN flood leaves), else the oldest.  A
-        real client held up by a slow server is thus not evicted before a spoofed
-        source that never answered (RFC 4987 §3.4 "SYN cache": evict the least
-        likely to complete); the scan is bounded, so a SYN costs O(scan) at most."""
+    def victim(self, now: int, grace_us: int = EVICT_GRACE_US, scan: int = 64) -> Any:
+        """Whom a full table evicts, or None (then the new SYN is dropped,
+        `drop_embryonic_full`): among the `scan` oldest that are at least
+        `grace_us` old, the oldest whose SYN-ACK is unanswered (`awaits_peer`: what
+        a SYN flood leaves), else the oldest of those.  A real client held up by a
+        slow server is thus not evicted before a spoofed source that never answered
+        (RFC 4987 §3.4 "SYN cache": evict the least likely to complete), and no
+        connection is evicted before it had the grace period to complete its
+        handshake: a burst of SYNs taken in one batch (none answered yet, all
+        alike) would otherwise evict a real client whose SYN came just before it.
+        The scan is bounded, so a SYN costs O(scan) at most."""
         first = None
         for i, (conn, _) in enumerate(self._entries.values()):
+            if i >= scan or now - conn.created < grace_us:
+                break  # (oldest first: the rest are younger still)
             if first is None:
                 first = conn
             if conn.awaits_peer:
                 return conn
-            if i + 1 >= scan:
-                break
         return first
 
     def sources(self) -> int:

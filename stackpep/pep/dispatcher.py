@@ -314,21 +314,29 @@ class Dispatcher:
         rate of server-leg opens first (a SYN over it is dropped: its
         retransmission tries again), then room: an embryonic connection is evicted
         rather than the new SYN refused -- this source's oldest, or the box's oldest
-        whose SYN-ACK is unanswered (EmbryonicTable.victim), else its oldest."""
+        whose SYN-ACK is unanswered (EmbryonicTable.victim), else its oldest; none
+        younger than EVICT_GRACE_US (then the SYN is dropped: drop_embryonic_full)."""
         c = self.counters
+        lim = self.admission
+        emb = self.embryonic
+        evict = None
+        if emb.count(source) < lim.max_embryonic_per_source and len(emb) >= lim.max_embryonic:
+            # room first (a SYN dropped here takes no server-open token)
+            evict = emb.victim(now)
+            if evict is None:
+                c["drop_embryonic_full"] += 1
+                return False
         verdict = self.open_limiter.allow(source, now)
         if verdict != "sent":
             c[f"drop_server_open_rate_{verdict}"] += 1
             return False
-        lim = self.admission
-        emb = self.embryonic
         if emb.count(source) >= lim.max_embryonic_per_source:
             self._evict(emb.oldest(source), "evicted_embryonic_per_source")
-        elif len(emb) >= lim.max_embryonic:
-            self._evict(emb.victim(), "evicted_embryonic")
+        elif evict is not None:
+            self._evict(evict, "evicted_embryonic")
         # len(table) first: counting the lingering connections walks the table
         if len(self.table) >= self.config.max_connections:
-            victim = emb.victim()
+            victim = emb.victim(now)
             if victim is not None:
                 self._evict(victim, "evicted_embryonic_table_full")
             elif self.active_connections() >= self.config.max_connections:
