@@ -88,7 +88,7 @@ cdef enum:
     SCPS_BIT_SNACK1 = 0x40
     SNACKQ_MAX = 6          # holes a received segment can report (TCP_MAX_SNACK)
     SNACK_TRACK = 8         # holes whose report count the receiver tracks (snack_repeat)
-    SREP_MAX = 8            # recent SNACK repairs remembered by the sender
+    SREP_MAX = 256          # recent retransmissions remembered by a SNACK sender (srep_log_t)
     RECQ_MAX = 64           # record ends kept by the sender (record_boundary)
     SCPS_FB_RST = 1
     SCPS_FB_TIMEOUT = 2
@@ -112,6 +112,15 @@ cdef struct ivset_t:
     uint64_t age[IVSET_MAX]
     uint64_t clock
     int n
+
+# The retransmissions of the last round trip of a sender that repairs SNACKs (CCSDS
+# 714.0-B-2): [l[i], r[i]) sent at t[i], a ring (i = next slot).  Allocated at the
+# first repair (a SNACK peer on a lossy link), so other engines carry a pointer only.
+cdef struct srep_log_t:
+    int64_t l[SREP_MAX]
+    int64_t r[SREP_MAX]
+    uint64_t t[SREP_MAX]
+    int i
 
 # A byte ring of lazily held chunks (chunkbuf.pxi): the send and receive buffers
 cdef enum:
@@ -364,10 +373,8 @@ cdef class TcpConnection:
     cdef int64_t snkq_l[SNACKQ_MAX]
     cdef int64_t snkq_r[SNACKQ_MAX]
     cdef int n_snkq
-    cdef int64_t srep_l[SREP_MAX]     # the last SNACK repairs [l, r) and when they were sent:
-    cdef int64_t srep_r[SREP_MAX]     # one SRTT keeps a hole from going twice
-    cdef uint64_t srep_t[SREP_MAX]
-    cdef int srep_i
+    cdef srep_log_t* srep             # retransmissions of the last SRTT (NULL until the first
+                                      # SNACK repair): one SRTT keeps a hole from going twice
     cdef int64_t rec_end[RECQ_MAX]    # ring of record ends (send() calls) not yet acknowledged
     cdef int rec_head, rec_n
     cdef int una_rxt                  # retransmissions of the segment at SND.UNA (BETS sender)
@@ -414,6 +421,8 @@ cdef class TcpConnection:
     cdef bint _scps_record_end(self, int64_t end)
     cdef void _scps_note_rexmit(self, int64_t off, int64_t length)
     cdef uint64_t _scps_rtt_window(self) noexcept
+    cdef void _srep_note(self, int64_t off, int64_t length, uint64_t now) noexcept
+    cdef int64_t _skip_sent(self, int64_t off, uint64_t now)
     cdef void _scps_timer(self, uint64_t now)
     cdef void _scps_bets_skip(self, uint64_t now)
     # TCP Fast Open (the TFO section of tcp.pyx)

@@ -186,6 +186,7 @@ cdef class TcpConnection:
         self.ofo = &g_ivset_empty
         self.sb = &g_ivset_empty
         self.rd_pkt = NULL
+        self.srep = NULL
 
     def __dealloc__(self):
         cb_free_all(&self.sbuf)
@@ -195,6 +196,7 @@ cdef class TcpConnection:
         if self.sb != &g_ivset_empty:
             free(self.sb)
         free(self.rd_pkt)
+        free(self.srep)
 
     def __init__(self, config, bytes local_addr, int local_port, bytes remote_addr, int remote_port,
                  iss, ts_offset=0):
@@ -1767,6 +1769,7 @@ cdef class TcpConnection:
                 if self.sack_ok:
                     # RFC 6675 §5 (4.3): HighRxt and RescueRxt = end of this retransmission
                     self.rescue_rxt = off + length + fin
+                self._srep_note(off, length, now)
                 return self._emit_data(buf, cap, off, length, fin, 1, now)
         # 2. SACK recovery, RFC 6675 §5 step (C): NextSeg() rule 1 while cwnd - pipe >= 1 SMSS
         if self.in_recovery and self.sack_ok:
@@ -1774,9 +1777,7 @@ cdef class TcpConnection:
             if <int64_t>self.cc.cwnd - pipe < mss:
                 return self._output_probe(buf, cap, now)
             off = self.high_rxt if self.high_rxt > self.snd_una else self.snd_una
-            if self.n_snack_rxt:
-                off = self._scps_recent_repair(off, now)    # not what a SNACK repair just sent
-            off = ivset_skip(self.sb, off)
+            off = self._skip_sent(off, now)    # not SACKed data, nor what was resent within an SRTT
             end = self._lost_edge()
             if off < end and off < self.snd_nxt:
                 hole_end = ivset_next_start(self.sb, off)
@@ -1790,6 +1791,7 @@ cdef class TcpConnection:
                 fin = may_fin and off + length == self.wr_end and self.snd_max > self.wr_end
                 if length > 0 or fin:
                     self.high_rxt = off + length + (1 if fin else 0)
+                    self._srep_note(off, length, now)
                     return self._emit_data(buf, cap, off, length, fin, 1, now)
             if not (self.wr_end > self.snd_nxt and self.snd_una + self.snd_wnd > self.snd_nxt):
                 # NextSeg() rule 2 (new data) cannot send.  Rule 3: the first unSACKed
@@ -1806,6 +1808,7 @@ cdef class TcpConnection:
                         length = self.wr_end - off
                     if length > 0:
                         self.high_rxt = off + length
+                        self._srep_note(off, length, now)
                         return self._emit_data(buf, cap, off, length, 0, 1, now)
                 # Rule 4: one rescue retransmission per recovery once HighACK passed
                 # RescueRxt, holding the highest outstanding unSACKed octet; HighRxt
@@ -1822,6 +1825,7 @@ cdef class TcpConnection:
                         off = self.snd_una
                     if end > off or fin:
                         self.rescue_rxt = self.recover
+                        self._srep_note(off, end - off, now)
                         return self._emit_data(buf, cap, off, end - off, fin, 1, now)
         # 3. new data (or go-back-N after an RTO / PMTU drop), then the FIN
         off = self.snd_nxt
@@ -2480,9 +2484,7 @@ cdef class TcpConnection:
             end = self.snkq_r[0]
             if off < self.snd_una:
                 off = self.snd_una
-            off = self._scps_recent_repair(off, now)
-            if self.sb.n:
-                off = ivset_skip(self.sb, off)
+            off = self._skip_sent(off, now)
             if end > self.snd_max:
                 end = self.snd_max
             if end > self.wr_end:
@@ -2498,32 +2500,66 @@ cdef class TcpConnection:
                 continue
             length = self._unsacked_len(off, end, mss)
             self.snkq_l[0] = off + length
-            i = (self.srep_i + SREP_MAX - 1) % SREP_MAX
-            if self.srep_t[i] and self.srep_r[i] == off and now - self.srep_t[i] < self._scps_rtt_window():
-                self.srep_r[i] = off + length          # the next segment of the same hole
-            else:
-                i = self.srep_i
-                self.srep_i = (i + 1) % SREP_MAX
-                self.srep_l[i] = off
-                self.srep_r[i] = off + length
-            self.srep_t[i] = now
+            if self.srep == NULL:
+                self.srep = <srep_log_t*>calloc(1, sizeof(srep_log_t))
+            self._srep_note(off, length, now)
             if self.high_rxt >= off and self.high_rxt < off + length:
                 self.high_rxt = off + length
             self.n_snack_rxt += 1
             return self._emit_data(buf, cap, off, length, 0, 1, now)
         return 0
 
+    cdef void _srep_note(self, int64_t off, int64_t length, uint64_t now) noexcept:
+        """Remember a retransmission of [off, off + length) for one SRTT: the SNACK
+        repairs, and once a repair was made the other retransmissions too (RFC 6675
+        rules 1 and 3, NewReno), so that neither path resends what the other sent
+        less than a round trip ago (the receiver repeats its SNACK for snack_repeat
+        ACKs, and a new recovery restarts HighRxt at SND.UNA below repairs still in
+        flight).  The next segment of the same hole extends the last entry."""
+        cdef srep_log_t* g = self.srep
+        cdef int i
+        if g == NULL or length <= 0:
+            return
+        i = (g.i + SREP_MAX - 1) % SREP_MAX
+        if g.t[i] and g.r[i] == off and now - g.t[i] < self._scps_rtt_window():
+            g.r[i] = off + length
+        else:
+            i = g.i
+            g.i = (i + 1) % SREP_MAX
+            g.l[i] = off
+            g.r[i] = off + length
+        g.t[i] = now
+
+    cdef int64_t _skip_sent(self, int64_t off, uint64_t now):
+        """``off`` moved past SACKed data (RFC 6675 §5.1) and past what was resent less
+        than an SRTT ago (_srep_note), alternately until neither moves it: a repaired
+        hole is followed by a SACKed block and then often by the next repaired hole."""
+        cdef int64_t o
+        while True:
+            o = self._scps_recent_repair(off, now)
+            if self.sb.n:
+                o = ivset_skip(self.sb, o)
+            if o == off:
+                return off
+            off = o
+
     cdef int64_t _scps_recent_repair(self, int64_t off, uint64_t now):
-        """``off`` moved past every SNACK repair sent less than a round trip ago that
-        holds it (the receiver repeats its SNACK; RFC 6675 / RFC 6582 would resend)."""
+        """``off`` moved past every retransmission sent less than a round trip ago
+        that holds it (_srep_note)."""
         cdef int i, k
-        cdef uint64_t w = self._scps_rtt_window()
+        cdef bint moved
+        cdef srep_log_t* g = self.srep
+        cdef uint64_t w
+        if g == NULL:
+            return off
+        w = self._scps_rtt_window()
         for k in range(SREP_MAX):
+            moved = 0
             for i in range(SREP_MAX):
-                if self.srep_t[i] and self.srep_l[i] <= off < self.srep_r[i] and now - self.srep_t[i] < w:
-                    off = self.srep_r[i]
-                    break
-            else:
+                if g.t[i] and g.l[i] <= off < g.r[i] and now - g.t[i] < w:
+                    off = g.r[i]
+                    moved = 1
+            if not moved:
                 return off
         return off
 
