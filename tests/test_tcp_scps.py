@@ -201,22 +201,26 @@ def _data_seq(pkt):
     return int.from_bytes(pkt[ihl + 4:ihl + 8], "big") if total - ihl - doff > 0 else None
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_a_lost_segment_is_repaired_once_on_a_geo_link(seed):
+@pytest.mark.parametrize("seed,loss,slack", [(seed, 0.01, 1) for seed in range(8)]
+                         + [(seed, 0.05, 2) for seed in (0, 2, 4)])
+def test_a_lost_segment_is_repaired_once_on_a_geo_link(seed, loss, slack):
     """A rate-based SCPS sender over a 600 ms, 50 Mbit/s link with 1 % loss on the data
     path: every lost segment is sent again once (plus at most one RFC 6675 rescue
     retransmission, which may be spurious by design), not once by the SNACK repair and
     again by SACK recovery.  The receiver repeats its SNACK for snack_repeat ACKs and
     a new recovery restarts HighRxt at SND.UNA below repairs still in flight: what
     was resent less than an SRTT ago is not resent (before: 46 lost, 68 resent, 21
-    delivered twice for seed 0)."""
+    delivered twice for seed 0).  At 5 % loss (~130 holes a round trip, with SACK) the
+    receiver's out-of-order queue holds them all (256 intervals; with 64 it dropped the
+    rest and 2,886 segments were resent for 296 lost); one more resend may come from a
+    retransmission timeout there."""
     rng = random.Random(seed)
     cfg = dict(congestion="rate", rate_bps=50_000_000, loss_response="corruption", snd_buf=16 << 20,
                rcv_buf=16 << 20, scps=ScpsSettings(snack=True), sack=seed % 2 == 0)
     a = TcpConnection(TcpConfig(**cfg), A_ADDR4, 40000, B_ADDR4, 80, rng.getrandbits(32))
     b = TcpConnection(TcpConfig(**cfg), B_ADDR4, 80, A_ADDR4, 40000, rng.getrandbits(32))
     data = rng.randbytes(4_000_000)
-    ab = LinkModel(seed * 2, 300_000, 0, 0.01, rate_bps=50_000_000)
+    ab = LinkModel(seed * 2, 300_000, 0, loss, rate_bps=50_000_000)
     sent, delivered = {}, {}
     send, deliver = ab.send, ab.deliver
 
@@ -239,7 +243,7 @@ def test_a_lost_segment_is_repaired_once_on_a_geo_link(seed):
     assert res.received_by_b == data
     lost = sum(sent.values()) - sum(delivered.values())
     assert lost > 0
-    assert lost <= res.stats_a.retransmits <= lost + 1
+    assert lost <= res.stats_a.retransmits <= lost + slack
     assert sum(1 for n in delivered.values() if n > 1) <= 1
 
 

@@ -124,6 +124,7 @@ cdef int64_t ivset_next_start(const ivset_t* s, int64_t off) noexcept nogil:
 cdef class _IntervalSet:
     """Test-only face of ivset_t (tests/test_tcp_ivset.py): no engine uses it."""
     cdef ivset_t s
+    CAPACITY = IVSET_MAX
 
     def add(self, int64_t l, int64_t r):
         return bool(ivset_add(&self.s, l, r))

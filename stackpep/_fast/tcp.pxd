@@ -75,7 +75,7 @@ cdef enum:
     D_COUNT
 
 cdef enum:
-    IVSET_MAX = 64          # intervals per interval set (ivset.pxi)
+    IVSET_MAX = 256         # intervals per interval set (ivset.pxi)
     OFO_MAX = IVSET_MAX     # out-of-order intervals kept by the receiver
     SB_MAX = IVSET_MAX      # SACK scoreboard intervals kept by the sender
     RSTQ_MAX = 4
