@@ -118,3 +118,23 @@ def test_longest_prefix_wins_and_two_routes_for_one_prefix_are_left_to_the_kerne
     assert t.match("198.18.50.1") is None  # same prefix twice (metric, link state)
     assert t.match("fd00:5e:3::2").gateway == "fd00:2::1"
     assert t.match("fd00:9::1") is None  # no IPv6 default: the kernel says
+
+
+def test_warm_takes_the_snapshot_and_the_links_before_the_first_lookup():
+    """KernelRouter.warm at start: the first connection does not wait for the route
+    dump (a netlink request per table and family) or its output link."""
+    class CountingRtnl(FakeRtnl):
+        links = 0
+
+        def link(self, ifindex):
+            self.links += 1
+            return super().link(ifindex)
+
+    rt, clock = CountingRtnl(), Clock()
+    cache = NextHopCache(rt, route_ttl=5.0, clock=clock)
+    cache.warm([2, 3])
+    assert (rt.dumps, rt.links) == (1, 2)
+    assert cache.lookup("198.18.0.7").ifname == "if2"  # directly on the client LAN
+    assert (rt.dumps, rt.links, rt.queries) == (1, 2, [])  # nothing asked again
+    cache.warm([2, 3])  # within route_ttl: nothing either
+    assert (rt.dumps, rt.links) == (1, 2)

@@ -84,6 +84,10 @@ class Router(abc.ABC):
         """The lookup counters (KernelRouter: stackpep.io.routes.NextHopCache.counters)."""
         return {}
 
+    def warm(self) -> None:
+        """Blocking (run in a thread before the first packet): load whatever the
+        first lookups would otherwise wait for."""
+
 
 # ------------------------------------------------------------------ AF_PACKET
 #: A batch that brought less than this many bytes means a low packet rate: the
@@ -226,6 +230,12 @@ class KernelRouter(Router):
         if port is None:
             raise LookupError(f"{ipaddress.ip_address(addr)} leaves by {nh.ifname}, which stackpep does not drive")
         return port, nh
+
+    def warm(self) -> None:
+        """The route snapshot and the ports' links, loaded at start: on a cold
+        cache the box's first connection waited ~25-60 ms for the route dump
+        (a netlink request per table and family) before it could answer."""
+        self.cache.warm(list(self.by_index))
 
     def next_hop_nowait(self, addr: bytes):
         """(port, hop) if the cache knows addr, else None (then: await next_hop)."""

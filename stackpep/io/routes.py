@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from pyroute2 import IPRoute
 
@@ -216,15 +216,21 @@ class Rtnl:
             s.close()
 
     def resolve(self, ifindex: int, addr: Addr, timeout: float = 3.0, interval: float = 0.01) -> bytes:
-        """Blocking: the neighbour's MAC, triggering resolution if needed."""
+        """Blocking: the neighbour's MAC, triggering resolution if needed.  The
+        neighbour table is looked at again after 0.25 ms, then at doubling
+        intervals up to `interval`: an ARP / neighbour-discovery answer on a LAN
+        takes well under a millisecond, and a fixed 10 ms poll made a box's first
+        connection wait 10 ms per leg for it."""
         mac = self.neighbour(ifindex, addr)
         if mac is not None:
             return mac
         deadline = time.monotonic() + timeout
         self.trigger_resolution(ifindex, addr)
         next_trigger = time.monotonic() + 1.0
+        wait = min(0.00025, interval)
         while time.monotonic() < deadline:
-            time.sleep(interval)
+            time.sleep(wait)
+            wait = min(wait * 2, interval)
             mac = self.neighbour(ifindex, addr)
             if mac is not None:
                 return mac
@@ -365,6 +371,17 @@ class NextHopCache:
         self.counters["route_cache_misses"] += 1
         self.counters["route_queries"] += 1
         return self.rtnl.route(d)
+
+    def warm(self, ifindexes: Sequence[int] = ()) -> None:
+        """Blocking: take the route snapshot and learn the links `ifindexes` now,
+        so that the first lookups find them (errors are left to those lookups)."""
+        self._route_table(self.clock())
+        for ifindex in ifindexes:
+            if ifindex not in self._links:
+                try:
+                    self._links[ifindex] = self.rtnl.link(ifindex)
+                except Exception:
+                    pass
 
     def lookup_nowait(self, dst: Addr) -> Optional[NextHop]:
         """The next hop if known without asking the kernel anything that may wait

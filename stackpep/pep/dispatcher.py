@@ -139,6 +139,9 @@ class Dispatcher:
                 if self._local_source is not None:
                     self.local = await trio.to_thread.run_sync(self._local_source)
                     nursery.start_soon(self._refresh_local)
+                warm = getattr(self.router, "warm", None)  # (routers of tests may have none)
+                if warm is not None:
+                    await trio.to_thread.run_sync(warm)
                 for port in self.ports:
                     nursery.start_soon(self._read_port, port)
                 nursery.start_soon(self._release_memory)
