@@ -12,10 +12,13 @@ and what it received (after it), a capture on `lb` the same for pep-b.
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dpkt
 import pytest
@@ -295,6 +298,20 @@ s.send(bytes.fromhex(sys.argv[2]))
 """
 
 
+def stats_written_after(path, since: float, timeout: float = 30.0) -> dict:
+    """A box's statistics file as written after `since` (time.time()): stat first,
+    then read, so what is read is that version or a later one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.stat(path).st_mtime > since:
+                return json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path}: no statistics written after {since}")
+
+
 def compressed_frames(path):
     """[(source address, Ethernet frame)] of the IP protocol 105 frames of a pcap
     that is still being written (a record cut short at the end is left out)."""
@@ -340,11 +357,21 @@ def test_header_compression_end_to_end_both_families_and_a_corrupted_packet_is_d
             cl = topo.client.popen([sys.executable, "-c", HELD_CLIENT, SERVER4], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             assert cl.stdout.readline().split() == ["HELD", "True"]
-            time.sleep(0.5)  # the held connection's last frames are in the capture
-            mine = [buf for src, buf in compressed_frames(pcap) if src == packed(CLIENT4)]
+            # The echo's request crossed the link before the echo came back, and pep-b expanded
+            # each of its frames: once the capture holds as many of pep-a's compressed frames as
+            # pep-b had expanded after that (a statistics file written later), the request's
+            # last data frame is in it (tcpdump may write it well after it crossed).
+            expanded = stats_written_after(boxes.stats_path("pep-b"), time.time())["ports"]["wan0"]["rx_hc_expanded"]
+            deadline = time.monotonic() + 60
+            while True:
+                frames_a = [(src, buf) for src, buf in compressed_frames(pcap) if src in (packed(CLIENT4), packed(CLIENT6))]
+                if len(frames_a) >= expanded or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert len(frames_a) >= expanded > 0, (len(frames_a), expanded)
+            mine = [buf for src, buf in frames_a if src == packed(CLIENT4)]
             frame = bytearray([buf for buf in mine if len(buf) > 1000][-1])  # data: the echo's request
             frame[-1] ^= 0xFF  # the last data byte
-            sb = boxes.wait_stats("pep-b", lambda s: s["ports"]["wan0"]["rx_hc_expanded"] > 0)
             topo.link.run([sys.executable, "-c", INJECT, "lb", bytes(frame).hex()])
             sb = boxes.wait_stats("pep-b", lambda s: s["hc_drop_checksum"] == 1)
             cl.stdin.write("\n")
