@@ -64,7 +64,7 @@ def test_complete_checksum_v4_and_v6():
 RING_READER = r"""
 import select
 def ring_batches(ring):
-    while not select.select([sys.stdin], [], [], 0.01)[0]:
+    while not select.select([sys.stdin], [], [], 0.001)[0]:
         yield ring.read_batch()
     while True:
         batch = ring.read_batch()
