@@ -391,7 +391,7 @@ def test_header_compression_end_to_end_both_families_and_a_corrupted_packet_is_d
             boxes.stop_all()
         # What crossed the link: SYN and SYN-ACK as TCP (option 20 rides in them), all
         # else as protocol 105, in both families and both directions.
-        plain, hc = {}, {}
+        plain, hc, once = {}, {}, set()
         with open(pcap, "rb") as f:
             for _, buf in dpkt.pcap.Reader(f):
                 ip = dpkt.ethernet.Ethernet(buf).data
@@ -399,7 +399,11 @@ def test_header_compression_end_to_end_both_families_and_a_corrupted_packet_is_d
                     proto = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
                     key = (type(ip).__name__, ip.src)
                     if proto == 6:
-                        plain.setdefault(key, []).append(ip.data.flags)
+                        # once each (a SYN or SYN-ACK retransmitted on a loaded machine repeats
+                        # its sequence number)
+                        if (key, ip.data.flags, ip.data.seq) not in once:
+                            once.add((key, ip.data.flags, ip.data.seq))
+                            plain.setdefault(key, []).append(ip.data.flags)
                     else:
                         assert proto == 105
                         hc[key] = hc.get(key, 0) + 1
