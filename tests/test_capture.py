@@ -58,17 +58,41 @@ def test_complete_checksum_v4_and_v6():
     assert transport_checksum(src, dst, 6, bytes(p6[40:])) == 0
 
 
+# For the receiver programs below: the ring's batches until the test writes a line to
+# stdin (once what must be seen has crossed the interface), then until every frame the
+# kernel had put in the ring is read (a block is handed over when full or retire_ms
+# after its first frame) -- not a fixed time, which a loaded machine may not keep to.
+# FINAL: the statistics that found nothing left unread (a frame arriving later, such as
+# the last ACK of a close, is in neither count).
+RING_READER = r"""
+import select, time
+FINAL = {}
+def ring_batches(ring):
+    while not select.select([sys.stdin], [], [], 0.001)[0]:
+        yield ring.read_batch()
+    while True:
+        batch = ring.read_batch()
+        if batch:
+            yield batch
+            continue
+        st = ring.statistics()
+        if st["rx_packets"] >= st["rx_kernel_packets"] - st["rx_drop_ring_full"]:
+            FINAL.update(st)
+            return
+        time.sleep(0.001)
+"""
+
 CAPTURE_PROG = r"""
 import sys, json, time, hashlib
 sys.path.insert(0, ROOT)
 from stackpep._fast.capture import PacketRing, split_key
 from stackpep._fast.checksum import transport_checksum
+RING_READER
 ring = PacketRing(IFNAME, client_side=True)
 print("READY", flush=True)
-deadline = time.time() + DURATION
 segs = {}; flags_seen = []; bad = 0; versions = set(); keys = set(); max_len = 0
-while time.time() < deadline:
-    for key, p, flags in ring.read_batch():
+for batch in ring_batches(ring):
+    for key, p, flags in batch:
         keys.add(key.hex())
         v = p[0] >> 4; versions.add(v)
         if v == 4:
@@ -83,14 +107,13 @@ while time.time() < deadline:
         seq = int.from_bytes(tcp[4:8], "big")
         if split_key(key)[3] == PORT and len(tcp) > off:
             segs[seq] = tcp[off:]
-    time.sleep(0.001)
 # reassemble the client->server byte stream
 data = bytearray(); start = min(segs) if segs else 0; nxt = start
 for seq in sorted(segs):
     chunk = segs[seq]
     if seq <= nxt < seq + len(chunk):
         data += chunk[nxt - seq:]; nxt = seq + len(chunk)
-print(json.dumps({"stats": ring.statistics(), "bad_csum": bad, "versions": sorted(versions),
+print(json.dumps({"stats": FINAL, "bad_csum": bad, "versions": sorted(versions),
                   "keys": sorted(keys), "sha": hashlib.sha256(bytes(data)).hexdigest(), "len": len(data),
                   "max_len": max_len}))
 """
@@ -112,10 +135,11 @@ def net3():
         yield net
 
 
-def _start_capture(box, ifname, port, duration):
+def _start_capture(box, ifname, port):
     prog = CAPTURE_PROG.replace("ROOT", repr(str(ROOT))).replace("IFNAME", repr(ifname)) \
-        .replace("DURATION", str(duration)).replace("PORT", str(port))
-    p = box.popen([sys.executable, "-c", prog], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        .replace("PORT", str(port)).replace("RING_READER", RING_READER)
+    p = box.popen([sys.executable, "-c", prog], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  text=True)
     assert p.stdout.readline().strip() == "READY", p.stderr.read()
     return p
 
@@ -142,7 +166,7 @@ def test_ring_sees_only_tcp_with_super_frames_and_good_checksums(net3, family):
         print(h.hexdigest(), flush=True)
     """)], stdout=subprocess.PIPE, text=True)
     assert srv.stdout.readline().strip() == "L"
-    cap = _start_capture(b, bi, 5001, 4.0)
+    cap = _start_capture(b, bi, 5001)
     # UDP and ICMP through the same interface must not reach the ring.
     c.run(["ping", "-c", "3", "-i", "0.2", dst])
     c.run([sys.executable, "-c",
@@ -155,7 +179,7 @@ def test_ring_sees_only_tcp_with_super_frames_and_good_checksums(net3, family):
     """)]), input=payload, capture_output=True, timeout=60)
     assert cl.returncode == 0, cl.stderr
     assert srv.stdout.readline().strip() == sha
-    out, err = cap.communicate(timeout=30)
+    out, err = cap.communicate("stop\n", timeout=30)  # every segment crossed the box: in its ring
     res = json.loads(out)
     st = res["stats"]
     assert res["versions"] == ([4] if family == "v4" else [6])
@@ -271,11 +295,10 @@ import sys, json, time
 sys.path.insert(0, ROOT)
 from stackpep._fast.capture import PacketRing
 from stackpep._fast.checksum import transport_checksum
+RING_READER
 ring = PacketRing(IFNAME, client_side=True)
 print("READY", flush=True)
-end = time.time() + 2.0; got = []
-while time.time() < end:
-    got += ring.read_batch(); time.sleep(0.01)
+got = [x for batch in ring_batches(ring) for x in batch]
 segs = {}; bad = 0; sizes = []
 for key, p, flags in got:
     if p[0] >> 4 == 4:
@@ -297,7 +320,8 @@ print(json.dumps({"bad": bad, "segs": {k: [v[0].hex(), v[1]] for k, v in segs.it
 def test_gso_emit_merges_a_run_and_peer_gets_exact_segments(net3, family):
     c, b = net3.hosts["client"], net3.hosts["box"]
     src, dst = ("198.18.1.2", "198.18.0.2") if family == "v4" else ("fd00:2::2", "fd00:1::2")
-    rcv = c.popen([sys.executable, "-c", GSO_RECV.replace("ROOT", repr(str(ROOT))).replace("IFNAME", repr(net3.ifs[0]))],
+    rcv = c.popen([sys.executable, "-c", GSO_RECV.replace("ROOT", repr(str(ROOT))).replace("IFNAME", repr(net3.ifs[0]))
+                   .replace("RING_READER", RING_READER)], stdin=subprocess.PIPE,
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert rcv.stdout.readline().strip() == "READY"
     prog = GSO_SEND.replace("ROOT", repr(str(ROOT))).replace("SRCA", repr(src)).replace("DSTA", repr(dst))
@@ -305,7 +329,7 @@ def test_gso_emit_merges_a_run_and_peer_gets_exact_segments(net3, family):
     st = res["stats"]
     assert res["sent"] == 21 and st["tx_packets"] == 21
     assert st["tx_gso_frames"] == 1 and st["tx_gso_segments"] == 20
-    out = json.loads(rcv.communicate(timeout=20)[0])
+    out = json.loads(rcv.communicate("stop\n", timeout=20)[0])  # (the sender is done)
     assert out["bad"] == 0
     segs = {int(k): (bytes.fromhex(v[0]), v[1]) for k, v in out["segs"].items()}
     mss = 1400 if family == "v4" else 1380
@@ -358,12 +382,11 @@ MALFORMED_RECV = r"""
 import sys, json, time
 sys.path.insert(0, ROOT)
 from stackpep._fast.capture import PacketRing
+RING_READER
 ring = PacketRing(IFNAME, client_side=True)
 print("READY", flush=True)
-end = time.time() + 1.5; got = []
-while time.time() < end:
-    got += ring.read_batch(); time.sleep(0.01)
-print(json.dumps({"stats": ring.statistics(), "n": len(got), "lens": [len(p) for k, p, f in got]}))
+got = [x for batch in ring_batches(ring) for x in batch]
+print(json.dumps({"stats": FINAL, "n": len(got), "lens": [len(p) for k, p, f in got]}))
 """
 
 
@@ -373,13 +396,14 @@ def test_malformed_frames_are_counted_by_reason_not_passed_on(net3):
     # is verified in C, each refusal counted by its reason.
     c, b = net3.hosts["client"], net3.hosts["box"]
     ci, bi, bo, si = net3.ifs
-    rcv = b.popen([sys.executable, "-c", MALFORMED_RECV.replace("ROOT", repr(str(ROOT))).replace("IFNAME", repr(bi))],
+    rcv = b.popen([sys.executable, "-c", MALFORMED_RECV.replace("ROOT", repr(str(ROOT))).replace("IFNAME", repr(bi))
+                   .replace("RING_READER", RING_READER)], stdin=subprocess.PIPE,
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert rcv.stdout.readline().strip() == "READY"
     sent = json.loads(c.run([sys.executable, "-c", MALFORMED_SEND.replace("ROOT", repr(str(ROOT)))
                              .replace("IFNAME", repr(ci))]).stdout)
     assert sent == 10
-    out = json.loads(rcv.communicate(timeout=20)[0])
+    out = json.loads(rcv.communicate("stop\n", timeout=20)[0])  # (the sender is done)
     st = out["stats"]
     assert st["rx_packets"] == 10
     reasons = {k: v for k, v in st.items() if k.startswith("rx_drop_") and v}

@@ -62,6 +62,9 @@ def test_stats_over_control_socket_match_the_dispatcher(tmp_path):
                 assert await recv_all(s, len(up)) == up
                 await s.send_all(down)
                 assert await recv_all(c, len(down)) == down
+                # quiet first: the last delayed ACKs (TcpConfig.delayed_ack_us, real time here)
+                # sent and taken, so none lands between the reply and the reads below
+                await trio.testing.wait_all_tasks_blocked(cushion=0.5)
                 reply = await _ask(sock, {"command": "stats"})
                 assert reply["ok"] is True
                 st = reply["stats"]

@@ -104,7 +104,8 @@ def test_pcap_holds_both_legs_of_each_connection():
             assert seen and all((r["src"], r["dst"]) == (src, dst) for r in seen), (ifname, d)
             flags = [r["flags"] for r in seen]
             opener = SYN if src == client else SYN | ACK  # the client's SYN, the server's SYN-ACK
-            assert flags.count(opener) == 1, (ifname, d, flags)
+            # one (a retransmission on a loaded machine repeats its sequence number)
+            assert len({r["seq"] for r in seen if r["flags"] == opener}) == 1, (ifname, d, flags)
             assert any(f & FIN for f in flags), (ifname, d, flags)
             assert not any(f & RST for f in flags), (ifname, d, flags)
             sent = sum(r["len"] for r in seen)

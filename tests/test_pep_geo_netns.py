@@ -89,6 +89,6 @@ def test_wan_settings_reach_the_server_leg_only():
         # server side: the box's SYN (server leg: [wan] buffers), and the server's SYN-ACK
         server_syns = _syn_options(topo.tmp / "server.pcap")
         assert (False, 9) in server_syns, server_syns
-        assert [ws for ack, ws in server_syns if not ack] == [9], server_syns
+        assert {ws for ack, ws in server_syns if not ack} == {9}, server_syns  # (or retransmitted)
         stats = topo.stats()
         assert stats["connections_opened"] >= 1

@@ -188,7 +188,11 @@ def run_transfer(tb: Testbed, fam: int, engine_opens: bool, eng_bytes: int, kern
                              "-w", str(capture),
                              capture_filter or f"tcp and (src host {eng_addr} or (ip and tcp[13] & 2 != 0)"
                              " or (ip6 and ip6[53] & 2 != 0))"], stderr=subprocess.PIPE)
-        time.sleep(0.5)
+        # tcpdump says "listening on" once it captures (the SYNs must be in the file)
+        line = b""
+        while b"listening" not in line:
+            line = cap.stderr.readline()
+            assert line, "tcpdump ended before it captured"
     env = _env()
     if engine_opens:
         kp = tb.kern.popen([sys.executable, "-c", KERNEL_PEER, "listen", str(fam), kern_addr, str(KERN_PORT),
