@@ -36,8 +36,9 @@ def test_topology_routes_both_families_through_the_link_and_leaves_nothing():
         for dst in (SERVER4, SERVER6):
             res = topo.client.run(["ping", "-c", "3", "-i", "0.2", dst])
             rtts = [float(x.split("time=")[1].split()[0]) for x in res.stdout.splitlines() if "time=" in x]
-            # 2 x 5 ms through the emulator, never less (plus whatever a busy machine adds)
-            assert len(rtts) == 3 and all(10.0 <= t < 500.0 for t in rtts), rtts
+            # 2 x 5 ms through the emulator, never less (how much more is the machine's
+            # load: no wall-clock upper bound in the default suite)
+            assert len(rtts) == 3 and all(10.0 <= t for t in rtts), rtts
         res = topo.server.run(["ping", "-c", "1", CLIENT6])
         assert "1 received" in res.stdout
         # The PEP hosts forward with the kernel (TTL 64 - 2 hops on arrival).
