@@ -145,7 +145,9 @@ class SplitContext:
 
 
 def now_us() -> int:
-    return int(trio.current_time() * 1_000_000)
+    # round, not truncate: woken at a deadline of d µs (d / 1e6 s in trio's float
+    # time) this must say d, not d - 1 (the timer heap would find it not yet due)
+    return round(trio.current_time() * 1_000_000)
 
 
 def _iss() -> int:
