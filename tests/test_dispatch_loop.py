@@ -127,7 +127,9 @@ def test_with_hold_a_steady_stream_costs_one_wake_up_per_grid_step():
     # looked at on the 4 ms grid only: 4 packets per look, one timed wait each
     assert wakeups == [0, 500] + [4000 * i for i in range(1, 26)]
     assert c["dispatch_wakeups"] == len(wakeups) == 27
-    assert c["dispatch_timed_waits"] == 25
+    # every wait after a look that found packets had the grid point as its deadline
+    # (the last one, until 104 ms, ended by the test's cancellation)
+    assert c["dispatch_timed_waits"] == 26
 
 
 # ------------------------------------------------- a real split connection
@@ -179,3 +181,58 @@ def test_connection_task_does_not_wake_for_its_timers():
     # ... and the connection's task ran twice: its start (routes, engines, then asleep
     # until the end) and its end (the route lookups of MemoryRouter do not block)
     assert steps.steps["_run_connection"] == 2
+
+
+def test_real_clock_one_fd_serves_deadlines_and_wake_ups():
+    """On trio's real clock the loop waits on one fd (stackpep._fast.waitset: the
+    rings and a timerfd in one epoll): a connection's deadlines and a wake-up from
+    outside the loop are served by it, each by one turn."""
+    from stackpep.pep.splitter import now_us
+    from stackpep.pep.timers import TimerHandle
+
+    cport, sport = PipePort("c", True), PipePort("s", False)
+    d = Dispatcher(config(), [cport, sport], MemoryRouter([]), intercept_spec(config()))
+    turned = []
+
+    class Conn:
+        key = key(1)
+
+        def turn(self, now):
+            turned.append(now)
+            if len(turned) < 3:
+                d.timers.schedule(self.timer, now + 2000)
+
+    conn = Conn()
+    conn.timer = TimerHandle(conn)
+    seen = {}
+
+    async def wait_for(n):
+        with trio.fail_after(10):  # (a guard against a hang, not a timing bound)
+            while len(turned) < n:
+                await trio.sleep(0.001)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(d.run)
+            await trio.sleep(0.001)
+            first = now_us() + 2000
+            d.timers.schedule(conn.timer, first)
+            d._rearm()  # (what a reader task's pass does after filing deadlines)
+            await wait_for(3)
+            seen["waitset"] = d._waitset is not None and d._waitset.arms
+            seen["first"] = first
+            d._wake(conn)
+            await wait_for(4)
+            n.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        cport.close()
+        sport.close()
+    assert seen["waitset"] >= 3  # armed for each deadline (and the wake-up)
+    assert d.counters["dispatch_timer_turns"] == 3 and d.counters["dispatch_woken_turns"] == 1
+    # never before its deadline: the first at or after it, each next 2 ms after the last turn
+    assert turned[0] >= seen["first"]
+    assert turned[1] - turned[0] >= 2000 and turned[2] - turned[1] >= 2000
+    assert d.counters["drop_not_intercepted"] == 0 and len(turned) == 4

@@ -44,6 +44,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 import trio
 
 from stackpep._fast.capture import split_key
+from stackpep._fast.waitset import WaitSet
 from stackpep._fast.tcp import buffer_statistics, release_memory
 from stackpep.io.ports import HOLD_MAX_BYTES, PacketPort, Router
 from stackpep.io.rules import InterceptSpec
@@ -76,7 +77,7 @@ COUNTERS = (
     "dispatch_ring_rereads",  # a pass looked at every ring again between slices of turns (Dispatcher._pass)
     "dispatch_reread_packets",  # ... and took this many packets that way
     "dispatch_wakeups",  # iterations of the box's one loop (Dispatcher._serve): trio wake-ups of it
-    "dispatch_timed_waits",  # ... of which ended a wait with a deadline (the grid point or the next deadline)
+    "dispatch_timed_waits",  # ... of which waited with a deadline (the grid point or the next deadline): one wait each
     "dispatch_timer_turns",  # turns run because the connection's deadline came (stackpep.pep.timers)
     "dispatch_woken_turns",  # turns run because the connection asked for one (SplitConnection.wake)
     "memory_releases",  # free buffer chunks and heap pages handed back to the kernel (_release_memory)
@@ -136,8 +137,10 @@ class Dispatcher:
         self.closed_event = trio.Event()
         self.timers = Timers()  # every connection's next deadline (served by _serve)
         self._woken: List[SplitConnection] = []  # connections that asked for a turn (SplitConnection.wake)
-        self._wait: Optional[trio.CancelScope] = None  # _serve's wait, while it waits
-        self._wait_due: Optional[int] = None  # ... and the deadline (µs) it waits for
+        self._waiting = False  # _serve is waiting (_wake, _rearm interrupt it)
+        self._wait_due: Optional[int] = None  # ... until this (µs; with a WaitSet: what its timer is armed for)
+        self._waitset: Optional[WaitSet] = None  # _serve's one fd (on trio's real clock)
+        self._wait: Optional[trio.CancelScope] = None  # ... else its wait's cancel scope
         self.icmp = IcmpGuard(self.counters)
         self._hc_table = hc_table
         self.scps = scps_link_from(config, self.counters, hc_table)  # SCPS-TP on the long leg (stackpep.pep.scps)
@@ -187,15 +190,28 @@ class Dispatcher:
         """Every ring in `polled` and every connection's deadline, in one loop
         (module docstring).  Per iteration: one pass (`_pass`: the rings read
         without waiting, the due deadlines and the woken connections joining the
-        touched ones' turns), then one wait."""
+        touched ones' turns), then one wait.
+
+        The wait: on trio's real clock one fd, a WaitSet (stackpep._fast.waitset:
+        an epoll of every ring fd plus a timerfd armed for the deadline), so a
+        timed wait costs no cancel scope; on another clock (trio.testing.MockClock:
+        virtual time) a cancel scope's deadline instead."""
         counters = self.counters
         timers = self.timers
         g = self.config.hold_us  # the wake-up grid (µs; 0: none -- no [wan] link)
-        ep = select.epoll()
+        ws: Optional[WaitSet] = None
+        ep: Optional[select.epoll] = None
+        if type(trio.lowlevel.current_clock()).__name__ == "SystemClock":
+            ws = self._waitset = WaitSet()
+        else:
+            ep = select.epoll()
         try:
             for p in polled:
-                ep.register(p.wait_fd(), select.EPOLLIN)
-            epfd = ep.fileno()
+                if ws is not None:
+                    ws.add(p.wait_fd())
+                else:
+                    ep.register(p.wait_fd(), select.EPOLLIN)
+            rings_fd = (ws.fileno() if ws is not None else ep.fileno()) if polled else None
             rx = sum(p.rx_bytes() for p in polled)
             while True:
                 counters["dispatch_wakeups"] += 1
@@ -207,49 +223,84 @@ class Dispatcher:
                     await trio.lowlevel.checkpoint()  # (blocks retired meanwhile: read them at once)
                     continue
                 due = timers.next_due()
+                fd = rings_fd
                 if g and rx0 != rx and rx - rx0 < HOLD_MAX_BYTES:
                     # a small batch: look again at the next grid point, not at every
                     # retired block (the deadlines are on this grid too)
                     t = (now_us() // g + 1) * g
                     if due is None or t < due:
                         due = t
-                    await self._wait_until(due, None)
+                    fd = None
+                if due is not None:
+                    counters["dispatch_timed_waits"] += 1
+                if ws is not None:
+                    await self._wait_waitset(ws, due, fd)
                 else:
-                    await self._wait_until(due, epfd if polled else None)
+                    await self._wait_scope(due, fd)
         finally:
-            ep.close()
+            self._waitset = None
+            if ws is not None:
+                ws.close()
+            if ep is not None:
+                ep.close()
 
-    async def _wait_until(self, due: Optional[int], fd: Optional[int]) -> None:
-        """Until `due` (µs; None: no deadline), `fd` readable (None: not waited
-        on), or a connection asked for a turn (_wake): whichever first."""
+    async def _wait_waitset(self, ws: WaitSet, due: Optional[int], fd: Optional[int]) -> None:
+        """Until `due` (µs; None: no deadline), `fd` readable (None: only the timer),
+        or a connection asked for a turn (_wake arms the timer at once)."""
+        if due != self._wait_due:
+            if due is None:
+                ws.disarm()
+            else:
+                ws.arm(due - now_us())
+            self._wait_due = due
+        self._waiting = True
+        try:
+            await trio.lowlevel.wait_readable(ws.timer_fileno() if fd is None else fd)
+        finally:
+            self._waiting = False
+
+    async def _wait_scope(self, due: Optional[int], fd: Optional[int]) -> None:
+        """As _wait_waitset, with a cancel scope's deadline (any trio clock)."""
         with trio.CancelScope(deadline=due / 1_000_000 if due is not None else float("inf")) as scope:
             self._wait = scope
             self._wait_due = due
+            self._waiting = True
             try:
                 if fd is None:
                     await trio.sleep_forever()
                 else:
                     await trio.lowlevel.wait_readable(fd)
             finally:
+                self._waiting = False
                 self._wait = None
-        if scope.cancelled_caught and due is not None:
-            self.counters["dispatch_timed_waits"] += 1
+                self._wait_due = None
 
     def _wake(self, conn: SplitConnection) -> None:
         """SplitContext.wake: a turn for conn at the loop's next iteration (at once)."""
         self._woken.append(conn)
-        if self._wait is not None:
-            self._wait.cancel()
+        if self._waiting:
+            self._interrupt(None)
 
     def _rearm(self) -> None:
         """A turn outside the loop (_read_port) may have filed an earlier deadline
         than the one the loop waits for."""
-        scope = self._wait
-        if scope is not None:
+        if self._waiting:
             due = self.timers.next_due()
             if due is not None and (self._wait_due is None or due < self._wait_due):
+                self._interrupt(due)
+
+    def _interrupt(self, due: Optional[int]) -> None:
+        """End the loop's wait at `due` (µs) instead, or at once (None)."""
+        ws = self._waitset
+        if ws is not None:
+            ws.arm(0 if due is None else due - now_us())
+            self._wait_due = -1 if due is None else due  # (the next wait re-arms)
+        elif self._wait is not None:
+            if due is None:
+                self._wait.cancel()
+            else:
+                self._wait.deadline = due / 1_000_000
                 self._wait_due = due
-                scope.deadline = due / 1_000_000
 
     def _pass(self, port: Optional[PacketPort], batch, now: Optional[int] = None,
               polled: Sequence[PacketPort] = ()) -> None:
