@@ -247,12 +247,19 @@ class Dispatcher:
     async def _wait_waitset(self, ws: WaitSet, due: Optional[int], fd: Optional[int]) -> None:
         """Until `due` (µs; None: no deadline), `fd` readable (None: only the timer),
         or a connection asked for a turn (_wake arms the timer at once)."""
-        if due != self._wait_due:
-            if due is None:
-                ws.disarm()
-            else:
-                ws.arm(due - now_us())
-            self._wait_due = due
+        armed = self._wait_due
+        if due != armed:
+            now = now_us()
+            # Re-armed if the deadline came earlier or the timer already went off (it
+            # polls readable until re-armed); a deadline moved later (a busy
+            # connection's retransmission timer, with every ACK) keeps the armed
+            # time: one early wake-up then, instead of a timerfd_settime per wait.
+            if armed is None or armed <= now or (due is not None and due < armed):
+                if due is None:
+                    ws.disarm()
+                else:
+                    ws.arm(due - now)
+                self._wait_due = due
         self._waiting = True
         try:
             await trio.lowlevel.wait_readable(ws.timer_fileno() if fd is None else fd)
