@@ -265,3 +265,44 @@ def test_memory_router_has_no_route_counters():
     d = Dispatcher(config(), [MemoryPort("c", True)], MemoryRouter([]), intercept_spec(config()))
     assert d.statistics()["routes"] == {}
     assert "stackpep_route_" not in render_stats(d.counters, d.statistics(), 10, False)
+
+
+# ------------------------------------------- turns for deadlines and wake-ups
+def test_woken_and_due_connections_join_the_pass_one_turn_each():
+    from stackpep.pep.timers import TimerHandle
+
+    d, cport, sport, log = make(4)
+    for i in range(4):
+        c = d.table[key(i)]
+        c.key = key(i)
+        c.timer = TimerHandle(c)
+    c0, c1, c2, c3 = (d.table[key(i)] for i in range(4))
+    d.timers.schedule(c2.timer, 1000)   # due
+    d.timers.schedule(c1.timer, 900)    # due, and it takes a packet too: one turn
+    d.timers.schedule(c3.timer, 10**12)  # not due
+    d._woken = [c0, c2]                  # c2 also due: one turn
+
+    async def main():
+        d._pass(cport, [(key(1), b"p", ACK)], now=5000)
+
+    trio.run(main)
+    # the packet's connection first, then the due ones by deadline, then the woken
+    assert [e[1] for e in log if e[0] == "turn"] == [1, 2, 0]
+    assert d.counters["dispatch_timer_turns"] == 2 and d.counters["dispatch_woken_turns"] == 2
+    assert d._woken == [] and d.timers.next_due() == 10**12
+
+
+def test_a_woken_connection_whose_key_was_taken_over_still_gets_its_turn():
+    # a connection superseded by a new SYN under its key asks for its last turn
+    # (SplitConnection.shutdown -> wake): in the same pass the new connection took
+    # a packet under that key -- both are turned, once each
+    d, cport, sport, log = make(2)
+    old = FakeConn(50, log)
+    old.key = key(1)
+    d._woken = [old]
+
+    async def main():
+        d._pass(cport, [(key(1), b"p", ACK)], now=5000)
+
+    trio.run(main)
+    assert [e[1] for e in log if e[0] == "turn"] == [1, 50]

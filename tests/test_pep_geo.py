@@ -83,6 +83,31 @@ def test_interface_names_the_leg_and_explicit_settings_win(tmp_path):
                               "nagle": False, "outage_rtos": 3, "outage_probe_us": 1_000_000}
 
 
+def test_a_coarser_wake_up_grid_widens_the_pacing_slack(tmp_path):
+    # a pacing deadline is served up to one grid step late: the long leg makes it up
+    # in full with twice the grid as slack; the default grid (4 ms at 600 ms) keeps
+    # the engine's own 8 ms, and [tcp.<leg>] still wins
+    def leg(capture, tcp=""):
+        p = write(tmp_path, f"""
+            [interfaces]
+            client = ["lan0"]
+            server = ["wan0"]
+            {capture}
+            [wan]
+            leg = "server"
+            rate = 50000000
+            rtt = 0.6
+            {tcp}
+        """)
+        cfg, problems = check_file(p)
+        assert problems == []
+        return cfg.hold_us, cfg.tcp_server.get("pace_slack_us")
+
+    assert leg("") == (4000, None)
+    assert leg("[capture]\n            hold_us = 8000") == (8000, 16000)
+    assert leg("[capture]\n            hold_us = 8000", "[tcp.server]\n            pace_slack_us = 9000") == (8000, 9000)
+
+
 def test_small_links_keep_the_engine_minimum_buffers():
     assert wan_leg_settings(1_000_000, 0.6)["snd_buf"] == 4 << 20
 

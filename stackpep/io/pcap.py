@@ -311,6 +311,15 @@ class PcapTap(PacketPort):
             self.pcap.write(self.if_id, INBOUND, [b[1] for b in batch], self._clock() // 1000)
         return batch
 
+    def wait_fd(self):
+        return self.port.wait_fd()
+
+    def pending(self) -> bool:
+        return self.port.pending()
+
+    def rx_bytes(self) -> int:
+        return self.port.rx_bytes()
+
     def send(self, packets: List[bytes], hop) -> int:
         self.pcap.write(self.if_id, OUTBOUND, packets, self._clock() // 1000)
         return self.port.send(packets, hop)

@@ -41,6 +41,20 @@ class PacketPort(abc.ABC):
         dispatcher reads the rings again between slices of a long pass."""
         return []
 
+    # -- waited on by the dispatcher's one loop (stackpep.pep.dispatcher._serve) --------
+    def wait_fd(self) -> Optional[int]:
+        """A file descriptor that polls readable when `poll_batch` has something,
+        or None: then the dispatcher runs a `receive_batch` task for this port."""
+        return None
+
+    def pending(self) -> bool:
+        """More is ready now than the last `poll_batch` took (the fd may not say so)."""
+        return False
+
+    def rx_bytes(self) -> int:
+        """Bytes received so far (a batch's size: the wake-up grid's hold)."""
+        return 0
+
     @abc.abstractmethod
     def send(self, packets: List[bytes], hop: object) -> int:
         """Emit IP packets towards `hop` (from Router.next_hop); returns the number sent."""
@@ -98,6 +112,10 @@ HOLD_MAX_BYTES = 64 * 1024
 class AfPacketPort(PacketPort):
     """A TPACKET_V3 ring (stackpep._fast.capture.PacketRing) as a port.
 
+    The dispatcher's one loop reads it with `poll_batch` and waits on its fd
+    (`wait_fd`) together with every other ring, and applies the hold below for the
+    whole box; `receive_batch` is the same policy for a caller of its own.
+
     Wake-up coalescing (interrupt moderation, as NAPI does for a NIC): the ring
     hands over a partly filled block after `retire_ms`, so a steady low-rate
     stream (a GEO link's 20-50 Mbit/s is a few packets a millisecond) would wake
@@ -147,6 +165,15 @@ class AfPacketPort(PacketPort):
     def poll_batch(self) -> Batch:
         # (the bytes count towards the next receive_batch's: a busy ring is not held)
         return self.ring.read_batch()
+
+    def wait_fd(self) -> int:
+        return self.ring.fileno()
+
+    def pending(self) -> bool:
+        return self.ring.pending()
+
+    def rx_bytes(self) -> int:
+        return self.ring.rx_bytes
 
     def send(self, packets: List[bytes], hop) -> int:
         held = self._held

@@ -646,6 +646,11 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
                   **explicit}
         if ffr:
             merged.setdefault("first_flight_redundancy", ffr)
+        # a pacing deadline is served up to one grid step late (capture.hold_us: the
+        # dispatcher's loop wakes on that grid): made up in full if the slack is twice
+        # it (the engine's default, 8 ms, is that for the default grid of 4 ms)
+        if 2 * hold > 8000:
+            merged.setdefault("pace_slack_us", 2 * hold)
         if zero_rtt:
             # RFC 7413 with a shared key: the near box's SYN carries the cookie and the
             # client's first bytes, the far box accepts them (one config for both roles)

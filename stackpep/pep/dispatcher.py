@@ -1,6 +1,20 @@
 """The dispatcher: captured segments in, each to its split connection.
 
-One task per port reads batches; for each packet the flow key (client
+One loop (`Dispatcher._serve`) serves the whole box: every capture ring and
+every connection's deadline.  Each wake-up it reads every ring without waiting,
+hands the packets to their connections, runs one turn of each connection that
+took packets, whose deadline came (the box's one timer heap,
+stackpep.pep.timers) or that asked for one (`SplitContext.wake`), flushes each
+port once, then waits for the first of: a ring readable (one epoll of our own
+holding every ring fd, awaited as one fd by trio) or the next deadline -- at
+most one trio wake-up and one timed wait per iteration for the box.  With a
+[wan] link (capture.hold_us) a small batch is followed by a look at the rings
+at the next grid point instead (interrupt moderation, as NAPI does), and the
+deadlines are on the same grid, so a steady satellite-rate stream costs one
+wake-up per grid step.  Ports that have no fd to wait on (in-memory ports)
+keep a reader task of their own feeding the same pass.
+
+For each packet the flow key (client
 address/port, server address/port) finds the split connection in the
 connection table.  A SYN for an intercepted destination with no entry opens
 one (if the table has room); any other segment of an unknown flow gets the
@@ -23,14 +37,16 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from collections import deque
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import trio
 
 from stackpep._fast.capture import split_key
+from stackpep._fast.waitset import WaitSet
 from stackpep._fast.tcp import buffer_statistics, release_memory
-from stackpep.io.ports import PacketPort, Router
+from stackpep.io.ports import HOLD_MAX_BYTES, PacketPort, Router
 from stackpep.io.rules import InterceptSpec
 from stackpep.pep import engine as eng
 from stackpep.pep.admission import ADMISSION_COUNTERS, AdmissionLimits, EmbryonicTable, OpenLimiter, source_prefix
@@ -40,6 +56,7 @@ from stackpep.pep.reset import RecentlyClosed, ResetLimiter, limits_from, reset_
 from stackpep.pep.scps import SCPS_COUNTERS, scps_link_from
 from stackpep.pep.splitter import CLIENT, SERVER, SPLIT_COUNTERS, Outcome, SplitConnection, SplitContext, now_us
 from stackpep.pep.syncookie import SYNCOOKIE_COUNTERS, CookieGate
+from stackpep.pep.timers import Timers
 
 log = logging.getLogger("stackpep.pep")
 
@@ -59,6 +76,10 @@ COUNTERS = (
     "rst_suppressed_total",  # ... the box's bucket was empty
     "dispatch_ring_rereads",  # a pass looked at every ring again between slices of turns (Dispatcher._pass)
     "dispatch_reread_packets",  # ... and took this many packets that way
+    "dispatch_wakeups",  # iterations of the box's one loop (Dispatcher._serve): trio wake-ups of it
+    "dispatch_timed_waits",  # ... of which waited with a deadline (the grid point or the next deadline): one wait each
+    "dispatch_timer_turns",  # turns run because the connection's deadline came (stackpep.pep.timers)
+    "dispatch_woken_turns",  # turns run because the connection asked for one (SplitConnection.wake)
     "memory_releases",  # free buffer chunks and heap pages handed back to the kernel (_release_memory)
 ) + SPLIT_COUNTERS + ADMISSION_COUNTERS + SYNCOOKIE_COUNTERS + tuple(f"ended_{o.value}" for o in Outcome) \
     + ICMP_COUNTERS + SCPS_COUNTERS
@@ -114,6 +135,12 @@ class Dispatcher:
         self.recently_closed = RecentlyClosed(int(config.recent_close_time * 1_000_000),
                                               max_entries=max(65536, config.max_connections))
         self.closed_event = trio.Event()
+        self.timers = Timers()  # every connection's next deadline (served by _serve)
+        self._woken: List[SplitConnection] = []  # connections that asked for a turn (SplitConnection.wake)
+        self._waiting = False  # _serve is waiting (_wake, _rearm interrupt it)
+        self._wait_due: Optional[int] = None  # ... until this (µs; with a WaitSet: what its timer is armed for)
+        self._waitset: Optional[WaitSet] = None  # _serve's one fd (on trio's real clock)
+        self._wait: Optional[trio.CancelScope] = None  # ... else its wait's cancel scope
         self.icmp = IcmpGuard(self.counters)
         self._hc_table = hc_table
         self.scps = scps_link_from(config, self.counters, hc_table)  # SCPS-TP on the long leg (stackpep.pep.scps)
@@ -121,7 +148,8 @@ class Dispatcher:
         self.split_context = SplitContext(config=config, next_hop=router.next_hop, leg_config=self.leg_config,
                                           icmp_validate=self.icmp.validate, counters=self.counters,
                                           report=self._count_outcome, handshake_done=self._handshake_done,
-                                          scps=self.scps, wan_side=_WAN_SIDE.get(config.wan_leg))
+                                          scps=self.scps, wan_side=_WAN_SIDE.get(config.wan_leg),
+                                          timers=self.timers, wake=self._wake)
         # SYN-flood defences (stackpep.pep.admission, stackpep.pep.syncookie)
         self.admission = AdmissionLimits.from_config(config)
         self.open_limiter = OpenLimiter(self.admission)
@@ -142,19 +170,150 @@ class Dispatcher:
                 warm = getattr(self.router, "warm", None)  # (routers of tests may have none)
                 if warm is not None:
                     await trio.to_thread.run_sync(warm)
+                polled = [p for p in self.ports if p.wait_fd() is not None]
                 for port in self.ports:
-                    nursery.start_soon(self._read_port, port)
+                    if port.wait_fd() is None:  # (in-memory ports: nothing to epoll)
+                        nursery.start_soon(self._read_port, port)
+                nursery.start_soon(self._serve, polled)
                 nursery.start_soon(self._release_memory)
                 task_status.started()
         finally:
             self.closed_event.set()
 
     async def _read_port(self, port: PacketPort) -> None:
+        """A port with no fd (MemoryPort): its own reader; the turns still file
+        their deadlines in the one heap, and _serve's wait is brought forward."""
         while True:
             batch = await port.receive_batch()
             self._pass(port, batch)
+            self._rearm()
 
-    def _pass(self, port: PacketPort, batch) -> None:
+    # -- the box's one loop ----------------------------------------------------------
+    async def _serve(self, polled: List[PacketPort]) -> None:
+        """Every ring in `polled` and every connection's deadline, in one loop
+        (module docstring).  Per iteration: one pass (`_pass`: the rings read
+        without waiting, the due deadlines and the woken connections joining the
+        touched ones' turns), then one wait.
+
+        The wait: on trio's real clock one fd, a WaitSet (stackpep._fast.waitset:
+        an epoll of every ring fd plus a timerfd armed for the deadline), so a
+        timed wait costs no cancel scope; on another clock (trio.testing.MockClock:
+        virtual time) a cancel scope's deadline instead."""
+        counters = self.counters
+        timers = self.timers
+        g = self.config.hold_us  # the wake-up grid (µs; 0: none -- no [wan] link)
+        ws: Optional[WaitSet] = None
+        ep: Optional[select.epoll] = None
+        if type(trio.lowlevel.current_clock()).__name__ == "SystemClock":
+            ws = self._waitset = WaitSet()
+        else:
+            ep = select.epoll()
+        try:
+            for p in polled:
+                if ws is not None:
+                    ws.add(p.wait_fd())
+                else:
+                    ep.register(p.wait_fd(), select.EPOLLIN)
+            rings_fd = (ws.fileno() if ws is not None else ep.fileno()) if polled else None
+            rx = sum(p.rx_bytes() for p in polled)
+            while True:
+                counters["dispatch_wakeups"] += 1
+                now = now_us()
+                self._pass(None, None, now, polled)
+                # where the rings stand, and the bytes this pass brought
+                rx0, rx = rx, sum(p.rx_bytes() for p in polled)
+                if self._woken or any(p.pending() for p in polled):
+                    await trio.lowlevel.checkpoint()  # (blocks retired meanwhile: read them at once)
+                    continue
+                due = timers.next_due()
+                fd = rings_fd
+                if g and rx0 != rx and rx - rx0 < HOLD_MAX_BYTES:
+                    # a small batch: look again at the next grid point, not at every
+                    # retired block (the deadlines are on this grid too)
+                    t = (now_us() // g + 1) * g
+                    if due is None or t < due:
+                        due = t
+                    fd = None
+                if due is not None:
+                    counters["dispatch_timed_waits"] += 1
+                if ws is not None:
+                    await self._wait_waitset(ws, due, fd)
+                else:
+                    await self._wait_scope(due, fd)
+        finally:
+            self._waitset = None
+            if ws is not None:
+                ws.close()
+            if ep is not None:
+                ep.close()
+
+    async def _wait_waitset(self, ws: WaitSet, due: Optional[int], fd: Optional[int]) -> None:
+        """Until `due` (µs; None: no deadline), `fd` readable (None: only the timer),
+        or a connection asked for a turn (_wake arms the timer at once)."""
+        armed = self._wait_due
+        if due != armed:
+            now = now_us()
+            # Re-armed if the deadline came earlier or the timer already went off (it
+            # polls readable until re-armed); a deadline moved later (a busy
+            # connection's retransmission timer, with every ACK) keeps the armed
+            # time: one early wake-up then, instead of a timerfd_settime per wait.
+            if armed is None or armed <= now or (due is not None and due < armed):
+                if due is None:
+                    ws.disarm()
+                else:
+                    ws.arm(due - now)
+                self._wait_due = due
+        self._waiting = True
+        try:
+            await trio.lowlevel.wait_readable(ws.timer_fileno() if fd is None else fd)
+        finally:
+            self._waiting = False
+
+    async def _wait_scope(self, due: Optional[int], fd: Optional[int]) -> None:
+        """As _wait_waitset, with a cancel scope's deadline (any trio clock)."""
+        with trio.CancelScope(deadline=due / 1_000_000 if due is not None else float("inf")) as scope:
+            self._wait = scope
+            self._wait_due = due
+            self._waiting = True
+            try:
+                if fd is None:
+                    await trio.sleep_forever()
+                else:
+                    await trio.lowlevel.wait_readable(fd)
+            finally:
+                self._waiting = False
+                self._wait = None
+                self._wait_due = None
+
+    def _wake(self, conn: SplitConnection) -> None:
+        """SplitContext.wake: a turn for conn at the loop's next iteration (at once)."""
+        self._woken.append(conn)
+        if self._waiting:
+            self._interrupt(None)
+
+    def _rearm(self) -> None:
+        """A turn outside the loop (_read_port) may have filed an earlier deadline
+        than the one the loop waits for."""
+        if self._waiting:
+            due = self.timers.next_due()
+            if due is not None and (self._wait_due is None or due < self._wait_due):
+                self._interrupt(due)
+
+    def _interrupt(self, due: Optional[int]) -> None:
+        """End the loop's wait at `due` (µs) instead, or at once (None)."""
+        ws = self._waitset
+        if ws is not None:
+            ws.arm(0 if due is None else due - now_us())
+            self._wait_due = -1 if due is None else due  # (the next wait re-arms)
+        elif self._wait is not None:
+            if due is None:
+                self._wait.cancel()
+            else:
+                self._wait.deadline = due / 1_000_000
+                self._wait_due = due
+
+    def _pass(self, port: Optional[PacketPort], batch, now: Optional[int] = None,
+              polled: Sequence[PacketPort] = ()) -> None:
         """One dispatcher pass: `batch` (from `port`) to its connections, then one
         turn of every connection that took packets -- TURNS_PER_PASS at a time:
         after each slice what those turns emitted leaves (flush) and every ring
@@ -174,11 +333,27 @@ class Dispatcher:
         # connections whose engines took packets: by key (one turn each) and in order
         touched: Dict[bytes, SplitConnection] = {}
         due: Deque[Tuple[bytes, SplitConnection]] = deque()
-        now = now_us()
+        if now is None:
+            now = now_us()
         for p in ports:  # what the turns make the connections send leaves in one go per slice (flush below)
             p.defer()
         try:
-            self._take_batch(port, port.client_side, batch, now, table, counters, touched, due)
+            if batch:
+                self._take_batch(port, port.client_side, batch, now, table, counters, touched, due)
+            for p in polled:  # (_serve: every ring, without waiting)
+                more = p.poll_batch()
+                if more:
+                    self._take_batch(p, p.client_side, more, now, table, counters, touched, due)
+            # connections whose deadline came, then those that asked for a turn: one turn
+            # each, behind those that took packets (a connection in both: one turn)
+            expired = self.timers.expired(now)
+            if expired:
+                counters["dispatch_timer_turns"] += len(expired)
+                self._add_turns(expired, touched, due)
+            if self._woken:
+                woken, self._woken = self._woken, []
+                counters["dispatch_woken_turns"] += len(woken)
+                self._add_turns(woken, touched, due)
             taken = 0  # packets the re-reads brought
             while due:
                 n = 0
@@ -208,6 +383,22 @@ class Dispatcher:
         finally:
             for p in ports:
                 p.flush()
+
+    @staticmethod
+    def _add_turns(conns: List[SplitConnection], touched: Dict, due) -> None:
+        """Connections due a turn for another reason than packets: one turn each,
+        none twice.  Filed under their flow key unless another connection took
+        that key in this pass (one being superseded: its last turn ends its
+        task), then under the connection itself."""
+        for conn in conns:
+            k = conn.key
+            t = touched.get(k)
+            if t is conn or touched.get(conn) is conn:
+                continue
+            if t is not None:
+                k = conn
+            touched[k] = conn
+            due.append((k, conn))
 
     def _reread(self, now: int, touched: Dict[bytes, SplitConnection], due) -> int:
         """Every ring once more, without waiting; returns the packets taken."""

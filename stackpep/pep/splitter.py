@@ -6,18 +6,21 @@ address and the server leg's engine the *client's*, so every packet on both
 sides carries only the original addresses (a transparent proxy; RFC 3135 §2.4
 calls this a split-connection TCP PEP).
 
-Structure (trio): `SplitConnection.run()` is one task owning both legs: the
-pump (`_service`: each leg's engine fires its due timers and its events are
-drained -- DataReadable / SendSpace passed over in C -- then the relay, engine to
-engine in C (`TcpConnection.relay_to`), then the output).  It sleeps until the
-earliest deadline -- the engines' timers and the connection's own handshake
-and idle limits (`_limit_deadline`), on a TIMER_GRANULARITY_US grid -- in one
-cancel scope whose deadline is trio's one timer heap entry for the connection;
-nothing polls.  The dispatcher feeds received packets straight into the
-engines (`deliver`) and, once per batch, runs the connection's turn itself
-(`turn`: no task switch) and moves that deadline.  The connection sees the box only through a `SplitContext` (route
-lookup, leg settings, ICMP validation, counters) and reports its `Outcome`
-through it once decided; `run()` returns it.
+Structure (trio): `SplitConnection.run()` is one task owning the connection's
+life: route lookup, the engines, the end and the cleanup.  It does not wake for
+timers: once the engines exist it sleeps until the connection has ended.  The
+work is the turn (`turn` -> `_service`: each leg's engine fires its due timers
+and its events are drained -- DataReadable / SendSpace passed over in C -- then
+the relay, engine to engine in C (`TcpConnection.relay_to`), then the output),
+and the dispatcher's one loop runs it: after delivering a batch of packets
+(`deliver`) to the connections that took some, when the connection's deadline
+comes, and when `wake()` asked for one.  After each turn the connection files
+its next deadline -- the engines' timers and its own handshake and idle limits
+(`_limit_deadline`) and zero-RTT wait, rounded up to the wake-up grid -- in the
+box's one timer heap (stackpep.pep.timers, `SplitContext.timers`); nothing polls.
+The connection sees the box only through a `SplitContext` (route lookup, leg
+settings, ICMP validation, counters, timers) and reports its `Outcome` through it
+once decided; `run()` returns it.
 
 Lifecycle (`Phase`): RESOLVING (routes and MTUs looked up; the server side's
 stray packets wait in a bounded backlog) -> OPENING (the server leg's SYN is
@@ -54,6 +57,7 @@ import trio
 from stackpep._fast.capture import split_key
 from stackpep.pep import engine as eng
 from stackpep.pep.reset import reset_for
+from stackpep.pep.timers import TimerHandle
 from stackpep.tcp.config import SCPS_COMPRESS
 from stackpep.tcp.driver import TIMER_SLACK_US, ConnectionDriver
 from stackpep.tcp.events import (CloseReason, Connected, ConnectionClosed, ConnectionReset, DataReadable,
@@ -66,7 +70,7 @@ log = logging.getLogger("stackpep.pep")
 CLIENT, SERVER = 0, 1
 LEG_NAMES = ("client", "server")
 
-#: The pump's wake-ups are rounded up to a grid (µs; capture.hold_us of the box's
+#: The connections' deadlines are rounded up to a grid (µs; capture.hold_us of the box's
 #: configuration, this without one): deadlines of one
 #: connection (and of all connections) due within one slot are served in one
 #: turn, as a kernel's timer slack does.  A paced sender (rate-based [wan]) so
@@ -136,10 +140,14 @@ class SplitContext:
     handshake_done: Optional[Callable[["SplitConnection"], None]] = None  # both legs established (once)
     scps: Any = None  # stackpep.pep.scps.ScpsLink of the long leg, or None (no SCPS-TP)
     wan_side: Optional[int] = None  # CLIENT or SERVER: the leg that crosses the long link ([wan]), or None
+    timers: Any = None  # stackpep.pep.timers.Timers: the box's one deadline heap (the dispatcher's loop serves it)
+    wake: Optional[Callable[["SplitConnection"], None]] = None  # have the dispatcher's loop run a turn soon
 
 
 def now_us() -> int:
-    return int(trio.current_time() * 1_000_000)
+    # round, not truncate: woken at a deadline of d µs (d / 1e6 s in trio's float
+    # time) this must say d, not d - 1 (the timer heap would find it not yet due)
+    return round(trio.current_time() * 1_000_000)
 
 
 def _iss() -> int:
@@ -208,7 +216,8 @@ class SplitConnection:
 
     __slots__ = ("ctx", "key", "client_addr", "client_port", "server_addr", "server_port", "immediate",
                  "relay_buffer", "passive", "active", "legs", "scps_conn_id", "scps_fell_back", "zero_rtt",
-                 "zero_rtt_at", "phase", "outcome", "held_syn", "backlog", "_sleep", "_grid", "_now", "created",
+                 "zero_rtt_at", "phase", "outcome", "held_syn", "backlog", "_ending", "_serving", "timer", "_grid",
+                 "_now", "created",
                  "last_activity", "last_soft_error", "cookie", "_resolving")
 
     def __init__(self, ctx: SplitContext, key: bytes, syn: bytes, arrival_port: Any, from_client: bool = True) -> None:
@@ -235,8 +244,10 @@ class SplitConnection:
         self.outcome: Optional[Outcome] = None
         self.held_syn: Optional[bytes] = syn  # the client's SYN, until the passive leg takes it
         self.backlog: List[bytes] = []  # the active side's packets that arrived while RESOLVING
-        self._sleep: Optional[trio.CancelScope] = None  # the pump's sleep, while it sleeps (_pump)
-        # the pump's wake-up grid (µs): the capture ports' hold (capture.hold_us), else 1 (none)
+        self._ending: Optional[trio.CancelScope] = None  # the task's sleep until the end (run)
+        self._serving = False  # the engines run: turns are taken (after _start, until the end)
+        self.timer = TimerHandle(self)  # its place in ctx.timers
+        # the deadlines' grid (µs): the capture ports' hold (capture.hold_us), else 1 (none)
         self._grid = max(1, int(getattr(cfg, "hold_us", TIMER_GRANULARITY_US)))
         self._now = 0  # the time of the current _service turn (for event handlers)
         self.created = now_us()
@@ -278,26 +289,31 @@ class SplitConnection:
         return False
 
     def turn(self, now: int) -> None:
-        """What the pump does when woken, done by the caller (the dispatcher, after
-        a batch): timers, events, relay, output; then the pump's deadline moves.
-        While the pump is not asleep (resolving, or already woken) it is left to
-        the pump's own next turn."""
-        scope = self._sleep
-        if scope is None:
+        """One turn, run by the dispatcher's loop (after a batch of packets, at the
+        connection's deadline, or asked for by `wake`): limits, timers, events,
+        relay, output; then the next deadline is filed (ctx.timers), or, once the
+        connection has ended, its task is let go.  Nothing while the routes are
+        looked up or after the end."""
+        if not self._serving:
             return
         self._check_limits(now)
         self._service(now)
         if self.done:
-            scope.cancel()  # the pump winds down
+            self._end()
         else:
-            t = self._wake_time()
-            if t != scope.deadline:  # (re-registering in trio's heap costs; often unchanged)
-                scope.deadline = t
+            self.ctx.timers.schedule(self.timer, self._wake_time())
 
     def wake(self) -> None:
-        """Have the pump take a turn now."""
-        if self._sleep is not None:
-            self._sleep.cancel()
+        """Have the dispatcher's loop run a turn at once."""
+        if self._serving:
+            self.ctx.wake(self)
+
+    def _end(self) -> None:
+        """No more turns: the deadline goes, the task ends (run)."""
+        self._serving = False
+        self.ctx.timers.release(self.timer)
+        if self._ending is not None:
+            self._ending.cancel()
 
     def fail(self) -> None:
         """A bug surfaced while handling this connection: reset both legs, end it."""
@@ -308,7 +324,7 @@ class SplitConnection:
             if self.outcome is None:
                 self.outcome = Outcome.ERROR
                 self.phase = Phase.ENDED
-        self.wake()
+        self._end()  # (no further turn: it might fail again)
 
     def shutdown(self, outcome: Outcome) -> None:
         """Abort both legs (RST to both peers) and end."""
@@ -355,7 +371,7 @@ class SplitConnection:
                 await self._start()
             self._resolving = None
             if not self.done:
-                await self._pump()
+                await self._serve()
         except Exception:
             # One connection's failure must not take the box (and every other
             # connection) down with it.
@@ -364,6 +380,8 @@ class SplitConnection:
         finally:
             if self.outcome is None:
                 self._finish(Outcome.SHUTDOWN, abort=True)
+            self._serving = False
+            self.ctx.timers.release(self.timer)
             if self.scps_conn_id is not None:
                 self.ctx.scps.release_conn_id(self.scps_conn_id)
                 self.scps_conn_id = None
@@ -544,35 +562,21 @@ class SplitConnection:
             client.engine.receive_packet(pkt, now)
         self.backlog = []
 
-    async def _pump(self) -> None:
-        """The connection's one task: a turn of `_service` whenever the earliest
-        deadline is due -- the engines' timers and the connection's own limits
-        (`_limit_deadline`) -- or `wake()` is called; packets get their turn from
-        the dispatcher (`turn`), which moves the deadline of the sleep.  No
-        polling, so an idle or embryonic connection costs nothing until then."""
-        ports = list({id(leg.port): leg.port for leg in self.legs if leg.port is not None}.values())
-        while True:
-            now = now_us()
-            for p in ports:  # both legs' output of this turn in one send per port
-                p.defer()
-            try:
-                self._check_limits(now)
-                self._service(now)
-            finally:
-                for p in ports:
-                    p.flush()
-            if self.done:
-                return
-            with trio.CancelScope(deadline=self._wake_time()) as scope:
-                self._sleep = scope
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._sleep = None
+    async def _serve(self) -> None:
+        """The engines run: the dispatcher's loop takes the turns (the first one at
+        once), and this task sleeps until the connection has ended (`_end`).  No
+        timed sleep here: an idle or embryonic connection costs nothing until its
+        deadline comes up in the box's timer heap."""
+        with trio.CancelScope() as scope:  # (no deadline: never in trio's deadline heap)
+            self._ending = scope
+            self._serving = True
+            self.ctx.wake(self)
+            await trio.sleep_forever()
+        self._ending = None
 
-    def _wake_time(self) -> float:
-        """When the pump must take its next turn (trio seconds): the earliest
-        deadline, rounded up to the TIMER_GRANULARITY_US grid."""
+    def _wake_time(self) -> Optional[int]:
+        """When the next turn is due (µs, None: no deadline): the earliest
+        deadline, rounded up to the wake-up grid (TIMER_GRANULARITY_US)."""
         deadline = self._limit_deadline()
         for leg in self.legs:
             t = leg.engine.get_timer()
@@ -583,9 +587,9 @@ class SplitConnection:
             if t is not None and (deadline is None or t < deadline):
                 deadline = t
         if deadline is None:
-            return float("inf")
+            return None
         g = self._grid
-        return ((deadline + g - 1) // g * g) / 1_000_000
+        return (deadline + g - 1) // g * g
 
     @property
     def embryonic(self) -> bool:

@@ -1,0 +1,15 @@
+"""One epoll fd over the capture rings and a timerfd (see waitset.pyx)."""
+
+class WaitSet:
+    arms: int
+    def __init__(self) -> None: ...
+    def add(self, fd: int) -> None:
+        """Wait on fd's readability too (level-triggered)."""
+    def fileno(self) -> int:
+        """The epoll fd: readable when a ring is or the timer expired."""
+    def timer_fileno(self) -> int:
+        """The timerfd alone (readable once it expired, until re-armed)."""
+    def arm(self, delay_us: int) -> None:
+        """The timer expires delay_us from now (at once if <= 0)."""
+    def disarm(self) -> None: ...
+    def close(self) -> None: ...
