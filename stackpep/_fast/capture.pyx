@@ -173,6 +173,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
     int PACKET_STATISTICS
     int PACKET_IGNORE_OUTGOING
     int PACKET_VNET_HDR
+    int PACKET_QDISC_BYPASS
     int TPACKET_V3
     int PACKET_FANOUT
     int PACKET_FANOUT_DATA
@@ -566,6 +567,7 @@ cdef class PacketRing:
     cdef public uint64_t tx_packets, tx_bytes, tx_nobufs, tx_again, tx_errors, tx_too_big
     cdef public uint64_t kernel_packets, kernel_ring_drops, kernel_freezes
     cdef public uint64_t tx_gso_frames, tx_gso_segments
+    cdef public uint64_t tx_calls       # sendmmsg() system calls made (frames per call = tx frames / tx_calls)
     cdef public uint64_t rx_icmp_errors, rx_icmp_malformed, rx_icmp_bad_checksum, rx_icmp_not_tcp
     cdef public uint64_t rx_fragments   # IP fragments: left to the kernel (the rules pass them)
     cdef public uint64_t rx_hc_expanded, rx_hc_dropped
@@ -575,6 +577,7 @@ cdef class PacketRing:
     cdef uint64_t rx_drop_reason[64]    # integrity/sanity rejections by WIRE_* code (index -code)
     cdef int txfd                     # PACKET_VNET_HDR socket for segmentation offload, or -1
     cdef readonly bint gso
+    cdef readonly bint qdisc_bypass     # PACKET_QDISC_BYPASS on every socket that sends
     cdef mmsghdr gmsgs[MAX_BATCH]
     cdef iovec giovs[MAX_BATCH * (MAX_GSO_SEGS + 2)]
     cdef uint8_t ghdr[MAX_BATCH][HDR_SCRATCH]
@@ -596,7 +599,7 @@ cdef class PacketRing:
     def __init__(self, str ifname, bint client_side=True, unsigned int block_size=1 << 18,
                  unsigned int block_nr=64, unsigned int retire_ms=1, int mark=0,
                  bint tcp_filter=True, bint gso=False, bint icmp_errors=True, HcTable hc_table=None,
-                 object fanout_group=None):
+                 object fanout_group=None, bint qdisc_bypass=False):
         cdef bytes name = ifname.encode()
         cdef int fd, one = 1, v = TPACKET_V3, sndbuf = 4 << 20
         cdef tpacket_req3 req
@@ -661,6 +664,18 @@ cdef class PacketRing:
         self.cur_block = 0
         if gso:
             self._open_gso_socket(mark)
+        if qdisc_bypass:
+            # packet(7) PACKET_QDISC_BYPASS (Linux >= 3.14): frames go straight to the
+            # device's transmit function (dev_direct_xmit), past the egress qdisc, tc
+            # egress hooks and netfilter's egress hook.  A full device queue is then a
+            # drop (ENOBUFS, tx_drop_nobufs) instead of a wait in the qdisc.  Off by
+            # default: a qdisc the operator put on the interface would be silently
+            # bypassed (capture.qdisc_bypass in docs/configuration.md).
+            self._check(setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)), "PACKET_QDISC_BYPASS")
+            if self.txfd >= 0:
+                self._check(setsockopt(self.txfd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)),
+                            "PACKET_QDISC_BYPASS (transmit socket)")
+            self.qdisc_bypass = True
         if fanout_group is not None:
             self._join_fanout(-1 if fanout_group == "new" else int(fanout_group))
 
@@ -767,6 +782,26 @@ cdef class PacketRing:
     def fileno(self):
         return self.fd
 
+    def send_socket_options(self):
+        """What the kernel says about the sockets that send (for tests and
+        diagnostics): {"fd": {"qdisc_bypass": 0/1, "vnet_hdr": 0/1}, "txfd": {...}}
+        (txfd only with gso)."""
+        cdef int v, f
+        cdef socklen_t ln
+        out = {}
+        for name, f in (("fd", self.fd), ("txfd", self.txfd)):
+            if f < 0:
+                continue
+            row = {}
+            for opt, o in (("qdisc_bypass", PACKET_QDISC_BYPASS), ("vnet_hdr", PACKET_VNET_HDR)):
+                v = 0
+                ln = sizeof(v)
+                if getsockopt(f, SOL_PACKET, o, &v, &ln) < 0:
+                    raise CaptureError(errno, f"getsockopt {opt}")
+                row[opt] = v
+            out[name] = row
+        return out
+
     def close(self):
         if self.txfd >= 0:
             close(self.txfd)
@@ -853,9 +888,12 @@ cdef class PacketRing:
         """Drain up to max_blocks retired blocks; return [(key, ip_packet, flags)].
 
         key = client address + client port (2 bytes, big-endian) + server
-        address + server port: 12 bytes for IPv4, 36 for IPv6.
+        address + server port: 12 bytes for IPv4, 36 for IPv6.  Consecutive
+        segments of one flow share one key object (equal keys either way; the
+        dispatcher's table lookup then reuses its cached hash).
         """
         cdef list out = []
+        cdef bytes last_key = None
         cdef tpacket_block_desc* bd
         cdef tpacket3_hdr* h
         cdef uint8_t* frame
@@ -891,9 +929,10 @@ cdef class PacketRing:
                 elif self._take_tcp(ip, n, status, &seg) == WIRE_OK:
                     iplen = seg.payload_off + seg.payload_len
                     keylen = _flow_key(&seg, self.client_side, key)
-                    out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
-                                PyBytes_FromStringAndSize(<char*>ip, iplen),
-                                seg.flags))
+                    if last_key is None or PyBytes_GET_SIZE(last_key) != keylen \
+                            or memcmp(PyBytes_AS_STRING(last_key), key, keylen) != 0:
+                        last_key = PyBytes_FromStringAndSize(<char*>key, keylen)
+                    out.append((last_key, PyBytes_FromStringAndSize(<char*>ip, iplen), seg.flags))
                 h = <tpacket3_hdr*>((<uint8_t*>h) + h.tp_next_offset)
             # hand the block back to the kernel
             bd.hdr.bh1.block_status = TP_STATUS_KERNEL
@@ -985,6 +1024,7 @@ cdef class PacketRing:
             while i < cnt:
                 with nogil:
                     r = sendmmsg(self.fd, &self.msgs[i], <unsigned int>(cnt - i), MSG_DONTWAIT)
+                self.tx_calls += 1
                 if r < 0:
                     e = errno
                     if e == EINTR:
@@ -1145,6 +1185,7 @@ cdef class PacketRing:
             while k < nmsg:
                 with nogil:
                     r = sendmmsg(self.txfd, &self.gmsgs[k], <unsigned int>(nmsg - k), MSG_DONTWAIT)
+                self.tx_calls += 1
                 if r < 0:
                     e = errno
                     if e == EINTR:
@@ -1208,6 +1249,7 @@ cdef class PacketRing:
             "rx_drop_resync": self.rx_resync_dropped,
             "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
             "tx_gso_frames": self.tx_gso_frames, "tx_gso_segments": self.tx_gso_segments,
+            "tx_sendmmsg_calls": self.tx_calls,
             "tx_drop_nobufs": self.tx_nobufs, "tx_drop_again": self.tx_again,
             "tx_drop_too_big": self.tx_too_big, "tx_drop_error": self.tx_errors,
         }
