@@ -173,7 +173,6 @@ cdef extern from "<linux/if_packet.h>" nogil:
     int PACKET_STATISTICS
     int PACKET_IGNORE_OUTGOING
     int PACKET_VNET_HDR
-    int PACKET_QDISC_BYPASS
     int TPACKET_V3
     int PACKET_FANOUT
     int PACKET_FANOUT_DATA
@@ -577,7 +576,6 @@ cdef class PacketRing:
     cdef uint64_t rx_drop_reason[64]    # integrity/sanity rejections by WIRE_* code (index -code)
     cdef int txfd                     # PACKET_VNET_HDR socket for segmentation offload, or -1
     cdef readonly bint gso
-    cdef readonly bint qdisc_bypass     # PACKET_QDISC_BYPASS on every socket that sends
     cdef mmsghdr gmsgs[MAX_BATCH]
     cdef iovec giovs[MAX_BATCH * (MAX_GSO_SEGS + 2)]
     cdef uint8_t ghdr[MAX_BATCH][HDR_SCRATCH]
@@ -599,7 +597,7 @@ cdef class PacketRing:
     def __init__(self, str ifname, bint client_side=True, unsigned int block_size=1 << 18,
                  unsigned int block_nr=64, unsigned int retire_ms=1, int mark=0,
                  bint tcp_filter=True, bint gso=False, bint icmp_errors=True, HcTable hc_table=None,
-                 object fanout_group=None, bint qdisc_bypass=False):
+                 object fanout_group=None):
         cdef bytes name = ifname.encode()
         cdef int fd, one = 1, v = TPACKET_V3, sndbuf = 4 << 20
         cdef tpacket_req3 req
@@ -664,18 +662,6 @@ cdef class PacketRing:
         self.cur_block = 0
         if gso:
             self._open_gso_socket(mark)
-        if qdisc_bypass:
-            # packet(7) PACKET_QDISC_BYPASS (Linux >= 3.14): frames go straight to the
-            # device's transmit function (dev_direct_xmit), past the egress qdisc, tc
-            # egress hooks and netfilter's egress hook.  A full device queue is then a
-            # drop (ENOBUFS, tx_drop_nobufs) instead of a wait in the qdisc.  Off by
-            # default: a qdisc the operator put on the interface would be silently
-            # bypassed (capture.qdisc_bypass in docs/configuration.md).
-            self._check(setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)), "PACKET_QDISC_BYPASS")
-            if self.txfd >= 0:
-                self._check(setsockopt(self.txfd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one)),
-                            "PACKET_QDISC_BYPASS (transmit socket)")
-            self.qdisc_bypass = True
         if fanout_group is not None:
             self._join_fanout(-1 if fanout_group == "new" else int(fanout_group))
 
@@ -781,26 +767,6 @@ cdef class PacketRing:
 
     def fileno(self):
         return self.fd
-
-    def send_socket_options(self):
-        """What the kernel says about the sockets that send (for tests and
-        diagnostics): {"fd": {"qdisc_bypass": 0/1, "vnet_hdr": 0/1}, "txfd": {...}}
-        (txfd only with gso)."""
-        cdef int v, f
-        cdef socklen_t ln
-        out = {}
-        for name, f in (("fd", self.fd), ("txfd", self.txfd)):
-            if f < 0:
-                continue
-            row = {}
-            for opt, o in (("qdisc_bypass", PACKET_QDISC_BYPASS), ("vnet_hdr", PACKET_VNET_HDR)):
-                v = 0
-                ln = sizeof(v)
-                if getsockopt(f, SOL_PACKET, o, &v, &ln) < 0:
-                    raise CaptureError(errno, f"getsockopt {opt}")
-                row[opt] = v
-            out[name] = row
-        return out
 
     def close(self):
         if self.txfd >= 0:

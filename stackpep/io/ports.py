@@ -109,7 +109,7 @@ class AfPacketPort(PacketPort):
 
     def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
                  retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None, hc_table=None,
-                 hold_us: int = 0, qdisc_bypass: bool = False) -> None:
+                 hold_us: int = 0) -> None:
         self.name = ifname
         self.hold = hold_us / 1_000_000
         self._rx_bytes = 0
@@ -119,7 +119,7 @@ class AfPacketPort(PacketPort):
         # fanout_group: None, "new" or a group id (PacketRing; stackpep.pep.workers)
         self.ring = PacketRing(ifname, client_side=client_side, block_size=block_size, block_nr=block_count,
                                retire_ms=retire_ms, mark=mark, gso=gso, fanout_group=fanout_group,
-                               hc_table=hc_table, qdisc_bypass=qdisc_bypass)
+                               hc_table=hc_table)
         self.ifindex = self.ring.ifindex
         self._held: Optional[List[Tuple[bytes, object]]] = None
         self._txq: Optional[Dict[bytes, List[bytes]]] = None  # deferred packets by link-level header (defer)

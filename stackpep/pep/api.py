@@ -236,7 +236,7 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
                     opened.append(AfPacketPort(name, client_side=side, block_size=cfg.block_size,
                                                block_count=cfg.block_count, retire_ms=cfg.retire_ms,
                                                hold_us=cfg.hold_us,
-                                               mark=cfg.mark, gso=cfg.gso, qdisc_bypass=cfg.qdisc_bypass,
+                                               mark=cfg.mark, gso=cfg.gso,
                                                hc_table=hc_table if side == wan_client_side else None))
             if cfg.pcap:
                 # Only when on: the splitter then talks to the taps (the router
