@@ -34,7 +34,10 @@ class PacketPort(abc.ABC):
 
     @abc.abstractmethod
     async def receive_batch(self) -> Batch:
-        """Wait until packets arrived; return them (never an empty list unless closed)."""
+        """Wait until packets arrived; return them (never an empty list unless closed).
+        Every TCP packet a port yields has been checked: IPv4 header and TCP
+        checksums verified (or vouched for by the kernel), so the engines take them
+        without summing them again (SplitConnection.deliver)."""
 
     def poll_batch(self) -> Batch:
         """What has arrived by now, without waiting (possibly nothing): the
