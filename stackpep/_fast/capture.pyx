@@ -803,6 +803,17 @@ cdef class PacketRing:
             return False
         return (self._block(self.cur_block).hdr.bh1.block_status & TP_STATUS_USER) != 0
 
+    def filling(self):
+        """True if packets wait in the block the kernel is filling now (not yet
+        retired: it is handed over when full or after `retire_ms`).  Read from the
+        mapped block header (its packet count, which the kernel updates per
+        packet and zeroes when it opens the block), no system call."""
+        cdef tpacket_block_desc* bd
+        if self.ring == NULL:
+            return False
+        bd = self._block(self.cur_block)
+        return (bd.hdr.bh1.block_status & TP_STATUS_USER) == 0 and bd.hdr.bh1.num_pkts > 0
+
     cdef int _take_tcp(self, uint8_t* ip, Py_ssize_t n, uint32_t status, tcp_seg_t* seg) noexcept:
         """Is this frame an intact TCP segment the splitter may act on?  WIRE_OK,
         or the reason it is not (counted here, before anything creates state).
