@@ -130,15 +130,27 @@ def bulk_case(topo, cfg, rate: float, seconds: float, skip: float) -> Dict:
             "window_s": round(max(1.0, seconds - skip - 2), 1)}
 
 
+def capture_variant_template(keys: str, workdir: Path) -> Path:
+    """The testbed's box configuration with `[capture]` keys added ("k=v,k=v", TOML values)."""
+    from stackpep.testbed.scenarios import DEFAULT_PEP_CONFIG
+
+    lines = "".join(f"{k.strip()} = {v.strip()}\n" for k, v in (kv.split("=", 1) for kv in keys.split(",")))
+    path = workdir / "pep-capture-variant.toml.in"
+    path.write_text(DEFAULT_PEP_CONFIG.replace("{wan}", "\n[capture]\n" + lines + "{wan}"))
+    return path
+
+
 def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float,
-             baseline_python: Optional[str] = None) -> List[Dict]:
+             baseline_python: Optional[str] = None, capture_variant: Optional[str] = None,
+             e2e: bool = True) -> List[Dict]:
     from stackpep.testbed.scenarios import KernelTcp, StackpepPep
     from stackpep.testbed.topology import Topology
 
     rows = []
     with Topology() as topo:
+        variant = capture_variant_template(capture_variant, topo.workdir) if capture_variant else None
         for rate in rates:
-            configs = [KernelTcp("cubic")]
+            configs = [KernelTcp("cubic")] if e2e else []
             for w in workers:
                 if baseline_python:  # the other build first, then this one: side by side in one run
                     base = StackpepPep(2, workers=w)
@@ -146,6 +158,10 @@ def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float
                     base.name += " (baseline build)"
                     configs.append(base)
                 configs.append(StackpepPep(2, workers=w))
+                if variant is not None:  # this build again, with the given [capture] keys
+                    v = StackpepPep(2, workers=w, template=str(variant))
+                    v.name += f" [capture] {capture_variant}"
+                    configs.append(v)
             for cfg in configs:
                 r = bulk_case(topo, cfg, rate, seconds, skip)
                 print(f"# {rate:g} Mbit/s {cfg.name}: {r['goodput_bps'] / 1e6:.2f} Mbit/s, "
@@ -263,6 +279,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bulk", action="store_true")
     ap.add_argument("--no-idle", action="store_true")
     ap.add_argument("--json", help="write the measurements here")
+    ap.add_argument("--no-e2e", action="store_true", help="leave out the end-to-end kernel TCP rows")
+    ap.add_argument("--capture-variant", metavar="K=V[,K=V]",
+                    help="also run this build with these [capture] keys (e.g. qdisc_bypass=true)")
     ap.add_argument("--baseline-python", help="also run the boxes with this interpreter (a venv with another "
                     "build of stackpep), beside this one's, for before/after in one run")
     args = ap.parse_args(argv)
@@ -270,7 +289,8 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     bulk = [] if args.no_bulk else run_bulk([float(x) for x in args.rates.split(",")],
                                             [int(x) for x in args.workers.split(",")], args.seconds, args.skip,
-                                            args.baseline_python)
+                                            args.baseline_python, args.capture_variant,
+                                            not args.no_e2e)
     idle = [] if args.no_idle else run_idle(args.idle_connections, args.idle_seconds)
     print(f"\nCommand: `{cmd.strip()}`  ")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {platform.release()}, {os.cpu_count()} CPUs, "

@@ -310,6 +310,27 @@ def test_rfc5961_challenge_acks_and_drop_counters():
     assert conn.state == "CLOSED"
 
 
+@pytest.mark.parametrize("v6", [False, True])
+def test_checked_packets_are_not_summed_again(v6):
+    """receive_packet(..., checked=True): the caller (a port: the capture verified
+    the checksums) vouches for them, so the engine does not verify them a second
+    time -- shown with a wrong TCP checksum, which it then takes -- while by default
+    it verifies (RFC 9293 §3.1) and drops."""
+    peer = established(v6=v6)
+    conn = peer.conn
+    bad = bytearray(peer.packet(ACK | PSH, 1, 1, payload=b"abc"))
+    ihl = 40 if v6 else 20
+    bad[ihl + 16] ^= 0xFF                        # the TCP checksum field only: the data is intact
+    conn.receive_packet(bytes(bad), peer.now)
+    assert conn.statistics().drops == {"bad_checksum": 1}
+    assert conn.recv(100) == b""
+    conn.receive_packet(bytes(bad), peer.now, True)
+    assert conn.statistics().drops == {"bad_checksum": 1}
+    assert conn.recv(100) == b"abc"
+    [a] = peer.advance(conn.get_timer())          # the delayed ACK covers the three bytes
+    assert a.flags == ACK and rack(a) == 4
+
+
 def test_wrong_flow_is_dropped():
     peer = established()
     peer.rport = 40001

@@ -566,6 +566,7 @@ cdef class PacketRing:
     cdef public uint64_t tx_packets, tx_bytes, tx_nobufs, tx_again, tx_errors, tx_too_big
     cdef public uint64_t kernel_packets, kernel_ring_drops, kernel_freezes
     cdef public uint64_t tx_gso_frames, tx_gso_segments
+    cdef public uint64_t tx_calls       # sendmmsg() system calls made (frames per call = tx frames / tx_calls)
     cdef public uint64_t rx_icmp_errors, rx_icmp_malformed, rx_icmp_bad_checksum, rx_icmp_not_tcp
     cdef public uint64_t rx_fragments   # IP fragments: left to the kernel (the rules pass them)
     cdef public uint64_t rx_hc_expanded, rx_hc_dropped
@@ -802,6 +803,17 @@ cdef class PacketRing:
             return False
         return (self._block(self.cur_block).hdr.bh1.block_status & TP_STATUS_USER) != 0
 
+    def filling(self):
+        """True if packets wait in the block the kernel is filling now (not yet
+        retired: it is handed over when full or after `retire_ms`).  Read from the
+        mapped block header (its packet count, which the kernel updates per
+        packet and zeroes when it opens the block), no system call."""
+        cdef tpacket_block_desc* bd
+        if self.ring == NULL:
+            return False
+        bd = self._block(self.cur_block)
+        return (bd.hdr.bh1.block_status & TP_STATUS_USER) == 0 and bd.hdr.bh1.num_pkts > 0
+
     cdef int _take_tcp(self, uint8_t* ip, Py_ssize_t n, uint32_t status, tcp_seg_t* seg) noexcept:
         """Is this frame an intact TCP segment the splitter may act on?  WIRE_OK,
         or the reason it is not (counted here, before anything creates state).
@@ -853,9 +865,12 @@ cdef class PacketRing:
         """Drain up to max_blocks retired blocks; return [(key, ip_packet, flags)].
 
         key = client address + client port (2 bytes, big-endian) + server
-        address + server port: 12 bytes for IPv4, 36 for IPv6.
+        address + server port: 12 bytes for IPv4, 36 for IPv6.  Consecutive
+        segments of one flow share one key object (equal keys either way; the
+        dispatcher's table lookup then reuses its cached hash).
         """
         cdef list out = []
+        cdef bytes last_key = None
         cdef tpacket_block_desc* bd
         cdef tpacket3_hdr* h
         cdef uint8_t* frame
@@ -891,9 +906,10 @@ cdef class PacketRing:
                 elif self._take_tcp(ip, n, status, &seg) == WIRE_OK:
                     iplen = seg.payload_off + seg.payload_len
                     keylen = _flow_key(&seg, self.client_side, key)
-                    out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
-                                PyBytes_FromStringAndSize(<char*>ip, iplen),
-                                seg.flags))
+                    if last_key is None or PyBytes_GET_SIZE(last_key) != keylen \
+                            or memcmp(PyBytes_AS_STRING(last_key), key, keylen) != 0:
+                        last_key = PyBytes_FromStringAndSize(<char*>key, keylen)
+                    out.append((last_key, PyBytes_FromStringAndSize(<char*>ip, iplen), seg.flags))
                 h = <tpacket3_hdr*>((<uint8_t*>h) + h.tp_next_offset)
             # hand the block back to the kernel
             bd.hdr.bh1.block_status = TP_STATUS_KERNEL
@@ -985,6 +1001,7 @@ cdef class PacketRing:
             while i < cnt:
                 with nogil:
                     r = sendmmsg(self.fd, &self.msgs[i], <unsigned int>(cnt - i), MSG_DONTWAIT)
+                self.tx_calls += 1
                 if r < 0:
                     e = errno
                     if e == EINTR:
@@ -1145,6 +1162,7 @@ cdef class PacketRing:
             while k < nmsg:
                 with nogil:
                     r = sendmmsg(self.txfd, &self.gmsgs[k], <unsigned int>(nmsg - k), MSG_DONTWAIT)
+                self.tx_calls += 1
                 if r < 0:
                     e = errno
                     if e == EINTR:
@@ -1208,6 +1226,7 @@ cdef class PacketRing:
             "rx_drop_resync": self.rx_resync_dropped,
             "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
             "tx_gso_frames": self.tx_gso_frames, "tx_gso_segments": self.tx_gso_segments,
+            "tx_sendmmsg_calls": self.tx_calls,
             "tx_drop_nobufs": self.tx_nobufs, "tx_drop_again": self.tx_again,
             "tx_drop_too_big": self.tx_too_big, "tx_drop_error": self.tx_errors,
         }

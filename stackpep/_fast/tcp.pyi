@@ -124,8 +124,9 @@ class TcpConnection:
     @property
     def scps_peer_conn_id(self) -> Optional[int]: ...
     # -- inputs ----------------------------------------------------------------
-    def receive_packet(self, packet: Buffer, now: int) -> None:
-        """An IP packet (v4/v6, checksums verified here) carrying TCP for this connection."""
+    def receive_packet(self, packet: Buffer, now: int, checked: bool = False) -> None:
+        """An IP packet (v4/v6, checksums verified here unless `checked`: the caller
+        or the kernel verified them) carrying TCP for this connection."""
     def handle_timer(self, now: int) -> None:
         """Process every timer due at ``now`` (call at/after get_timer())."""
     def icmp_packet_too_big(self, mtu: int, now: int, quoted_seq: Optional[int] = None) -> bool:

@@ -680,17 +680,25 @@ cdef class TcpConnection:
     # ================================================================================
     # input
     # ================================================================================
-    def receive_packet(self, packet, uint64_t now):
-        """An IP packet carrying TCP for this connection (RFC 9293 §3.10.7)."""
+    def receive_packet(self, packet, uint64_t now, bint checked=False):
+        """An IP packet carrying TCP for this connection (RFC 9293 §3.10.7).
+
+        The IPv4 header checksum (RFC 791 §3.1) and the TCP checksum (RFC 9293
+        §3.1, RFC 8200 §8.1) are verified here, unless `checked`: the caller
+        already verified both, or the kernel vouched for them -- what every
+        packet a stackpep.io.ports port yields is (the capture checks each
+        segment before it builds a flow key), so the splitter does not sum every
+        byte twice (nor undo the device's receive checksum offload)."""
         cdef tcp_seg_t seg
         cdef const uint8_t* p
         cdef Py_ssize_t n
         cdef Py_buffer view
         cdef int rc
+        cdef int verify = 0 if checked else 1
         if type(packet) is bytes:
             p = <const uint8_t*>PyBytes_AS_STRING(packet)
             n = PyBytes_GET_SIZE(packet)
-            rc = parse_ip_tcp(p, n, &seg, 1)
+            rc = parse_ip_tcp(p, n, &seg, verify)
             if rc != WIRE_OK:
                 self._drop(D_BAD_CHECKSUM if rc == WIRE_TCP_CHECKSUM or rc == WIRE_IPV4_CHECKSUM else D_MALFORMED)
                 return
@@ -699,7 +707,7 @@ cdef class TcpConnection:
         PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE)
         try:
             p = <const uint8_t*>view.buf
-            rc = parse_ip_tcp(p, view.len, &seg, 1)
+            rc = parse_ip_tcp(p, view.len, &seg, verify)
             if rc != WIRE_OK:
                 self._drop(D_BAD_CHECKSUM if rc == WIRE_TCP_CHECKSUM or rc == WIRE_IPV4_CHECKSUM else D_MALFORMED)
                 return
