@@ -8,7 +8,7 @@ import sys
 
 import stackpep
 
-COMPILED = ("checksum", "wire", "tcp", "capture", "scpshc", "syncookie")  # stackpep/_fast/*.pyx
+COMPILED = ("checksum", "wire", "tcp", "capture", "scpshc", "syncookie", "waitset")  # stackpep/_fast/*.pyx
 
 
 def main() -> int:
