@@ -107,8 +107,9 @@ class Router(abc.ABC):
 
 
 # ------------------------------------------------------------------ AF_PACKET
-#: A batch that brought less than this many bytes means a low packet rate: the
-#: port then holds its next look at the ring for `hold_us` (AfPacketPort).
+#: A pass that brought less than this many bytes (all rings together) means a low
+#: packet rate: the dispatcher's one loop then looks at the rings again only at the
+#: next multiple of `capture.hold_us` (stackpep.pep.dispatcher).
 HOLD_MAX_BYTES = 64 * 1024
 
 
@@ -116,32 +117,14 @@ class AfPacketPort(PacketPort):
     """A TPACKET_V3 ring (stackpep._fast.capture.PacketRing) as a port.
 
     The dispatcher's one loop reads it with `poll_batch` and waits on its fd
-    (`wait_fd`) together with every other ring, and applies the hold below for the
-    whole box; `receive_batch` is the same policy for a caller of its own.
-
-    Wake-up coalescing (interrupt moderation, as NAPI does for a NIC): the ring
-    hands over a partly filled block after `retire_ms`, so a steady low-rate
-    stream (a GEO link's 20-50 Mbit/s is a few packets a millisecond) would wake
-    the box every millisecond on each port for a handful of packets.  After a
-    batch of fewer than HOLD_MAX_BYTES the port looks again only at the next
-    multiple of `hold_us` on the event loop's clock -- every port and every
-    connection timer (stackpep.pep.splitter.TIMER_GRANULARITY_US) on one grid, so
-    one wake-up serves them all -- and sleeps on the ring's fd only when nothing
-    came meanwhile (no retired block, none filling: packets in the block the
-    kernel is still filling wait for the next grid point too, PacketRing.filling):
-    the first packet after a quiet spell is taken at once, a
-    packet of a steady stream waits at most `hold_us` more.  A fast stream
-    (bigger batches) is read as soon as blocks retire: there waiting would only
-    add to the window the senders need.  hold_us = 0 turns it off."""
+    (`wait_fd`) together with every other ring, and applies the wake-up grid
+    (`capture.hold_us`, interrupt moderation as NAPI does for a NIC) for the whole
+    box.  `receive_batch` is a plain read for a caller of its own: the next batch,
+    waiting on the ring's fd when nothing is there."""
 
     def __init__(self, ifname: str, client_side: bool, block_size: int = 1 << 18, block_count: int = 64,
-                 retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None, hc_table=None,
-                 hold_us: int = 0) -> None:
+                 retire_ms: int = 1, mark: int = 0, gso: bool = True, fanout_group=None, hc_table=None) -> None:
         self.name = ifname
-        self.hold = hold_us / 1_000_000
-        self._rx_bytes = 0
-        self._hold_next = False  # the last batch was small: hold before the next look
-        self._slow = False  # ... and the stream is slow: packets still filling a block wait for the grid too
         self.client_side = client_side
         self.hc_table = hc_table  # SCPS compressed headers (IP protocol 105) are expanded through it
         # fanout_group: None, "new" or a group id (PacketRing; stackpep.pep.workers)
@@ -157,31 +140,11 @@ class AfPacketPort(PacketPort):
         while True:
             batch = ring.read_batch()
             if batch:
-                rx = ring.rx_bytes
-                self._hold_next = self._slow = self.hold > 0 and rx - self._rx_bytes < HOLD_MAX_BYTES
-                self._rx_bytes = rx
                 return batch
-            if self._hold_next:
-                self._hold_next = False
-                g = self.hold
-                await trio.sleep_until((trio.current_time() // g + 1) * g)
-            elif ring.pending():
-                continue
-            elif self._slow and ring.filling():
-                # A slow stream's packets wait in the block the kernel is filling (a
-                # burst that came just before this look: on veth a peer's answer to
-                # what the last pass sent).  The retire timer hands the block over
-                # within retire_ms; it is taken at the next grid point with
-                # everything else instead of waking a pass of its own in between
-                # (which made two or three passes, each with its own sendmmsg()
-                # per port, per grid step on the GEO testbed's paced box).
-                g = self.hold
-                await trio.sleep_until((trio.current_time() // g + 1) * g)
-            else:
+            if not ring.pending():
                 await trio.lowlevel.wait_readable(ring.fileno())
 
     def poll_batch(self) -> Batch:
-        # (the bytes count towards the next receive_batch's: a busy ring is not held)
         return self.ring.read_batch()
 
     def wait_fd(self) -> int:

@@ -235,7 +235,6 @@ async def open_pep(config: Union[PepConfig, str, Path, dict], *, ports: Optional
                 for name in names if capture_ports is None else ():
                     opened.append(AfPacketPort(name, client_side=side, block_size=cfg.block_size,
                                                block_count=cfg.block_count, retire_ms=cfg.retire_ms,
-                                               hold_us=cfg.hold_us,
                                                mark=cfg.mark, gso=cfg.gso,
                                                hc_table=hc_table if side == wan_client_side else None))
             if cfg.pcap:

@@ -180,7 +180,7 @@ def open_fanout_ports(cfg, workers: int) -> List[List[Any]]:
             for side, names in ((True, cfg.client_interfaces), (False, cfg.server_interfaces)):
                 for name in names:
                     p = AfPacketPort(name, client_side=side, block_size=cfg.block_size, block_count=cfg.block_count,
-                                     retire_ms=cfg.retire_ms, hold_us=cfg.hold_us, mark=cfg.mark, gso=cfg.gso,
+                                     retire_ms=cfg.retire_ms, mark=cfg.mark, gso=cfg.gso,
                                      fanout_group=groups.get(name, "new"))
                     groups[name] = p.ring.fanout_group
                     row.append(p)
