@@ -504,18 +504,20 @@ class Dispatcher:
 
     # -- admission (stackpep.pep.admission) -------------------------------------------
     def _admit(self, source: bytes, now: int) -> bool:
-        """May a new split connection from `source` open its server leg now?  The
-        rate of server-leg opens first (a SYN over it is dropped: its
-        retransmission tries again), then room: an embryonic connection is evicted
-        rather than the new SYN refused -- this source's oldest, or the box's oldest
-        whose SYN-ACK is unanswered (EmbryonicTable.victim), else its oldest; none
-        younger than EVICT_GRACE_US (then the SYN is dropped: drop_embryonic_full)."""
+        """May a new split connection from `source` open its server leg now?  Room
+        among the embryonic connections first: beyond max_embryonic one is evicted
+        rather than the new SYN refused -- the box's oldest whose SYN-ACK is
+        unanswered (EmbryonicTable.victim), else its oldest, none younger than
+        EVICT_GRACE_US (with none such the SYN is dropped, drop_embryonic_full, and
+        takes no server-open token).  Then the rate of server-leg opens (a SYN over
+        it is dropped: its retransmission tries again); beyond
+        max_embryonic_per_source that source's oldest is evicted instead."""
         c = self.counters
         lim = self.admission
         emb = self.embryonic
+        per_source_full = emb.count(source) >= lim.max_embryonic_per_source
         evict = None
-        if emb.count(source) < lim.max_embryonic_per_source and len(emb) >= lim.max_embryonic:
-            # room first (a SYN dropped here takes no server-open token)
+        if not per_source_full and len(emb) >= lim.max_embryonic:
             evict = emb.victim(now)
             if evict is None:
                 c["drop_embryonic_full"] += 1
@@ -524,7 +526,7 @@ class Dispatcher:
         if verdict != "sent":
             c[f"drop_server_open_rate_{verdict}"] += 1
             return False
-        if emb.count(source) >= lim.max_embryonic_per_source:
+        if per_source_full:
             self._evict(emb.oldest(source), "evicted_embryonic_per_source")
         elif evict is not None:
             self._evict(evict, "evicted_embryonic")
