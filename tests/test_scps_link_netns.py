@@ -24,8 +24,7 @@ import dpkt
 import pytest
 
 from stackpep.testbed import twobox
-from stackpep.testbed.emulator import DirectionParams
-from stackpep.testbed.topology import CLIENT4, CLIENT6, SERVER4, SERVER6, LinkSpec, Topology
+from stackpep.testbed.topology import CLIENT4, CLIENT6, SERVER4, SERVER6
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
@@ -137,26 +136,20 @@ def test_tshark_decodes_capabilities_snack_record_boundary_and_fast_open_cookie(
     of the link capture must equal the values the boxes meant, computed here from
     the configuration, the addresses and the sequence numbers on the wire."""
     extra = "scps_record_boundary = true\n" + ZERO_RTT
-    with Topology() as topo:
-        fwd = DirectionParams.parse("delay=10ms,rate=20mbit,queue=100ms,loss=0.03")
-        ret = DirectionParams.parse("delay=10ms,rate=20mbit,queue=100ms")
-        topo.start_link(LinkSpec(fwd, ret, seed=3))
-        topo.warm_up()
-        boxes = twobox.TwoBoxes(topo)
-        try:
-            boxes.start("pep-a", extra)
-            boxes.start("pep-b", extra)
-            caps = [twobox.capture(topo.link, ifname, topo.workdir / f"{ifname}.pcap", "tcp") for ifname in ("la", "lb")]
-            for server in (SERVER4, SERVER6):
-                srv = twobox.serve(topo.server, server, 8000, 1, 400_000)
-                assert twobox.transfer(topo.client, server, 8000, 1, 400_000) == ["OK"]
-                assert srv.stdout.read().split() == ["SERVED", "1"]
-            for cap in caps:
-                twobox.stop_capture(cap)
-            sa = boxes.wait_stats("pep-a", lambda s: s["zero_rtt_syn_data_acked"] == 2)
-            assert sa["scps_peers"] == 2
-        finally:
-            boxes.stop_all()
+    with twobox.testbed("delay=10ms,rate=20mbit,queue=100ms,loss=0.03", "delay=10ms,rate=20mbit,queue=100ms",
+                        seed=3) as (topo, boxes):
+        boxes.start("pep-a", extra)
+        boxes.start("pep-b", extra)
+        caps = [twobox.capture(topo.link, ifname, topo.workdir / f"{ifname}.pcap", "tcp") for ifname in ("la", "lb")]
+        for server in (SERVER4, SERVER6):
+            srv = twobox.serve(topo.server, server, 8000, 1, 400_000)
+            assert twobox.transfer(topo.client, server, 8000, 1, 400_000) == ["OK"]
+            assert srv.stdout.read().split() == ["SERVED", "1"]
+        for cap in caps:
+            twobox.stop_capture(cap)
+        sa = boxes.wait_stats("pep-a", lambda s: s["zero_rtt_syn_data_acked"] == 2)
+        assert sa["scps_peers"] == 2
+        boxes.stop_all()
         la, lb = topo.workdir / "la.pcap", topo.workdir / "lb.pcap"
         frames_a, frames_b = tshark_frames(la), tshark_frames(lb)
         tcp_a, tcp_b = dpkt_tcp(la), dpkt_tcp(lb)
@@ -340,55 +333,49 @@ def test_header_compression_end_to_end_both_families_and_a_corrupted_packet_is_d
     flipped, injected towards pep-b, fails the compressed header's checksum:
     counted, and not expanded."""
     extra = "scps_compression = true\n"
-    with Topology() as topo:
-        delay = DirectionParams.parse("delay=10ms")
-        topo.start_link(LinkSpec(delay, delay))
-        topo.warm_up()
-        boxes = twobox.TwoBoxes(topo)
-        try:
-            boxes.start("pep-a", extra)
-            boxes.start("pep-b", extra)
-            pcap = topo.workdir / "la.pcap"
-            cap = twobox.capture(topo.link, "la", pcap)
-            for server in (SERVER4, SERVER6):
-                srv = twobox.serve(topo.server, server, 8000, 1, 1_000_000)
-                assert twobox.transfer(topo.client, server, 8000, 1, 1_000_000) == ["OK"]
-                assert srv.stdout.read().split() == ["SERVED", "1"]
-            # a third connection held open while the corrupted packet arrives
-            srv = topo.server.popen([sys.executable, "-c", ECHO_SERVER, SERVER4], stdout=subprocess.PIPE, text=True)
-            assert srv.stdout.readline().strip() == "LISTENING"
-            cl = topo.client.popen([sys.executable, "-c", HELD_CLIENT, SERVER4], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            assert cl.stdout.readline().split() == ["HELD", "True"]
-            # The echo's request crossed the link before the echo came back, and pep-b expanded
-            # each of its frames: once the capture holds as many of pep-a's compressed frames as
-            # pep-b had expanded after that (a statistics file written later), the request's
-            # last data frame is in it (tcpdump may write it well after it crossed).
-            expanded = stats_written_after(boxes.stats_path("pep-b"), time.time())["ports"]["wan0"]["rx_hc_expanded"]
-            deadline = time.monotonic() + 60
-            while True:
-                frames_a = [(src, buf) for src, buf in compressed_frames(pcap) if src in (packed(CLIENT4), packed(CLIENT6))]
-                if len(frames_a) >= expanded or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            assert len(frames_a) >= expanded > 0, (len(frames_a), expanded)
-            mine = [buf for src, buf in frames_a if src == packed(CLIENT4)]
-            frame = bytearray([buf for buf in mine if len(buf) > 1000][-1])  # data: the echo's request
-            frame[-1] ^= 0xFF  # the last data byte
-            topo.link.run([sys.executable, "-c", INJECT, "lb", bytes(frame).hex()])
-            sb = boxes.wait_stats("pep-b", lambda s: s["hc_drop_checksum"] == 1)
-            cl.stdin.write("\n")
-            cl.stdin.flush()
-            assert cl.stdout.readline().split() == ["AGAIN", "True"]
-            assert cl.wait(timeout=30) == 0 and srv.wait(timeout=30) == 0
-            twobox.stop_capture(cap)
-            frames = compressed_frames(pcap)
-            sent_a = sum(src in (packed(CLIENT4), packed(CLIENT6)) for src, _ in frames)
-            sent_b = len(frames) - sent_a
-            sa = boxes.wait_stats("pep-a", lambda s: s["ports"]["wan0"]["rx_hc_expanded"] == sent_b)
-            sb = boxes.wait_stats("pep-b", lambda s: s["ports"]["wan0"]["rx_hc_expanded"] == sent_a)
-        finally:
-            boxes.stop_all()
+    with twobox.testbed("delay=10ms") as (topo, boxes):
+        boxes.start("pep-a", extra)
+        boxes.start("pep-b", extra)
+        pcap = topo.workdir / "la.pcap"
+        cap = twobox.capture(topo.link, "la", pcap)
+        for server in (SERVER4, SERVER6):
+            srv = twobox.serve(topo.server, server, 8000, 1, 1_000_000)
+            assert twobox.transfer(topo.client, server, 8000, 1, 1_000_000) == ["OK"]
+            assert srv.stdout.read().split() == ["SERVED", "1"]
+        # a third connection held open while the corrupted packet arrives
+        srv = topo.server.popen([sys.executable, "-c", ECHO_SERVER, SERVER4], stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline().strip() == "LISTENING"
+        cl = topo.client.popen([sys.executable, "-c", HELD_CLIENT, SERVER4], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert cl.stdout.readline().split() == ["HELD", "True"]
+        # The echo's request crossed the link before the echo came back, and pep-b expanded
+        # each of its frames: once the capture holds as many of pep-a's compressed frames as
+        # pep-b had expanded after that (a statistics file written later), the request's
+        # last data frame is in it (tcpdump may write it well after it crossed).
+        expanded = stats_written_after(boxes.stats_path("pep-b"), time.time())["ports"]["wan0"]["rx_hc_expanded"]
+        deadline = time.monotonic() + 60
+        while True:
+            frames_a = [(src, buf) for src, buf in compressed_frames(pcap) if src in (packed(CLIENT4), packed(CLIENT6))]
+            if len(frames_a) >= expanded or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(frames_a) >= expanded > 0, (len(frames_a), expanded)
+        mine = [buf for src, buf in frames_a if src == packed(CLIENT4)]
+        frame = bytearray([buf for buf in mine if len(buf) > 1000][-1])  # data: the echo's request
+        frame[-1] ^= 0xFF  # the last data byte
+        topo.link.run([sys.executable, "-c", INJECT, "lb", bytes(frame).hex()])
+        sb = boxes.wait_stats("pep-b", lambda s: s["hc_drop_checksum"] == 1)
+        cl.stdin.write("\n")
+        cl.stdin.flush()
+        assert cl.stdout.readline().split() == ["AGAIN", "True"]
+        assert cl.wait(timeout=30) == 0 and srv.wait(timeout=30) == 0
+        twobox.stop_capture(cap)
+        frames = compressed_frames(pcap)
+        sent_a = sum(src in (packed(CLIENT4), packed(CLIENT6)) for src, _ in frames)
+        sent_b = len(frames) - sent_a
+        sa = boxes.wait_stats("pep-a", lambda s: s["ports"]["wan0"]["rx_hc_expanded"] == sent_b)
+        sb = boxes.wait_stats("pep-b", lambda s: s["ports"]["wan0"]["rx_hc_expanded"] == sent_a)
+        boxes.stop_all()
         # What crossed the link: SYN and SYN-ACK as TCP (option 20 rides in them), all
         # else as protocol 105, in both families and both directions.
         plain, hc, once = {}, {}, set()
@@ -426,29 +413,23 @@ def _outage(n: int, rate: str, after: float, outage: float, keepalive: float = 1
     and [wan] keep-alive (15 s unless told); n bytes each way over one connection;
     `after` seconds into it the link drops everything for `outage` seconds.  The
     connection must come through sha256-intact, with no reset anywhere."""
-    with Topology() as topo:
-        link = DirectionParams.parse(f"delay=10ms,rate={rate},queue=100ms")
-        topo.start_link(LinkSpec(link, link))
-        topo.warm_up()
-        boxes = twobox.TwoBoxes(topo)
-        try:
-            boxes.start("pep-a", keepalive=keepalive)
-            boxes.start("pep-b", keepalive=keepalive)
-            srv = twobox.serve(topo.server, SERVER4, 8000, 1, n)
-            cl = topo.client.popen([sys.executable, "-c", twobox.SHA_CLIENTS, SERVER4, "8000", "1", str(n)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(after)
-            assert cl.poll() is None, cl.communicate()
-            topo.link_down()
-            time.sleep(outage)
-            topo.link_up()
-            out, err = cl.communicate(timeout=600)  # a hang detector, not a timing bound
-            assert out.split() == ["OK", "DONE"], (out, err[-2000:])
-            assert srv.stdout.read().split() == ["SERVED", "1"]
-            sa = boxes.wait_stats("pep-a", lambda s: s["connections_active"] == 0)
-            sb = boxes.wait_stats("pep-b", lambda s: s["connections_active"] == 0)
-        finally:
-            boxes.stop_all()
+    with twobox.testbed(f"delay=10ms,rate={rate},queue=100ms") as (topo, boxes):
+        boxes.start("pep-a", keepalive=keepalive)
+        boxes.start("pep-b", keepalive=keepalive)
+        srv = twobox.serve(topo.server, SERVER4, 8000, 1, n)
+        cl = topo.client.popen([sys.executable, "-c", twobox.SHA_CLIENTS, SERVER4, "8000", "1", str(n)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(after)
+        assert cl.poll() is None, cl.communicate()
+        topo.link_down()
+        time.sleep(outage)
+        topo.link_up()
+        out, err = cl.communicate(timeout=600)  # a hang detector, not a timing bound
+        assert out.split() == ["OK", "DONE"], (out, err[-2000:])
+        assert srv.stdout.read().split() == ["SERVED", "1"]
+        sa = boxes.wait_stats("pep-a", lambda s: s["connections_active"] == 0)
+        sb = boxes.wait_stats("pep-b", lambda s: s["connections_active"] == 0)
+        boxes.stop_all()
         emu = topo.stop_link()
     for st in (sa, sb):
         # closed with FINs: ended_closed, or still in TIME-WAIT (counted when it ends)
@@ -478,22 +459,15 @@ def test_100_parallel_connections_through_two_boxes_both_families():
     then v6: every one sha256-intact; each long leg found its SCPS peer, each with a
     connection id of its own (no id shared between live connections)."""
     k, n = 100, 50_000
-    with Topology() as topo:
-        delay = DirectionParams.parse("delay=10ms")
-        topo.start_link(LinkSpec(delay, delay))
-        topo.warm_up()
-        boxes = twobox.TwoBoxes(topo)
-        try:
-            boxes.start("pep-a")
-            boxes.start("pep-b")
-            for server in (SERVER4, SERVER6):
-                srv = twobox.serve(topo.server, server, 8000, k, n)
-                assert twobox.transfer(topo.client, server, 8000, k, n) == ["OK"] * k
-                assert srv.stdout.read().split() == ["SERVED", str(k)]
-            sa = boxes.wait_stats("pep-a", lambda s: s["connections_active"] == 0)
-            sb = boxes.wait_stats("pep-b", lambda s: s["connections_active"] == 0)
-        finally:
-            boxes.stop_all()
+    with twobox.testbed("delay=10ms") as (topo, boxes):
+        boxes.start("pep-a")
+        boxes.start("pep-b")
+        for server in (SERVER4, SERVER6):
+            srv = twobox.serve(topo.server, server, 8000, k, n)
+            assert twobox.transfer(topo.client, server, 8000, k, n) == ["OK"] * k
+            assert srv.stdout.read().split() == ["SERVED", str(k)]
+        sa = boxes.wait_stats("pep-a", lambda s: s["connections_active"] == 0)
+        sb = boxes.wait_stats("pep-b", lambda s: s["connections_active"] == 0)
     for st in (sa, sb):
         assert (st["connections_opened"], st["scps_offered"], st["scps_peers"]) == (2 * k, 2 * k, 2 * k), st
         assert (st["scps_one_sided"], st["scps_fallbacks"], st["scps_conn_ids_shared"]) == (0, 0, 0), st
@@ -507,21 +481,15 @@ def test_far_box_absent_ipv6_one_sided():
     leg's SYN offers option 20, the server's kernel answers without it, and the leg
     runs as tuned TCP -- counted as one-sided, no peer, no fallback (IPv4:
     tests/test_pep_scps_netns.py)."""
-    with Topology() as topo:
-        delay = DirectionParams.parse("delay=10ms")
-        topo.start_link(LinkSpec(delay, delay))
-        topo.warm_up()
-        boxes = twobox.TwoBoxes(topo)
-        try:
-            boxes.start("pep-a")
-            cap = twobox.capture(topo.link, "la", topo.workdir / "la.pcap", "tcp")
-            srv = twobox.serve(topo.server, SERVER6, 8000, 1, 1_000_000)
-            assert twobox.transfer(topo.client, SERVER6, 8000, 1, 1_000_000) == ["OK"]
-            assert srv.stdout.read().split() == ["SERVED", "1"]
-            twobox.stop_capture(cap)
-            st = boxes.wait_stats("pep-a", lambda s: s["scps_one_sided"] == 1)
-        finally:
-            boxes.stop_all()
+    with twobox.testbed("delay=10ms") as (topo, boxes):
+        boxes.start("pep-a")
+        cap = twobox.capture(topo.link, "la", topo.workdir / "la.pcap", "tcp")
+        srv = twobox.serve(topo.server, SERVER6, 8000, 1, 1_000_000)
+        assert twobox.transfer(topo.client, SERVER6, 8000, 1, 1_000_000) == ["OK"]
+        assert srv.stdout.read().split() == ["SERVED", "1"]
+        twobox.stop_capture(cap)
+        st = boxes.wait_stats("pep-a", lambda s: s["scps_one_sided"] == 1)
+        boxes.stop_all()
         syns = [(src, bool(t.flags & dpkt.tcp.TH_ACK), dict(dpkt.tcp.parse_opts(t.opts)).get(20))
                 for src, t in dpkt_tcp(topo.workdir / "la.pcap").values() if t.flags & dpkt.tcp.TH_SYN]
     assert (st["scps_offered"], st["scps_peers"], st["scps_fallbacks"], st["connections_opened"]) == (1, 0, 0, 1), st
@@ -536,26 +504,19 @@ def test_far_box_restarted_mid_transfer_resets_the_client(server):
     and pep-a resets the client.  The client must see the reset -- never a hang
     (the timeout below only detects one)."""
     n = 20_000_000
-    with Topology() as topo:
-        link = DirectionParams.parse("delay=10ms,rate=20mbit,queue=100ms")
-        topo.start_link(LinkSpec(link, link))
-        topo.warm_up()
-        boxes = twobox.TwoBoxes(topo)
-        try:
-            boxes.start("pep-a")
-            boxes.start("pep-b")
-            srv = twobox.serve(topo.server, server, 8000, 1, n)
-            cl = topo.client.popen([sys.executable, "-c", twobox.SHA_CLIENTS, server, "8000", "1", str(n)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            boxes.wait_stats("pep-b", lambda s: s["ports"]["wan0"]["rx_bytes"] > 1_000_000)
-            assert cl.poll() is None
-            boxes.kill("pep-b")
-            boxes.start("pep-b")
-            out, err = cl.communicate(timeout=120)  # a hang detector, not a timing bound
-            assert out.split() == ["RESET", "DONE"], (out, err[-2000:])
-            sa = boxes.wait_stats("pep-a", lambda s: s["ended_reset_by_server"] == 1)
-            sb = boxes.wait_stats("pep-b", lambda s: "connections_opened" in s)
-        finally:
-            boxes.stop_all()
+    with twobox.testbed("delay=10ms,rate=20mbit,queue=100ms") as (topo, boxes):
+        boxes.start("pep-a")
+        boxes.start("pep-b")
+        srv = twobox.serve(topo.server, server, 8000, 1, n)
+        cl = topo.client.popen([sys.executable, "-c", twobox.SHA_CLIENTS, server, "8000", "1", str(n)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        boxes.wait_stats("pep-b", lambda s: s["ports"]["wan0"]["rx_bytes"] > 1_000_000)
+        assert cl.poll() is None
+        boxes.kill("pep-b")
+        boxes.start("pep-b")
+        out, err = cl.communicate(timeout=120)  # a hang detector, not a timing bound
+        assert out.split() == ["RESET", "DONE"], (out, err[-2000:])
+        sa = boxes.wait_stats("pep-a", lambda s: s["ended_reset_by_server"] == 1)
+        sb = boxes.wait_stats("pep-b", lambda s: "connections_opened" in s)
     assert (sa["connections_opened"], sa["ended_idle_timeout"], sa["ended_leg_timeout"]) == (1, 0, 0), sa
     assert sb["connections_opened"] == 0  # the new pep-b took up nothing of the old connection

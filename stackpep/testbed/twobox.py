@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
+from stackpep.testbed.emulator import DirectionParams
 from stackpep.testbed.splitbox import wait_stats_file
-from stackpep.testbed.topology import Topology, python_env
+from stackpep.testbed.topology import LinkSpec, Topology, python_env
 
 BOX_TOML = """\
 [pep]
@@ -96,6 +98,24 @@ class TwoBoxes:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.stop(name)
+
+
+@contextmanager
+def testbed(forward: str = "delay=10ms", back: Optional[str] = None,
+            seed: int = 1) -> Iterator[Tuple[Topology, "TwoBoxes"]]:
+    """The five hosts with the link running (`forward` towards the client, `back`
+    the other way: the same unless given) and warmed up, and a `TwoBoxes` whose
+    boxes are stopped when the block ends (or earlier by `stop_all()`, for work on
+    the captures and logs after them), before the hosts are torn down."""
+    with Topology() as topo:
+        fwd = DirectionParams.parse(forward)
+        topo.start_link(LinkSpec(fwd, DirectionParams.parse(back) if back else fwd, seed=seed))
+        topo.warm_up()
+        boxes = TwoBoxes(topo)
+        try:
+            yield topo, boxes
+        finally:
+            boxes.stop_all()
 
 
 #: argv[1:] = address, port, connections to serve, bytes each way.  Each connection:
