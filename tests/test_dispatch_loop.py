@@ -4,9 +4,14 @@ step with a [wan] hold, at once without; the split connections' own tasks do not
 wake for their timers (issue 11: cost per byte)."""
 from __future__ import annotations
 
+import collections
 import os
+import socket
 import struct
+import threading
+import time
 
+import pytest
 import trio
 import trio.testing
 
@@ -236,3 +241,114 @@ def test_real_clock_one_fd_serves_deadlines_and_wake_ups():
     assert turned[0] >= seen["first"]
     assert turned[1] - turned[0] >= 2000 and turned[2] - turned[1] >= 2000
     assert d.counters["drop_not_intercepted"] == 0 and len(turned) == 4
+
+
+class ThreadPipePort(PipePort):
+    """PipePort fed from another thread (a deque: appends and pops are atomic)."""
+
+    def __init__(self, name, client_side):
+        super().__init__(name, client_side)
+        self.queue = collections.deque()
+
+    def arrive(self, pkts):
+        self.queue.extend(pkts)
+        os.write(self.w, b"x")
+
+    def poll_batch(self):
+        self.looks += 1
+        try:
+            os.read(self.r, 4096)
+        except BlockingIOError:
+            pass
+        batch = []
+        while self.queue:
+            batch.append(self.queue.popleft())
+        self.bytes += sum(len(p) for _, p, _ in batch)
+        return batch
+
+
+@pytest.mark.parametrize("block_wait", [True, False])
+def test_real_clock_loop_waits_outside_trio_yet_serves_trio(block_wait):
+    """On trio's real clock, while trio has no task to run, the loop waits in its
+    own epoll_wait (WaitSet.block) on the rings, its timer and trio's epoll fd:
+    packets that arrive from outside trio are taken by loop iterations that are
+    no trio task step of it, and meanwhile trio's deadlines, a thread's result
+    (trio's wake-up fd) and another task's socket I/O are all still served.
+    `block_wait = False`: every wait goes through trio."""
+    cport, sport = ThreadPipePort("c", True), ThreadPipePort("s", False)
+    d = Dispatcher(config(), [cport, sport], MemoryRouter([]), intercept_spec(config()))
+    d.block_wait = block_wait
+    steps = Steps()
+    seen = {}
+
+    def feed():  # another thread: 20 packets, one every 2 ms
+        for i in range(20):
+            cport.arrive([(key(i), b"p" * 100, ACK)])
+            time.sleep(0.002)
+
+    async def main():
+        async with trio.open_nursery() as n:
+            await n.start(d.run)
+            await trio.to_thread.run_sync(feed)  # (its result reaches trio by its wake-up fd)
+            with trio.fail_after(10):  # (guards against a hang, not timing bounds)
+                while d.counters["packets_in"] < 20:
+                    await trio.sleep(0.002)  # trio deadlines while the loop waits
+                a, b = socket.socketpair()
+                with a, b:
+                    a.setblocking(False)
+                    threading.Timer(0.01, b.send, (b"y",)).start()
+                    await trio.lowlevel.wait_readable(a)  # trio I/O while the loop waits
+                    seen["read"] = a.recv(1)
+                await trio.sleep(0.01)
+            seen["blocks"] = d._waitset.blocks
+            n.cancel_scope.cancel()
+
+    try:
+        trio.run(main, instruments=[steps])
+    finally:
+        cport.close()
+        sport.close()
+    assert seen["read"] == b"y"
+    assert d.counters["packets_in"] == 20 and d.counters["drop_not_intercepted"] == 20
+    serve_steps = steps.steps.get("_serve", 0)
+    if block_wait:
+        assert d.counters["dispatch_blocked_waits"] == seen["blocks"] > 0
+        # some packets were taken by iterations trio did not schedule
+        assert d.counters["dispatch_wakeups"] > serve_steps
+    else:
+        assert d.counters["dispatch_blocked_waits"] == 0 and seen["blocks"] == 0
+        assert d.counters["dispatch_wakeups"] <= serve_steps
+
+
+def test_trio_idle_sees_tasks_of_the_current_batch():
+    """The loop may wait in its own epoll_wait only when no other task can run:
+    not in trio's run queue, and not in the batch trio is stepping now (trio
+    takes a cycle's batch out of its run queue before it steps the tasks).  Two
+    tasks woken together run in one batch: the first to run sees the other
+    still to come (not idle), the second sees nobody."""
+    from stackpep.pep.dispatcher import _trio_host, _trio_idle
+
+    seen = []
+
+    async def main():
+        runner, _ = _trio_host()
+        go, done = trio.Event(), trio.Event()
+
+        async def waiter():
+            await go.wait()
+            seen.append(_trio_idle(runner, trio.lowlevel.current_task()))
+            if len(seen) == 2:
+                done.set()
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(waiter)
+            n.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert _trio_idle(runner, trio.lowlevel.current_task())  # the two wait, nothing else runs
+            go.set()  # both woken: the next cycle's batch holds the two
+            await done.wait()
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+    assert seen == [False, True]

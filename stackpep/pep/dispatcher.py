@@ -44,7 +44,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 import trio
 
 from stackpep._fast.capture import split_key
-from stackpep._fast.waitset import WaitSet
+from stackpep._fast.waitset import BLOCK_OURS, WaitSet
 from stackpep._fast.tcp import buffer_statistics, release_memory
 from stackpep.io.ports import HOLD_MAX_BYTES, PacketPort, Router
 from stackpep.io.rules import InterceptSpec
@@ -78,6 +78,7 @@ COUNTERS = (
     "dispatch_reread_packets",  # ... and took this many packets that way
     "dispatch_wakeups",  # iterations of the box's one loop (Dispatcher._serve): trio wake-ups of it
     "dispatch_timed_waits",  # ... of which waited with a deadline (the grid point or the next deadline): one wait each
+    "dispatch_blocked_waits",  # ... waited in the loop's own epoll_wait, trio having nothing to do (WaitSet.block)
     "dispatch_timer_turns",  # turns run because the connection's deadline came (stackpep.pep.timers)
     "dispatch_woken_turns",  # turns run because the connection asked for one (SplitConnection.wake)
     "memory_releases",  # free buffer chunks and heap pages handed back to the kernel (_release_memory)
@@ -91,6 +92,12 @@ _WAN_SIDE = {"client": CLIENT, "server": SERVER}
 #: are dropped (syncookie_drop_lookups_pending): a flood from fresh sources
 #: must not pile up tasks.
 COOKIE_LOOKUPS_MAX = 256
+
+#: A loop that waited in WaitSet.block (trio had nothing to do) and was woken by
+#: its own fds yields to trio anyway after this many such waits in a row (a
+#: checkpoint: trio's cancellation and scheduling are never put off for long,
+#: ~0.1 s at the 4 ms grid).
+BLOCKED_WAITS_PER_YIELD = 25
 
 #: Connection turns a dispatcher pass runs before it flushes what they emitted
 #: and reads every ring again (Dispatcher._pass).  A turn costs some tens of
@@ -108,6 +115,64 @@ REREAD_PACKETS_PER_PASS = 65536
 #: so RSS follows the connection count down rather than staying at its peak.
 RELEASE_CHECK_S = 5.0
 RELEASE_SHRINK = 1000
+
+
+_INF = float("inf")
+
+#: Longest a loop waits in WaitSet.block before it yields to trio anyway (ms):
+#: a bound on what trio could be kept from doing if it had work the loop did
+#: not see (it sees all of it: _trio_idle), at a cost of a few trio rounds a
+#: second on an idle box.
+BLOCK_MAX_MS = 200
+
+
+class _RunQueue(deque):
+    """trio's run queue, remembering the tasks of each scheduling cycle: trio
+    takes a cycle's batch as `list(runq)` and then clears runq (trio._core._run,
+    unrolled_run), so tasks of the current batch not yet stepped are no longer
+    in runq -- `batch` keeps them in sight for _trio_idle."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, items=()) -> None:
+        super().__init__(items)
+        self.batch: Tuple[object, ...] = ()
+
+    def clear(self) -> None:
+        self.batch = tuple(self)
+        super().clear()
+
+
+def _trio_host() -> Optional[Tuple[object, int]]:
+    """trio's runner and the fd of its epoll, for the loop's own wait
+    (WaitSet.block); its run queue is replaced by a _RunQueue.  trio's
+    internals, looked up defensively: None if this trio has others, runs as a
+    guest, or uses no epoll -- then the loop always waits through trio."""
+    try:
+        from trio._core._run import GLOBAL_RUN_CONTEXT  # type: ignore[attr-defined]
+        runner = GLOBAL_RUN_CONTEXT.runner
+        fd = runner.io_manager._epoll.fileno()
+        runner.waiting_for_idle, runner.deadlines.next_deadline  # noqa: B018 (present?)
+        if runner.is_guest or not isinstance(runner.runq, deque):
+            return None
+        if not isinstance(runner.runq, _RunQueue):
+            runner.runq = _RunQueue(runner.runq)
+    except Exception:  # (any other trio)
+        return None
+    return runner, int(fd)
+
+
+def _trio_idle(runner, me) -> bool:
+    """No task but `me` can run now: none in trio's run queue, none of the
+    current cycle's batch still to be stepped (a stepped task's
+    `_next_send_fn` is cleared before it runs), nobody waiting for "all tasks
+    blocked"."""
+    if runner.runq or runner.waiting_for_idle:
+        return False
+    for t in runner.runq.batch:
+        if t is not me and t._next_send_fn is not None:
+            return False
+    return True
 
 
 class Dispatcher:
@@ -141,6 +206,11 @@ class Dispatcher:
         self._wait_due: Optional[int] = None  # ... until this (µs; with a WaitSet: what its timer is armed for)
         self._waitset: Optional[WaitSet] = None  # _serve's one fd (on trio's real clock)
         self._wait: Optional[trio.CancelScope] = None  # ... else its wait's cancel scope
+        # (trio's runner, the fd of its epoll): _serve waits in WaitSet.block when trio
+        # has nothing to do (None: always through trio; `block_wait` False turns it off)
+        self._host: Optional[Tuple[object, int]] = None
+        self.block_wait = True
+        self._blocked_in_row = 0
         self.icmp = IcmpGuard(self.counters)
         self._hc_table = hc_table
         self.scps = scps_link_from(config, self.counters, hc_table)  # SCPS-TP on the long leg (stackpep.pep.scps)
@@ -206,6 +276,9 @@ class Dispatcher:
         ep: Optional[select.epoll] = None
         if type(trio.lowlevel.current_clock()).__name__ == "SystemClock":
             ws = self._waitset = WaitSet()
+            self._host = _trio_host() if self.block_wait else None
+            if self._host is not None:
+                ws.attach_host(self._host[1])
         else:
             ep = select.epoll()
         try:
@@ -242,6 +315,7 @@ class Dispatcher:
                     await self._wait_scope(due, fd)
         finally:
             self._waitset = None
+            self._host = None
             if ws is not None:
                 ws.close()
             if ep is not None:
@@ -263,6 +337,29 @@ class Dispatcher:
                 else:
                     ws.arm(due - now)
                 self._wait_due = due
+        host = self._host
+        if host is not None:
+            # trio idle (no task to run, nobody waiting for "all tasks blocked"): wait
+            # here, on our fds and trio's epoll fd, no longer than trio's next deadline
+            runner = host[0]
+            if _trio_idle(runner, trio.lowlevel.current_task()):
+                nd = runner.deadlines.next_deadline()  # type: ignore[attr-defined]
+                timeout = BLOCK_MAX_MS
+                if nd != _INF:
+                    left = nd - trio.current_time()
+                    timeout = min(int(left * 1000) + 1, BLOCK_MAX_MS) if left > 0 else 0
+                if timeout:
+                    self.counters["dispatch_blocked_waits"] += 1
+                    r = ws.block(fd is not None, timeout)
+                    if r == BLOCK_OURS and self._blocked_in_row < BLOCKED_WAITS_PER_YIELD and (
+                            nd == _INF or nd > trio.current_time()):
+                        self._blocked_in_row += 1
+                        return  # only ours: on with the loop, trio has still nothing to do
+                    # trio's fd, its deadline, a signal, or time to yield: trio's turn
+                    self._blocked_in_row = 0
+                    await trio.lowlevel.checkpoint()
+                    return
+        self._blocked_in_row = 0
         self._waiting = True
         try:
             await trio.lowlevel.wait_readable(ws.timer_fileno() if fd is None else fd)
