@@ -8,15 +8,16 @@ over a batch of tuples (FastFlows.filter, what an in-memory port uses), so the
 rules are pinned here on batches of tuples."""
 from __future__ import annotations
 
+import json
 import os
-import struct
 
+import pytest
 import trio
 import trio.testing
 
 from stackpep._fast import tcp
 from stackpep._fast.capture import ICMP_ERROR, FastFlows, flow_key
-from stackpep.io.ports import MemoryPort, MemoryRouter, PacketPort
+from stackpep.io.ports import MemoryRouter, PacketPort
 from stackpep.pep.api import intercept_spec, open_pep
 from stackpep.pep.config import from_dict
 from stackpep.pep.dispatcher import Dispatcher
@@ -266,3 +267,112 @@ def test_split_connection_legs_enter_the_fast_table_and_leave_it_when_it_ends():
             n.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# -- the ring: PacketRing.read_batch with FastFlows, over a veth in namespaces ---------------
+RING_SEND = r"""
+import sys, os, struct
+sys.path.insert(0, ROOT)
+from stackpep._fast.capture import PacketRing
+from stackpep.wire import Segment
+C4, S4 = bytes([198, 18, 0, 2]), bytes([198, 18, 1, 2])
+def seg(flags, seq, ack, payload=b""):
+    s = Segment(); s.ip_version = 4
+    s.src, s.dst, s.sport, s.dport = C4, S4, 40000, 80
+    s.flags, s.seq, s.ack, s.window, s.ttl = flags, seq, ack, 1000, 64
+    return s.to_bytes(payload)
+ring = PacketRing(IFNAME, client_side=True)
+ACK = 7778     # the engines' ISS (7777) + 1
+if PHASE == 1:
+    frames = [seg(0x02, 1000, 0)]
+else:
+    d = [bytes([65 + i]) * 600 for i in range(8)]
+    s = 1001
+    frames = [seg(0x10, s, ACK), seg(0x18, s, ACK, d[0]), seg(0x10, s + 1200, ACK, d[2]),
+              seg(0x10, s + 600, ACK, d[1]), seg(0x10, s + 600, ACK, d[1]),
+              seg(0x02, 1000, 0),                       # the client's SYN again: the Python path
+              seg(0x10, s + 1800, ACK, d[3]), seg(0x10, s + 2400, ACK, d[4])]
+print(ring.send_batch(frames, bytes(12)))
+"""
+
+RING_RECV = r"""
+import sys, json, select
+sys.path.insert(0, ROOT)
+from stackpep._fast.capture import PacketRing, FastFlows, flow_key
+from stackpep._fast import tcp
+from stackpep.tcp.config import TcpConfig
+C4, S4 = bytes([198, 18, 0, 2]), bytes([198, 18, 1, 2])
+NOW = 1_000_000
+fast_ring = PacketRing(IFNAME, client_side=True)
+plain_ring = PacketRing(IFNAME, client_side=True)
+engines = []
+for _ in range(2):
+    e = tcp.TcpConnection(TcpConfig(), S4, 80, C4, 40000, 7777)
+    e.listen()
+    engines.append(e)
+fe, pe = engines
+fast = FastFlows()
+got = {"fast": 0, "slow_fast_ring": 0, "plain": 0, "reads_with_both": 0}
+out = {"fast": [], "plain": []}
+def pump(want):
+    while got["fast"] + got["slow_fast_ring"] < want or got["plain"] < want:
+        select.select([fast_ring, plain_ring], [], [], 0.05)
+        slow = fast_ring.read_batch(16, fast, NOW)
+        n, touched, failed = fast.take()
+        got["fast"] += n
+        got["slow_fast_ring"] += len(slow)
+        if n and slow:
+            got["reads_with_both"] += 1
+        for k, p, f in slow:                      # the dispatcher's Python path
+            fe.receive_packet(p, NOW, True)
+        for k, p, f in plain_ring.read_batch():   # the Python path alone
+            got["plain"] += 1
+            pe.receive_packet(p, NOW, True)
+print("READY", flush=True)
+pump(1)                                           # the SYN
+fast.set_leg(flow_key(C4, 40000, S4, 80), object(), True, fe)   # the client leg is opened
+out["fast"] += fe.packets_to_send(NOW); out["plain"] += pe.packets_to_send(NOW)
+print("SYN", flush=True)
+pump(9)
+out["fast"] += fe.packets_to_send(NOW); out["plain"] += pe.packets_to_send(NOW)
+print(json.dumps({**got, "same_output": out["fast"] == out["plain"], "n_out": len(out["fast"]),
+                  "same_stats": fe.statistics() == pe.statistics(),
+                  "data": [fe.recv(1 << 16).hex(), pe.recv(1 << 16).hex()],
+                  "segs": fe.statistics().segments_received}))
+"""
+
+
+@pytest.mark.netns
+def test_ring_read_hands_an_opened_legs_segments_to_its_engine_as_the_python_path_would():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import stackpep
+    from stackpep.testbed.netns import Network
+
+    root = repr(str(Path(stackpep.__file__).resolve().parents[1]))
+    with Network() as net:
+        c = net.add_host("client")
+        b = net.add_host("box", forwarding=True)
+        ci, bi = net.link(c, b, ["198.18.0.2/24"], ["198.18.0.1/24"])
+        rcv = b.popen([sys.executable, "-c", RING_RECV.replace("ROOT", root).replace("IFNAME", repr(bi))],
+                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert rcv.stdout.readline().strip() == "READY", rcv.stderr.read()
+            for phase, expect in ((1, "SYN"), (2, None)):
+                prog = RING_SEND.replace("ROOT", root).replace("IFNAME", repr(ci)).replace("PHASE", str(phase))
+                assert c.run([sys.executable, "-c", prog]).stdout.strip() == str(1 if phase == 1 else 8)
+                if expect:
+                    assert rcv.stdout.readline().strip() == expect, rcv.stderr.read()
+            out = json.loads(rcv.communicate(timeout=30)[0])
+        finally:
+            if rcv.poll() is None:
+                rcv.kill()
+    # every frame read once from each ring; the engines took the same segments in the same order
+    assert out["plain"] == 9 and out["fast"] + out["slow_fast_ring"] == 9
+    assert out["fast"] >= 5  # (at least the five before the second SYN went the C way)
+    assert out["slow_fast_ring"] >= 2  # the two SYNs at least
+    assert out["same_output"] and out["n_out"] >= 2 and out["same_stats"]
+    assert out["data"][0] == out["data"][1] and len(out["data"][0]) == 2 * 5 * 600
+    assert out["segs"] == 9
