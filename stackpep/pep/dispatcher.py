@@ -14,7 +14,10 @@ deadlines are on the same grid, so a steady satellite-rate stream costs one
 wake-up per grid step.  Ports that have no fd to wait on (in-memory ports)
 keep a reader task of their own feeding the same pass.
 
-For each packet the flow key (client
+A segment of a flow whose receiving leg is open goes from the ring to that
+leg's engine in C (`Dispatcher.fast`, a stackpep._fast.capture.FastFlows filled
+through SplitContext.leg_opened; `_take_fast` counts those once per read).
+For each other packet the flow key (client
 address/port, server address/port) finds the split connection in the
 connection table.  A SYN for an intercepted destination with no entry opens
 one (if the table has room); any other segment of an unknown flow gets the
