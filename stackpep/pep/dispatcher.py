@@ -48,7 +48,7 @@ import trio
 
 from stackpep._fast.capture import FastFlows, split_key
 from stackpep._fast.waitset import WaitSet
-from stackpep._fast.tcp import buffer_statistics, release_memory
+from stackpep._fast.tcp import TcpConnection, buffer_statistics, release_memory
 from stackpep.io.ports import HOLD_MAX_BYTES, PacketPort, Router
 from stackpep.io.rules import InterceptSpec
 from stackpep.pep import engine as eng
@@ -451,9 +451,11 @@ class Dispatcher:
 
     def _leg_opened(self, conn: SplitConnection, side: int) -> None:
         """SplitContext.leg_opened: the leg's segments may go to its engine in C,
-        as long as the connection is this key's and its outcome is not decided."""
-        if conn.outcome is None and self.table.get(conn.key) is conn:
-            self.fast.set_leg(conn.key, conn, side == CLIENT, conn.legs[side].engine)
+        as long as the connection is this key's and its outcome is not decided
+        (an engine of another type -- a test double -- keeps the Python path)."""
+        engine = conn.legs[side].engine
+        if conn.outcome is None and self.table.get(conn.key) is conn and isinstance(engine, TcpConnection):
+            self.fast.set_leg(conn.key, conn, side == CLIENT, engine)
 
     def _take_batch(self, port: PacketPort, client_side: bool, batch, now: int, table, counters,
                     touched: Dict[bytes, SplitConnection], due) -> None:
