@@ -30,7 +30,10 @@ per-packet cost of the send path.  Without it, frames go out one by one
 
 Per packet nothing but C runs until the final bytes objects are made: the flow
 key (client address, client port, server address, server port) and the IP
-packet itself.
+packet itself.  With a FastFlows table (read_batch's `fast`), a segment of a
+flow whose receiving leg is opened there is not made into objects at all: it
+goes from the ring to that leg's engine (TcpConnection.receive_ptr), and only
+the flow key is made, once per run of the flow's segments.
 
 ICMP errors (RFC 792, RFC 4443) come out of read_batch() as
 (key, ip_packet, ICMP_ERROR): the key is the flow of the TCP packet the error
@@ -57,6 +60,8 @@ from stackpep._fast.wire cimport (tcp_seg_t, parse_ip_tcp, wire_count, seg_final
                                   WIRE_NOT_TCP, WIRE_FRAGMENT, WIRE_ERR_MIN)
 from stackpep._fast.wire import ERRORS as _WIRE_ERRORS
 from stackpep._fast.scpshc cimport HcTable
+from stackpep._fast.tcp cimport TcpConnection
+from stackpep._fast.wire cimport TH_SYN, TH_ACK
 
 # counter name of each rejection reason (the wire layer's names, e.g. tcp_checksum)
 _REASONS = tuple((-code, name) for code, (name, _) in sorted(_WIRE_ERRORS.items(), reverse=True)
@@ -363,6 +368,7 @@ FANOUT_PROGRAM = _assemble((
 
 #: flags value read_batch() gives an ICMP error (TCP flags fit in 8 bits)
 ICMP_ERROR = 0x100
+DEF ICMP_ERROR_FLAG = 0x100
 #: flag read_batch() adds to a segment that arrived with a compressed header (expanded here)
 HC_EXPANDED = 0x200
 DEF HC_EXPANDED_FLAG = 0x200
@@ -542,6 +548,133 @@ def icmp_error_key(bytes packet, bint client_side):
     if k < 0:
         return None
     return PyBytes_FromStringAndSize(<char*>key, k)
+
+
+
+# -- Opened legs' segments straight to their engines -----------------------------------
+cdef class _FastFlow:
+    # one flow of FastFlows: the engine of each side whose leg is opened (None: not yet)
+    cdef TcpConnection client, server
+    cdef object conn            # the SplitConnection (what the dispatcher turns)
+    cdef uint64_t slow_read     # the read in which one of its packets went the Python way
+    cdef uint64_t touched_take  # the take() period in which it was last put on `touched`
+
+
+cdef class FastFlows:
+    """Flow key -> the engines of a split connection's opened legs, so that a
+    ring read (PacketRing.read_batch with `fast`) hands an established flow's
+    segments to the engine from ring memory (TcpConnection.receive_ptr): no
+    bytes object, tuple or Python call per packet.  The dispatcher fills it
+    when a leg opens and empties it when the connection's outcome is decided or
+    it leaves the table; everything else -- unknown flows, SYNs (a SYN may
+    supersede an old connection), ICMP errors, a leg not yet opened -- comes
+    out of the read as before, for the dispatcher's Python path.
+
+    Order within a flow is the ring's: once one of a flow's packets went the
+    Python way in a read, the rest of that flow in the same read goes too (the
+    Python path runs after the read, so a later packet handed over in C would
+    overtake it).  `take()` reports once per read what was handed over."""
+    cdef dict flows
+    cdef list touched           # connections that took packets here since take(), each once
+    cdef list failed            # (connection, exception): its engine raised (the dispatcher fails it)
+    cdef uint64_t read_seq, take_seq
+    cdef uint64_t taken         # packets handed to engines since take()
+    cdef public uint64_t fast_packets   # all packets handed to engines here (statistics)
+
+    def __cinit__(self):
+        self.flows = {}
+        self.touched = []
+        self.failed = []
+        self.read_seq = 1
+        self.take_seq = 1
+
+    def set_leg(self, bytes key, object conn, bint client_side, TcpConnection engine):
+        """The leg of `conn` facing the client side (client_side) or the server side
+        is opened: its segments may go to `engine` from now on."""
+        cdef _FastFlow f = self.flows.get(key)
+        if f is None or f.conn is not conn:
+            f = _FastFlow()
+            f.conn = conn
+            self.flows[key] = f
+        if client_side:
+            f.client = engine
+        else:
+            f.server = engine
+
+    def discard(self, bytes key, object conn=None):
+        """No more fast delivery for `key` (only if it is `conn`'s, when given)."""
+        cdef _FastFlow f = self.flows.get(key)
+        if f is not None and (conn is None or f.conn is conn):
+            del self.flows[key]
+
+    def __len__(self):
+        return len(self.flows)
+
+    def __contains__(self, key):
+        return key in self.flows
+
+    def take(self):
+        """(packets handed to engines, [connections that took them, each once],
+        [(connection, exception) whose engine raised]) since the last take()."""
+        cdef tuple r = (self.taken, self.touched, self.failed)
+        self.taken = 0
+        self.touched = []
+        self.failed = []
+        self.take_seq += 1
+        return r
+
+    cdef inline _FastFlow lookup(self, object key):
+        return <_FastFlow>self.flows.get(key)
+
+    cdef inline void mark_slow(self, object key):
+        cdef _FastFlow f = self.flows.get(key)
+        if f is not None:
+            f.slow_read = self.read_seq
+
+    cdef int deliver(self, _FastFlow f, bint client_side, const uint8_t* ip, Py_ssize_t n, int flags,
+                     uint64_t now) except -1:
+        """1 if the packet went to its engine here, 0 if it goes the Python way."""
+        cdef TcpConnection engine
+        if f.slow_read == self.read_seq:
+            return 0
+        engine = f.client if client_side else f.server
+        if engine is None or (flags & TH_SYN and not flags & TH_ACK):
+            f.slow_read = self.read_seq
+            return 0
+        self.taken += 1
+        try:
+            engine.receive_ptr(ip, n, now)
+        except Exception as exc:
+            # as the Python path: the connection is failed (by the dispatcher); its
+            # later packets go the Python way
+            self.failed.append((f.conn, exc))
+            f.slow_read = self.read_seq
+            return 1
+        self.fast_packets += 1
+        if f.touched_take != self.take_seq:
+            f.touched_take = self.take_seq
+            self.touched.append(f.conn)
+        return 1
+
+    def filter(self, list batch, bint client_side, uint64_t now):
+        """The same choice for a batch already made of (key, ip_packet, flags)
+        (an in-memory port): what goes to an engine here is taken out, the rest
+        returned in order."""
+        cdef list out = []
+        cdef object key, pkt
+        cdef int flags
+        cdef _FastFlow f
+        self.read_seq += 1
+        for key, pkt, flags in batch:
+            if flags & ICMP_ERROR_FLAG or type(pkt) is not bytes:
+                self.mark_slow(key)
+            else:
+                f = self.lookup(key)
+                if f is not None and self.deliver(f, client_side, <const uint8_t*>PyBytes_AS_STRING(pkt),
+                                                  PyBytes_GET_SIZE(pkt), flags, now):
+                    continue
+            out.append((key, pkt, flags))
+        return out
 
 
 cdef class PacketRing:
@@ -861,16 +994,21 @@ cdef class PacketRing:
             self.rx_drop_reason[-rc] += 1
         return rc
 
-    def read_batch(self, int max_blocks=16):
+    def read_batch(self, int max_blocks=16, FastFlows fast=None, uint64_t now=0):
         """Drain up to max_blocks retired blocks; return [(key, ip_packet, flags)].
 
         key = client address + client port (2 bytes, big-endian) + server
         address + server port: 12 bytes for IPv4, 36 for IPv6.  Consecutive
         segments of one flow share one key object (equal keys either way; the
         dispatcher's table lookup then reuses its cached hash).
+
+        With `fast` (a FastFlows), a segment of a flow whose receiving leg is
+        opened there goes to its engine from the ring (at `now`, µs) and is not
+        in the list; `fast.take()` says which connections took segments.
         """
         cdef list out = []
         cdef bytes last_key = None
+        cdef _FastFlow flow = None
         cdef tpacket_block_desc* bd
         cdef tpacket3_hdr* h
         cdef uint8_t* frame
@@ -882,6 +1020,8 @@ cdef class PacketRing:
         cdef tcp_seg_t seg
         if self.ring == NULL:
             raise ValueError("ring closed")
+        if fast is not None:
+            fast.read_seq += 1
         while blocks < max_blocks:
             bd = self._block(self.cur_block)
             if (bd.hdr.bh1.block_status & TP_STATUS_USER) == 0:
@@ -900,23 +1040,27 @@ cdef class PacketRing:
                 if h.tp_snaplen < h.tp_len:
                     self.rx_truncated += 1
                 elif n >= 20 and _is_icmp(ip):
-                    self._icmp_error(ip, n, out)
+                    self._icmp_error(ip, n, out, fast)
                 elif self.hcbuf != NULL and n >= 20 and _is_scps_hc(ip):
-                    self._hc_expand(ip, n, key, out)
+                    self._hc_expand(ip, n, key, out, fast, now)
                 elif self._take_tcp(ip, n, status, &seg) == WIRE_OK:
                     iplen = seg.payload_off + seg.payload_len
                     keylen = _flow_key(&seg, self.client_side, key)
                     if last_key is None or PyBytes_GET_SIZE(last_key) != keylen \
                             or memcmp(PyBytes_AS_STRING(last_key), key, keylen) != 0:
                         last_key = PyBytes_FromStringAndSize(<char*>key, keylen)
-                    out.append((last_key, PyBytes_FromStringAndSize(<char*>ip, iplen), seg.flags))
+                        if fast is not None:
+                            flow = fast.lookup(last_key)   # once per run of one flow's segments
+                    if flow is None or not fast.deliver(flow, self.client_side, ip, iplen, seg.flags, now):
+                        out.append((last_key, PyBytes_FromStringAndSize(<char*>ip, iplen), seg.flags))
                 h = <tpacket3_hdr*>((<uint8_t*>h) + h.tp_next_offset)
             # hand the block back to the kernel
             bd.hdr.bh1.block_status = TP_STATUS_KERNEL
             self.cur_block = (self.cur_block + 1) % self.block_nr
         return out
 
-    cdef int _hc_expand(self, const uint8_t* ip, Py_ssize_t n, uint8_t* key, list out) except -1:
+    cdef int _hc_expand(self, const uint8_t* ip, Py_ssize_t n, uint8_t* key, list out, FastFlows fast,
+                        uint64_t now) except -1:
         # A compressed SCPS-TP header: expand it through the table's contexts, then
         # take the result like any captured segment (IP header and sanity checked;
         # its TCP checksum was computed by the expansion).
@@ -924,6 +1068,8 @@ cdef class PacketRing:
         cdef Py_ssize_t r
         cdef tcp_seg_t seg
         cdef int rc, keylen
+        cdef bytes k
+        cdef _FastFlow flow
         if (ip[0] >> 4) == 4 and (_be16(ip + 6) & 0x3fff):
             self.rx_fragments += 1          # RFC 791 §3.2: left to the kernel, as TCP fragments are
             return 0
@@ -939,15 +1085,21 @@ cdef class PacketRing:
             return 0
         self.rx_hc_expanded += 1
         keylen = _flow_key(&seg, self.client_side, key)
-        out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
-                    PyBytes_FromStringAndSize(<char*>x, seg.payload_off + seg.payload_len),
+        k = PyBytes_FromStringAndSize(<char*>key, keylen)
+        if fast is not None:
+            flow = fast.lookup(k)
+            if flow is not None and fast.deliver(flow, self.client_side, x, seg.payload_off + seg.payload_len,
+                                                 seg.flags, now):
+                return 0
+        out.append((k, PyBytes_FromStringAndSize(<char*>x, seg.payload_off + seg.payload_len),
                     seg.flags | HC_EXPANDED_FLAG))
         return 0
 
-    cdef int _icmp_error(self, const uint8_t* ip, Py_ssize_t n, list out) except -1:
+    cdef int _icmp_error(self, const uint8_t* ip, Py_ssize_t n, list out, FastFlows fast) except -1:
         # An ICMP error: hand it on under the key of the flow it quotes.
         cdef uint8_t key[36]
         cdef Py_ssize_t iplen
+        cdef bytes k
         cdef int keylen = _icmp_error_key(ip, n, self.client_side, key, &iplen)
         if keylen == -1:
             self.rx_icmp_malformed += 1
@@ -957,8 +1109,10 @@ cdef class PacketRing:
             self.rx_icmp_not_tcp += 1
         else:
             self.rx_icmp_errors += 1
-            out.append((PyBytes_FromStringAndSize(<char*>key, keylen),
-                        PyBytes_FromStringAndSize(<const char*>ip, iplen), ICMP_ERROR))
+            k = PyBytes_FromStringAndSize(<char*>key, keylen)
+            if fast is not None:
+                fast.mark_slow(k)   # the flow's later segments stay behind it (the Python path)
+            out.append((k, PyBytes_FromStringAndSize(<const char*>ip, iplen), ICMP_ERROR))
         return 0
 
     def send_batch(self, list packets, const uint8_t[::1] macs):

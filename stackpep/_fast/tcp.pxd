@@ -453,6 +453,7 @@ cdef class TcpConnection:
     cdef void _sb_release(self)
     cdef void _window_update_check(self)
     cdef int receive_seg(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now) except -1
+    cdef int receive_ptr(self, const uint8_t* p, Py_ssize_t n, uint64_t now) except -1
     cdef void _input_closed(self, tcp_seg_t* s)
     cdef void _syn_options(self, tcp_seg_t* s, bint active)
     cdef void _input_listen(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now)

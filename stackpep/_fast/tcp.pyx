@@ -715,6 +715,19 @@ cdef class TcpConnection:
         finally:
             PyBuffer_Release(&view)
 
+    cdef int receive_ptr(self, const uint8_t* p, Py_ssize_t n, uint64_t now) except -1:
+        """receive_packet(packet, now, checked=True) for an IP packet in the
+        caller's memory -- the capture ring's frame (stackpep._fast.capture
+        FastFlows: an opened leg's segments go from the ring to its engine
+        without a bytes object).  The same parse, drops and input as
+        receive_packet; the caller verified the checksums."""
+        cdef tcp_seg_t seg
+        cdef int rc = parse_ip_tcp(p, n, &seg, 0)
+        if rc != WIRE_OK:
+            self._drop(D_BAD_CHECKSUM if rc == WIRE_TCP_CHECKSUM or rc == WIRE_IPV4_CHECKSUM else D_MALFORMED)
+            return 0
+        return self.receive_seg(&seg, p, now)
+
     cdef int receive_seg(self, tcp_seg_t* s, const uint8_t* pkt, uint64_t now) except -1:
         """C-level input: a segment already parsed (and checksum-verified) by the wire layer;
         ``pkt`` is the IP packet it was parsed from."""

@@ -44,6 +44,15 @@ class PacketPort(abc.ABC):
         dispatcher reads the rings again between slices of a long pass."""
         return []
 
+    def poll_fast(self, fast, now: int) -> Batch:
+        """poll_batch, with the segments of the flows `fast` (a
+        stackpep._fast.capture.FastFlows) has an opened leg for handed to that
+        leg's engine at `now` (µs) and left out of the batch; `fast.take()`
+        reports them.  Here over the batch poll_batch made (same rules, same C
+        code); a ring port does it from ring memory."""
+        batch = self.poll_batch()
+        return fast.filter(batch, self.client_side, now) if batch else batch
+
     # -- waited on by the dispatcher's one loop (stackpep.pep.dispatcher._serve) --------
     def wait_fd(self) -> Optional[int]:
         """A file descriptor that polls readable when `poll_batch` has something,
@@ -146,6 +155,9 @@ class AfPacketPort(PacketPort):
 
     def poll_batch(self) -> Batch:
         return self.ring.read_batch()
+
+    def poll_fast(self, fast, now: int) -> Batch:
+        return self.ring.read_batch(16, fast, now)
 
     def wait_fd(self) -> int:
         return self.ring.fileno()

@@ -14,7 +14,10 @@ deadlines are on the same grid, so a steady satellite-rate stream costs one
 wake-up per grid step.  Ports that have no fd to wait on (in-memory ports)
 keep a reader task of their own feeding the same pass.
 
-For each packet the flow key (client
+A segment of a flow whose receiving leg is open goes from the ring to that
+leg's engine in C (`Dispatcher.fast`, a stackpep._fast.capture.FastFlows filled
+through SplitContext.leg_opened; `_take_fast` counts those once per read).
+For each other packet the flow key (client
 address/port, server address/port) finds the split connection in the
 connection table.  A SYN for an intercepted destination with no entry opens
 one (if the table has room); any other segment of an unknown flow gets the
@@ -43,9 +46,9 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import trio
 
-from stackpep._fast.capture import split_key
+from stackpep._fast.capture import FastFlows, split_key
 from stackpep._fast.waitset import BLOCK_OURS, WaitSet
-from stackpep._fast.tcp import buffer_statistics, release_memory
+from stackpep._fast.tcp import TcpConnection, buffer_statistics, release_memory
 from stackpep.io.ports import HOLD_MAX_BYTES, PacketPort, Router
 from stackpep.io.rules import InterceptSpec
 from stackpep.pep import engine as eng
@@ -62,6 +65,7 @@ log = logging.getLogger("stackpep.pep")
 
 COUNTERS = (
     "packets_in", "packets_to_connections",
+    "packets_fast",  # ... of which the capture handed to an opened leg's engine in C (FastFlows)
     "drop_not_intercepted",  # TCP we see but do not intercept (the kernel forwards it)
     "drop_unknown_flow",  # non-SYN of no connection: answered with RST (if the limits allow)
     "drop_unknown_flow_rst",  # ... a RST itself, not answered
@@ -212,6 +216,9 @@ class Dispatcher:
         self.block_wait = True
         self._blocked_in_row = 0
         self.icmp = IcmpGuard(self.counters)
+        # opened legs' engines by flow key: their segments go from the capture to
+        # the engine in C (filled by _leg_opened, emptied by _count_outcome/_forget)
+        self.fast = FastFlows()
         self._hc_table = hc_table
         self.scps = scps_link_from(config, self.counters, hc_table)  # SCPS-TP on the long leg (stackpep.pep.scps)
         # All a split connection sees of the box.
@@ -219,7 +226,7 @@ class Dispatcher:
                                           icmp_validate=self.icmp.validate, counters=self.counters,
                                           report=self._count_outcome, handshake_done=self._handshake_done,
                                           scps=self.scps, wan_side=_WAN_SIDE.get(config.wan_leg),
-                                          timers=self.timers, wake=self._wake)
+                                          timers=self.timers, wake=self._wake, leg_opened=self._leg_opened)
         # SYN-flood defences (stackpep.pep.admission, stackpep.pep.syncookie)
         self.admission = AdmissionLimits.from_config(config)
         self.open_limiter = OpenLimiter(self.admission)
@@ -435,10 +442,15 @@ class Dispatcher:
         for p in ports:  # what the turns make the connections send leaves in one go per slice (flush below)
             p.defer()
         try:
+            fast = self.fast
             if batch:
-                self._take_batch(port, port.client_side, batch, now, table, counters, touched, due)
+                batch = fast.filter(batch, port.client_side, now)
+                self._take_fast(now, touched, due)
+                if batch:
+                    self._take_batch(port, port.client_side, batch, now, table, counters, touched, due)
             for p in polled:  # (_serve: every ring, without waiting)
-                more = p.poll_batch()
+                more = p.poll_fast(fast, now)
+                self._take_fast(now, touched, due)
                 if more:
                     self._take_batch(p, p.client_side, more, now, table, counters, touched, due)
             # connections whose deadline came, then those that asked for a turn: one turn
@@ -502,13 +514,45 @@ class Dispatcher:
         counters = self.counters
         counters["dispatch_ring_rereads"] += 1
         taken = 0
+        fast = self.fast
         for p in self.ports:
-            more = p.poll_batch()
+            more = p.poll_fast(fast, now)
+            taken += self._take_fast(now, touched, due)
             if more:
                 taken += len(more)
                 self._take_batch(p, p.client_side, more, now, self.table, counters, touched, due)
         counters["dispatch_reread_packets"] += taken
         return taken
+
+    def _take_fast(self, now: int, touched: Dict[bytes, SplitConnection], due) -> int:
+        """What the last read handed to engines in C (FastFlows): counted as the
+        Python path counts it, the connections that took packets marked as
+        _take_batch marks them.  Returns the packets."""
+        n, conns, failed = self.fast.take()
+        if not n:
+            return 0
+        counters = self.counters
+        counters["packets_in"] += n
+        counters["packets_to_connections"] += n - len(failed)
+        counters["packets_fast"] += n - len(failed)
+        for conn in conns:
+            conn.last_activity = now
+            key = conn.key
+            if touched.get(key) is not conn:
+                touched[key] = conn
+                due.append((key, conn))
+        for conn, exc in failed:
+            log.error("%s: delivering a packet failed; resetting both legs", conn, exc_info=exc)
+            conn.fail()
+        return n
+
+    def _leg_opened(self, conn: SplitConnection, side: int) -> None:
+        """SplitContext.leg_opened: the leg's segments may go to its engine in C,
+        as long as the connection is this key's and its outcome is not decided
+        (an engine of another type -- a test double -- keeps the Python path)."""
+        engine = conn.legs[side].engine
+        if conn.outcome is None and self.table.get(conn.key) is conn and isinstance(engine, TcpConnection):
+            self.fast.set_leg(conn.key, conn, side == CLIENT, engine)
 
     def _take_batch(self, port: PacketPort, client_side: bool, batch, now: int, table, counters,
                     touched: Dict[bytes, SplitConnection], due) -> None:
@@ -784,8 +828,10 @@ class Dispatcher:
 
     def _count_outcome(self, conn: SplitConnection, outcome: Outcome) -> None:
         """SplitContext.report: the connection decided how it ends (its legs may
-        still be sending their last packets)."""
+        still be sending their last packets).  Its segments take the Python path
+        from now on (SplitConnection.deliver)."""
         self.counters[_ENDED[outcome]] += 1
+        self.fast.discard(conn.key, conn)
 
     def connection_ended(self, conn: SplitConnection) -> None:
         """The connection's task is over (conn.outcome is set)."""
@@ -826,6 +872,7 @@ class Dispatcher:
         self.split_context = dataclasses.replace(self.split_context, config=config, scps=self.scps)
 
     def _forget(self, conn: SplitConnection) -> None:
+        self.fast.discard(conn.key, conn)
         self.embryonic.discard(conn.key, conn)
         if self.table.get(conn.key) is conn:
             del self.table[conn.key]

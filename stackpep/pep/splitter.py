@@ -142,6 +142,8 @@ class SplitContext:
     wan_side: Optional[int] = None  # CLIENT or SERVER: the leg that crosses the long link ([wan]), or None
     timers: Any = None  # stackpep.pep.timers.Timers: the box's one deadline heap (the dispatcher's loop serves it)
     wake: Optional[Callable[["SplitConnection"], None]] = None  # have the dispatcher's loop run a turn soon
+    # a leg (CLIENT/SERVER) was opened: its segments may go from the capture to its engine in C
+    leg_opened: Optional[Callable[["SplitConnection", int], None]] = None
 
 
 def now_us() -> int:
@@ -269,7 +271,10 @@ class SplitConnection:
     # -- from the dispatcher ---------------------------------------------------
     def deliver(self, from_client: bool, packet: bytes, flags: int, now: int) -> bool:
         """A packet for one of the legs; True if an engine took it (then a `turn`
-        is due: the dispatcher runs it once its batch is delivered)."""
+        is due: the dispatcher runs it once its batch is delivered).  An opened
+        leg's segments mostly do not come this way: the capture hands them to
+        the engine in C (stackpep._fast.capture.FastFlows, filled through
+        SplitContext.leg_opened), and the dispatcher sets last_activity."""
         self.last_activity = now
         leg = self.legs[CLIENT if from_client else SERVER]
         if leg.opened:  # (the common case first)
@@ -440,6 +445,8 @@ class SplitConnection:
                 active.engine.receive_packet(pkt, now)
             self.backlog = []
         active.engine.connect(now, scps_offer=self._scps_offer(active, now), fast_open=fast_open)
+        if self.ctx.leg_opened is not None:
+            self.ctx.leg_opened(self, active.side)
 
     def _peer_addr(self, leg: Leg) -> bytes:
         return self.client_addr if leg.side == CLIENT else self.server_addr
@@ -462,6 +469,8 @@ class SplitConnection:
         if self.held_syn is not None:
             passive.engine.receive_packet(self.held_syn, now)
             self.held_syn = None
+        if self.ctx.leg_opened is not None:
+            self.ctx.leg_opened(self, passive.side)
 
     # -- zero-RTT on the near box (TCP Fast Open, RFC 7413) ------------------------------
     def _zero_rtt_due(self, now: int) -> bool:
