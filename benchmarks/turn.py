@@ -1,0 +1,247 @@
+"""Split-connection turn benchmark: the CPU of one `SplitConnection.turn(now)` in the
+steady state of a bulk transfer, without the network (issue 11, "Cost per byte at
+satellite rates").
+
+One real SplitConnection (built by its own `_start`, routes answered in memory)
+sits between two in-memory TcpConnection peers: the client (C) and the server
+(S).  The box's legs send through `MemoryLegPort`s that only collect packets.  On a
+virtual clock advancing one wake-up grid step (capture.hold_us, 4 ms) per round,
+as the box's loop at 50 Mbit/s does (250 wake-ups a second):
+
+  the peers take what the box sent them, fire their timers, C writes
+  rate * step bytes (upload; S for --direction down), S reads everything; the
+  peers' packets are delivered to the connection (`deliver`), and one `turn(now)`
+  runs -- only that call is timed (time.perf_counter_ns and thread_time_ns).
+
+The box has the GEO testbed's [wan] (rate control at --rate, --rtt 600 ms) on the
+server leg, as pep-a: the client leg is the LAN side (no delay), the server leg the
+long one (a delay line of rtt / 2 each way between it and S).
+
+    .venv/bin/python benchmarks/turn.py [--rate 50] [--seconds 20] [--direction up|down]
+        [--baseline-python /work/base/.venv/bin/python]
+
+With --baseline-python the same script runs under that interpreter too (its
+`stackpep`), and the two are printed side by side.  The tests use `SplitPair`
+(tests/test_splitter_turn.py).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import trio
+
+from stackpep.pep import engine as eng
+from stackpep.pep.config import from_dict
+from stackpep.pep.splitter import CLIENT, SERVER, SplitConnection, SplitContext
+from stackpep.pep.timers import Timers
+from stackpep._fast.tcp import TcpConnection
+
+C_ADDR = bytes([198, 18, 0, 2])
+S_ADDR = bytes([198, 19, 0, 2])
+C_PORT, S_PORT = 40000, 5201
+
+
+class MemoryLegPort:
+    """Where a leg's packets go: collected (`sent`), for the pump to hand on."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: List[bytes] = []
+
+    def send(self, pkts: List[bytes], hop: Any) -> int:
+        self.sent += pkts
+        return len(pkts)
+
+    def take(self) -> List[bytes]:
+        out, self.sent = self.sent, []
+        return out
+
+
+def tcp_flags(pkt: bytes) -> int:
+    ihl = (pkt[0] & 15) * 4 if pkt[0] >> 4 == 4 else 40
+    return pkt[ihl + 13]
+
+
+def pep_config(rate_mbit: float = 50, rtt: float = 0.6, **limits: Any) -> Any:
+    d: Dict[str, Any] = {"interfaces": {"client": ["c"], "server": ["s"]},
+                         "intercept": {"prefixes": ["198.18.0.0/15"]}}
+    if rate_mbit:
+        d["wan"] = {"interface": "s", "rate": int(rate_mbit * 1e6), "rtt": rtt}
+    if limits:
+        d["limits"] = limits
+    return from_dict(d)
+
+
+class SplitPair:
+    """A SplitConnection between client peer C and server peer S, all in memory
+    (must be made and used inside trio.run: the splitter reads trio's clock once
+    at creation).  `step(now)` is one wake-up of the box; `turn_ns` the last turn's
+    time."""
+
+    def __init__(self, config: Any = None, peer_buf: int = 8 << 20, compressor: Any = None,
+                 long_delay_us: int = 0) -> None:
+        self.config = config if config is not None else pep_config()
+        cfg = self.config
+        rates: Dict[Any, Any] = {}
+        self.leg_cfg = (eng.tcp_config(cfg.tcp_client, rates), eng.tcp_config(cfg.tcp_server, rates))
+        self.counters: collections.Counter = collections.Counter()
+        self.outcomes: List[Any] = []
+        self.woken: List[Any] = []
+        self.timers = Timers()
+        self.ports = (MemoryLegPort("c"), MemoryLegPort("s"))
+        self.compressor = compressor
+        # the long link (server leg <-> S) one way: packets wait in a delay line
+        self.long_delay_us = long_delay_us
+        self.to_s: collections.deque = collections.deque()  # (due, packet)
+        self.from_s: collections.deque = collections.deque()
+
+        async def next_hop(addr: bytes):
+            return (self.ports[CLIENT] if addr == C_ADDR else self.ports[SERVER]), None
+
+        self.ctx = SplitContext(config=cfg, next_hop=next_hop, leg_config=lambda side, mtu: self.leg_cfg[side],
+                                icmp_validate=lambda err, engine: True, counters=self.counters,
+                                report=lambda conn, outcome: self.outcomes.append(outcome),
+                                wan_side={"client": CLIENT, "server": SERVER}.get(cfg.wan_leg),
+                                timers=self.timers, wake=self.woken.append)
+        from stackpep.tcp.config import TcpConfig
+
+        pcfg = TcpConfig(snd_buf=peer_buf, rcv_buf=peer_buf)
+        self.C = TcpConnection(pcfg, C_ADDR, C_PORT, S_ADDR, S_PORT, 1000)
+        # S speaks over the long link as the far box's long leg would: the same [wan] settings
+        self.S = TcpConnection(self.leg_cfg[SERVER] if cfg.wan_leg else pcfg, S_ADDR, S_PORT, C_ADDR, C_PORT, 5000)
+        self.S.listen()
+        self.conn: Optional[SplitConnection] = None
+        self.received = [0, 0]  # bytes read by C, by S
+        self.turn_ns = 0
+        self.turn_cpu_ns = 0
+
+    async def open(self, now: int = 0) -> None:
+        """The handshakes (mode after-server): both legs ESTABLISHED."""
+        self.C.connect(now)
+        syn = self.C.packets_to_send(now)[0]
+        key = C_ADDR + C_PORT.to_bytes(2, "big") + S_ADDR + S_PORT.to_bytes(2, "big")
+        conn = self.conn = SplitConnection(self.ctx, key, syn, self.ports[CLIENT], True)
+        conn.created = conn.last_activity = now
+        await conn._start()
+        conn._serving = True  # (what _serve does, without its task's sleep)
+        for i in range(20 + 2 * self.long_delay_us // 1000):
+            self.step(now + i * 1000)
+            if not conn.embryonic:
+                break
+        if self.compressor is not None:
+            conn.legs[SERVER].compressor = self.compressor
+
+    def step(self, now: int, up: int = 0, down: int = 0, read: bool = True) -> None:
+        """One wake-up: the peers answer what the box sent, C writes `up` bytes and
+        S `down`, the peers' packets go into the connection, one turn."""
+        C, S, conn = self.C, self.S, self.conn
+        for p in self.ports[CLIENT].take():
+            C.receive_packet(p, now)
+        to_s, from_s, delay = self.to_s, self.from_s, self.long_delay_us
+        for p in self.ports[SERVER].take():
+            if self.compressor is not None:
+                p = self.compressor.expand(p)
+            to_s.append((now + delay, p))
+        while to_s and to_s[0][0] <= now:
+            S.receive_packet(to_s.popleft()[1], now)
+        for peer in (C, S):
+            t = peer.get_timer()
+            if t is not None and t <= now:
+                peer.handle_timer(now)
+        if up:
+            C.send(bytes(min(up, C.send_space())))
+        if down:
+            S.send(bytes(min(down, S.send_space())))
+        if read:
+            self.received[0] += len(C.recv(1 << 30))
+            self.received[1] += len(S.recv(1 << 30))
+        for p in C.packets_to_send(now):
+            conn.deliver(True, p, tcp_flags(p), now)
+        for p in S.packets_to_send(now):
+            from_s.append((now + delay, p))
+        while from_s and from_s[0][0] <= now:
+            p = from_s.popleft()[1]
+            conn.deliver(False, p, tcp_flags(p), now)
+        t0c = time.thread_time_ns()
+        t0 = time.perf_counter_ns()
+        conn.turn(now)
+        self.turn_ns = time.perf_counter_ns() - t0
+        self.turn_cpu_ns = time.thread_time_ns() - t0c
+
+
+def run(rate_mbit: float, seconds: float, direction: str, warmup: float, rtt: float) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+
+    async def main() -> None:
+        pair = SplitPair(pep_config(rate_mbit, rtt or 0.6), long_delay_us=int(rtt * 1e6 / 2))
+        grid = pair.config.hold_us or 4000
+        await pair.open(0)
+        assert not pair.conn.embryonic, pair.conn.leg_states()
+        per_step = int(rate_mbit * 1e6 / 8 * grid / 1e6)
+        up, down = (per_step, 0) if direction == "up" else (0, per_step)
+        now = 100_000
+        wall: List[int] = []
+        cpu: List[int] = []
+        pkts = 0
+        steps = int(seconds * 1e6 / grid)
+        skip = int(warmup * 1e6 / grid)
+        for i in range(steps):
+            now += grid
+            pair.step(now, up, down)
+            if i >= skip:
+                wall.append(pair.turn_ns)
+                cpu.append(pair.turn_cpu_ns)
+                pkts += len(pair.ports[CLIENT].sent) + len(pair.ports[SERVER].sent)
+        n = len(wall)
+        moved = pair.conn.bytes_relayed
+        out.update(turns=n, us_median=statistics.median(wall) / 1e3, us_mean=sum(wall) / n / 1e3,
+                   cpu_us_mean=sum(cpu) / n / 1e3, pkts_per_turn=pkts / n,
+                   goodput_mbit=(moved[0] + moved[1]) * 8 / (steps * grid), states=pair.conn.leg_states())
+
+    trio.run(main)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=50, help="Mbit/s of the bulk transfer and of [wan]")
+    ap.add_argument("--seconds", type=float, default=30, help="virtual seconds")
+    ap.add_argument("--warmup", type=float, default=10, help="virtual seconds not counted (slow start)")
+    ap.add_argument("--direction", choices=("up", "down"), default="up")
+    ap.add_argument("--rtt", type=float, default=0.6, help="s: the long link's round trip (server leg <-> S)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs; the best mean is reported")
+    ap.add_argument("--baseline-python", help="also run under this interpreter (its stackpep), side by side")
+    ap.add_argument("--json", action="store_true", help="one JSON line (used for --baseline-python)")
+    a = ap.parse_args()
+    runs = [run(a.rate, a.seconds, a.direction, a.warmup, a.rtt) for _ in range(a.repeat)]
+    best = min(runs, key=lambda r: r["us_mean"])
+    if a.json:
+        print(json.dumps(best))
+        return
+    print("$ " + " ".join([os.path.basename(sys.executable)] + sys.argv))
+    rows = [("this build", sys.executable, best)]
+    if a.baseline_python:
+        args = [a.baseline_python, os.path.abspath(__file__), "--rate", str(a.rate), "--seconds", str(a.seconds),
+                "--warmup", str(a.warmup), "--rtt", str(a.rtt), "--direction", a.direction, "--repeat", str(a.repeat), "--json"]
+        # run outside the source tree: the baseline interpreter imports its own installed stackpep
+        res = subprocess.run(args, capture_output=True, text=True, check=True, cwd="/")
+        rows.append(("baseline", a.baseline_python, json.loads(res.stdout.strip().splitlines()[-1])))
+    print(f"{'build':<12} {'turns':>6} {'us/turn median':>15} {'us/turn mean':>13} {'cpu us mean':>12} "
+          f"{'pkts/turn':>10} {'Mbit/s':>7}  legs")
+    for name, _, r in rows:
+        print(f"{name:<12} {r['turns']:>6} {r['us_median']:>15.1f} {r['us_mean']:>13.1f} {r['cpu_us_mean']:>12.1f} "
+              f"{r['pkts_per_turn']:>10.1f} {r['goodput_mbit']:>7.1f}  {'/'.join(r['states'])}")
+    for name, exe, _ in rows:
+        print(f"  {name}: {exe}")
+
+
+if __name__ == "__main__":
+    main()
