@@ -245,3 +245,69 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def pieces(rate_mbit: float = 50, seconds: float = 20, warmup: float = 10, rtt: float = 0.6) -> Dict[str, float]:
+    """Where a turn's time goes: the baseline turn's steps timed one by one (an
+    instrumented copy of SplitConnection.turn / _service; per-step perf_counter_ns,
+    so each includes ~50 ns of timer).  Mean ns per turn by step."""
+    from stackpep.tcp.driver import TIMER_SLACK_US
+
+    acc: Dict[str, int] = collections.defaultdict(int)
+    clock = time.perf_counter_ns
+
+    def turn(self: SplitConnection, now: int) -> None:
+        t0 = clock()
+        self._check_limits(now)
+        t1 = clock(); acc["check_limits"] += t1 - t0
+        self._now = now
+        client, server = self.legs
+        ce, se = client.engine, server.engine
+        for e in (ce, se):
+            t = e.get_timer()
+            if t is not None and t <= now + TIMER_SLACK_US:
+                e.handle_timer(now if now > t else t)
+        t2 = clock(); acc["engine timers"] += t2 - t1
+        self._drain(client)
+        self._drain(server)
+        t3 = clock(); acc["drain x2 (before)"] += t3 - t2
+        self._relay(client, server)
+        t4 = clock(); acc["relay client->server"] += t4 - t3
+        self._relay(server, client)
+        t5 = clock(); acc["relay server->client"] += t5 - t4
+        pk = [leg.engine.packets_to_send(now) for leg in self.legs]
+        t6 = clock(); acc["packets_to_send x2"] += t6 - t5
+        for leg, p in zip(self.legs, pk):
+            if p:
+                leg.transmit(p)
+        t7 = clock(); acc["transmit (port.send)"] += t7 - t6
+        self._drain(client)
+        self._drain(server)
+        t8 = clock(); acc["drain x2 (after)"] += t8 - t7
+        w = self._wake_time()
+        t9 = clock(); acc["_wake_time"] += t9 - t8
+        self.ctx.timers.schedule(self.timer, w)
+        acc["timers.schedule"] += clock() - t9
+
+    async def main() -> None:
+        pair = SplitPair(pep_config(rate_mbit, rtt), long_delay_us=int(rtt * 1e6 / 2))
+        grid = pair.config.hold_us or 4000
+        await pair.open(0)
+        per_step = int(rate_mbit * 1e6 / 8 * grid / 1e6)
+        now = 100_000
+        skip = int(warmup * 1e6 / grid)
+        steps = int(seconds * 1e6 / grid)
+        conn = pair.conn
+        for i in range(steps):
+            now += grid
+            if i == skip:
+                acc.clear()
+                type(conn).turn, orig = turn, type(conn).turn  # type: ignore[method-assign]
+            pair.step(now, per_step, 0)
+        type(conn).turn = orig
+        n = steps - skip
+        for k in list(acc):
+            acc[k] = acc[k] / n
+
+    trio.run(main)
+    return dict(acc)
