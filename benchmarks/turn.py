@@ -131,17 +131,22 @@ class SplitPair:
         conn = self.conn = SplitConnection(self.ctx, key, syn, self.ports[CLIENT], True)
         conn.created = conn.last_activity = now
         await conn._start()
-        conn._serving = True  # (what _serve does, without its task's sleep)
-        for i in range(20 + 2 * self.long_delay_us // 1000):
+        conn._serving = True  # (what _serve does, without its task's sleep: it asks for a turn)
+        self.woken.append(conn)
+        for i in range(50 + 2 * self.long_delay_us // 1000):
             self.step(now + i * 1000)
             if not conn.embryonic:
                 break
         if self.compressor is not None:
             conn.legs[SERVER].compressor = self.compressor
 
-    def step(self, now: int, up: int = 0, down: int = 0, read: bool = True) -> None:
+    def step(self, now: int, up: int = 0, down: int = 0, read: bool = True, drop=None) -> bool:
         """One wake-up: the peers answer what the box sent, C writes `up` bytes and
-        S `down`, the peers' packets go into the connection, one turn."""
+        S `down`, the peers' packets go into the connection; a turn, as the
+        dispatcher's loop runs one: when a packet was delivered, when the
+        connection's deadline came (ctx.timers) or when it asked (ctx.wake).
+        `drop(packet)` True: a packet on the long link (either way) is lost.
+        True if a turn ran."""
         C, S, conn = self.C, self.S, self.conn
         for p in self.ports[CLIENT].take():
             C.receive_packet(p, now)
@@ -149,7 +154,8 @@ class SplitPair:
         for p in self.ports[SERVER].take():
             if self.compressor is not None:
                 p = self.compressor.expand(p)
-            to_s.append((now + delay, p))
+            if drop is None or not drop(p):
+                to_s.append((now + delay, p))
         while to_s and to_s[0][0] <= now:
             S.receive_packet(to_s.popleft()[1], now)
         for peer in (C, S):
@@ -163,18 +169,25 @@ class SplitPair:
         if read:
             self.received[0] += len(C.recv(1 << 30))
             self.received[1] += len(S.recv(1 << 30))
+        took = False
         for p in C.packets_to_send(now):
-            conn.deliver(True, p, tcp_flags(p), now)
+            took = conn.deliver(True, p, tcp_flags(p), now) or took
         for p in S.packets_to_send(now):
-            from_s.append((now + delay, p))
+            if drop is None or not drop(p):
+                from_s.append((now + delay, p))
         while from_s and from_s[0][0] <= now:
             p = from_s.popleft()[1]
-            conn.deliver(False, p, tcp_flags(p), now)
+            took = conn.deliver(False, p, tcp_flags(p), now) or took
+        due = self.timers.expired(now)
+        if not (took or due or self.woken):
+            return False
+        self.woken.clear()
         t0c = time.thread_time_ns()
         t0 = time.perf_counter_ns()
         conn.turn(now)
         self.turn_ns = time.perf_counter_ns() - t0
         self.turn_cpu_ns = time.thread_time_ns() - t0c
+        return True
 
 
 def run(rate_mbit: float, seconds: float, direction: str, warmup: float, rtt: float) -> Dict[str, Any]:
@@ -195,8 +208,8 @@ def run(rate_mbit: float, seconds: float, direction: str, warmup: float, rtt: fl
         skip = int(warmup * 1e6 / grid)
         for i in range(steps):
             now += grid
-            pair.step(now, up, down)
-            if i >= skip:
+            turned = pair.step(now, up, down)
+            if i >= skip and turned:
                 wall.append(pair.turn_ns)
                 cpu.append(pair.turn_cpu_ns)
                 pkts += len(pair.ports[CLIENT].sent) + len(pair.ports[SERVER].sent)
