@@ -18,7 +18,7 @@ server leg, as pep-a: the client leg is the LAN side (no delay), the server leg 
 long one (a delay line of rtt / 2 each way between it and S).
 
     .venv/bin/python benchmarks/turn.py [--rate 50] [--seconds 20] [--direction up|down]
-        [--baseline-python /work/base/.venv/bin/python]
+        [--baseline-python /work/base/.venv/bin/python] [--pieces]
 
 With --baseline-python the same script runs under that interpreter too (its
 `stackpep`), and the two are printed side by side.  The tests use `SplitPair`
@@ -233,7 +233,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best mean is reported")
     ap.add_argument("--baseline-python", help="also run under this interpreter (its stackpep), side by side")
     ap.add_argument("--json", action="store_true", help="one JSON line (used for --baseline-python)")
+    ap.add_argument("--pieces", action="store_true",
+                    help="time the steps of the turn taken step by step (the Python path) one by one instead")
     a = ap.parse_args()
+    if a.pieces:
+        print("$ " + " ".join([os.path.basename(sys.executable)] + sys.argv))
+        r = pieces(a.rate, a.seconds, a.warmup, a.rtt)
+        for k, v in r.items():
+            print(f"{k:<24} {v / 1e3:6.2f} us")
+        print(f"{'sum':<24} {sum(r.values()) / 1e3:6.2f} us")
+        return
     runs = [run(a.rate, a.seconds, a.direction, a.warmup, a.rtt) for _ in range(a.repeat)]
     best = min(runs, key=lambda r: r["us_mean"])
     if a.json:
@@ -256,11 +265,8 @@ def main() -> None:
         print(f"  {name}: {exe}")
 
 
-if __name__ == "__main__":
-    main()
 
-
-def pieces(rate_mbit: float = 50, seconds: float = 20, warmup: float = 10, rtt: float = 0.6) -> Dict[str, float]:
+def pieces(rate_mbit: float = 50, seconds: float = 30, warmup: float = 10, rtt: float = 0.6) -> Dict[str, float]:
     """Where a turn's time goes: the baseline turn's steps timed one by one (an
     instrumented copy of SplitConnection.turn / _service; per-step perf_counter_ns,
     so each includes ~50 ns of timer).  Mean ns per turn by step."""
@@ -311,16 +317,21 @@ def pieces(rate_mbit: float = 50, seconds: float = 20, warmup: float = 10, rtt: 
         skip = int(warmup * 1e6 / grid)
         steps = int(seconds * 1e6 / grid)
         conn = pair.conn
+        n = 0
         for i in range(steps):
             now += grid
             if i == skip:
                 acc.clear()
                 type(conn).turn, orig = turn, type(conn).turn  # type: ignore[method-assign]
-            pair.step(now, per_step, 0)
+            if pair.step(now, per_step, 0) and i >= skip:
+                n += 1
         type(conn).turn = orig
-        n = steps - skip
         for k in list(acc):
             acc[k] = acc[k] / n
 
     trio.run(main)
     return dict(acc)
+
+
+if __name__ == "__main__":
+    main()
