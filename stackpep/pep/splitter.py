@@ -18,6 +18,11 @@ comes, and when `wake()` asked for one.  After each turn the connection files
 its next deadline -- the engines' timers and its own handshake and idle limits
 (`_limit_deadline`) and zero-RTT wait, rounded up to the wake-up grid -- in the
 box's one timer heap (stackpep.pep.timers, `SplitContext.timers`); nothing polls.
+Once both legs are established and nothing waits between them (`_steady`), the
+whole turn -- timers, relay both ways, each leg's packets and the next deadline
+-- is one C call (stackpep._fast.tcp.split_turn, issue 11: the turn's Python glue
+cost as much as its engine work); whenever an event, a FIN or the idle limit
+needs a step taken here, it declines or hands the rest of the turn back.
 The connection sees the box only through a `SplitContext` (route lookup, leg
 settings, ICMP validation, counters, timers) and reports its `Outcome` through it
 once decided; `run()` returns it.
