@@ -481,6 +481,9 @@ cdef class TcpConnection:
     cdef void _exit_outage(self, uint64_t now)
     cdef Py_ssize_t _output_outage(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
     cdef Py_ssize_t output_into(self, uint8_t* buf, Py_ssize_t cap, uint64_t now) except -1
+    cdef list _packets(self, uint64_t now)
+    cdef int64_t _relay_into(self, TcpConnection dst, int64_t chunk)
+    cdef bint _skip_flow_events(self) noexcept
     cdef int64_t _cur_mss(self)
     cdef Py_ssize_t _output_data(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)
     cdef Py_ssize_t _output_blocked(self, uint8_t* buf, Py_ssize_t cap, uint64_t now)

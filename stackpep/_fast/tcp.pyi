@@ -201,3 +201,17 @@ class TcpConnection:
     def buffer_bytes(self) -> int:
         """Buffer storage held now: whole chunks of the send and receive buffers
         (and their chunk tables) while data is queued or unread; 0 when both are empty."""
+
+#: split_turn's outcomes
+TURN_DONE: int  # the whole turn ran
+TURN_AFTER_TIMERS: int  # only the timers ran: an event or a state change for the caller's own path
+TURN_AFTER_OUTPUT: int  # relay and output ran; events came up after the output
+
+def split_turn(client: TcpConnection, server: TcpConnection, now: int, last_activity: int, idle_us: int,
+               slack: int, chunk: int,
+               grid: int) -> Optional[tuple[int, Optional[list[bytes]], Optional[list[bytes]], int, int, Optional[int]]]:
+    """One turn of a split connection whose legs are both ESTABLISHED, in one call
+    (stackpep.pep.splitter.SplitConnection.turn): timers, relay both ways, each leg's
+    packets and the next wake-up rounded up to grid; None when not the plain case
+    (nothing done).  Returns (outcome, client packets, server packets, bytes moved
+    client -> server, server -> client, wake-up)."""

@@ -604,6 +604,10 @@ cdef class TcpConnection:
         takes now, in pieces of at most ``chunk`` (each piece one send(), so one
         SCPS record end): recv() + dst.send() without a bytes object in between.
         Returns how many moved.  The split connection's relay (stackpep.pep.splitter)."""
+        return self._relay_into(dst, chunk)
+
+    cdef int64_t _relay_into(self, TcpConnection dst, int64_t chunk):
+        """relay_to (also split_turn's relay)."""
         cdef int64_t moved = 0, n, piece, k
         cdef uint8_t tmp[16384]
         if chunk <= 0:
@@ -647,6 +651,16 @@ cdef class TcpConnection:
             self.ev_head = (self.ev_head + 1) % EVQ_SIZE
             self.ev_n -= 1
         return None
+
+    cdef bint _skip_flow_events(self) noexcept:
+        """next_event_not_flow() without the event: pass over DataReadable and
+        SendSpace; True if another event is queued (left for next_event)."""
+        while self.ev_n:
+            if self.evq[self.ev_head] != EV_READABLE and self.evq[self.ev_head] != EV_SENDSPACE:
+                return 1
+            self.ev_head = (self.ev_head + 1) % EVQ_SIZE
+            self.ev_n -= 1
+        return 0
 
     def recv_into(self, buffer):
         cdef Py_buffer view
@@ -1688,6 +1702,9 @@ cdef class TcpConnection:
     # output
     # ================================================================================
     def packets_to_send(self, uint64_t now):
+        return self._packets(now)
+
+    cdef list _packets(self, uint64_t now):
         cdef list out = []
         cdef Py_ssize_t n
         while True:
@@ -2950,3 +2967,64 @@ cdef inline int memcmp_(const uint8_t* a, const uint8_t* b, int n) noexcept nogi
         if a[i] != b[i]:
             return 1
     return 0
+
+
+# ================================================================================
+# the split connection's turn in one call (stackpep.pep.splitter.SplitConnection.turn)
+# ================================================================================
+#: split_turn's outcomes
+TURN_DONE = 0  # the whole turn ran: each leg's packets, the bytes moved, the next wake-up
+TURN_AFTER_TIMERS = 1  # only the engines' timers ran: events (or a state change) for the caller's own path
+TURN_AFTER_OUTPUT = 2  # relay and output ran, then events came up: the caller drains them, files the wake-up
+
+
+def split_turn(TcpConnection client not None, TcpConnection server not None, int64_t now,
+               int64_t last_activity, int64_t idle_us, int64_t slack, Py_ssize_t chunk, int64_t grid):
+    """One turn of a split connection in its steady state, both legs ESTABLISHED
+    (issue 11: the turn's Python glue is most of its cost), as
+    SplitConnection.turn runs it step by step: each engine's due timers
+    (those due within ``slack`` µs, fired at their own time if not yet due), the
+    flow events passed over, the relay both ways (relay_to, in pieces of at most
+    ``chunk``), each leg's packets, the flow events passed over again, and the
+    next wake-up: the earliest of both engines' timers and the idle limit (from
+    ``last_activity``, or ``now`` when bytes moved), rounded up to ``grid`` µs.
+
+    None when the turn is not the plain case (a leg not ESTABLISHED or its FIN
+    queued or received, or the idle limit within ``slack``): nothing was done.
+    Else (outcome, client leg's packets, server leg's packets, bytes moved client
+    -> server, server -> client, wake-up or None): TURN_DONE, TURN_AFTER_TIMERS
+    (only the timers ran; an event other than DataReadable / SendSpace is queued
+    or a state changed: the rest is the caller's) or TURN_AFTER_OUTPUT (everything
+    but the events after the output and the wake-up)."""
+    cdef uint64_t t, d
+    cdef int64_t mc, ms
+    cdef list pc, ps
+    if (client.st != ESTABLISHED or server.st != ESTABLISHED or client.fin_requested or server.fin_requested
+            or client.fin_rcvd or server.fin_rcvd or now + slack >= last_activity + idle_us or grid < 1):
+        return None
+    t = client._next_deadline()
+    if t != 0 and t <= <uint64_t>(now + slack):
+        client._handle_timer(<uint64_t>now if <uint64_t>now > t else t)
+    t = server._next_deadline()
+    if t != 0 and t <= <uint64_t>(now + slack):
+        server._handle_timer(<uint64_t>now if <uint64_t>now > t else t)
+    # (the caller drains the client leg before the server leg: so here)
+    if (client._skip_flow_events() or server._skip_flow_events() or client.st != ESTABLISHED
+            or server.st != ESTABLISHED or client.fin_requested or server.fin_requested
+            or client.fin_rcvd or server.fin_rcvd):
+        return (TURN_AFTER_TIMERS, None, None, 0, 0, None)
+    mc = client._relay_into(server, chunk)
+    ms = server._relay_into(client, chunk)
+    pc = client._packets(<uint64_t>now)
+    ps = server._packets(<uint64_t>now)
+    if (client._skip_flow_events() or server._skip_flow_events() or client.st != ESTABLISHED
+            or server.st != ESTABLISHED):
+        return (TURN_AFTER_OUTPUT, pc, ps, mc, ms, None)
+    d = <uint64_t>((now if mc or ms else last_activity) + idle_us)
+    t = client._next_deadline()
+    if t != 0 and t < d:
+        d = t
+    t = server._next_deadline()
+    if t != 0 and t < d:
+        d = t
+    return (TURN_DONE, pc, ps, mc, ms, (d + <uint64_t>grid - 1) // <uint64_t>grid * <uint64_t>grid)

@@ -18,6 +18,11 @@ comes, and when `wake()` asked for one.  After each turn the connection files
 its next deadline -- the engines' timers and its own handshake and idle limits
 (`_limit_deadline`) and zero-RTT wait, rounded up to the wake-up grid -- in the
 box's one timer heap (stackpep.pep.timers, `SplitContext.timers`); nothing polls.
+Once both legs are established and nothing waits between them (`_steady`), the
+whole turn -- timers, relay both ways, each leg's packets and the next deadline
+-- is one C call (stackpep._fast.tcp.split_turn, issue 11: the turn's Python glue
+cost as much as its engine work); whenever an event, a FIN or the idle limit
+needs a step taken here, it declines or hands the rest of the turn back.
 The connection sees the box only through a `SplitContext` (route lookup, leg
 settings, ICMP validation, counters, timers) and reports its `Outcome` through it
 once decided; `run()` returns it.
@@ -55,6 +60,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 import trio
 
 from stackpep._fast.capture import split_key
+from stackpep._fast.tcp import TURN_AFTER_TIMERS, TURN_DONE, split_turn
 from stackpep.pep import engine as eng
 from stackpep.pep.reset import reset_for
 from stackpep.pep.timers import TimerHandle
@@ -219,7 +225,7 @@ class SplitConnection:
     __slots__ = ("ctx", "key", "client_addr", "client_port", "server_addr", "server_port", "immediate",
                  "relay_buffer", "passive", "active", "legs", "scps_conn_id", "scps_fell_back", "zero_rtt",
                  "zero_rtt_at", "phase", "outcome", "held_syn", "backlog", "_ending", "_serving", "timer", "_grid",
-                 "_now", "created",
+                 "_now", "created", "_steady", "_idle_us",
                  "last_activity", "last_soft_error", "cookie", "_resolving")
 
     def __init__(self, ctx: SplitContext, key: bytes, syn: bytes, arrival_port: Any, from_client: bool = True) -> None:
@@ -252,6 +258,10 @@ class SplitConnection:
         # the deadlines' grid (µs): the capture ports' hold (capture.hold_us), else 1 (none)
         self._grid = max(1, int(getattr(cfg, "hold_us", TIMER_GRANULARITY_US)))
         self._now = 0  # the time of the current _service turn (for event handlers)
+        # both legs established, no bytes pending between them, not ended: a turn may be
+        # one C call (split_turn); set at the end of a turn taken the long way
+        self._steady = False
+        self._idle_us = int(cfg.idle_timeout * 1_000_000)  # limits.idle_timeout
         self.created = now_us()
         self.last_activity = self.created  # µs: last packet received or byte relayed
         self.last_soft_error: Optional[str] = None
@@ -303,12 +313,44 @@ class SplitConnection:
         looked up or after the end."""
         if not self._serving:
             return
+        if self._steady:
+            # The steady state in one C call: the steps below in the same order and with
+            # the same effects (split_turn), or None (not the plain case: nothing done).
+            client, server = self.legs
+            r = split_turn(client.engine, server.engine, now, self.last_activity, self._idle_us, TIMER_SLACK_US,
+                           self.relay_buffer, self._grid)
+            if r is not None:
+                self._now = now
+                outcome, pc, ps, moved_c, moved_s, wake = r
+                if outcome == TURN_AFTER_TIMERS:  # events to handle: the rest of _service
+                    self._service_events(now)
+                else:
+                    if moved_c or moved_s:
+                        client.bytes_relayed += moved_c
+                        server.bytes_relayed += moved_s
+                        self.last_activity = now
+                    if pc:
+                        client.transmit(pc)
+                    if ps:
+                        server.transmit(ps)
+                    if outcome == TURN_DONE:
+                        self.ctx.timers.schedule(self.timer, wake)
+                        return
+                    self._after_output()  # TURN_AFTER_OUTPUT
+                self._turned()
+                return
         self._check_limits(now)
         self._service(now)
+        self._turned()
+
+    def _turned(self) -> None:
+        """The end of a turn: the next deadline filed, or the task let go."""
         if self.done:
             self._end()
-        else:
-            self.ctx.timers.schedule(self.timer, self._wake_time())
+            return
+        client, server = self.legs
+        self._steady = client.established and server.established and not client.pending and not server.pending
+        self.ctx.timers.schedule(self.timer, self._wake_time())
 
     def wake(self) -> None:
         """Have the dispatcher's loop run a turn at once."""
@@ -659,6 +701,11 @@ class SplitConnection:
         t = se.get_timer()
         if t is not None and t <= now + TIMER_SLACK_US:
             se.handle_timer(now if now > t else t)
+        self._service_events(now)
+
+    def _service_events(self, now: int) -> None:
+        """The turn after the timers: events, relay both ways, output, events again."""
+        client, server = self.legs
         if self._drain(client) or self.done:
             self._flush(now)
             return
@@ -670,7 +717,11 @@ class SplitConnection:
         self._relay(client, server)
         self._relay(server, client)
         self._flush(now)
+        self._after_output()
+
+    def _after_output(self) -> None:
         # Output can complete a close (e.g. the last ACK): look at events once more.
+        client, server = self.legs
         self._drain(client)
         self._drain(server)
         if client.closed and server.closed and not self.done:
@@ -802,6 +853,7 @@ class SplitConnection:
             return
         self.outcome = outcome
         self.phase = Phase.ENDED
+        self._steady = False
         self.ctx.report(self, outcome)
         if abort and self.ready:
             for leg in self.legs:
