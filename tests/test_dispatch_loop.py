@@ -274,10 +274,10 @@ def test_real_clock_loop_waits_outside_trio_yet_serves_trio(block_wait):
     packets that arrive from outside trio are taken by loop iterations that are
     no trio task step of it, and meanwhile trio's deadlines, a thread's result
     (trio's wake-up fd) and another task's socket I/O are all still served.
-    `block_wait = False`: every wait goes through trio."""
+    capture.own_wait = false: every wait goes through trio."""
     cport, sport = ThreadPipePort("c", True), ThreadPipePort("s", False)
-    d = Dispatcher(config(), [cport, sport], MemoryRouter([]), intercept_spec(config()))
-    d.block_wait = block_wait
+    d = Dispatcher(config(own_wait=block_wait), [cport, sport], MemoryRouter([]), intercept_spec(config()))
+    assert d.block_wait is block_wait
     steps = Steps()
     seen = {}
 

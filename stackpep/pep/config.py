@@ -74,6 +74,7 @@ class PepConfig:
     retire_ms: int = 1
     hold_us: int = 0  # capture.hold_us: wake-up coalescing (AfPacketPort, splitter timer grid); see below
     gso: bool = True
+    own_wait: bool = True  # capture.own_wait: the loop waits in its own epoll_wait while trio is idle (WaitSet.block)
     pcap: Optional[str] = None         # pcapng of every packet captured and emitted (None = off)
     pcap_max_bytes: int = 64 << 20     # ... each file at most this long
     pcap_files: int = 4                # ... FILE, FILE.1 .. FILE.<n-1>
@@ -536,7 +537,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     install = ck.typed(ru, "rules", "install", bool, True)
 
     cap = ck.table(data, "capture", {"block_size": 1, "block_count": 1, "retire_ms": 1, "hold_us": 1, "gso": 1, "pcap": 1,
-                                     "pcap_max_bytes": 1, "pcap_files": 1})
+                                     "pcap_max_bytes": 1, "pcap_files": 1, "own_wait": 1})
     bsize = ck.typed(cap, "capture", "block_size", int, 1 << 18,
                      lambda v: (1 << 17) <= v <= (1 << 24) and v % 4096 == 0,
                      "must be a multiple of 4096 between 128 KiB and 16 MiB")
@@ -544,6 +545,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
     retire = ck.typed(cap, "capture", "retire_ms", int, 1, lambda v: 1 <= v <= 1000, "must be 1 .. 1000")
     hold = ck.typed(cap, "capture", "hold_us", int, None, lambda v: 0 <= v <= 20000, "must be 0 .. 20000")
     gso = ck.typed(cap, "capture", "gso", bool, True)
+    own_wait = ck.typed(cap, "capture", "own_wait", bool, True)
     pcap, pcap_max, pcap_files = _check_pcap(ck, cap)
 
     wan = ck.table(data, "wan", {"leg": 1, "interface": 1, "rate": 1, "rtt": 1, "congestion": 1, "loss_type": 1,
@@ -679,7 +681,7 @@ def check_dict(data: dict, source: str, lines: Dict[str, int]):
         idle_timeout=float(idle), max_connections=maxc, max_embryonic=max_emb, max_embryonic_per_source=max_emb_src,
         server_opens_per_second=float(opens), server_opens_per_second_per_source=float(opens_src), relay_buffer=relay,
         rules_backend=backend,
-        mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, hold_us=hold, gso=gso,
+        mark=mark, install_rules=install, block_size=bsize, block_count=bcount, retire_ms=retire, hold_us=hold, gso=gso, own_wait=own_wait,
         pcap=pcap, pcap_max_bytes=pcap_max, pcap_files=pcap_files,
         tcp_client=tcp_client, tcp_server=tcp_server, wan_leg=wan_leg, wan_rate=wan_rate,
         wan_rtt=float(wan_rtt), wan_scps=wan_scps if wan_leg is not None else None,

@@ -211,9 +211,10 @@ class Dispatcher:
         self._waitset: Optional[WaitSet] = None  # _serve's one fd (on trio's real clock)
         self._wait: Optional[trio.CancelScope] = None  # ... else its wait's cancel scope
         # (trio's runner, the fd of its epoll): _serve waits in WaitSet.block when trio
-        # has nothing to do (None: always through trio; `block_wait` False turns it off)
+        # has nothing to do (None: always through trio; capture.own_wait = false, i.e.
+        # `block_wait` False, turns it off)
         self._host: Optional[Tuple[object, int]] = None
-        self.block_wait = True
+        self.block_wait = bool(getattr(config, "own_wait", True))
         self._blocked_in_row = 0
         self.icmp = IcmpGuard(self.counters)
         # opened legs' engines by flow key: their segments go from the capture to

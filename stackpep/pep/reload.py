@@ -48,6 +48,7 @@ KEYS: Dict[str, Tuple[str, bool, str]] = {
     "retire_ms": ("capture.retire_ms", False, "the capture rings are mapped"),
     "hold_us": ("capture.hold_us", False, "the capture ports are open"),
     "gso": ("capture.gso", False, "the transmit sockets are open"),
+    "own_wait": ("capture.own_wait", False, "the box's loop chose how it waits when it started"),
     "pcap": ("capture.pcap", False, "the ports are wrapped by the packet capture when they open"),
     "pcap_max_bytes": ("capture.pcap_max_bytes", False, "the capture files are open"),
     "pcap_files": ("capture.pcap_files", False, "the capture files are open"),
