@@ -80,23 +80,11 @@ class CpuWindow:
         self.t0 = time.monotonic()
         self.c0 = {k: tree_cpu(p) for k, p in self.pids.items()}
         self.u0 = {k: tree_cpu(p, slice(11, 12)) for k, p in self.pids.items()}
-        self.m0 = machine_busy()
 
     def stop(self) -> Dict[str, float]:
         wall = time.monotonic() - self.t0
         self.user = {k: (tree_cpu(p, slice(11, 12)) - self.u0[k]) / wall for k, p in self.pids.items()}
-        # the whole machine, every process and kernel thread, softirq included
-        # (what no process row can be charged with): cores busy
-        self.machine = (machine_busy() - self.m0) / wall
         return {k: (tree_cpu(p) - self.c0[k]) / wall for k, p in self.pids.items()}
-
-
-def machine_busy() -> float:
-    """CPU-seconds the machine's CPUs spent busy (not idle, not iowait) since boot (/proc/stat)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / HZ
 
 
 # -- bulk over the GEO link ----------------------------------------------------------
@@ -139,7 +127,6 @@ def bulk_case(topo, cfg, rate: float, seconds: float, skip: float) -> Dict:
     except (ValueError, KeyError):
         goodput = 0.0
     return {"rate_mbit": rate, "config": cfg.name, "goodput_bps": goodput, "cpu": cpu, "cpu_user": win.user,
-            "machine_cores": win.machine,
             "window_s": round(max(1.0, seconds - skip - 2), 1)}
 
 
@@ -179,8 +166,7 @@ def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float
                 r = bulk_case(topo, cfg, rate, seconds, skip)
                 print(f"# {rate:g} Mbit/s {cfg.name}: {r['goodput_bps'] / 1e6:.2f} Mbit/s, "
                       + ", ".join(f"{k} {v * 100:.1f} % (user {r['cpu_user'][k] * 100:.1f})"
-                                  for k, v in r["cpu"].items())
-                      + f"; whole machine {r['machine_cores']:.3f} cores busy", flush=True)
+                                  for k, v in r["cpu"].items()), flush=True)
                 rows.append(r)
     return rows
 
@@ -262,17 +248,15 @@ def markdown(bulk: List[Dict], idle: List[Dict]) -> str:
     out = []
     if bulk:
         out += ["| link | configuration | goodput Mbit/s | pep-a % core | pep-b % core | "
-                "e2e iperf3 sender + receiver % core | emulator % core | whole machine, cores busy |",
-                "|---|---|---|---|---|---|---|---|"]
+                "e2e iperf3 sender + receiver % core | emulator % core |",
+                "|---|---|---|---|---|---|---|"]
         for r in bulk:
             c = r["cpu"]
             e2e = [v for k, v in c.items() if k.startswith("e2e")]
             cell = lambda k: f"{c[k] * 100:.1f}" if k in c else "–"  # noqa: E731
-            machine = f"{r['machine_cores']:.3f}" if "machine_cores" in r else "–"
             out.append(f"| GEO {r['rate_mbit']:g} Mbit/s, 600 ms | {r['config']} | {r['goodput_bps'] / 1e6:.2f} | "
                        f"{cell('pep-a')} | {cell('pep-b')} | "
-                       f"{(f'{sum(e2e) * 100:.1f}' if e2e else '–')} | {c['emulator'] * 100:.1f} | "
-                       f"{machine} |")
+                       f"{(f'{sum(e2e) * 100:.1f}' if e2e else '–')} | {c['emulator'] * 100:.1f} |")
         out.append("")
     if idle:
         out += ["| idle connections | configuration | box % core | client + server % core |", "|---|---|---|---|"]
