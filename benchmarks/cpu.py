@@ -29,6 +29,7 @@ import os
 import platform
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -142,33 +143,63 @@ def capture_variant_template(keys: str, workdir: Path) -> Path:
 
 def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float,
              baseline_python: Optional[str] = None, capture_variant: Optional[str] = None,
-             e2e: bool = True) -> List[Dict]:
+             e2e: bool = True, repeat: int = 1) -> List[Dict]:
+    """Each configuration at each rate; with `repeat` > 1 the whole list again
+    that many times, interleaved (e2e, baseline, this build, variant, e2e, ...),
+    so that a slow spell of the machine falls on every configuration alike."""
     from stackpep.testbed.scenarios import KernelTcp, StackpepPep
     from stackpep.testbed.topology import Topology
+
+    def configs(variant) -> List:
+        out = [KernelTcp("cubic")] if e2e else []
+        for w in workers:
+            if baseline_python:  # the other build first, then this one: side by side in one run
+                base = StackpepPep(2, workers=w)
+                base.python = baseline_python
+                base.name += " (baseline build)"
+                out.append(base)
+            out.append(StackpepPep(2, workers=w))
+            if variant is not None:  # this build again, with the given [capture] keys
+                v = StackpepPep(2, workers=w, template=str(variant))
+                v.name += f" [capture] {capture_variant}"
+                out.append(v)
+        return out
 
     rows = []
     with Topology() as topo:
         variant = capture_variant_template(capture_variant, topo.workdir) if capture_variant else None
         for rate in rates:
-            configs = [KernelTcp("cubic")] if e2e else []
-            for w in workers:
-                if baseline_python:  # the other build first, then this one: side by side in one run
-                    base = StackpepPep(2, workers=w)
-                    base.python = baseline_python
-                    base.name += " (baseline build)"
-                    configs.append(base)
-                configs.append(StackpepPep(2, workers=w))
-                if variant is not None:  # this build again, with the given [capture] keys
-                    v = StackpepPep(2, workers=w, template=str(variant))
-                    v.name += f" [capture] {capture_variant}"
-                    configs.append(v)
-            for cfg in configs:
-                r = bulk_case(topo, cfg, rate, seconds, skip)
-                print(f"# {rate:g} Mbit/s {cfg.name}: {r['goodput_bps'] / 1e6:.2f} Mbit/s, "
-                      + ", ".join(f"{k} {v * 100:.1f} % (user {r['cpu_user'][k] * 100:.1f})"
-                                  for k, v in r["cpu"].items()), flush=True)
-                rows.append(r)
+            for run in range(1, repeat + 1):
+                for cfg in configs(variant):
+                    r = bulk_case(topo, cfg, rate, seconds, skip)
+                    r["run"] = run
+                    print(f"# {rate:g} Mbit/s run {run} {cfg.name}: {r['goodput_bps'] / 1e6:.2f} Mbit/s, "
+                          + ", ".join(f"{k} {v * 100:.1f} % (user {r['cpu_user'][k] * 100:.1f})"
+                                      for k, v in r["cpu"].items()), flush=True)
+                    rows.append(r)
     return rows
+
+
+def medians(bulk: List[Dict]) -> str:
+    """Per rate and configuration: the median of the runs (--repeat) of each column."""
+    groups: Dict[tuple, List[Dict]] = {}
+    for r in bulk:
+        groups.setdefault((r["rate_mbit"], r["config"]), []).append(r)
+    out = ["| link | configuration | runs | goodput Mbit/s, median | pep-a % core, median (min-max) | "
+           "pep-b % core, median (min-max) | e2e iperf3 sender + receiver % core, median |",
+           "|---|---|---|---|---|---|---|"]
+    for (rate, name), rs in groups.items():
+        def col(key):
+            vals = sorted(r["cpu"][key] * 100 for r in rs if key in r["cpu"])
+            if not vals:
+                return "–"
+            return f"{statistics.median(vals):.1f} ({vals[0]:.1f}-{vals[-1]:.1f})"
+        e2e = [sum(v for k, v in r["cpu"].items() if k.startswith("e2e")) * 100 for r in rs]
+        e2e_cell = f"{statistics.median(e2e):.1f}" if any(e2e) else "–"
+        out.append(f"| GEO {rate:g} Mbit/s, 600 ms | {name} | {len(rs)} | "
+                   f"{statistics.median(r['goodput_bps'] for r in rs) / 1e6:.2f} | {col('pep-a')} | {col('pep-b')} | "
+                   f"{e2e_cell} |")
+    return "\n".join(out)
 
 
 # -- idle connections through one box ------------------------------------------------
@@ -254,7 +285,8 @@ def markdown(bulk: List[Dict], idle: List[Dict]) -> str:
             c = r["cpu"]
             e2e = [v for k, v in c.items() if k.startswith("e2e")]
             cell = lambda k: f"{c[k] * 100:.1f}" if k in c else "–"  # noqa: E731
-            out.append(f"| GEO {r['rate_mbit']:g} Mbit/s, 600 ms | {r['config']} | {r['goodput_bps'] / 1e6:.2f} | "
+            run = f" (run {r['run']})" if r.get("run", 1) > 1 or any(x.get("run", 1) > 1 for x in bulk) else ""
+            out.append(f"| GEO {r['rate_mbit']:g} Mbit/s, 600 ms{run} | {r['config']} | {r['goodput_bps'] / 1e6:.2f} | "
                        f"{cell('pep-a')} | {cell('pep-b')} | "
                        f"{(f'{sum(e2e) * 100:.1f}' if e2e else '–')} | {c['emulator'] * 100:.1f} |")
         out.append("")
@@ -282,6 +314,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-e2e", action="store_true", help="leave out the end-to-end kernel TCP rows")
     ap.add_argument("--capture-variant", metavar="K=V[,K=V]",
                     help="also run this build with these [capture] keys (e.g. qdisc_bypass=true)")
+    ap.add_argument("--repeat", type=int, default=1, help="run the bulk configurations this many times, "
+                    "interleaved, and add a table of medians (one run's rows move by about a point)")
     ap.add_argument("--baseline-python", help="also run the boxes with this interpreter (a venv with another "
                     "build of stackpep), beside this one's, for before/after in one run")
     args = ap.parse_args(argv)
@@ -290,12 +324,15 @@ def main(argv=None) -> int:
     bulk = [] if args.no_bulk else run_bulk([float(x) for x in args.rates.split(",")],
                                             [int(x) for x in args.workers.split(",")], args.seconds, args.skip,
                                             args.baseline_python, args.capture_variant,
-                                            not args.no_e2e)
+                                            not args.no_e2e, args.repeat)
     idle = [] if args.no_idle else run_idle(args.idle_connections, args.idle_seconds)
     print(f"\nCommand: `{cmd.strip()}`  ")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {platform.release()}, {os.cpu_count()} CPUs, "
           f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}\n")
     print(markdown(bulk, idle))
+    if bulk and args.repeat > 1:
+        print("\nMedians of the runs:\n")
+        print(medians(bulk))
     if args.json:
         Path(args.json).write_text(json.dumps({"command": cmd, "bulk": bulk, "idle": idle}, indent=1))
     return 0
