@@ -2978,6 +2978,12 @@ TURN_AFTER_TIMERS = 1  # only the engines' timers ran: events (or a state change
 TURN_AFTER_OUTPUT = 2  # relay and output ran, then events came up: the caller drains them, files the wake-up
 
 
+cdef inline bint _turn_plain(TcpConnection client, TcpConnection server) noexcept:
+    # both legs ESTABLISHED, no FIN queued or received on either: split_turn's case
+    return (client.st == ESTABLISHED and server.st == ESTABLISHED and not client.fin_requested
+            and not server.fin_requested and not client.fin_rcvd and not server.fin_rcvd)
+
+
 def split_turn(TcpConnection client not None, TcpConnection server not None, int64_t now,
                int64_t last_activity, int64_t idle_us, int64_t slack, Py_ssize_t chunk, int64_t grid):
     """One turn of a split connection in its steady state, both legs ESTABLISHED
@@ -2999,8 +3005,7 @@ def split_turn(TcpConnection client not None, TcpConnection server not None, int
     cdef uint64_t t, d
     cdef int64_t mc, ms
     cdef list pc, ps
-    if (client.st != ESTABLISHED or server.st != ESTABLISHED or client.fin_requested or server.fin_requested
-            or client.fin_rcvd or server.fin_rcvd or now + slack >= last_activity + idle_us or grid < 1):
+    if not _turn_plain(client, server) or now + slack >= last_activity + idle_us or grid < 1:
         return None
     t = client._next_deadline()
     if t != 0 and t <= <uint64_t>(now + slack):
@@ -3009,9 +3014,7 @@ def split_turn(TcpConnection client not None, TcpConnection server not None, int
     if t != 0 and t <= <uint64_t>(now + slack):
         server._handle_timer(<uint64_t>now if <uint64_t>now > t else t)
     # (the caller drains the client leg before the server leg: so here)
-    if (client._skip_flow_events() or server._skip_flow_events() or client.st != ESTABLISHED
-            or server.st != ESTABLISHED or client.fin_requested or server.fin_requested
-            or client.fin_rcvd or server.fin_rcvd):
+    if client._skip_flow_events() or server._skip_flow_events() or not _turn_plain(client, server):
         return (TURN_AFTER_TIMERS, None, None, 0, 0, None)
     mc = client._relay_into(server, chunk)
     ms = server._relay_into(client, chunk)

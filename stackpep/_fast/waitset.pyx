@@ -126,20 +126,17 @@ cdef class WaitSet:
 
     cdef int _pair(self, int ours, int host) except -1:
         cdef epoll_event ev
+        cdef int fd, e
         cdef int ep = epoll_create1(EPOLL_CLOEXEC)
         if ep < 0:
             raise OSError(errno, "epoll_create1")
         ev.events = EPOLLIN
-        ev.data.fd = ours
-        if epoll_ctl(ep, EPOLL_CTL_ADD, ours, &ev) < 0:
-            e = errno
-            close(ep)
-            raise OSError(e, "epoll_ctl")
-        ev.data.fd = host
-        if epoll_ctl(ep, EPOLL_CTL_ADD, host, &ev) < 0:
-            e = errno
-            close(ep)
-            raise OSError(e, "epoll_ctl")
+        for fd in (ours, host):
+            ev.data.fd = fd
+            if epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0:
+                e = errno
+                close(ep)
+                raise OSError(e, "epoll_ctl")
         return ep
 
     def block(self, bint rings, int timeout_ms):
@@ -194,6 +191,10 @@ cdef class WaitSet:
             raise OSError(errno, "timerfd_settime")
 
     def close(self):
+        self._close_fds()
+
+    cdef void _close_fds(self) noexcept:
+        # every fd of ours (the host's is not ours), each once
         if self.host_all >= 0:
             close(self.host_all)
             self.host_all = -1
@@ -208,11 +209,4 @@ cdef class WaitSet:
             self.epfd = -1
 
     def __dealloc__(self):
-        if self.host_all >= 0:
-            close(self.host_all)
-        if self.host_timer >= 0:
-            close(self.host_timer)
-        if self.tfd >= 0:
-            close(self.tfd)
-        if self.epfd >= 0:
-            close(self.epfd)
+        self._close_fds()

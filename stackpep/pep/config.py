@@ -72,7 +72,7 @@ class PepConfig:
     block_size: int = 1 << 18
     block_count: int = 64
     retire_ms: int = 1
-    hold_us: int = 0  # capture.hold_us: wake-up coalescing (AfPacketPort, splitter timer grid); see below
+    hold_us: int = 0  # capture.hold_us: the wake-up grid of the dispatcher's loop and of the connections' deadlines
     gso: bool = True
     own_wait: bool = True  # capture.own_wait: the loop waits in its own epoll_wait while trio is idle (WaitSet.block)
     pcap: Optional[str] = None         # pcapng of every packet captured and emitted (None = off)

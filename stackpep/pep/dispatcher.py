@@ -331,7 +331,9 @@ class Dispatcher:
 
     async def _wait_waitset(self, ws: WaitSet, due: Optional[int], fd: Optional[int]) -> None:
         """Until `due` (µs; None: no deadline), `fd` readable (None: only the timer),
-        or a connection asked for a turn (_wake arms the timer at once)."""
+        or a connection asked for a turn (_wake arms the timer at once).  While
+        trio has nothing else to do the wait is WaitSet.block, in this task
+        (capture.own_wait), else trio's `wait_readable`."""
         armed = self._wait_due
         if due != armed:
             now = now_us()

@@ -429,8 +429,7 @@ class SplitConnection:
         finally:
             if self.outcome is None:
                 self._finish(Outcome.SHUTDOWN, abort=True)
-            self._serving = False
-            self.ctx.timers.release(self.timer)
+            self._end()
             if self.scps_conn_id is not None:
                 self.ctx.scps.release_conn_id(self.scps_conn_id)
                 self.scps_conn_id = None
