@@ -13,6 +13,16 @@ start until 2 s before the end, as % of one core:
   TCP and forwarding work runs in softirq context, charged to whichever process
   happens to be on the CPU: it is not attributable and not in any row.
 
+With --rx-threads every veth receives in a kernel thread of its own
+(stackpep.testbed.rxthreads: XDP_PASS turns on veth's NAPI, made threaded).
+Without it a veth transmit runs the receiving host's stack in the sender's
+context, so a box's process is charged for its peers' TCP (the server taking
+the box's ACKs and sending its next segments, the client taking the box's data)
+and the e2e iperf3 processes for the forwarding hosts'.  With it each host's
+receive path is its own threads' CPU, in the "rx HOST" columns: a box's
+interfaces' threads carry its capture (tpacket_rcv) and its nft drop rule, the
+forwarding hosts' threads carry the kernel's forwarding in the e2e case.
+
 Idle: client -- box -- server on zero-delay veths (stackpep.testbed.splitbox),
 --idle-connections TCP connections opened through the box, then nothing sent;
 the box's CPU over --idle-seconds.  The baseline is the same connections with
@@ -20,6 +30,7 @@ the box only forwarding (the client and server processes' CPU).
 
     sudo .venv/bin/python benchmarks/cpu.py [--rates 20,50] [--workers 1,2] [--seconds 40]
         [--idle-connections 1000] [--idle-seconds 30] [--no-bulk] [--no-idle] [--json out.json]
+        [--rx-threads] [--repeat N] [--baseline-python PY]
 """
 from __future__ import annotations
 
@@ -66,15 +77,18 @@ def descendants(pid: int) -> List[int]:
     return out
 
 
-def tree_cpu(pid: int, part: slice = slice(11, 13)) -> float:
-    """CPU-seconds of a process and all its descendants (a box's workers)."""
+def tree_cpu(pid, part: slice = slice(11, 13)) -> float:
+    """CPU-seconds of a process and all its descendants (a box's workers); of
+    each, for a list of pids (a host's receive threads)."""
+    if isinstance(pid, (list, tuple)):
+        return sum(tree_cpu(p, part) for p in pid)
     return sum(proc_cpu(p, part) for p in descendants(pid))
 
 
 class CpuWindow:
     """CPU of named process trees between start() and stop(), as share of a core."""
 
-    def __init__(self, pids: Dict[str, int]) -> None:
+    def __init__(self, pids: Dict[str, object]) -> None:
         self.pids = pids
 
     def start(self) -> None:
@@ -111,6 +125,8 @@ def bulk_case(topo, cfg, rate: float, seconds: float, skip: float) -> Dict:
             else:
                 for name, p in zip(("pep-a", "pep-b"), cfg.procs):
                     pids[name] = p.pid
+            for host, threads in topo.rx_threads.items():  # (--rx-threads)
+                pids[f"rx {host}"] = threads
             win = CpuWindow(pids)
             time.sleep(skip)
             win.start()
@@ -143,7 +159,7 @@ def capture_variant_template(keys: str, workdir: Path) -> Path:
 
 def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float,
              baseline_python: Optional[str] = None, capture_variant: Optional[str] = None,
-             e2e: bool = True, repeat: int = 1) -> List[Dict]:
+             e2e: bool = True, repeat: int = 1, rx_threads: bool = False) -> List[Dict]:
     """Each configuration at each rate; with `repeat` > 1 the whole list again
     that many times, interleaved (e2e, baseline, this build, variant, e2e, ...),
     so that a slow spell of the machine falls on every configuration alike."""
@@ -167,6 +183,8 @@ def run_bulk(rates: List[float], workers: List[int], seconds: float, skip: float
 
     rows = []
     with Topology() as topo:
+        if rx_threads:
+            print("# receive threads (host: pids):", topo.thread_receive(), flush=True)
         variant = capture_variant_template(capture_variant, topo.workdir) if capture_variant else None
         for rate in rates:
             for run in range(1, repeat + 1):
@@ -198,8 +216,17 @@ def medians(bulk: List[Dict]) -> str:
         e2e_cell = f"{statistics.median(e2e):.1f}" if any(e2e) else "–"
         out.append(f"| GEO {rate:g} Mbit/s, 600 ms | {name} | {len(rs)} | "
                    f"{statistics.median(r['goodput_bps'] for r in rs) / 1e6:.2f} | {col('pep-a')} | {col('pep-b')} | "
-                   f"{e2e_cell} |")
+                   f"{e2e_cell} |" + "".join(f" {col(k)} |" for k in rx_keys(bulk)))
+    if rx_keys(bulk):
+        out[0] += "".join(f" {k} thread(s) % core, median |" for k in rx_keys(bulk))
+        out[1] += "---|" * len(rx_keys(bulk))
     return "\n".join(out)
+
+
+def rx_keys(bulk: List[Dict]) -> List[str]:
+    """The receive-thread columns (--rx-threads), in the testbed's order."""
+    keys = {k for r in bulk for k in r["cpu"] if k.startswith("rx ")}
+    return [f"rx {h}" for h in ("client", "pep-a", "link", "pep-b", "server") if f"rx {h}" in keys]
 
 
 # -- idle connections through one box ------------------------------------------------
@@ -278,9 +305,10 @@ def run_idle(count: int, seconds: float) -> List[Dict]:
 def markdown(bulk: List[Dict], idle: List[Dict]) -> str:
     out = []
     if bulk:
+        rx = rx_keys(bulk)
         out += ["| link | configuration | goodput Mbit/s | pep-a % core | pep-b % core | "
-                "e2e iperf3 sender + receiver % core | emulator % core |",
-                "|---|---|---|---|---|---|---|"]
+                "e2e iperf3 sender + receiver % core | emulator % core |" + "".join(f" {k} % core |" for k in rx),
+                "|---|---|---|---|---|---|---|" + "---|" * len(rx)]
         for r in bulk:
             c = r["cpu"]
             e2e = [v for k, v in c.items() if k.startswith("e2e")]
@@ -288,7 +316,8 @@ def markdown(bulk: List[Dict], idle: List[Dict]) -> str:
             run = f" (run {r['run']})" if r.get("run", 1) > 1 or any(x.get("run", 1) > 1 for x in bulk) else ""
             out.append(f"| GEO {r['rate_mbit']:g} Mbit/s, 600 ms{run} | {r['config']} | {r['goodput_bps'] / 1e6:.2f} | "
                        f"{cell('pep-a')} | {cell('pep-b')} | "
-                       f"{(f'{sum(e2e) * 100:.1f}' if e2e else '–')} | {c['emulator'] * 100:.1f} |")
+                       f"{(f'{sum(e2e) * 100:.1f}' if e2e else '–')} | {c['emulator'] * 100:.1f} |"
+                       + "".join(f" {cell(k)} |" for k in rx))
         out.append("")
     if idle:
         out += ["| idle connections | configuration | box % core | client + server % core |", "|---|---|---|---|"]
@@ -318,13 +347,15 @@ def main(argv=None) -> int:
                     "interleaved, and add a table of medians (one run's rows move by about a point)")
     ap.add_argument("--baseline-python", help="also run the boxes with this interpreter (a venv with another "
                     "build of stackpep), beside this one's, for before/after in one run")
+    ap.add_argument("--rx-threads", action="store_true", help="every veth receives in a kernel thread of its own, "
+                    "so that no process is charged for another host's receive path (module docstring)")
     args = ap.parse_args(argv)
     cmd = "benchmarks/cpu.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     load = os.getloadavg()
     bulk = [] if args.no_bulk else run_bulk([float(x) for x in args.rates.split(",")],
                                             [int(x) for x in args.workers.split(",")], args.seconds, args.skip,
                                             args.baseline_python, args.capture_variant,
-                                            not args.no_e2e, args.repeat)
+                                            not args.no_e2e, args.repeat, args.rx_threads)
     idle = [] if args.no_idle else run_idle(args.idle_connections, args.idle_seconds)
     print(f"\nCommand: `{cmd.strip()}`  ")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernel {platform.release()}, {os.cpu_count()} CPUs, "

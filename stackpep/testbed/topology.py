@@ -150,6 +150,7 @@ class Topology:
         self.link_spec: Optional[LinkSpec] = None
         self._emu_stats = self.workdir / "emulator-stats.json"
         self.congestion: Optional[str] = None
+        self.rx_threads: Dict[str, List[int]] = {}  # host role -> its interfaces' NAPI threads (thread_receive)
 
     # -- hosts --------------------------------------------------------------
     @property
@@ -188,10 +189,8 @@ class Topology:
         net.link(link, pep_b, [], [f"{PEP_B_WAN4}/24", f"{PEP_B_WAN6}/64"], a_ifname="lb", b_ifname="wan0", mtu=MTU)
         net.link(pep_b, server, [f"{PEP_B_LAN4}/24", f"{PEP_B_LAN6}/64"], [f"{SERVER4}/24", f"{SERVER6}/64"],
                  a_ifname="lan0", b_ifname="sv0", mtu=MTU)
-        for host, ifs in ((client, ["cl0"]), (pep_a, ["lan0", "wan0"]), (link, ["la", "lb"]),
-                          (pep_b, ["wan0", "lan0"]), (server, ["sv0"])):
-            for ifname in ifs:
-                set_offloads(host, ifname, on=False)
+        for host, ifname in self.interfaces():
+            set_offloads(host, ifname, on=False)
         pep_a.run(["ip", "route", "add", SERVER_NET4, "via", PEP_B_WAN4])
         pep_a.run(["ip", "-6", "route", "add", SERVER_NET6, "via", PEP_B_WAN6])
         pep_b.run(["ip", "route", "add", CLIENT_NET4, "via", PEP_A_WAN4])
@@ -204,6 +203,22 @@ class Topology:
                 host.sysctl("net.ipv4.tcp_wmem", f"4096 16384 {self.tcp_buffer_max}")
         self.set_congestion(None)
         return self
+
+    def interfaces(self) -> List[tuple]:
+        """Every veth end: (host, ifname)."""
+        return [(self.net.hosts[h], i) for h, ifs in (("client", ["cl0"]), ("pep-a", ["lan0", "wan0"]),
+                                                       ("link", ["la", "lb"]), ("pep-b", ["wan0", "lan0"]),
+                                                       ("server", ["sv0"])) for i in ifs]
+
+    def thread_receive(self) -> Dict[str, List[int]]:
+        """Every host's receive path in its own interfaces' kernel threads
+        (stackpep.testbed.rxthreads): host role -> thread pids, also kept in
+        `rx_threads`.  Without it, veth runs a receiver's stack in its sender's
+        context and charges it to the sender."""
+        from stackpep.testbed.rxthreads import thread_all
+
+        self.rx_threads = thread_all(self.interfaces())
+        return self.rx_threads
 
     def set_congestion(self, algo: Optional[str]) -> None:
         """Congestion control of the end hosts' TCP, per route (RFC-independent:
