@@ -203,9 +203,11 @@ def medians(bulk: List[Dict]) -> str:
     groups: Dict[tuple, List[Dict]] = {}
     for r in bulk:
         groups.setdefault((r["rate_mbit"], r["config"]), []).append(r)
+    rx = rx_keys(bulk)
     out = ["| link | configuration | runs | goodput Mbit/s, median | pep-a % core, median (min-max) | "
-           "pep-b % core, median (min-max) | e2e iperf3 sender + receiver % core, median |",
-           "|---|---|---|---|---|---|---|"]
+           "pep-b % core, median (min-max) | e2e iperf3 sender + receiver % core, median |"
+           + "".join(f" {k} thread(s) % core, median |" for k in rx),
+           "|---|---|---|---|---|---|---|" + "---|" * len(rx)]
     for (rate, name), rs in groups.items():
         def col(key):
             vals = sorted(r["cpu"][key] * 100 for r in rs if key in r["cpu"])
@@ -216,10 +218,7 @@ def medians(bulk: List[Dict]) -> str:
         e2e_cell = f"{statistics.median(e2e):.1f}" if any(e2e) else "–"
         out.append(f"| GEO {rate:g} Mbit/s, 600 ms | {name} | {len(rs)} | "
                    f"{statistics.median(r['goodput_bps'] for r in rs) / 1e6:.2f} | {col('pep-a')} | {col('pep-b')} | "
-                   f"{e2e_cell} |" + "".join(f" {col(k)} |" for k in rx_keys(bulk)))
-    if rx_keys(bulk):
-        out[0] += "".join(f" {k} thread(s) % core, median |" for k in rx_keys(bulk))
-        out[1] += "---|" * len(rx_keys(bulk))
+                   f"{e2e_cell} |" + "".join(f" {col(k)} |" for k in rx))
     return "\n".join(out)
 
 
